@@ -1,0 +1,525 @@
+//! The state machine's input: one [`Command`] per log entry, with everything
+//! that must be deterministic already resolved (absolute expiry, the time the
+//! leader accepted it), and its binary encoding inside a log record.
+//!
+//! The encoding is hand-written and versioned by the log segment header
+//! ([`crate::record::FORMAT_VERSION`]); golden-bytes tests pin it. Decoding
+//! checks every length against the limits before allocating.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+use crate::exptime::AbsTime;
+use crate::limits::{ITEM_BYTES_MAX, KEY_BYTES_MAX};
+
+/// How a storage command treats an existing item.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum StoreMode {
+    Set,
+    Add,
+    Replace,
+    Append,
+    Prepend,
+    Cas,
+}
+
+impl StoreMode {
+    /// The command name on the wire.
+    pub fn verb(self) -> &'static str {
+        match self {
+            StoreMode::Set => "set",
+            StoreMode::Add => "add",
+            StoreMode::Replace => "replace",
+            StoreMode::Append => "append",
+            StoreMode::Prepend => "prepend",
+            StoreMode::Cas => "cas",
+        }
+    }
+
+    fn tag(self) -> u8 {
+        match self {
+            StoreMode::Set => 0,
+            StoreMode::Add => 1,
+            StoreMode::Replace => 2,
+            StoreMode::Append => 3,
+            StoreMode::Prepend => 4,
+            StoreMode::Cas => 5,
+        }
+    }
+
+    fn from_tag(tag: u8) -> Option<Self> {
+        Some(match tag {
+            0 => StoreMode::Set,
+            1 => StoreMode::Add,
+            2 => StoreMode::Replace,
+            3 => StoreMode::Append,
+            4 => StoreMode::Prepend,
+            5 => StoreMode::Cas,
+            _ => return None,
+        })
+    }
+}
+
+/// One change to the key-value state, as the log stores it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Written by a new leader to commit an entry of its own term; changes nothing.
+    Noop,
+    /// set/add/replace/append/prepend/cas. `cas_unique` is only read for `Cas`.
+    Store {
+        mode: StoreMode,
+        key: Bytes,
+        flags: u32,
+        exptime: AbsTime,
+        data: Bytes,
+        cas_unique: u64,
+    },
+    Delete {
+        key: Bytes,
+    },
+    /// incr (`incr == true`, wraps at 2^64) or decr (floors at 0).
+    Arith {
+        key: Bytes,
+        delta: u64,
+        incr: bool,
+    },
+    Touch {
+        key: Bytes,
+        exptime: AbsTime,
+    },
+    /// gat/gats: read the keys and set a new expiry on each hit.
+    GetAndTouch {
+        keys: Vec<Bytes>,
+        exptime: AbsTime,
+    },
+    /// Items last written at or before `deadline_s` become invisible once the
+    /// clock reaches `deadline_s`; `deadline_s == 0` flushes now.
+    FlushAll {
+        deadline_s: u64,
+    },
+    /// A replica group's membership from this entry on (DESIGN §3: membership
+    /// is in the log). Changes no key; the replication core reads it.
+    Config {
+        voters: Vec<u64>,
+        learners: Vec<u64>,
+    },
+}
+
+/// A log entry's payload: an [`Op`] and the leader's clock when it accepted it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Command {
+    /// Unix seconds on the leader when it accepted the command; expiry checks
+    /// during apply use this, never a replica's own clock.
+    pub time_s: u64,
+    pub op: Op,
+}
+
+/// Why a command payload could not be decoded.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("command payload truncated")]
+    Truncated,
+    #[error("unknown command tag {0}")]
+    UnknownTag(u8),
+    #[error("unknown store mode {0}")]
+    UnknownMode(u8),
+    #[error("key length {0} out of range")]
+    KeyLength(usize),
+    #[error("value length {0} over the limit")]
+    ValueLength(usize),
+    #[error("{0} trailing bytes after the command")]
+    Trailing(usize),
+}
+
+const TAG_NOOP: u8 = 0;
+const TAG_STORE: u8 = 1;
+const TAG_DELETE: u8 = 2;
+const TAG_ARITH: u8 = 3;
+const TAG_TOUCH: u8 = 4;
+const TAG_GAT: u8 = 5;
+const TAG_FLUSH: u8 = 6;
+const TAG_CONFIG: u8 = 7;
+
+/// Servers one configuration may name at most.
+pub const CONFIG_MEMBERS_MAX: usize = 64;
+
+/// Upper bound on keys in one gat; a gat line is bounded by the get line limit.
+pub const GAT_KEYS_MAX: usize = 1 << 20;
+
+impl Command {
+    /// Appends the encoding: `[time_s u64][tag u8][fields]`, little endian;
+    /// keys as `[len u8][bytes]`, values as `[len u32][bytes]`.
+    pub fn encode(&self, out: &mut BytesMut) {
+        out.put_u64_le(self.time_s);
+        match &self.op {
+            Op::Noop => out.put_u8(TAG_NOOP),
+            Op::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                data,
+                cas_unique,
+            } => {
+                out.put_u8(TAG_STORE);
+                out.put_u8(mode.tag());
+                put_key(out, key);
+                out.put_u32_le(*flags);
+                out.put_u64_le(*exptime);
+                out.put_u64_le(*cas_unique);
+                out.put_u32_le(data.len() as u32);
+                out.put_slice(data);
+            }
+            Op::Delete { key } => {
+                out.put_u8(TAG_DELETE);
+                put_key(out, key);
+            }
+            Op::Arith { key, delta, incr } => {
+                out.put_u8(TAG_ARITH);
+                out.put_u8(u8::from(*incr));
+                put_key(out, key);
+                out.put_u64_le(*delta);
+            }
+            Op::Touch { key, exptime } => {
+                out.put_u8(TAG_TOUCH);
+                put_key(out, key);
+                out.put_u64_le(*exptime);
+            }
+            Op::GetAndTouch { keys, exptime } => {
+                out.put_u8(TAG_GAT);
+                out.put_u64_le(*exptime);
+                out.put_u32_le(keys.len() as u32);
+                for key in keys {
+                    put_key(out, key);
+                }
+            }
+            Op::FlushAll { deadline_s } => {
+                out.put_u8(TAG_FLUSH);
+                out.put_u64_le(*deadline_s);
+            }
+            Op::Config { voters, learners } => {
+                out.put_u8(TAG_CONFIG);
+                for ids in [voters, learners] {
+                    out.put_u16_le(ids.len() as u16);
+                    for id in ids {
+                        out.put_u64_le(*id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Encoded size in bytes, for batching and window accounting.
+    pub fn encoded_len(&self) -> usize {
+        8 + 1
+            + match &self.op {
+                Op::Noop => 0,
+                Op::Store { key, data, .. } => 1 + 1 + key.len() + 4 + 8 + 8 + 4 + data.len(),
+                Op::Delete { key } => 1 + key.len(),
+                Op::Arith { key, .. } => 1 + 1 + key.len() + 8,
+                Op::Touch { key, .. } => 1 + key.len() + 8,
+                Op::GetAndTouch { keys, .. } => {
+                    8 + 4 + keys.iter().map(|k| 1 + k.len()).sum::<usize>()
+                }
+                Op::FlushAll { .. } => 8,
+                Op::Config { voters, learners } => 2 + 8 * voters.len() + 2 + 8 * learners.len(),
+            }
+    }
+
+    /// Decodes one command that fills `buf` exactly. Values share `buf`'s
+    /// allocation (no copy).
+    pub fn decode(mut buf: Bytes) -> Result<Command, DecodeError> {
+        let time_s = get_u64(&mut buf)?;
+        let tag = get_u8(&mut buf)?;
+        let op = match tag {
+            TAG_NOOP => Op::Noop,
+            TAG_STORE => {
+                let mode_tag = get_u8(&mut buf)?;
+                let mode =
+                    StoreMode::from_tag(mode_tag).ok_or(DecodeError::UnknownMode(mode_tag))?;
+                let key = get_key(&mut buf)?;
+                let flags = get_u32(&mut buf)?;
+                let exptime = get_u64(&mut buf)?;
+                let cas_unique = get_u64(&mut buf)?;
+                let len = get_u32(&mut buf)? as usize;
+                if len > ITEM_BYTES_MAX {
+                    return Err(DecodeError::ValueLength(len));
+                }
+                let data = get_bytes(&mut buf, len)?;
+                Op::Store {
+                    mode,
+                    key,
+                    flags,
+                    exptime,
+                    data,
+                    cas_unique,
+                }
+            }
+            TAG_DELETE => Op::Delete {
+                key: get_key(&mut buf)?,
+            },
+            TAG_ARITH => {
+                let incr = get_u8(&mut buf)? != 0;
+                let key = get_key(&mut buf)?;
+                let delta = get_u64(&mut buf)?;
+                Op::Arith { key, delta, incr }
+            }
+            TAG_TOUCH => {
+                let key = get_key(&mut buf)?;
+                let exptime = get_u64(&mut buf)?;
+                Op::Touch { key, exptime }
+            }
+            TAG_GAT => {
+                let exptime = get_u64(&mut buf)?;
+                let count = get_u32(&mut buf)? as usize;
+                // Each key takes at least two bytes, so a count the payload
+                // cannot hold is rejected before allocating for it.
+                if count > GAT_KEYS_MAX || count * 2 > buf.remaining() {
+                    return Err(DecodeError::Truncated);
+                }
+                let mut keys = Vec::with_capacity(count);
+                for _ in 0..count {
+                    keys.push(get_key(&mut buf)?);
+                }
+                Op::GetAndTouch { keys, exptime }
+            }
+            TAG_FLUSH => Op::FlushAll {
+                deadline_s: get_u64(&mut buf)?,
+            },
+            TAG_CONFIG => {
+                let voters = get_ids(&mut buf)?;
+                let learners = get_ids(&mut buf)?;
+                Op::Config { voters, learners }
+            }
+            other => return Err(DecodeError::UnknownTag(other)),
+        };
+        if buf.has_remaining() {
+            return Err(DecodeError::Trailing(buf.remaining()));
+        }
+        Ok(Command { time_s, op })
+    }
+}
+
+impl Command {
+    /// The membership an encoded command sets, if it is a configuration
+    /// entry; other payloads are not decoded (the replication core calls this
+    /// on every entry it appends).
+    pub fn peek_config(payload: &Bytes) -> Option<(Vec<u64>, Vec<u64>)> {
+        if payload.get(8) != Some(&TAG_CONFIG) {
+            return None;
+        }
+        match Command::decode(payload.clone()).ok()?.op {
+            Op::Config { voters, learners } => Some((voters, learners)),
+            _ => None,
+        }
+    }
+}
+
+fn get_ids(buf: &mut Bytes) -> Result<Vec<u64>, DecodeError> {
+    let count = buf.try_get_u16_le().map_err(|_| DecodeError::Truncated)? as usize;
+    if count > CONFIG_MEMBERS_MAX || count * 8 > buf.remaining() {
+        return Err(DecodeError::Truncated);
+    }
+    (0..count).map(|_| get_u64(buf)).collect()
+}
+
+fn put_key(out: &mut BytesMut, key: &[u8]) {
+    debug_assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX);
+    out.put_u8(key.len() as u8);
+    out.put_slice(key);
+}
+
+fn get_u8(buf: &mut Bytes) -> Result<u8, DecodeError> {
+    buf.try_get_u8().map_err(|_| DecodeError::Truncated)
+}
+
+fn get_u32(buf: &mut Bytes) -> Result<u32, DecodeError> {
+    buf.try_get_u32_le().map_err(|_| DecodeError::Truncated)
+}
+
+fn get_u64(buf: &mut Bytes) -> Result<u64, DecodeError> {
+    buf.try_get_u64_le().map_err(|_| DecodeError::Truncated)
+}
+
+fn get_bytes(buf: &mut Bytes, len: usize) -> Result<Bytes, DecodeError> {
+    if buf.remaining() < len {
+        return Err(DecodeError::Truncated);
+    }
+    Ok(buf.split_to(len))
+}
+
+fn get_key(buf: &mut Bytes) -> Result<Bytes, DecodeError> {
+    let len = get_u8(buf)? as usize;
+    if len == 0 || len > KEY_BYTES_MAX {
+        return Err(DecodeError::KeyLength(len));
+    }
+    get_bytes(buf, len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn roundtrip(cmd: &Command) -> Command {
+        let mut out = BytesMut::new();
+        cmd.encode(&mut out);
+        assert_eq!(out.len(), cmd.encoded_len());
+        Command::decode(out.freeze()).expect("decodes what it encoded")
+    }
+
+    /// Pins the on-disk encoding: a change here breaks every existing log.
+    #[test]
+    fn golden_bytes_store() {
+        let cmd = Command {
+            time_s: 0x0102,
+            op: Op::Store {
+                mode: StoreMode::Cas,
+                key: Bytes::from_static(b"ab"),
+                flags: 7,
+                exptime: 9,
+                data: Bytes::from_static(b"xyz"),
+                cas_unique: 5,
+            },
+        };
+        let mut out = BytesMut::new();
+        cmd.encode(&mut out);
+        let expected: &[u8] = &[
+            0x02, 0x01, 0, 0, 0, 0, 0, 0, // time_s
+            1, 5, // store, cas
+            2, b'a', b'b', // key
+            7, 0, 0, 0, // flags
+            9, 0, 0, 0, 0, 0, 0, 0, // exptime
+            5, 0, 0, 0, 0, 0, 0, 0, // cas unique
+            3, 0, 0, 0, b'x', b'y', b'z',
+        ];
+        assert_eq!(&out[..], expected);
+        assert_eq!(roundtrip(&cmd), cmd);
+    }
+
+    #[test]
+    fn golden_bytes_small_ops() {
+        let cases: Vec<(Op, Vec<u8>)> = vec![
+            (Op::Noop, vec![0]),
+            (
+                Op::Delete {
+                    key: Bytes::from_static(b"k"),
+                },
+                vec![2, 1, b'k'],
+            ),
+            (
+                Op::Arith {
+                    key: Bytes::from_static(b"k"),
+                    delta: 1,
+                    incr: true,
+                },
+                vec![3, 1, 1, b'k', 1, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            (
+                Op::Touch {
+                    key: Bytes::from_static(b"k"),
+                    exptime: 2,
+                },
+                vec![4, 1, b'k', 2, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            (
+                Op::GetAndTouch {
+                    keys: vec![Bytes::from_static(b"k")],
+                    exptime: 2,
+                },
+                vec![5, 2, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 1, b'k'],
+            ),
+            (
+                Op::FlushAll { deadline_s: 3 },
+                vec![6, 3, 0, 0, 0, 0, 0, 0, 0],
+            ),
+        ];
+        for (op, tail) in cases {
+            let cmd = Command { time_s: 0, op };
+            let mut out = BytesMut::new();
+            cmd.encode(&mut out);
+            assert_eq!(&out[8..], &tail[..], "{cmd:?}");
+            assert_eq!(roundtrip(&cmd), cmd);
+        }
+    }
+
+    #[test]
+    fn rejects_trailing_and_truncated() {
+        let cmd = Command {
+            time_s: 1,
+            op: Op::Delete {
+                key: Bytes::from_static(b"key"),
+            },
+        };
+        let mut out = BytesMut::new();
+        cmd.encode(&mut out);
+        let full = out.clone().freeze();
+        for cut in 0..full.len() {
+            assert!(Command::decode(full.slice(..cut)).is_err(), "cut at {cut}");
+        }
+        out.put_u8(0);
+        assert_eq!(Command::decode(out.freeze()), Err(DecodeError::Trailing(1)));
+    }
+
+    fn key() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 1..=KEY_BYTES_MAX).prop_map(Bytes::from)
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let mode = prop_oneof![
+            Just(StoreMode::Set),
+            Just(StoreMode::Add),
+            Just(StoreMode::Replace),
+            Just(StoreMode::Append),
+            Just(StoreMode::Prepend),
+            Just(StoreMode::Cas)
+        ];
+        prop_oneof![
+            Just(Op::Noop),
+            (
+                mode,
+                key(),
+                any::<u32>(),
+                any::<u64>(),
+                proptest::collection::vec(any::<u8>(), 0..512),
+                any::<u64>()
+            )
+                .prop_map(|(mode, key, flags, exptime, data, cas_unique)| Op::Store {
+                    mode,
+                    key,
+                    flags,
+                    exptime,
+                    data: Bytes::from(data),
+                    cas_unique
+                }),
+            key().prop_map(|key| Op::Delete { key }),
+            (key(), any::<u64>(), any::<bool>()).prop_map(|(key, delta, incr)| Op::Arith {
+                key,
+                delta,
+                incr
+            }),
+            (key(), any::<u64>()).prop_map(|(key, exptime)| Op::Touch { key, exptime }),
+            (proptest::collection::vec(key(), 0..8), any::<u64>())
+                .prop_map(|(keys, exptime)| Op::GetAndTouch { keys, exptime }),
+            any::<u64>().prop_map(|deadline_s| Op::FlushAll { deadline_s }),
+            (
+                proptest::collection::vec(any::<u64>(), 0..8),
+                proptest::collection::vec(any::<u64>(), 0..8)
+            )
+                .prop_map(|(voters, learners)| Op::Config { voters, learners }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn encode_decode_roundtrip(time_s in any::<u64>(), op in op()) {
+            let cmd = Command { time_s, op };
+            prop_assert_eq!(roundtrip(&cmd), cmd);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let _ = Command::decode(Bytes::from(bytes));
+        }
+    }
+}

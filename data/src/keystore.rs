@@ -1,0 +1,616 @@
+//! The keystore (snapshot) format: the whole key-value [`State`] at an
+//! applied log index, as written to the `keystore` file (DESIGN §5).
+//!
+//! Pure code: it encodes into any `std::io::Write` and decodes from any
+//! `std::io::Read` (a buffered file, a byte slice, a snapshot stream) and
+//! never opens a file itself; `server::storage::keystore_file` owns the file
+//! and its atomic replacement. Decoding checks every length against
+//! [`crate::limits`] before allocating and verifies the trailing CRC, so a
+//! damaged file is an error, never a wrong state. The format is
+//! hand-written, little endian and pinned by a golden-bytes test:
+//!
+//! ```text
+//! header:  [magic "STOREKS\0"][version u8][reserved 7 zero bytes]
+//!          [applied_index u64][applied_term u64][flush_deadline_s u64, 0 = none][item_count u64]
+//! item:    [key_len u8][key][flags u32][exptime u64][cas u64][updated_s u64][value_len u32][value]
+//! trailer: [crc32c u32 of every byte before it]
+//! ```
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::command::CONFIG_MEMBERS_MAX;
+use crate::limits::{ITEM_BYTES_MAX, KEY_BYTES_MAX};
+use crate::state::{Item, Members, State};
+
+/// Identifies a keystore file.
+pub const KEYSTORE_MAGIC: [u8; 8] = *b"STOREKS\0";
+
+/// Version of this format; bump it on any change.
+/// Version 2 added the replica group's membership after the header.
+pub const KEYSTORE_VERSION: u8 = 2;
+
+/// Magic, version, reserved, applied index, applied term, flush deadline,
+/// item count.
+pub const KEYSTORE_HEADER_BYTES: usize = 48;
+
+/// The CRC after the last item.
+pub const KEYSTORE_TRAILER_BYTES: usize = 4;
+
+/// An item's bytes besides its key and value: key length, flags, exptime,
+/// cas, updated_s, value length.
+const ITEM_FIELDS_BYTES: usize = 1 + 4 + 8 + 8 + 8 + 4;
+
+/// What a keystore file says besides its items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeystoreHeader {
+    /// Log index of the last entry applied to the state.
+    pub applied_index: u64,
+    /// Term of that entry, so the log's consistency check works across the
+    /// snapshot boundary.
+    pub applied_term: u64,
+    pub flush_deadline_s: Option<u64>,
+    pub item_count: u64,
+}
+
+/// How a keystore file is damaged.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum Corruption {
+    #[error("file ends early")]
+    Truncated,
+    #[error("bad keystore magic")]
+    BadMagic,
+    #[error("unsupported keystore version {0} (this build reads version {KEYSTORE_VERSION})")]
+    UnsupportedVersion(u8),
+    #[error("reserved header bytes are not zero")]
+    ReservedNonZero,
+    #[error("key length {0} out of range 1..={KEY_BYTES_MAX}")]
+    KeyLength(usize),
+    #[error("value length {0} over the limit of {ITEM_BYTES_MAX} bytes")]
+    ValueLength(usize),
+    #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
+    CrcMismatch { stored: u32, computed: u32 },
+    #[error("bytes after the trailer")]
+    TrailingBytes,
+    #[error("{items} distinct keys for an item count of {count}")]
+    DuplicateKeys { items: u64, count: u64 },
+    #[error("{0} members in a configuration, over {CONFIG_MEMBERS_MAX}")]
+    Members(usize),
+}
+
+/// Why a keystore could not be decoded.
+#[derive(Debug, Error)]
+pub enum KeystoreError {
+    /// Reading failed; says nothing about the file's contents.
+    #[error("read failed: {0}")]
+    Io(#[from] io::Error),
+    /// The bytes are not a valid keystore; `offset` is where reading stopped.
+    #[error("at offset {offset}: {reason}")]
+    Corrupt { offset: u64, reason: Corruption },
+}
+
+/// Writes a keystore for `items` to `out`; returns the bytes written.
+///
+/// Takes the pieces rather than a [`State`] so the caller can clone the item
+/// list under its lock and encode off it. `items` must yield exactly as many
+/// items as its `len()` says, with distinct keys. Fails with
+/// `InvalidInput` if an item breaks the limits the decoder enforces, so an
+/// unreadable file is never produced. `out` should be buffered: every item is
+/// two writes.
+pub fn encode<'a, W, I>(
+    mut out: W,
+    applied_index: u64,
+    applied_term: u64,
+    flush_deadline_s: Option<u64>,
+    config: &Members,
+    items: I,
+) -> io::Result<u64>
+where
+    W: Write,
+    I: IntoIterator<Item = (&'a Bytes, &'a Item)>,
+    I::IntoIter: ExactSizeIterator,
+{
+    let items = items.into_iter();
+    let item_count = items.len() as u64;
+    let mut out = CrcWriter::new(&mut out);
+
+    let mut header = [0u8; KEYSTORE_HEADER_BYTES];
+    header[..8].copy_from_slice(&KEYSTORE_MAGIC);
+    header[8] = KEYSTORE_VERSION;
+    header[16..24].copy_from_slice(&applied_index.to_le_bytes());
+    header[24..32].copy_from_slice(&applied_term.to_le_bytes());
+    // A state never holds Some(0): apply treats deadline 0 as "flush now".
+    header[32..40].copy_from_slice(&flush_deadline_s.unwrap_or(0).to_le_bytes());
+    header[40..48].copy_from_slice(&item_count.to_le_bytes());
+    out.write_all(&header)?;
+    for ids in [&config.0, &config.1] {
+        if ids.len() > CONFIG_MEMBERS_MAX {
+            return Err(invalid_input(format!("{} members", ids.len())));
+        }
+        out.write_all(&(ids.len() as u16).to_le_bytes())?;
+        for id in ids {
+            out.write_all(&id.to_le_bytes())?;
+        }
+    }
+
+    // One fixed buffer for every item's key and fields, so the CRC and the
+    // writer see two calls per item instead of seven.
+    let mut fields = [0u8; ITEM_FIELDS_BYTES + KEY_BYTES_MAX];
+    let mut written = 0u64;
+    for (key, item) in items {
+        if key.is_empty() || key.len() > KEY_BYTES_MAX {
+            return Err(invalid_input(format!("key length {}", key.len())));
+        }
+        if item.data.len() > ITEM_BYTES_MAX {
+            return Err(invalid_input(format!("value length {}", item.data.len())));
+        }
+        let key_len = key.len();
+        fields[0] = key_len as u8;
+        fields[1..1 + key_len].copy_from_slice(key);
+        let rest = &mut fields[1 + key_len..ITEM_FIELDS_BYTES + key_len];
+        rest[0..4].copy_from_slice(&item.flags.to_le_bytes());
+        rest[4..12].copy_from_slice(&item.exptime.to_le_bytes());
+        rest[12..20].copy_from_slice(&item.cas.to_le_bytes());
+        rest[20..28].copy_from_slice(&item.updated_s.to_le_bytes());
+        // data.len() <= ITEM_BYTES_MAX < u32::MAX, checked above.
+        rest[28..32].copy_from_slice(&(item.data.len() as u32).to_le_bytes());
+        out.write_all(&fields[..ITEM_FIELDS_BYTES + key_len])?;
+        out.write_all(&item.data)?;
+        written += 1;
+    }
+    if written != item_count {
+        return Err(invalid_input(format!(
+            "iterator yielded {written} items, announced {item_count}"
+        )));
+    }
+    let crc = out.crc;
+    out.write_all(&crc.to_le_bytes())?;
+    Ok(out.offset)
+}
+
+/// Reads a keystore from `input` and rebuilds the state it holds; returns it
+/// with the applied term. `item_bytes_max` is the server's `-I`, passed on to
+/// the state; values up to [`ITEM_BYTES_MAX`] are accepted whatever it is, so
+/// a restart with a smaller `-I` does not lose items stored before.
+/// `input` should be buffered.
+pub fn decode<R: Read>(input: R, item_bytes_max: usize) -> Result<(State, u64), KeystoreError> {
+    let mut input = CrcReader::new(input);
+    let header = read_header(&mut input)?;
+    let config = (read_ids(&mut input)?, read_ids(&mut input)?);
+    let mut error = None;
+    let mut state = State::restore(
+        item_bytes_max,
+        header.applied_index,
+        header.flush_deadline_s,
+        ItemReader {
+            input: &mut input,
+            remaining: header.item_count,
+            error: &mut error,
+        },
+    );
+    if let Some(error) = error {
+        return Err(error);
+    }
+    state.set_config(config);
+    let computed = input.crc;
+    let mut trailer = [0u8; KEYSTORE_TRAILER_BYTES];
+    input.read_exact_or_corrupt(&mut trailer)?;
+    let stored = u32::from_le_bytes(trailer);
+    if stored != computed {
+        return Err(input.corrupt(Corruption::CrcMismatch { stored, computed }));
+    }
+    if !input.at_end()? {
+        return Err(input.corrupt(Corruption::TrailingBytes));
+    }
+    // Checked after the CRC: with a good CRC, duplicates mean the writer was
+    // given a bad item list, which a reader must still refuse.
+    if state.len() as u64 != header.item_count {
+        return Err(input.corrupt(Corruption::DuplicateKeys {
+            items: state.len() as u64,
+            count: header.item_count,
+        }));
+    }
+    Ok((state, header.applied_term))
+}
+
+/// The header at the start of a keystore file's bytes (the items and the
+/// trailer are not checked): what a leader needs to stream the file.
+pub fn header(bytes: &[u8]) -> Result<KeystoreHeader, KeystoreError> {
+    read_header(&mut CrcReader::new(bytes))
+}
+
+fn read_header<R: Read>(input: &mut CrcReader<R>) -> Result<KeystoreHeader, KeystoreError> {
+    let mut header = [0u8; KEYSTORE_HEADER_BYTES];
+    input.read_exact_or_corrupt(&mut header)?;
+    if header[..8] != KEYSTORE_MAGIC {
+        return Err(corrupt_at(0, Corruption::BadMagic));
+    }
+    if header[8] != KEYSTORE_VERSION {
+        return Err(corrupt_at(8, Corruption::UnsupportedVersion(header[8])));
+    }
+    if header[9..16].iter().any(|b| *b != 0) {
+        return Err(corrupt_at(9, Corruption::ReservedNonZero));
+    }
+    let flush = le_u64(&header[32..40]);
+    Ok(KeystoreHeader {
+        applied_index: le_u64(&header[16..24]),
+        applied_term: le_u64(&header[24..32]),
+        flush_deadline_s: (flush != 0).then_some(flush),
+        item_count: le_u64(&header[40..48]),
+    })
+}
+
+/// One `[count u16][id u64]*` list of the membership.
+fn read_ids<R: Read>(input: &mut CrcReader<R>) -> Result<Vec<u64>, KeystoreError> {
+    let mut count = [0u8; 2];
+    input.read_exact_or_corrupt(&mut count)?;
+    let count = usize::from(u16::from_le_bytes(count));
+    if count > CONFIG_MEMBERS_MAX {
+        return Err(input.corrupt(Corruption::Members(count)));
+    }
+    let mut ids = Vec::with_capacity(count);
+    for _ in 0..count {
+        let mut id = [0u8; 8];
+        input.read_exact_or_corrupt(&mut id)?;
+        ids.push(u64::from_le_bytes(id));
+    }
+    Ok(ids)
+}
+
+fn read_item<R: Read>(input: &mut CrcReader<R>) -> Result<(Bytes, Item), KeystoreError> {
+    let mut key_len = [0u8; 1];
+    input.read_exact_or_corrupt(&mut key_len)?;
+    let key_len = usize::from(key_len[0]);
+    if key_len == 0 || key_len > KEY_BYTES_MAX {
+        return Err(input.corrupt(Corruption::KeyLength(key_len)));
+    }
+    let mut key = [0u8; KEY_BYTES_MAX];
+    input.read_exact_or_corrupt(&mut key[..key_len])?;
+    let mut fields = [0u8; ITEM_FIELDS_BYTES - 1];
+    input.read_exact_or_corrupt(&mut fields)?;
+    let value_len = le_u32(&fields[28..32]) as usize;
+    if value_len > ITEM_BYTES_MAX {
+        return Err(input.corrupt(Corruption::ValueLength(value_len)));
+    }
+    let mut data = vec![0u8; value_len];
+    input.read_exact_or_corrupt(&mut data)?;
+    let item = Item {
+        data: Bytes::from(data),
+        flags: le_u32(&fields[0..4]),
+        exptime: le_u64(&fields[4..12]),
+        cas: le_u64(&fields[12..20]),
+        updated_s: le_u64(&fields[20..28]),
+    };
+    Ok((Bytes::copy_from_slice(&key[..key_len]), item))
+}
+
+/// Feeds items to [`State::restore`] straight from the reader, so no second
+/// copy of the item list is built; the first error ends the iteration and is
+/// left in `error` for [`decode`] to return.
+struct ItemReader<'a, R> {
+    input: &'a mut CrcReader<R>,
+    remaining: u64,
+    error: &'a mut Option<KeystoreError>,
+}
+
+impl<R: Read> Iterator for ItemReader<'_, R> {
+    type Item = (Bytes, Item);
+
+    fn next(&mut self) -> Option<(Bytes, Item)> {
+        if self.remaining == 0 || self.error.is_some() {
+            return None;
+        }
+        self.remaining -= 1;
+        match read_item(self.input) {
+            Ok(item) => Some(item),
+            Err(error) => {
+                *self.error = Some(error);
+                None
+            }
+        }
+    }
+}
+
+/// A writer that keeps the CRC and count of everything written through it.
+struct CrcWriter<W> {
+    inner: W,
+    crc: u32,
+    offset: u64,
+}
+
+impl<W: Write> CrcWriter<W> {
+    fn new(inner: W) -> Self {
+        CrcWriter {
+            inner,
+            crc: 0,
+            offset: 0,
+        }
+    }
+
+    fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.inner.write_all(bytes)?;
+        self.crc = crc32c::crc32c_append(self.crc, bytes);
+        self.offset += bytes.len() as u64;
+        Ok(())
+    }
+}
+
+/// A reader that keeps the CRC of, and the offset after, everything read.
+struct CrcReader<R> {
+    inner: R,
+    crc: u32,
+    offset: u64,
+}
+
+impl<R: Read> CrcReader<R> {
+    fn new(inner: R) -> Self {
+        CrcReader {
+            inner,
+            crc: 0,
+            offset: 0,
+        }
+    }
+
+    fn read_exact_or_corrupt(&mut self, buf: &mut [u8]) -> Result<(), KeystoreError> {
+        match self.inner.read_exact(buf) {
+            Ok(()) => {
+                self.crc = crc32c::crc32c_append(self.crc, buf);
+                self.offset += buf.len() as u64;
+                Ok(())
+            }
+            Err(error) if error.kind() == io::ErrorKind::UnexpectedEof => {
+                Err(self.corrupt(Corruption::Truncated))
+            }
+            Err(error) => Err(KeystoreError::Io(error)),
+        }
+    }
+
+    fn at_end(&mut self) -> Result<bool, KeystoreError> {
+        let mut byte = [0u8; 1];
+        loop {
+            match self.inner.read(&mut byte) {
+                Ok(n) => return Ok(n == 0),
+                Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+                Err(error) => return Err(KeystoreError::Io(error)),
+            }
+        }
+    }
+
+    fn corrupt(&self, reason: Corruption) -> KeystoreError {
+        corrupt_at(self.offset, reason)
+    }
+}
+
+fn corrupt_at(offset: u64, reason: Corruption) -> KeystoreError {
+    KeystoreError::Corrupt { offset, reason }
+}
+
+fn invalid_input(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, message)
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    let mut raw = [0u8; 4];
+    raw.copy_from_slice(bytes);
+    u32::from_le_bytes(raw)
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    let mut raw = [0u8; 8];
+    raw.copy_from_slice(bytes);
+    u64::from_le_bytes(raw)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::limits::ITEM_BYTES_DEFAULT;
+    use proptest::prelude::*;
+
+    fn item(data: &[u8], n: u64) -> Item {
+        Item {
+            data: Bytes::copy_from_slice(data),
+            flags: n as u32,
+            exptime: n.wrapping_mul(3),
+            cas: n,
+            updated_s: n.wrapping_mul(5),
+        }
+    }
+
+    fn encode_vec(index: u64, term: u64, flush: Option<u64>, items: &[(Bytes, Item)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let len = encode(
+            &mut out,
+            index,
+            term,
+            flush,
+            &(vec![], vec![]),
+            items.iter().map(|(k, v)| (k, v)),
+        )
+        .expect("valid items");
+        assert_eq!(len, out.len() as u64);
+        out
+    }
+
+    fn sorted(state: &State) -> Vec<(Bytes, Item)> {
+        let mut items: Vec<_> = state.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        items
+    }
+
+    /// Pins the format: a change here makes every existing keystore unreadable.
+    #[test]
+    fn golden_bytes() {
+        let items = vec![(
+            Bytes::from_static(b"ab"),
+            Item {
+                data: Bytes::from_static(b"xyz"),
+                flags: 7,
+                exptime: 9,
+                cas: 5,
+                updated_s: 6,
+            },
+        )];
+        let bytes = encode_vec(0x0102, 3, Some(0x10), &items);
+        let body: &[u8] = &[
+            b'S', b'T', b'O', b'R', b'E', b'K', b'S', 0, // magic
+            2, // version
+            0, 0, 0, 0, 0, 0, 0, // reserved
+            0x02, 0x01, 0, 0, 0, 0, 0, 0, // applied index
+            3, 0, 0, 0, 0, 0, 0, 0, // applied term
+            0x10, 0, 0, 0, 0, 0, 0, 0, // flush deadline
+            1, 0, 0, 0, 0, 0, 0, 0, // item count
+            0, 0, // voters
+            0, 0, // learners
+            2, b'a', b'b', // key
+            7, 0, 0, 0, // flags
+            9, 0, 0, 0, 0, 0, 0, 0, // exptime
+            5, 0, 0, 0, 0, 0, 0, 0, // cas
+            6, 0, 0, 0, 0, 0, 0, 0, // updated_s
+            3, 0, 0, 0, b'x', b'y', b'z', // value
+        ];
+        assert_eq!(&bytes[..body.len()], body);
+        assert_eq!(&bytes[body.len()..], &crc32c::crc32c(body).to_le_bytes());
+        assert_eq!(bytes.len(), body.len() + KEYSTORE_TRAILER_BYTES);
+
+        let (state, term) = decode(&bytes[..], ITEM_BYTES_DEFAULT).unwrap();
+        assert_eq!(term, 3);
+        assert_eq!(state.applied_index(), 0x0102);
+        assert_eq!(state.flush_deadline_s(), Some(0x10));
+        assert_eq!(sorted(&state), items);
+        assert_eq!(state.bytes(), 5);
+    }
+
+    #[test]
+    fn membership_roundtrip() {
+        let config = (vec![1, 2, 3], vec![9]);
+        let mut out = Vec::new();
+        encode(&mut out, 4, 1, None, &config, std::iter::empty()).unwrap();
+        assert_eq!(
+            &out[KEYSTORE_HEADER_BYTES..KEYSTORE_HEADER_BYTES + 2],
+            &[3, 0]
+        );
+        let (state, _) = decode(&out[..], ITEM_BYTES_DEFAULT).unwrap();
+        assert_eq!(state.config(), &config);
+    }
+
+    #[test]
+    fn empty_keystore_roundtrip() {
+        let bytes = encode_vec(0, 0, None, &[]);
+        assert_eq!(
+            bytes.len(),
+            KEYSTORE_HEADER_BYTES + 4 + KEYSTORE_TRAILER_BYTES
+        );
+        let (state, term) = decode(&bytes[..], ITEM_BYTES_DEFAULT).unwrap();
+        assert_eq!((state.len(), state.applied_index(), term), (0, 0, 0));
+        assert_eq!(state.flush_deadline_s(), None);
+    }
+
+    #[test]
+    fn every_prefix_and_every_byte_flip_is_detected() {
+        let items: Vec<_> = (1..4u64)
+            .map(|n| (Bytes::from(format!("key{n}")), item(b"value", n)))
+            .collect();
+        let bytes = encode_vec(9, 2, None, &items);
+        for cut in 0..bytes.len() {
+            assert!(
+                decode(&bytes[..cut], ITEM_BYTES_DEFAULT).is_err(),
+                "cut at {cut}"
+            );
+        }
+        for at in 0..bytes.len() {
+            let mut damaged = bytes.clone();
+            damaged[at] ^= 0x41;
+            let result = decode(&damaged[..], ITEM_BYTES_DEFAULT);
+            assert!(
+                matches!(result, Err(KeystoreError::Corrupt { .. })),
+                "flip at {at}: {result:?}"
+            );
+        }
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            decode(&longer[..], ITEM_BYTES_DEFAULT),
+            Err(KeystoreError::Corrupt {
+                reason: Corruption::TrailingBytes,
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn value_length_is_checked_before_allocating() {
+        let items = vec![(Bytes::from_static(b"k"), item(b"v", 1))];
+        let mut bytes = encode_vec(1, 1, None, &items);
+        let at = KEYSTORE_HEADER_BYTES + 4 + 1 + 1 + 28;
+        bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let result = decode(&bytes[..], ITEM_BYTES_DEFAULT);
+        assert!(
+            matches!(
+                result,
+                Err(KeystoreError::Corrupt {
+                    reason: Corruption::ValueLength(len),
+                    ..
+                }) if len == u32::MAX as usize
+            ),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn duplicate_keys_are_refused() {
+        let key = Bytes::from_static(b"k");
+        let items = vec![(key.clone(), item(b"1", 1)), (key, item(b"2", 2))];
+        let bytes = encode_vec(1, 1, None, &items);
+        assert!(matches!(
+            decode(&bytes[..], ITEM_BYTES_DEFAULT),
+            Err(KeystoreError::Corrupt {
+                reason: Corruption::DuplicateKeys { items: 1, count: 2 },
+                ..
+            })
+        ));
+    }
+
+    #[test]
+    fn encode_refuses_what_decode_would_refuse() {
+        let items = [(Bytes::new(), item(b"v", 1))];
+        let config = (vec![], vec![]);
+        let result = encode(
+            Vec::new(),
+            1,
+            1,
+            None,
+            &config,
+            items.iter().map(|(k, v)| (k, v)),
+        );
+        assert_eq!(result.unwrap_err().kind(), io::ErrorKind::InvalidInput);
+    }
+
+    proptest! {
+        #[test]
+        fn roundtrip(
+            entries in proptest::collection::hash_map(
+                proptest::collection::vec(any::<u8>(), 1..=KEY_BYTES_MAX),
+                (proptest::collection::vec(any::<u8>(), 0..300), any::<u64>()),
+                0..40,
+            ),
+            index in any::<u64>(),
+            term in any::<u64>(),
+            flush in proptest::option::of(1u64..),
+        ) {
+            let mut items: Vec<_> = entries
+                .into_iter()
+                .map(|(key, (data, n))| (Bytes::from(key), item(&data, n)))
+                .collect();
+            items.sort_by(|a, b| a.0.cmp(&b.0));
+            let bytes = encode_vec(index, term, flush, &items);
+            let (state, decoded_term) = decode(&bytes[..], ITEM_BYTES_DEFAULT).unwrap();
+            prop_assert_eq!(decoded_term, term);
+            prop_assert_eq!(state.applied_index(), index);
+            prop_assert_eq!(state.flush_deadline_s(), flush);
+            prop_assert_eq!(sorted(&state), items);
+        }
+    }
+}

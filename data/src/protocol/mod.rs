@@ -1,0 +1,35 @@
+//! The memcached text protocol, both directions, as pure functions of bytes.
+//!
+//! - [`request`]: the server's side: bytes to [`Request`] ([`parse_request`]).
+//! - [`reply`]: the server's side: replies to bytes.
+//! - [`client`]: the client's side: requests to bytes, bytes to responses.
+//!
+//! Wording and limits follow `memcached-protocol.md` §1.16: current upstream
+//! memcached (1.6.45), with a strict `delete`.
+
+pub mod client;
+pub mod reply;
+pub mod request;
+
+pub use request::{parse_request, ParseError, Request, StatsGroup, Storage};
+
+use bytes::{BufMut, BytesMut};
+
+/// Longest decimal form of a u64 or i64.
+pub(crate) const DECIMAL_BYTES_MAX: usize = 20;
+
+/// Writes `n` in decimal without going through a `String`; both directions
+/// of the protocol use it.
+pub(crate) fn put_u64(buf: &mut BytesMut, mut n: u64) {
+    let mut digits = [0u8; DECIMAL_BYTES_MAX];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.put_slice(&digits[at..]);
+}

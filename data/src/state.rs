@@ -1,0 +1,693 @@
+//! The key-value state machine: `apply(index, command) -> Outcome`, and the
+//! reads the server answers from it.
+//!
+//! Deterministic by construction: every time it looks at comes from the
+//! command (the leader's clock when it accepted it) or from the reader, never
+//! from the system clock; the CAS unique of an item is the log index of the
+//! entry that last wrote it. Replicas that apply the same entries hold the
+//! same items. Counters that memcached reports (hits, misses, ...) are the
+//! caller's business: they follow from the [`Outcome`]s.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+
+use crate::command::{Command, Op, StoreMode};
+use crate::exptime::{self, AbsTime};
+
+/// One stored value and its metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Item {
+    pub data: Bytes,
+    pub flags: u32,
+    /// Absolute expiry in Unix seconds, [`exptime::NEVER`] for none.
+    pub exptime: AbsTime,
+    /// Log index of the entry that last wrote the item (touch keeps it).
+    pub cas: u64,
+    /// Leader time of the entry that last wrote the item; a delayed flush
+    /// hides items written at or before its deadline.
+    pub updated_s: u64,
+}
+
+/// What a lookup found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a> {
+    Hit(&'a Item),
+    Miss,
+    /// There is an item but its expiry has passed.
+    Expired,
+    /// There is an item but a flush_all hides it.
+    Flushed,
+}
+
+/// One item returned by gat/gats.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Hit {
+    pub key: Bytes,
+    pub flags: u32,
+    pub data: Bytes,
+    pub cas: u64,
+}
+
+/// The reply-relevant result of applying one command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Stored,
+    NotStored,
+    /// cas: the item exists with another unique.
+    Exists,
+    NotFound,
+    Deleted,
+    Touched,
+    /// The new value after incr/decr.
+    Number(u64),
+    /// incr/decr on a value that is not a decimal u64.
+    NonNumeric,
+    /// gat/gats: the hits in request order (misses left out).
+    Hits(Vec<Hit>),
+    /// flush_all and no-ops.
+    Ok,
+}
+
+/// The key-value state at some applied log index.
+#[derive(Debug)]
+pub struct State {
+    items: HashMap<Bytes, Item>,
+    /// Pending delayed flush: items written at or before it vanish once the
+    /// clock reaches it. Only one is pending at a time, as in memcached.
+    flush_deadline_s: Option<u64>,
+    applied_index: u64,
+    /// Sum of key and value lengths of the items held.
+    bytes: u64,
+    item_bytes_max: usize,
+    /// The replica group's membership as of `applied_index` (the last
+    /// configuration entry applied): voters, learners.
+    config: Members,
+}
+
+/// Server ids of a configuration: voters, then learners.
+pub type Members = (Vec<u64>, Vec<u64>);
+
+impl State {
+    /// An empty state whose append/prepend refuse results over `item_bytes_max`.
+    pub fn new(item_bytes_max: usize) -> State {
+        State {
+            items: HashMap::new(),
+            flush_deadline_s: None,
+            applied_index: 0,
+            bytes: 0,
+            item_bytes_max,
+            config: Members::default(),
+        }
+    }
+
+    /// Rebuilds a state from a keystore file's contents.
+    pub fn restore(
+        item_bytes_max: usize,
+        applied_index: u64,
+        flush_deadline_s: Option<u64>,
+        items: impl IntoIterator<Item = (Bytes, Item)>,
+    ) -> State {
+        let mut state = State::new(item_bytes_max);
+        state.applied_index = applied_index;
+        state.flush_deadline_s = flush_deadline_s;
+        for (key, item) in items {
+            state.insert(key, item);
+        }
+        state
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    /// Membership as of the applied index (empty before any configuration).
+    pub fn config(&self) -> &Members {
+        &self.config
+    }
+
+    /// Sets the membership a keystore file recorded.
+    pub fn set_config(&mut self, config: Members) {
+        self.config = config;
+    }
+
+    pub fn flush_deadline_s(&self) -> Option<u64> {
+        self.flush_deadline_s
+    }
+
+    /// Items held, including expired ones not yet swept (as memcached's curr_items).
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    /// Key and value bytes held.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn item_bytes_max(&self) -> usize {
+        self.item_bytes_max
+    }
+
+    /// Every item held, visible or not, for writing a keystore file.
+    pub fn items(&self) -> impl Iterator<Item = (&Bytes, &Item)> {
+        self.items.iter()
+    }
+
+    /// Looks `key` up as a reader at `now_s` sees it.
+    pub fn lookup(&self, key: &[u8], now_s: u64) -> Lookup<'_> {
+        match self.items.get(key) {
+            None => Lookup::Miss,
+            Some(item) if self.is_flushed(item, now_s) => Lookup::Flushed,
+            Some(item) if exptime::is_expired(item.exptime, now_s) => Lookup::Expired,
+            Some(item) => Lookup::Hit(item),
+        }
+    }
+
+    /// The item visible at `now_s`, if any.
+    pub fn get(&self, key: &[u8], now_s: u64) -> Option<&Item> {
+        match self.lookup(key, now_s) {
+            Lookup::Hit(item) => Some(item),
+            _ => None,
+        }
+    }
+
+    /// Removes items no reader can see any more at `now_s`; returns how many.
+    /// Safe to run at any time on any replica: it changes no visible state.
+    pub fn sweep(&mut self, now_s: u64, budget: usize) -> usize {
+        let dead: Vec<Bytes> = self
+            .items
+            .iter()
+            .filter(|(_, item)| {
+                self.is_flushed(item, now_s) || exptime::is_expired(item.exptime, now_s)
+            })
+            .take(budget)
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &dead {
+            self.remove(key);
+        }
+        dead.len()
+    }
+
+    /// Applies the entry at `index`. Indexes must increase by one from the
+    /// last applied; the caller (log replay, commit) guarantees it.
+    pub fn apply(&mut self, index: u64, command: &Command) -> Outcome {
+        debug_assert!(
+            index > self.applied_index,
+            "apply index {index} after {}",
+            self.applied_index
+        );
+        self.applied_index = index;
+        let now_s = command.time_s;
+        match &command.op {
+            Op::Noop => Outcome::Ok,
+            Op::Config { voters, learners } => {
+                self.config = (voters.clone(), learners.clone());
+                Outcome::Ok
+            }
+            Op::Store {
+                mode,
+                key,
+                flags,
+                exptime,
+                data,
+                cas_unique,
+            } => self.store(
+                index,
+                now_s,
+                *mode,
+                key,
+                *flags,
+                *exptime,
+                data,
+                *cas_unique,
+            ),
+            Op::Delete { key } => {
+                if self.get(key, now_s).is_some() {
+                    self.remove(key);
+                    Outcome::Deleted
+                } else {
+                    Outcome::NotFound
+                }
+            }
+            Op::Arith { key, delta, incr } => self.arith(index, now_s, key, *delta, *incr),
+            Op::Touch { key, exptime } => {
+                if self.get(key, now_s).is_some() {
+                    if let Some(item) = self.items.get_mut(key) {
+                        item.exptime = *exptime;
+                    }
+                    Outcome::Touched
+                } else {
+                    Outcome::NotFound
+                }
+            }
+            Op::GetAndTouch { keys, exptime } => {
+                let mut hits = Vec::with_capacity(keys.len());
+                for key in keys {
+                    if self.get(key, now_s).is_none() {
+                        continue;
+                    }
+                    if let Some(item) = self.items.get_mut(key) {
+                        item.exptime = *exptime;
+                        hits.push(Hit {
+                            key: key.clone(),
+                            flags: item.flags,
+                            data: item.data.clone(),
+                            cas: item.cas,
+                        });
+                    }
+                }
+                Outcome::Hits(hits)
+            }
+            Op::FlushAll { deadline_s } => {
+                // A deadline already reached must take effect before a new
+                // flush replaces it, or its victims would reappear.
+                if let Some(old) = self.flush_deadline_s.take() {
+                    if now_s >= old {
+                        self.remove_where(|item| item.updated_s <= old);
+                    }
+                }
+                if *deadline_s == 0 || *deadline_s <= now_s {
+                    self.items.clear();
+                    self.bytes = 0;
+                } else {
+                    self.flush_deadline_s = Some(*deadline_s);
+                }
+                Outcome::Ok
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn store(
+        &mut self,
+        index: u64,
+        now_s: u64,
+        mode: StoreMode,
+        key: &Bytes,
+        flags: u32,
+        exptime: AbsTime,
+        data: &Bytes,
+        cas_unique: u64,
+    ) -> Outcome {
+        let existing = self.get(key, now_s);
+        let new_item = |data: Bytes, flags: u32, exptime: AbsTime| Item {
+            data,
+            flags,
+            exptime,
+            cas: index,
+            updated_s: now_s,
+        };
+        let item = match (mode, existing) {
+            (StoreMode::Set, _) | (StoreMode::Add, None) | (StoreMode::Replace, Some(_)) => {
+                new_item(data.clone(), flags, exptime)
+            }
+            (StoreMode::Add, Some(_)) | (StoreMode::Replace, None) => return Outcome::NotStored,
+            (StoreMode::Append | StoreMode::Prepend, None) => return Outcome::NotStored,
+            (StoreMode::Append | StoreMode::Prepend, Some(old)) => {
+                let len = old.data.len() + data.len();
+                if len > self.item_bytes_max {
+                    // memcached cannot allocate the joined item and answers
+                    // NOT_STORED (the differential test pins this).
+                    return Outcome::NotStored;
+                }
+                let mut joined = Vec::with_capacity(len);
+                if mode == StoreMode::Append {
+                    joined.extend_from_slice(&old.data);
+                    joined.extend_from_slice(data);
+                } else {
+                    joined.extend_from_slice(data);
+                    joined.extend_from_slice(&old.data);
+                }
+                // append/prepend keep the item's flags and expiry.
+                new_item(Bytes::from(joined), old.flags, old.exptime)
+            }
+            (StoreMode::Cas, None) => return Outcome::NotFound,
+            (StoreMode::Cas, Some(old)) if old.cas != cas_unique => return Outcome::Exists,
+            (StoreMode::Cas, Some(_)) => new_item(data.clone(), flags, exptime),
+        };
+        self.insert(key.clone(), item);
+        Outcome::Stored
+    }
+
+    fn arith(&mut self, index: u64, now_s: u64, key: &Bytes, delta: u64, incr: bool) -> Outcome {
+        let Some(old) = self.get(key, now_s) else {
+            return Outcome::NotFound;
+        };
+        let Some(value) = parse_counter(&old.data) else {
+            return Outcome::NonNumeric;
+        };
+        let value = if incr {
+            value.wrapping_add(delta)
+        } else {
+            value.saturating_sub(delta)
+        };
+        let item = Item {
+            data: Bytes::from(value.to_string()),
+            flags: old.flags,
+            exptime: old.exptime,
+            cas: index,
+            updated_s: now_s,
+        };
+        self.insert(key.clone(), item);
+        Outcome::Number(value)
+    }
+
+    fn is_flushed(&self, item: &Item, now_s: u64) -> bool {
+        matches!(self.flush_deadline_s, Some(deadline) if now_s >= deadline && item.updated_s <= deadline)
+    }
+
+    fn insert(&mut self, key: Bytes, item: Item) {
+        let key_len = key.len() as u64;
+        self.bytes += key_len + item.data.len() as u64;
+        if let Some(old) = self.items.insert(key, item) {
+            self.bytes -= key_len + old.data.len() as u64;
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some((key, old)) = self.items.remove_entry(key) {
+            self.bytes -= (key.len() + old.data.len()) as u64;
+        }
+    }
+
+    fn remove_where(&mut self, dead: impl Fn(&Item) -> bool) {
+        let mut freed = 0u64;
+        self.items.retain(|key, item| {
+            let keep = !dead(item);
+            if !keep {
+                freed += (key.len() + item.data.len()) as u64;
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+/// memcached's rule for a counter value: optional leading whitespace, then a
+/// decimal u64, then the end or whitespace.
+pub fn parse_counter(data: &[u8]) -> Option<u64> {
+    let start = data.iter().position(|b| !is_c_space(*b))?;
+    let digits = &data[start..];
+    let end = digits
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .unwrap_or(digits.len());
+    if end == 0 {
+        return None;
+    }
+    if end < digits.len() && !is_c_space(digits[end]) {
+        return None;
+    }
+    let mut value: u64 = 0;
+    for &digit in &digits[..end] {
+        value = value
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+    }
+    Some(value)
+}
+
+/// C's isspace in the "C" locale.
+fn is_c_space(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const LIMIT: usize = 64;
+
+    fn cmd(time_s: u64, op: Op) -> Command {
+        Command { time_s, op }
+    }
+
+    fn set(key: &str, data: &str) -> Op {
+        Op::Store {
+            mode: StoreMode::Set,
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            flags: 0,
+            exptime: 0,
+            data: Bytes::copy_from_slice(data.as_bytes()),
+            cas_unique: 0,
+        }
+    }
+
+    #[test]
+    fn cas_unique_is_the_log_index() {
+        let mut state = State::new(LIMIT);
+        state.apply(7, &cmd(1, set("k", "v")));
+        assert_eq!(state.get(b"k", 1).unwrap().cas, 7);
+    }
+
+    #[test]
+    fn counters_wrap_up_and_floor_down() {
+        let mut state = State::new(LIMIT);
+        state.apply(1, &cmd(1, set("n", "18446744073709551615")));
+        let incr = Op::Arith {
+            key: Bytes::from_static(b"n"),
+            delta: 1,
+            incr: true,
+        };
+        assert_eq!(state.apply(2, &cmd(1, incr)), Outcome::Number(0));
+        let decr = Op::Arith {
+            key: Bytes::from_static(b"n"),
+            delta: 5,
+            incr: false,
+        };
+        assert_eq!(state.apply(3, &cmd(1, decr)), Outcome::Number(0));
+        assert_eq!(parse_counter(b" 12"), Some(12));
+        assert_eq!(parse_counter(b"12  "), Some(12));
+        assert_eq!(parse_counter(b"12abc"), None);
+        assert_eq!(parse_counter(b""), None);
+        assert_eq!(parse_counter(b"18446744073709551616"), None);
+    }
+
+    #[test]
+    fn delayed_flush_hides_items_written_before_its_deadline() {
+        let mut state = State::new(LIMIT);
+        state.apply(1, &cmd(100, set("a", "1")));
+        state.apply(2, &cmd(100, Op::FlushAll { deadline_s: 102 }));
+        state.apply(3, &cmd(101, set("b", "2")));
+        assert!(state.get(b"a", 101).is_some());
+        assert_eq!(state.lookup(b"a", 102), Lookup::Flushed);
+        assert_eq!(state.lookup(b"b", 102), Lookup::Flushed);
+        state.apply(4, &cmd(103, set("c", "3")));
+        assert!(state.get(b"c", 103).is_some());
+        // A new flush after the deadline must not bring the victims back.
+        state.apply(5, &cmd(104, Op::FlushAll { deadline_s: 500 }));
+        assert_eq!(state.lookup(b"a", 104), Lookup::Miss);
+        assert!(state.get(b"c", 104).is_some());
+    }
+
+    #[test]
+    fn bytes_are_accounted() {
+        let mut state = State::new(LIMIT);
+        state.apply(1, &cmd(1, set("k", "abc")));
+        state.apply(2, &cmd(1, set("k", "de")));
+        assert_eq!(state.bytes(), 3);
+        state.apply(
+            3,
+            &cmd(
+                1,
+                Op::Delete {
+                    key: Bytes::from_static(b"k"),
+                },
+            ),
+        );
+        assert_eq!(state.bytes(), 0);
+    }
+
+    /// The oracle: a plain map with memcached's rules written out the
+    /// simplest way, no expiry (exptimes are NEVER or long past).
+    #[derive(Default)]
+    struct Model {
+        items: BTreeMap<Vec<u8>, (Vec<u8>, u32, u64)>,
+    }
+
+    impl Model {
+        fn apply(&mut self, index: u64, op: &Op) -> Outcome {
+            match op {
+                Op::Noop => Outcome::Ok,
+                Op::Store {
+                    mode,
+                    key,
+                    flags,
+                    exptime,
+                    data,
+                    cas_unique,
+                } => {
+                    let expired = *exptime == exptime::EXPIRED;
+                    let present = self.items.get(&key[..]).cloned();
+                    let new = match (mode, present) {
+                        (StoreMode::Set, _)
+                        | (StoreMode::Add, None)
+                        | (StoreMode::Replace, Some(_)) => (data.to_vec(), *flags),
+                        (StoreMode::Cas, None) => return Outcome::NotFound,
+                        (StoreMode::Cas, Some(old)) => {
+                            if old.2 != *cas_unique {
+                                return Outcome::Exists;
+                            }
+                            (data.to_vec(), *flags)
+                        }
+                        (StoreMode::Append, Some(old)) | (StoreMode::Prepend, Some(old)) => {
+                            if old.0.len() + data.len() > LIMIT {
+                                return Outcome::NotStored;
+                            }
+                            let joined = if *mode == StoreMode::Append {
+                                [&old.0[..], &data[..]].concat()
+                            } else {
+                                [&data[..], &old.0[..]].concat()
+                            };
+                            self.items.insert(key.to_vec(), (joined, old.1, index));
+                            return Outcome::Stored;
+                        }
+                        _ => return Outcome::NotStored,
+                    };
+                    if expired {
+                        self.items.remove(&key[..]);
+                    } else {
+                        self.items.insert(key.to_vec(), (new.0, new.1, index));
+                    }
+                    Outcome::Stored
+                }
+                Op::Delete { key } => match self.items.remove(&key[..]) {
+                    Some(_) => Outcome::Deleted,
+                    None => Outcome::NotFound,
+                },
+                Op::Arith { key, delta, incr } => {
+                    let Some(old) = self.items.get(&key[..]).cloned() else {
+                        return Outcome::NotFound;
+                    };
+                    // strtoull's reading: leading space, digits, then the end
+                    // or a space (memcached ignores what follows a space).
+                    let text = String::from_utf8_lossy(&old.0).into_owned();
+                    let text = text.trim_start();
+                    let digits: String = text.chars().take_while(char::is_ascii_digit).collect();
+                    let rest = &text[digits.len()..];
+                    let number = (rest.is_empty()
+                        || rest.starts_with(|c: char| c.is_ascii_whitespace()))
+                    .then(|| digits.parse::<u64>().ok())
+                    .flatten();
+                    let Some(n) = number else {
+                        return Outcome::NonNumeric;
+                    };
+                    let n = if *incr {
+                        n.wrapping_add(*delta)
+                    } else {
+                        n.saturating_sub(*delta)
+                    };
+                    self.items
+                        .insert(key.to_vec(), (n.to_string().into_bytes(), old.1, index));
+                    Outcome::Number(n)
+                }
+                Op::Touch { key, exptime } => {
+                    if !self.items.contains_key(&key[..]) {
+                        return Outcome::NotFound;
+                    }
+                    if *exptime == exptime::EXPIRED {
+                        self.items.remove(&key[..]);
+                    }
+                    Outcome::Touched
+                }
+                Op::GetAndTouch { .. } | Op::Config { .. } => unreachable!("not generated"),
+                Op::FlushAll { .. } => {
+                    self.items.clear();
+                    Outcome::Ok
+                }
+            }
+        }
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let key = prop_oneof![Just("a"), Just("b"), Just("c")]
+            .prop_map(|k| Bytes::from_static(k.as_bytes()));
+        let data = prop_oneof![
+            Just("1"),
+            Just("42"),
+            Just("18446744073709551615"),
+            Just(" 7 "),
+            Just("x"),
+            Just(""),
+            Just("abcdefghijklmnopqrstuvwxyzabcdefghijkl")
+        ]
+        .prop_map(|d| Bytes::from_static(d.as_bytes()));
+        let mode = prop_oneof![
+            Just(StoreMode::Set),
+            Just(StoreMode::Add),
+            Just(StoreMode::Replace),
+            Just(StoreMode::Append),
+            Just(StoreMode::Prepend),
+            Just(StoreMode::Cas)
+        ];
+        let exptime = prop_oneof![4 => Just(exptime::NEVER), 1 => Just(exptime::EXPIRED)];
+        prop_oneof![
+            (mode, key.clone(), 0u32..3, exptime.clone(), data, 0u64..12).prop_map(
+                |(mode, key, flags, exptime, data, cas_unique)| Op::Store {
+                    mode,
+                    key,
+                    flags,
+                    exptime,
+                    data,
+                    cas_unique
+                }
+            ),
+            key.clone().prop_map(|key| Op::Delete { key }),
+            (
+                key.clone(),
+                prop_oneof![Just(0u64), Just(1), Just(u64::MAX)],
+                any::<bool>()
+            )
+                .prop_map(|(key, delta, incr)| Op::Arith { key, delta, incr }),
+            (key, exptime).prop_map(|(key, exptime)| Op::Touch { key, exptime }),
+            Just(Op::FlushAll { deadline_s: 0 }),
+            Just(Op::Noop),
+        ]
+    }
+
+    proptest! {
+        /// Model-based test: the state machine and the plain-map oracle give
+        /// the same outcomes and hold the same visible items.
+        #[test]
+        fn matches_the_model(ops in proptest::collection::vec(op(), 1..80)) {
+            let now = 1_000;
+            let mut state = State::new(LIMIT);
+            let mut model = Model::default();
+            for (i, op) in ops.iter().enumerate() {
+                let index = i as u64 + 1;
+                let got = state.apply(index, &cmd(now, op.clone()));
+                let want = model.apply(index, op);
+                prop_assert_eq!(&got, &want, "op {} {:?}", index, op);
+                for key in [&b"a"[..], b"b", b"c"] {
+                    let got = state.get(key, now).map(|i| (i.data.to_vec(), i.flags, i.cas));
+                    let want = model.items.get(key).cloned();
+                    prop_assert_eq!(got, want, "key {:?} after op {}", key, index);
+                }
+            }
+        }
+
+        /// Two replicas applying the same entries hold the same items.
+        #[test]
+        fn deterministic(ops in proptest::collection::vec(op(), 1..40)) {
+            let mut one = State::new(LIMIT);
+            let mut two = State::new(LIMIT);
+            for (i, op) in ops.iter().enumerate() {
+                let c = cmd(5, op.clone());
+                prop_assert_eq!(one.apply(i as u64 + 1, &c), two.apply(i as u64 + 1, &c));
+            }
+            let a: BTreeMap<_, _> = one.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let b: BTreeMap<_, _> = two.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+            prop_assert_eq!(a, b);
+        }
+    }
+}

@@ -1,0 +1,374 @@
+//! The LB's TCP discovery protocol (DESIGN §3a "Discovery") as pure code:
+//! [`parse`] turns bytes into one [`Request`], the `encode_*` functions
+//! write replies into a `BytesMut`. No sockets: the driver reads and writes
+//! the connection and asks the core for a [`ClusterView`].
+//!
+//! # Format
+//!
+//! Lines end in `\r\n` (a bare `\n` is accepted, as memcached does).
+//!
+//! ```text
+//! get-servers        -> <leader ip:port>\r\n <other ip:port>\r\n ... end\r\n
+//! stats              -> STAT <name> <value>\r\n ... END\r\n
+//! remove-server <id> -> OK\r\n | NOT_FOUND\r\n
+//! anything else      -> ERROR\r\n
+//! a line over LINE_BYTES_MAX -> CLIENT_ERROR line too long\r\n (the rest of
+//!                       the line is skipped; the connection stays open)
+//! ```
+
+use std::fmt::Write as _;
+
+use bytes::{BufMut, BytesMut};
+use data::frame::{Role, ServerId};
+
+use crate::core::{ClusterView, RemoveError};
+
+/// Longest request line, newline included. The longest valid one is
+/// `remove-server 18446744073709551615\r\n`, 36 bytes.
+pub const LINE_BYTES_MAX: usize = 128;
+
+/// One discovery request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Request {
+    GetServers,
+    Stats,
+    RemoveServer(ServerId),
+}
+
+/// What [`parse`] found at the front of the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    /// No complete line yet, and it is still under the limit.
+    Incomplete,
+    /// A request, and the bytes of its line.
+    Request { request: Request, consumed: usize },
+    /// A complete line that is no request: answer `ERROR`.
+    Unknown { consumed: usize },
+    /// [`LINE_BYTES_MAX`] bytes without a newline: answer `CLIENT_ERROR`
+    /// and skip up to the next newline with [`skip_line`].
+    TooLong,
+}
+
+/// Parses the first line in `buf`.
+pub fn parse(buf: &[u8], line_bytes_max: usize) -> Parsed {
+    let Some(newline) = buf.iter().take(line_bytes_max).position(|b| *b == b'\n') else {
+        return if buf.len() >= line_bytes_max {
+            Parsed::TooLong
+        } else {
+            Parsed::Incomplete
+        };
+    };
+    let consumed = newline + 1;
+    let line = buf[..newline]
+        .strip_suffix(b"\r")
+        .unwrap_or(&buf[..newline]);
+    match request(line) {
+        Some(request) => Parsed::Request { request, consumed },
+        None => Parsed::Unknown { consumed },
+    }
+}
+
+fn request(line: &[u8]) -> Option<Request> {
+    let line = std::str::from_utf8(line).ok()?;
+    let mut words = line.split(' ');
+    let request = match (words.next()?, words.next()) {
+        ("get-servers", None) => Request::GetServers,
+        ("stats", None) => Request::Stats,
+        ("remove-server", Some(id)) => {
+            // Digits only: u64's parser would also take a leading '+'.
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
+                return None;
+            }
+            Request::RemoveServer(ServerId(id.parse().ok()?))
+        }
+        _ => return None,
+    };
+    words.next().is_none().then_some(request)
+}
+
+/// Bytes to drop while skipping the rest of an overlong line: through the
+/// first newline if there is one (then the skip is over), else everything.
+pub fn skip_line(buf: &[u8]) -> (usize, bool) {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(at) => (at + 1, true),
+        None => (buf.len(), false),
+    }
+}
+
+pub fn encode_error(out: &mut BytesMut) {
+    out.put_slice(b"ERROR\r\n");
+}
+
+pub fn encode_line_too_long(out: &mut BytesMut) {
+    out.put_slice(b"CLIENT_ERROR line too long\r\n");
+}
+
+/// `get-servers`: the leader's memcached address first, then the others
+/// in id order; servers being removed are no longer handed out.
+pub fn encode_servers(view: &ClusterView, out: &mut BytesMut) {
+    let listed = |s: &&crate::core::ServerView| !s.removing;
+    let leader = view
+        .servers
+        .iter()
+        .filter(listed)
+        .find(|s| Some(s.id) == view.leader);
+    let others = view
+        .servers
+        .iter()
+        .filter(listed)
+        .filter(|s| Some(s.id) != view.leader);
+    let mut text = String::new();
+    for server in leader.into_iter().chain(others) {
+        // SocketAddr's Display brackets IPv6: "[::1]:11211".
+        let _ = write!(text, "{}\r\n", server.tcp);
+    }
+    text.push_str("end\r\n");
+    out.put_slice(text.as_bytes());
+}
+
+/// `remove-server <id>`'s reply.
+pub fn encode_remove(result: Result<(), RemoveError>, out: &mut BytesMut) {
+    match result {
+        Ok(()) => out.put_slice(b"OK\r\n"),
+        Err(RemoveError::NotFound(_)) => out.put_slice(b"NOT_FOUND\r\n"),
+    }
+}
+
+/// `stats`: the LB's term and leader, counters (the core's and the
+/// driver's, passed in as `counters`), then per server, in id order.
+/// Unknown values (never heard, no status yet) are `-1`.
+pub fn encode_stats(view: &ClusterView, counters: &[(&str, u64)], out: &mut BytesMut) {
+    let mut text = String::new();
+    let mut stat = |name: &str, value: &dyn std::fmt::Display| {
+        let _ = write!(text, "STAT {name} {value}\r\n");
+    };
+    stat("term", &view.term);
+    stat("leader", &view.leader.unwrap_or(ServerId::LB));
+    stat(
+        "election_term",
+        &view.election_term.map_or(0, |term| term.0),
+    );
+    stat("servers", &view.servers.len());
+    let core = &view.counters;
+    stat("elections_started", &core.elections_started);
+    stat("leaders_named", &core.leaders_named);
+    stat("registers_refused", &core.registers_refused);
+    stat("frames_from_unregistered", &core.from_unregistered);
+    stat("stale_promises", &core.stale_promises);
+    stat("frames_unexpected", &core.unexpected);
+    for (name, value) in counters {
+        stat(name, value);
+    }
+    let leader_last_index = view
+        .leader
+        .and_then(|leader| view.servers.iter().find(|s| s.id == leader))
+        .and_then(|s| s.status.as_ref())
+        .map(|status| status.last_index.0);
+    for server in &view.servers {
+        let id = server.id;
+        let status = server.status.as_ref();
+        let role = match status.map(|s| s.role) {
+            Some(Role::Leader) => "leader",
+            Some(Role::Follower) => "follower",
+            Some(Role::Learner) => "learner",
+            None => "unknown",
+        };
+        let unknown = "-1".to_string();
+        let known = |value: Option<u64>| value.map_or_else(|| unknown.clone(), |v| v.to_string());
+        stat(&format!("server.{id}.role"), &role);
+        stat(&format!("server.{id}.tcp"), &server.tcp);
+        stat(&format!("server.{id}.udp"), &server.udp);
+        stat(&format!("server.{id}.removing"), &u8::from(server.removing));
+        stat(
+            &format!("server.{id}.last_heartbeat_ms_ago"),
+            &known(server.last_heard_ms_ago),
+        );
+        stat(
+            &format!("server.{id}.term"),
+            &known(status.map(|s| s.term.0)),
+        );
+        stat(
+            &format!("server.{id}.last_index"),
+            &known(status.map(|s| s.last_index.0)),
+        );
+        stat(
+            &format!("server.{id}.commit_index"),
+            &known(status.map(|s| s.commit_index.0)),
+        );
+        stat(
+            &format!("server.{id}.applied_index"),
+            &known(status.map(|s| s.applied_index.0)),
+        );
+        stat(
+            &format!("server.{id}.leader_contact_ms"),
+            &known(status.map(|s| u64::from(s.leader_contact_ms))),
+        );
+        let lag = leader_last_index
+            .zip(status)
+            .map(|(leader, s)| leader.saturating_sub(s.last_index.0));
+        stat(&format!("server.{id}.lag"), &known(lag));
+    }
+    text.push_str("END\r\n");
+    out.put_slice(text.as_bytes());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::{CoreCounters, ServerStatus, ServerView};
+    use data::frame::{LogIndex, Term};
+
+    #[test]
+    fn parses_each_request_and_its_length() {
+        for (bytes, request) in [
+            (&b"get-servers\r\n"[..], Request::GetServers),
+            (b"stats\r\n", Request::Stats),
+            (b"stats\n", Request::Stats),
+            (b"remove-server 42\r\n", Request::RemoveServer(ServerId(42))),
+            (
+                b"remove-server 18446744073709551615\r\n",
+                Request::RemoveServer(ServerId(u64::MAX)),
+            ),
+        ] {
+            assert_eq!(
+                parse(bytes, LINE_BYTES_MAX),
+                Parsed::Request {
+                    request,
+                    consumed: bytes.len()
+                }
+            );
+        }
+        // Pipelined: only the first line.
+        assert_eq!(
+            parse(b"stats\r\nget-servers\r\n", LINE_BYTES_MAX),
+            Parsed::Request {
+                request: Request::Stats,
+                consumed: 7
+            }
+        );
+    }
+
+    #[test]
+    fn anything_else_is_unknown() {
+        for bytes in [
+            &b"\r\n"[..],
+            b"get\r\n",
+            b"GET-SERVERS\r\n",
+            b"stats items\r\n",
+            b"get-servers \r\n",
+            b"remove-server\r\n",
+            b"remove-server +1\r\n",
+            b"remove-server -1\r\n",
+            b"remove-server 18446744073709551616\r\n",
+            b"remove-server 1 2\r\n",
+            b"\xff\xfe\r\n",
+        ] {
+            assert_eq!(
+                parse(bytes, LINE_BYTES_MAX),
+                Parsed::Unknown {
+                    consumed: bytes.len()
+                },
+                "{bytes:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn incomplete_until_newline_and_too_long_at_the_limit() {
+        assert_eq!(parse(b"get-serv", LINE_BYTES_MAX), Parsed::Incomplete);
+        assert_eq!(parse(b"", LINE_BYTES_MAX), Parsed::Incomplete);
+        let long = vec![b'a'; LINE_BYTES_MAX];
+        assert_eq!(parse(&long, LINE_BYTES_MAX), Parsed::TooLong);
+        assert_eq!(
+            parse(&long[..LINE_BYTES_MAX - 1], LINE_BYTES_MAX),
+            Parsed::Incomplete
+        );
+        assert_eq!(skip_line(b"aaaa"), (4, false));
+        assert_eq!(skip_line(b"aa\nstats\r\n"), (3, true));
+    }
+
+    fn view() -> ClusterView {
+        let server = |id: u64, last_index: Option<u64>| ServerView {
+            id: ServerId(id),
+            tcp: format!("127.0.0.1:{}", 11210 + id)
+                .parse()
+                .expect("literal"),
+            udp: format!("127.0.0.1:{}", 12210 + id)
+                .parse()
+                .expect("literal"),
+            removing: false,
+            last_heard_ms_ago: last_index.map(|_| 20),
+            status: last_index.map(|i| ServerStatus {
+                received_ms: 0,
+                seq: 1,
+                term: Term(3),
+                role: if id == 2 {
+                    Role::Leader
+                } else {
+                    Role::Follower
+                },
+                leader: ServerId(2),
+                last_term: Term(3),
+                last_index: LogIndex(i),
+                commit_index: LogIndex(i),
+                applied_index: LogIndex(i),
+                leader_contact_ms: 5,
+                voters: vec![],
+                learners: vec![],
+            }),
+        };
+        ClusterView {
+            term: Term(3),
+            leader: Some(ServerId(2)),
+            election_term: None,
+            servers: vec![server(1, Some(7)), server(2, Some(10)), server(3, None)],
+            counters: CoreCounters::default(),
+        }
+    }
+
+    #[test]
+    fn get_servers_lists_the_leader_first() {
+        let mut out = BytesMut::new();
+        encode_servers(&view(), &mut out);
+        assert_eq!(
+            &out[..],
+            b"127.0.0.1:11212\r\n127.0.0.1:11211\r\n127.0.0.1:11213\r\nend\r\n"
+        );
+        let mut removing = view();
+        removing.servers[0].removing = true;
+        removing.leader = None;
+        let mut out = BytesMut::new();
+        encode_servers(&removing, &mut out);
+        assert_eq!(&out[..], b"127.0.0.1:11212\r\n127.0.0.1:11213\r\nend\r\n");
+    }
+
+    #[test]
+    fn stats_has_per_server_lines_and_lag() {
+        let mut out = BytesMut::new();
+        encode_stats(&view(), &[("frames_bad_mac", 4)], &mut out);
+        let text = std::str::from_utf8(&out).expect("ascii");
+        for line in [
+            "STAT term 3\r\n",
+            "STAT leader 2\r\n",
+            "STAT servers 3\r\n",
+            "STAT frames_bad_mac 4\r\n",
+            "STAT server.2.role leader\r\n",
+            "STAT server.1.role follower\r\n",
+            "STAT server.1.tcp 127.0.0.1:11211\r\n",
+            "STAT server.1.udp 127.0.0.1:12211\r\n",
+            "STAT server.1.last_heartbeat_ms_ago 20\r\n",
+            "STAT server.1.last_index 7\r\n",
+            "STAT server.1.commit_index 7\r\n",
+            "STAT server.1.applied_index 7\r\n",
+            "STAT server.1.lag 3\r\n",
+            "STAT server.2.lag 0\r\n",
+            "STAT server.3.role unknown\r\n",
+            "STAT server.3.last_heartbeat_ms_ago -1\r\n",
+            "STAT server.3.lag -1\r\n",
+        ] {
+            assert!(text.contains(line), "{line:?} missing from {text}");
+        }
+        assert!(text.ends_with("END\r\n"));
+        assert!(text.lines().all(|l| l.starts_with("STAT ") || l == "END"));
+    }
+}

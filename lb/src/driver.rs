@@ -1,0 +1,579 @@
+//! The LB's I/O on tokio: the UDP control socket, the timer that drives
+//! [`Core::tick`], persistence of [`DurableState`] on a blocking thread, and
+//! the TCP discovery listener. [`run`] is the entry point (`store addlb`
+//! and tests call it).
+//!
+//! It decides nothing about elections or membership: every decision is the
+//! core's, and this module only carries them out, in order, enforcing the
+//! one ordering rule of the core's output (a `Persist` completes before any
+//! later `Send`). One task owns the core, the UDP socket and the registry
+//! file; discovery connections talk to it through a bounded channel.
+//!
+//! Datagrams are dropped silently (and counted) when they fail the MAC, are
+//! malformed, belong to another cluster or are not addressed to the LB (0).
+//! The LB sends only to registered servers' registered UDP addresses, never
+//! back to a `recv_from` address.
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use data::frame::{self, Frame, FrameError, Header, ServerId, DATAGRAM_BYTES_MAX};
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
+use tokio::time::{sleep_until, timeout, Instant};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cluster_file::{self, ClusterFile, ClusterFileError};
+use crate::core::{Action, ClusterView, Core, CoreConfig, RemoveError};
+use crate::discovery::{self, Parsed, Request, LINE_BYTES_MAX};
+use crate::registry::{DurableState, RegistryError, RegistryFile};
+
+/// `store addlb`'s default TCP discovery port (and UDP control port).
+pub const PORT_DEFAULT: u16 = 11311;
+pub const HEARTBEAT_MS_DEFAULT: u64 = 100;
+pub const ELECTION_TIMEOUT_MS_DEFAULT: u64 = 1000;
+
+/// Bounds on the timing flags, so sums of times cannot overflow and a typo
+/// cannot make failover take a day.
+pub const HEARTBEAT_MS_MAX: u64 = 60_000;
+pub const ELECTION_TIMEOUT_MS_MAX: u64 = 600_000;
+
+/// Simultaneous discovery connections; more are told so and closed.
+pub const CONNECTIONS_MAX: usize = 64;
+
+/// Discovery requests waiting for the control task; senders wait when full.
+const REQUESTS_QUEUED_MAX: usize = 64;
+
+/// A discovery connection that neither sends nor accepts bytes for this
+/// long is closed, so idle clients cannot hold every connection slot.
+const CONNECTION_IDLE_MS: u64 = 60_000;
+
+/// How long shutdown waits for discovery connections to finish.
+const SHUTDOWN_DRAIN_MS: u64 = 2_000;
+
+/// The LB's settings; `store addlb` builds it from its flags.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LbConfig {
+    pub listen: IpAddr,
+    /// TCP discovery port; 0 picks a free one.
+    pub tcp_port: u16,
+    /// UDP control port; 0 picks a free one.
+    pub udp_port: u16,
+    /// Holds `cluster` and `registry`; created if missing.
+    pub data_dir: PathBuf,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+}
+
+impl LbConfig {
+    /// The cluster file servers must be given (`--cluster-file`).
+    pub fn cluster_file_path(&self) -> PathBuf {
+        cluster_file::path_in(&self.data_dir)
+    }
+
+    fn validate(&self) -> Result<CoreConfig, LbError> {
+        if !(1..=HEARTBEAT_MS_MAX).contains(&self.heartbeat_ms) {
+            return Err(LbError::Config(format!(
+                "--heartbeat-ms must be between 1 and {HEARTBEAT_MS_MAX}"
+            )));
+        }
+        // Followers must be able to miss a heartbeat or two before they
+        // count as having lost the leader.
+        if self.election_timeout_ms < 2 * self.heartbeat_ms
+            || self.election_timeout_ms > ELECTION_TIMEOUT_MS_MAX
+        {
+            return Err(LbError::Config(format!(
+                "--election-timeout-ms must be at least twice --heartbeat-ms and at most \
+                 {ELECTION_TIMEOUT_MS_MAX}"
+            )));
+        }
+        Ok(CoreConfig {
+            heartbeat_ms: self.heartbeat_ms,
+            election_timeout_ms: self.election_timeout_ms,
+        })
+    }
+}
+
+/// Why the LB could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum LbError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error("create data directory {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error(transparent)]
+    ClusterFile(#[from] ClusterFileError),
+    /// Loading failed, or a save did: then the LB stops, because its state
+    /// in memory is ahead of its disk and it must not act on it.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    #[error("bind {what} {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: io::Error,
+    },
+    #[error("receive on the control socket: {0}")]
+    Receive(#[source] io::Error),
+    #[error("a blocking file task panicked")]
+    TaskPanicked,
+}
+
+/// The driver's counters; `stats` reads them as they are.
+#[derive(Debug, Default)]
+struct Counters {
+    frames_received: AtomicU64,
+    frames_bad_mac: AtomicU64,
+    frames_malformed: AtomicU64,
+    frames_other_cluster: AtomicU64,
+    frames_not_for_lb: AtomicU64,
+    frames_sent: AtomicU64,
+    frames_send_failed: AtomicU64,
+    connections_refused: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [(&'static str, u64); 8] {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        [
+            ("frames_received", get(&self.frames_received)),
+            ("frames_bad_mac", get(&self.frames_bad_mac)),
+            ("frames_malformed", get(&self.frames_malformed)),
+            ("frames_other_cluster", get(&self.frames_other_cluster)),
+            ("frames_not_for_lb", get(&self.frames_not_for_lb)),
+            ("frames_sent", get(&self.frames_sent)),
+            ("frames_send_failed", get(&self.frames_send_failed)),
+            ("connections_refused", get(&self.connections_refused)),
+        ]
+    }
+}
+
+/// What a discovery connection asks of the control task.
+enum CoreRequest {
+    View(oneshot::Sender<ClusterView>),
+    Remove(ServerId, oneshot::Sender<Result<(), RemoveError>>),
+}
+
+/// Runs the LB until `shutdown` is cancelled (then returns `Ok`) or a fatal
+/// error. Calls `ready` with the bound TCP and UDP addresses once both
+/// sockets are open and the durable state is loaded.
+pub async fn run(
+    config: LbConfig,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr, SocketAddr),
+) -> Result<(), LbError> {
+    let core_config = config.validate()?;
+    let dir = config.data_dir.clone();
+    let (cluster, durable) = tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&dir).map_err(|source| LbError::DataDir {
+            path: dir.clone(),
+            source,
+        })?;
+        // The OS-seeded RNG: the secret keys every datagram's MAC.
+        let (cluster, created) = cluster_file::load_or_create(&dir, || {
+            cluster_file::generate(&mut rand::rngs::OsRng)
+        })?;
+        if created {
+            tracing::info!(path = %cluster_file::path_in(&dir).display(), "created the cluster file");
+        }
+        let durable = RegistryFile::new(&dir).load()?;
+        Ok::<_, LbError>((cluster, durable))
+    })
+    .await
+    .map_err(|_| LbError::TaskPanicked)??;
+
+    let udp_addr = SocketAddr::new(config.listen, config.udp_port);
+    let socket = UdpSocket::bind(udp_addr)
+        .await
+        .map_err(|source| LbError::Bind {
+            what: "udp",
+            addr: udp_addr,
+            source,
+        })?;
+    let tcp_addr = SocketAddr::new(config.listen, config.tcp_port);
+    let listener = TcpListener::bind(tcp_addr)
+        .await
+        .map_err(|source| LbError::Bind {
+            what: "tcp",
+            addr: tcp_addr,
+            source,
+        })?;
+    let local = |r: io::Result<SocketAddr>, what, addr| {
+        r.map_err(|source| LbError::Bind { what, addr, source })
+    };
+    let udp_bound = local(socket.local_addr(), "udp", udp_addr)?;
+    let tcp_bound = local(listener.local_addr(), "tcp", tcp_addr)?;
+    tracing::info!(
+        term = %durable.term,
+        leader = %durable.leader,
+        members = durable.members.len(),
+        "loaded the registry"
+    );
+
+    let counters = Arc::new(Counters::default());
+    let (requests_tx, requests_rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
+    let tracker = TaskTracker::new();
+    // A child token: discovery stops when the LB is shut down, and also when
+    // the control task fails.
+    let discovery_stop = shutdown.child_token();
+    tracker.spawn(accept_loop(
+        listener,
+        requests_tx,
+        Arc::clone(&counters),
+        discovery_stop.clone(),
+        tracker.clone(),
+    ));
+    ready(tcp_bound, udp_bound);
+
+    let start = Instant::now();
+    let control = Control {
+        core: Core::new(core_config, durable.clone(), 0),
+        last_logged: durable,
+        socket,
+        cluster,
+        registry: RegistryFile::new(&config.data_dir),
+        counters,
+        start,
+        out: BytesMut::with_capacity(DATAGRAM_BYTES_MAX),
+    };
+    let result = control.run(&shutdown, requests_rx).await;
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "the LB is stopping");
+    }
+    discovery_stop.cancel();
+    tracker.close();
+    if timeout(Duration::from_millis(SHUTDOWN_DRAIN_MS), tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("discovery connections did not finish within the shutdown deadline");
+    }
+    result
+}
+
+/// The control task: owns the core, the UDP socket and the registry file.
+struct Control {
+    core: Core,
+    /// The last persisted state logged, to log only term/leader changes.
+    last_logged: DurableState,
+    socket: UdpSocket,
+    cluster: ClusterFile,
+    registry: RegistryFile,
+    counters: Arc<Counters>,
+    start: Instant,
+    out: BytesMut,
+}
+
+impl Control {
+    async fn run(
+        mut self,
+        shutdown: &CancellationToken,
+        mut requests: mpsc::Receiver<CoreRequest>,
+    ) -> Result<(), LbError> {
+        // One byte more than the largest datagram, so an oversized one
+        // arrives truncated at that length and decode refuses it as too long.
+        let mut buf = vec![0u8; DATAGRAM_BYTES_MAX + 1];
+        loop {
+            let deadline = self.start + Duration::from_millis(self.core.next_deadline_ms());
+            let actions = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => return Ok(()),
+                received = self.socket.recv_from(&mut buf) => match received {
+                    // The source address is deliberately unused: replies go
+                    // only to registered addresses.
+                    Ok((len, _source)) => self.on_datagram(&buf[..len]),
+                    Err(e) if transient(&e) => {
+                        tracing::debug!(error = %e, "control socket receive");
+                        Vec::new()
+                    }
+                    Err(e) => return Err(LbError::Receive(e)),
+                },
+                Some(request) = requests.recv() => self.on_request(request),
+                () = sleep_until(deadline) => {
+                    let now = self.now_ms();
+                    self.core.tick(now)
+                }
+            };
+            self.execute(actions).await?;
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    fn on_datagram(&mut self, datagram: &[u8]) -> Vec<Action> {
+        let counters = &self.counters;
+        Counters::bump(&counters.frames_received);
+        let frame = match frame::decode(datagram, &self.cluster.secret) {
+            Ok(frame) => frame,
+            Err(FrameError::BadMac) => {
+                Counters::bump(&counters.frames_bad_mac);
+                return Vec::new();
+            }
+            Err(e) => {
+                Counters::bump(&counters.frames_malformed);
+                tracing::debug!(error = %e, "dropped a malformed datagram");
+                return Vec::new();
+            }
+        };
+        if frame.header.cluster != self.cluster.id {
+            Counters::bump(&counters.frames_other_cluster);
+            return Vec::new();
+        }
+        if frame.header.to != ServerId::LB {
+            Counters::bump(&counters.frames_not_for_lb);
+            return Vec::new();
+        }
+        let now = self.now_ms();
+        self.core.receive(now, &frame.header, frame.message)
+    }
+
+    fn on_request(&mut self, request: CoreRequest) -> Vec<Action> {
+        match request {
+            CoreRequest::View(reply) => {
+                // The asker may have gone; nothing to do then.
+                let _ = reply.send(self.core.view(self.now_ms()));
+                Vec::new()
+            }
+            CoreRequest::Remove(id, reply) => {
+                let (answer, actions) = match self.core.remove_server(id) {
+                    Ok(actions) => (Ok(()), actions),
+                    Err(e) => (Err(e), Vec::new()),
+                };
+                let _ = reply.send(answer);
+                actions
+            }
+        }
+    }
+
+    /// Carries out the core's actions in order; a `Persist` is durable
+    /// before the next action starts.
+    async fn execute(&mut self, actions: Vec<Action>) -> Result<(), LbError> {
+        for action in actions {
+            match action {
+                Action::Persist(state) => {
+                    let registry = self.registry.clone();
+                    let saved = state.clone();
+                    tokio::task::spawn_blocking(move || registry.save(&saved))
+                        .await
+                        .map_err(|_| LbError::TaskPanicked)??;
+                    if (state.term, state.leader)
+                        != (self.last_logged.term, self.last_logged.leader)
+                    {
+                        tracing::info!(term = %state.term, leader = %state.leader, "term or leader changed");
+                    }
+                    self.last_logged = state;
+                }
+                Action::Send {
+                    to,
+                    addr,
+                    term,
+                    message,
+                } => {
+                    let frame = Frame {
+                        header: Header {
+                            cluster: self.cluster.id,
+                            from: ServerId::LB,
+                            to,
+                            term,
+                        },
+                        message,
+                    };
+                    self.out.clear();
+                    if let Err(e) = frame::encode(&frame, &self.cluster.secret, &mut self.out) {
+                        // The registry's MEMBERS_MAX keeps every message the
+                        // core makes under the datagram limit.
+                        tracing::error!(error = %e, "cannot encode a control frame");
+                        Counters::bump(&self.counters.frames_send_failed);
+                        continue;
+                    }
+                    match self.socket.send_to(&self.out, addr).await {
+                        Ok(_) => Counters::bump(&self.counters.frames_sent),
+                        Err(e) => {
+                            // UDP: the protocol resends; a failed send is a
+                            // lost datagram.
+                            tracing::debug!(error = %e, %addr, "send failed");
+                            Counters::bump(&self.counters.frames_send_failed);
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Receive errors that say nothing about the socket itself (an ICMP error
+/// for an earlier send, an interrupted call).
+fn transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    )
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    requests: mpsc::Sender<CoreRequest>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(CONNECTIONS_MAX));
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Out of file descriptors and the like: wait a moment rather
+                // than spin on an error that persists.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_millis(ACCEPT_BACKOFF_MS)) => continue,
+                }
+            }
+        };
+        match Arc::clone(&slots).try_acquire_owned() {
+            Ok(slot) => {
+                tracker.spawn(serve_connection(
+                    stream,
+                    requests.clone(),
+                    Arc::clone(&counters),
+                    shutdown.clone(),
+                    slot,
+                ));
+            }
+            Err(_) => {
+                Counters::bump(&counters.connections_refused);
+                // Best effort and without waiting: the socket buffer of a
+                // fresh connection takes this line.
+                let _ = stream.try_write(b"ERROR Too many open connections\r\n");
+            }
+        }
+    }
+}
+
+/// Pause after a failed accept.
+const ACCEPT_BACKOFF_MS: u64 = 50;
+
+/// Serves one discovery connection until the client leaves, idles out, or
+/// the LB shuts down.
+async fn serve_connection(
+    mut stream: TcpStream,
+    requests: mpsc::Sender<CoreRequest>,
+    counters: Arc<Counters>,
+    shutdown: CancellationToken,
+    _slot: OwnedSemaphorePermit,
+) {
+    let idle = Duration::from_millis(CONNECTION_IDLE_MS);
+    let mut input = BytesMut::with_capacity(2 * LINE_BYTES_MAX);
+    let mut output = BytesMut::new();
+    let mut chunk = [0u8; LINE_BYTES_MAX];
+    // After an overlong line: drop bytes until its newline.
+    let mut skipping = false;
+    loop {
+        loop {
+            if skipping {
+                let (drop, done) = discovery::skip_line(&input);
+                input.advance(drop);
+                if !done {
+                    break;
+                }
+                skipping = false;
+            }
+            match discovery::parse(&input, LINE_BYTES_MAX) {
+                Parsed::Incomplete => break,
+                Parsed::TooLong => {
+                    discovery::encode_line_too_long(&mut output);
+                    skipping = true;
+                }
+                Parsed::Unknown { consumed } => {
+                    input.advance(consumed);
+                    discovery::encode_error(&mut output);
+                }
+                Parsed::Request { request, consumed } => {
+                    input.advance(consumed);
+                    if !answer(request, &requests, &counters, &mut output).await {
+                        return;
+                    }
+                }
+            }
+        }
+        if !output.is_empty() {
+            match timeout(idle, stream.write_all(&output)).await {
+                Ok(Ok(())) => output.clear(),
+                _ => return,
+            }
+        }
+        let read = tokio::select! {
+            () = shutdown.cancelled() => return,
+            read = timeout(idle, stream.read(&mut chunk)) => read,
+        };
+        match read {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => return,
+            Ok(Ok(n)) => input.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+/// Asks the control task and encodes the reply; false if the LB is going
+/// away.
+async fn answer(
+    request: Request,
+    requests: &mpsc::Sender<CoreRequest>,
+    counters: &Counters,
+    output: &mut BytesMut,
+) -> bool {
+    match request {
+        Request::GetServers | Request::Stats => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send(CoreRequest::View(tx)).await.is_err() {
+                return false;
+            }
+            let Ok(view) = rx.await else {
+                return false;
+            };
+            if request == Request::Stats {
+                discovery::encode_stats(&view, &counters.snapshot(), output);
+            } else {
+                discovery::encode_servers(&view, output);
+            }
+        }
+        Request::RemoveServer(id) => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send(CoreRequest::Remove(id, tx)).await.is_err() {
+                return false;
+            }
+            let Ok(result) = rx.await else {
+                return false;
+            };
+            discovery::encode_remove(result, output);
+        }
+    }
+    true
+}

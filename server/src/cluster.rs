@@ -1,0 +1,1109 @@
+//! The replication driver: runs the [`Replica`] core on its own thread and
+//! does its I/O — the UDP socket, the log and meta files, the timer — and
+//! applies committed entries to the state.
+//!
+//! The one type that owns the server's UDP socket and, in cluster mode, its
+//! log. Connections talk to it through a [`ClusterHandle`]: proposals and
+//! read barriers in, outcomes out. Everything the core decides happens in
+//! the order of its actions: a term is on disk before any message of that
+//! term leaves, appended entries are fsynced before the core hears they are,
+//! and Appends to followers leave before the leader's own fsync, so the two
+//! overlap (DESIGN §4).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Bytes, BytesMut};
+use data::cluster_file::ClusterFile;
+use data::command::Command;
+use data::frame::{self, Frame, FrameError, Header, LogIndex, Message, Role, ServerId, Term};
+use data::state::Outcome;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::commit::{lock, CommitError, SharedState};
+use crate::replica::{Action, Durable, NotLeader, Replica, Timing};
+use crate::snapshot::SnapshotJob;
+use crate::storage::{meta, Log, Meta, StorageError};
+
+/// Requests waiting for the driver at most; connections wait beyond it.
+pub const REQUESTS_QUEUED_MAX: usize = 16 * 1024;
+/// Requests taken per loop turn at most, so datagrams are not starved.
+const REQUESTS_PER_TURN_MAX: usize = 4096;
+/// Datagrams read per loop turn at most.
+const DATAGRAMS_PER_TURN_MAX: usize = 1024;
+/// The core's timer resolution: retransmits start at 20 ms.
+const TICK_MS: u64 = 10;
+/// Receive buffer: a little over the largest datagram, so an oversized one
+/// is seen as such (and dropped) rather than silently cut.
+const RECV_BUFFER_BYTES: usize = frame::DATAGRAM_BYTES_MAX + 64;
+
+/// Snapshot chunks in flight to one follower at most.
+const SNAPSHOT_WINDOW_CHUNKS: u64 = 64;
+/// Resend unacknowledged snapshot chunks after this long.
+const SNAPSHOT_RESEND_MS: u64 = 200;
+/// A snapshot stream gives up after this long without progress.
+const SNAPSHOT_STALL_MS: u64 = 10_000;
+/// Largest keystore file accepted from a leader.
+pub const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
+/// The file a follower receives a leader's keystore into.
+const INCOMING_FILE: &str = "keystore.incoming";
+
+/// How reads are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// ReadIndex on the leader; followers forward reads (DESIGN §2).
+    Linearizable,
+    /// Every server answers from its own state: fast, possibly stale.
+    Local,
+}
+
+impl ReadMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Linearizable => "linearizable",
+            ReadMode::Local => "local",
+        }
+    }
+}
+
+/// Cluster settings from `store addsrv --lb`.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    pub lb: SocketAddr,
+    pub cluster: ClusterFile,
+    /// Where the UDP socket binds.
+    pub udp_listen: SocketAddr,
+    pub timing: Timing,
+    pub read_mode: ReadMode,
+}
+
+/// What connections and `stats` see of the replication state; written by
+/// the driver only.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    pub id: AtomicU64,
+    pub role: AtomicU64,
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub last_index: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub bad_mac: AtomicU64,
+    /// The leader's memcached address, when known.
+    pub leader_tcp: Mutex<Option<SocketAddr>>,
+}
+
+impl ClusterView {
+    pub fn role(&self) -> Role {
+        match self.role.load(Relaxed) {
+            1 => Role::Leader,
+            2 => Role::Learner,
+            _ => Role::Follower,
+        }
+    }
+
+    pub fn leader_tcp(&self) -> Option<SocketAddr> {
+        *self
+            .leader_tcp
+            .lock()
+            .expect("view lock is never held across a panic")
+    }
+
+    /// `repl_` lines for `stats`.
+    pub fn report(&self, read_mode: ReadMode) -> Vec<(String, String)> {
+        let role = match self.role() {
+            Role::Leader => "leader",
+            Role::Learner => "learner",
+            Role::Follower => "follower",
+        };
+        let commit = self.commit_index.load(Relaxed);
+        let applied = self.applied_index.load(Relaxed);
+        vec![
+            ("repl_id".into(), self.id.load(Relaxed).to_string()),
+            ("repl_role".into(), role.into()),
+            ("repl_term".into(), self.term.load(Relaxed).to_string()),
+            (
+                "repl_leader".into(),
+                format!("{:016x}", self.leader.load(Relaxed)),
+            ),
+            ("repl_commit_index".into(), commit.to_string()),
+            ("repl_applied_index".into(), applied.to_string()),
+            (
+                "repl_last_index".into(),
+                self.last_index.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_lag".into(),
+                commit.saturating_sub(applied).to_string(),
+            ),
+            (
+                "repl_frames_sent".into(),
+                self.frames_sent.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_frames_received".into(),
+                self.frames_received.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_frames_dropped".into(),
+                self.frames_dropped.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_bad_mac".into(),
+                self.bad_mac.load(Relaxed).to_string(),
+            ),
+            ("repl_read_mode".into(), read_mode.name().into()),
+        ]
+    }
+}
+
+/// A request from a connection to the driver.
+pub enum DriverRequest {
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome, CommitError>>,
+    },
+    /// A linearizable read barrier: answered once the state may be read.
+    Read {
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
+}
+
+/// The connections' handle on the driver.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    tx: mpsc::Sender<DriverRequest>,
+    pub view: Arc<ClusterView>,
+    pub read_mode: ReadMode,
+}
+
+impl ClusterHandle {
+    pub async fn submit(
+        &self,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Result<Outcome, CommitError>>, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(DriverRequest::Propose { command, reply })
+            .await
+            .map_err(|_| CommitError::Storage)?;
+        Ok(rx)
+    }
+
+    /// Waits until a linearizable read may be served from the local state.
+    pub async fn read_barrier(&self) -> Result<(), CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(DriverRequest::Read { reply })
+            .await
+            .map_err(|_| CommitError::Storage)?;
+        rx.await.unwrap_or(Err(CommitError::Storage))
+    }
+}
+
+/// Everything the driver needs at start.
+pub struct DriverStart {
+    pub settings: ClusterSettings,
+    pub data_dir: PathBuf,
+    /// The address clients reach this server's memcached port at.
+    pub tcp_advertise: SocketAddr,
+    pub log: Log,
+    /// Log records after the keystore's index, in order (not applied yet:
+    /// only the leader knows which are committed).
+    pub entries: Vec<(Term, Bytes)>,
+    pub snapshot_index: LogIndex,
+    pub snapshot_term: Term,
+    pub state: SharedState,
+    pub snapshot_log_bytes: u64,
+    pub item_bytes_max: usize,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("cannot bind UDP {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot start the replication thread: {0}")]
+    Thread(std::io::Error),
+}
+
+/// Starts the driver thread. Returns once the UDP socket is bound.
+pub fn start(
+    start: DriverStart,
+) -> Result<(ClusterHandle, thread::JoinHandle<Result<(), StorageError>>), ClusterError> {
+    let udp_listen = start.settings.udp_listen;
+    let socket = std::net::UdpSocket::bind(udp_listen).map_err(|source| ClusterError::Bind {
+        addr: udp_listen,
+        source,
+    })?;
+    socket
+        .set_nonblocking(true)
+        .map_err(|source| ClusterError::Bind {
+            addr: udp_listen,
+            source,
+        })?;
+    let udp_advertise = socket.local_addr().map_err(|source| ClusterError::Bind {
+        addr: udp_listen,
+        source,
+    })?;
+
+    let meta = match meta::load(&start.data_dir)? {
+        Some(meta) => meta,
+        None => {
+            // A server's id is chosen once and kept: a restart with the same
+            // data directory is the same server (DESIGN §3a).
+            let meta = Meta {
+                server_id: random_id(),
+                current_term: 0,
+            };
+            meta::store(&start.data_dir, &meta)?;
+            meta
+        }
+    };
+    let view = Arc::new(ClusterView::default());
+    view.id.store(meta.server_id, Relaxed);
+    let (tx, rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
+    let handle = ClusterHandle {
+        tx,
+        view: view.clone(),
+        read_mode: start.settings.read_mode,
+    };
+    let thread = thread::Builder::new()
+        .name("replication".into())
+        .spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StorageError::Io {
+                    op: "start runtime",
+                    path: start.data_dir.clone(),
+                    source: e,
+                })?;
+            runtime.block_on(async move {
+                let socket = UdpSocket::from_std(socket).map_err(|e| StorageError::Io {
+                    op: "register UDP socket",
+                    path: start.data_dir.clone(),
+                    source: e,
+                })?;
+                Driver::new(start, meta, socket, udp_advertise, view)
+                    .run(rx)
+                    .await
+            })
+        })
+        .map_err(ClusterError::Thread)?;
+    Ok((handle, thread))
+}
+
+struct Driver {
+    core: Replica,
+    settings: ClusterSettings,
+    data_dir: PathBuf,
+    tcp_advertise: SocketAddr,
+    udp_advertise: SocketAddr,
+    socket: UdpSocket,
+    log: Log,
+    meta: Meta,
+    state: SharedState,
+    view: Arc<ClusterView>,
+    applied: LogIndex,
+    /// Proposals of this leader waiting for their entry: index → (term, reply).
+    proposals: BTreeMap<u64, (Term, oneshot::Sender<Result<Outcome, CommitError>>)>,
+    /// Reads whose round is confirmed, waiting for the state to reach `index`.
+    reads_ready: Vec<(LogIndex, oneshot::Sender<Result<(), CommitError>>)>,
+    /// Reads waiting for their heartbeat round: token → reply.
+    reads: HashMap<u64, oneshot::Sender<Result<(), CommitError>>>,
+    /// Reads that arrived before this leader could serve.
+    reads_not_ready: Vec<oneshot::Sender<Result<(), CommitError>>>,
+    next_read_token: u64,
+    peers_tcp: HashMap<ServerId, SocketAddr>,
+    registered: bool,
+    last_register_ms: u64,
+    /// The leader's silence was reported to the LB already.
+    reported_silence: bool,
+    out: BytesMut,
+    snapshot_log_bytes: u64,
+    item_bytes_max: usize,
+    log_bytes_since_snapshot: u64,
+    /// A keystore file being written.
+    snapshot: Option<SnapshotJob>,
+    /// Leader: keystore streams to followers behind the compacted log.
+    transfers: HashMap<ServerId, Transfer>,
+    /// Follower: a leader's keystore file arriving.
+    incoming: Option<Incoming>,
+}
+
+/// A keystore file streaming to one follower.
+struct Transfer {
+    addr: SocketAddr,
+    index: u64,
+    term: u64,
+    data: Bytes,
+    acked: u64,
+    last_progress_ms: u64,
+    last_send_ms: u64,
+}
+
+/// A keystore file arriving from the leader.
+struct Incoming {
+    index: u64,
+    term: u64,
+    total: u64,
+    received: u64,
+    file: std::fs::File,
+}
+
+impl Driver {
+    fn new(
+        start: DriverStart,
+        meta: Meta,
+        socket: UdpSocket,
+        udp_advertise: SocketAddr,
+        view: Arc<ClusterView>,
+    ) -> Driver {
+        let durable = Durable {
+            term: Term(meta.current_term),
+            snapshot_index: start.snapshot_index,
+            snapshot_term: start.snapshot_term,
+            entries: start.entries,
+            snapshot_membership: membership_of(lock(&start.state).config()),
+        };
+        let id = ServerId(meta.server_id);
+        let mut core = Replica::new(
+            id,
+            start.settings.timing,
+            durable,
+            meta.server_id ^ now_ms(),
+        );
+        core.set_lb_addr(start.settings.lb);
+        let applied = LogIndex(lock(&start.state).applied_index());
+        Driver {
+            core,
+            settings: start.settings,
+            data_dir: start.data_dir,
+            tcp_advertise: start.tcp_advertise,
+            udp_advertise,
+            socket,
+            log: start.log,
+            meta,
+            state: start.state,
+            view,
+            applied,
+            proposals: BTreeMap::new(),
+            reads_ready: Vec::new(),
+            reads: HashMap::new(),
+            reads_not_ready: Vec::new(),
+            next_read_token: 0,
+            peers_tcp: HashMap::new(),
+            registered: false,
+            last_register_ms: 0,
+            reported_silence: false,
+            out: BytesMut::with_capacity(frame::DATAGRAM_BYTES_MAX),
+            snapshot_log_bytes: start.snapshot_log_bytes,
+            item_bytes_max: start.item_bytes_max,
+            log_bytes_since_snapshot: 0,
+            snapshot: None,
+            transfers: HashMap::new(),
+            incoming: None,
+        }
+    }
+
+    async fn run(mut self, mut rx: mpsc::Receiver<DriverRequest>) -> Result<(), StorageError> {
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf = vec![0u8; RECV_BUFFER_BYTES];
+        loop {
+            tokio::select! {
+                request = rx.recv() => match request {
+                    Some(request) => self.handle_request(request),
+                    None => break,
+                },
+                received = self.socket.recv_from(&mut buf) => {
+                    if let Ok((len, _)) = received {
+                        self.handle_datagram(&buf[..len]).await;
+                    }
+                }
+                _ = tick.tick() => self.on_tick().await,
+            }
+            // Take everything else that is ready, so one fsync serves it all.
+            for _ in 0..REQUESTS_PER_TURN_MAX {
+                match rx.try_recv() {
+                    Ok(request) => self.handle_request(request),
+                    Err(_) => break,
+                }
+            }
+            for _ in 0..DATAGRAMS_PER_TURN_MAX {
+                match self.socket.try_recv_from(&mut buf) {
+                    Ok((len, _)) => self.handle_datagram(&buf[..len]).await,
+                    Err(_) => break,
+                }
+            }
+            self.process_actions().await?;
+        }
+        self.log.sync()
+    }
+
+    fn handle_request(&mut self, request: DriverRequest) {
+        let now = now_ms();
+        match request {
+            DriverRequest::Propose { command, reply } => {
+                let mut payload = BytesMut::with_capacity(command.encoded_len());
+                command.encode(&mut payload);
+                match self.core.propose(now, payload.freeze()) {
+                    Ok(index) => {
+                        self.proposals.insert(index.0, (self.core.term(), reply));
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(Err(refusal(refused)));
+                    }
+                }
+            }
+            DriverRequest::Read { reply } => self.start_read(now, reply),
+        }
+    }
+
+    /// Starts a ReadIndex round for a read. A leader that cannot serve yet
+    /// (its no-op is not committed) holds the read until it can, rather than
+    /// failing it: that lasts one round trip after an election.
+    fn start_read(&mut self, now: u64, reply: oneshot::Sender<Result<(), CommitError>>) {
+        self.next_read_token += 1;
+        let token = self.next_read_token;
+        match self.core.read(now, token) {
+            Ok(()) => {
+                self.reads.insert(token, reply);
+            }
+            Err(NotLeader::NotReady)
+                if self.core.role() == Role::Leader
+                    && self.reads_not_ready.len() < crate::replica::READS_WAITING_MAX =>
+            {
+                self.reads_not_ready.push(reply);
+            }
+            Err(refused) => {
+                let _ = reply.send(Err(refusal(refused)));
+            }
+        }
+    }
+
+    /// Retries reads held while the leader was not ready; fails them if it
+    /// is no longer the leader.
+    fn retry_held_reads(&mut self) {
+        if self.reads_not_ready.is_empty() {
+            return;
+        }
+        if self.core.role() != Role::Leader {
+            for reply in self.reads_not_ready.drain(..) {
+                let _ = reply.send(Err(CommitError::NotLeader));
+            }
+        } else if self.core.is_serving() {
+            let now = now_ms();
+            for reply in std::mem::take(&mut self.reads_not_ready) {
+                self.start_read(now, reply);
+            }
+        }
+    }
+
+    async fn handle_datagram(&mut self, datagram: &[u8]) {
+        let frame = match frame::decode(datagram, &self.settings.cluster.secret) {
+            Ok(frame) => frame,
+            Err(FrameError::BadMac) => {
+                self.view.bad_mac.fetch_add(1, Relaxed);
+                return;
+            }
+            Err(_) => {
+                self.view.frames_dropped.fetch_add(1, Relaxed);
+                return;
+            }
+        };
+        let Frame { header, message } = frame;
+        if header.cluster != self.settings.cluster.id || header.to != self.core.id() {
+            self.view.frames_dropped.fetch_add(1, Relaxed);
+            return;
+        }
+        self.view.frames_received.fetch_add(1, Relaxed);
+        let now = now_ms();
+        match &message {
+            Message::Registered if header.from == ServerId::LB => self.registered = true,
+            Message::Heartbeat { peers, .. } if header.from == ServerId::LB => {
+                self.registered = true;
+                for peer in peers {
+                    self.peers_tcp.insert(peer.id, peer.tcp);
+                }
+            }
+            _ => {}
+        }
+        match message {
+            Message::SnapshotChunk {
+                snapshot_index,
+                snapshot_term,
+                total_len,
+                offset,
+                bytes,
+            } => {
+                let result = self
+                    .on_snapshot_chunk(
+                        header.from,
+                        header.term,
+                        snapshot_index,
+                        snapshot_term,
+                        total_len,
+                        offset,
+                        bytes,
+                    )
+                    .await;
+                if let Err(error) = result {
+                    tracing::warn!(%error, "receiving a keystore file failed");
+                    self.incoming = None;
+                }
+                return;
+            }
+            Message::SnapshotAck {
+                snapshot_index,
+                offset,
+            } => {
+                if header.term == self.core.term() {
+                    self.on_snapshot_ack(header.from, snapshot_index, offset)
+                        .await;
+                }
+                return;
+            }
+            _ => {}
+        }
+        let is_lb_heartbeat =
+            header.from == ServerId::LB && matches!(message, Message::Heartbeat { .. });
+        self.core.receive(now, header.from, header.term, message);
+        if is_lb_heartbeat {
+            let status = self.core.status(now, self.applied);
+            let (lb, term) = (self.settings.lb, self.core.term());
+            self.send(ServerId::LB, lb, term, status).await;
+        }
+    }
+
+    async fn on_tick(&mut self) {
+        let now = now_ms();
+        self.core.tick(now);
+        self.tick_transfers(now).await;
+        // Tell the LB the moment the leader has been silent for the election
+        // timeout, rather than at its next heartbeat: failover starts sooner.
+        let silent =
+            u64::from(self.core.leader_contact_ms(now)) > self.settings.timing.election_timeout_ms;
+        if silent && !self.reported_silence && self.core.role() != Role::Leader {
+            self.reported_silence = true;
+            let status = self.core.status(now, self.applied);
+            let (lb, term) = (self.settings.lb, self.core.term());
+            self.send(ServerId::LB, lb, term, status).await;
+        } else if !silent {
+            self.reported_silence = false;
+        }
+        if !self.registered && now >= self.last_register_ms + self.settings.timing.heartbeat_ms {
+            self.last_register_ms = now;
+            let register = Message::Register {
+                tcp: self.tcp_advertise,
+                udp: self.udp_advertise,
+            };
+            let (lb, term) = (self.settings.lb, self.core.term());
+            self.send(ServerId::LB, lb, term, register).await;
+        }
+    }
+
+    /// Carries out the core's actions in order, fsyncs what was appended and
+    /// tells the core, until it has nothing more to say.
+    async fn process_actions(&mut self) -> Result<(), StorageError> {
+        loop {
+            // Reads held until this leader could serve start as soon as it can.
+            self.retry_held_reads();
+            let actions = self.core.take_actions();
+            if actions.is_empty() {
+                break;
+            }
+            let mut appended: Option<LogIndex> = None;
+            for action in actions {
+                match action {
+                    Action::PersistTerm(term) => {
+                        self.meta.current_term = term.0;
+                        meta::store(&self.data_dir, &self.meta)?;
+                    }
+                    Action::TruncateAfter(index) => {
+                        self.log.truncate_after(index.0)?;
+                        self.fail_proposals_after(index);
+                    }
+                    Action::Append(entries) => {
+                        for (index, term, payload) in entries {
+                            let command =
+                                Command::decode(payload).map_err(|e| StorageError::Corrupt {
+                                    what: "replicated entry",
+                                    path: self.data_dir.clone(),
+                                    offset: index.0,
+                                    reason: e.to_string(),
+                                })?;
+                            self.log_bytes_since_snapshot += command.encoded_len() as u64;
+                            self.log.append(term.0, index.0, &command)?;
+                            appended = Some(index);
+                        }
+                    }
+                    Action::Send {
+                        to,
+                        addr,
+                        term,
+                        message,
+                    } => self.send(to, addr, term, message).await,
+                    Action::Commit(index) => self.apply_through(index)?,
+                    Action::ReadReady { token, index } => {
+                        if let Some(reply) = self.reads.remove(&token) {
+                            self.reads_ready.push((index, reply));
+                        }
+                    }
+                    Action::ReadFailed { token } => {
+                        if let Some(reply) = self.reads.remove(&token) {
+                            let _ = reply.send(Err(CommitError::NotLeader));
+                        }
+                    }
+                    Action::ProposalsLost { after } => self.fail_proposals_after(after),
+                    Action::SendSnapshot { to, addr } => self.start_transfer(to, addr).await,
+                }
+            }
+            if let Some(index) = appended {
+                self.log.sync()?;
+                self.core.persisted(now_ms(), index);
+            }
+        }
+        self.answer_reads();
+        self.poll_snapshot()?;
+        self.publish();
+        Ok(())
+    }
+
+    /// Finishes a keystore file that was written (dropping the log it
+    /// covers, on disk and in memory), and starts one when enough log was
+    /// written since the last.
+    fn poll_snapshot(&mut self) -> Result<(), StorageError> {
+        if let Some(result) = self.snapshot.as_ref().and_then(|job| job.poll(false)) {
+            self.snapshot = None;
+            match result {
+                Ok(taken) => {
+                    self.log.compact_through(taken.index)?;
+                    self.core.compact(LogIndex(taken.index), Term(taken.term));
+                }
+                Err(error) => tracing::warn!(%error, "keystore write failed"),
+            }
+        }
+        if self.snapshot.is_none()
+            && self.incoming.is_none()
+            && self.log_bytes_since_snapshot >= self.snapshot_log_bytes
+        {
+            self.log_bytes_since_snapshot = 0;
+            let core = &self.core;
+            // The applied index is committed and still in the in-memory log.
+            self.snapshot = SnapshotJob::start(self.data_dir.clone(), &self.state, |index| {
+                core.term_at(LogIndex(index)).map_or(0, |t| t.0)
+            });
+        }
+        Ok(())
+    }
+
+    /// Leader: starts streaming the current keystore file to `to`, unless a
+    /// stream of it is already under way.
+    async fn start_transfer(&mut self, to: ServerId, addr: SocketAddr) {
+        let (snapshot_index, _) = self.core.snapshot_position();
+        if self
+            .transfers
+            .get(&to)
+            .is_some_and(|t| t.index >= snapshot_index.0)
+        {
+            return;
+        }
+        let path = self
+            .data_dir
+            .join(crate::storage::keystore_file::KEYSTORE_FILE);
+        let data = match std::fs::read(&path) {
+            Ok(data) => Bytes::from(data),
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the keystore file to send");
+                return;
+            }
+        };
+        let (index, term) = match data::keystore::header(&data) {
+            Ok(header) => (header.applied_index, header.applied_term),
+            Err(error) => {
+                tracing::warn!(%error, "the keystore file to send is damaged");
+                return;
+            }
+        };
+        tracing::info!(
+            follower = to.0,
+            index,
+            bytes = data.len(),
+            "streaming the keystore file"
+        );
+        let now = now_ms();
+        self.transfers.insert(
+            to,
+            Transfer {
+                addr,
+                index,
+                term,
+                data,
+                acked: 0,
+                last_progress_ms: now,
+                last_send_ms: 0,
+            },
+        );
+        self.send_transfer_window(to).await;
+    }
+
+    /// Sends the window of chunks after what `to` acknowledged.
+    async fn send_transfer_window(&mut self, to: ServerId) {
+        let Some(transfer) = self.transfers.get_mut(&to) else {
+            return;
+        };
+        transfer.last_send_ms = now_ms();
+        let (addr, index, term, data, acked) = (
+            transfer.addr,
+            transfer.index,
+            transfer.term,
+            transfer.data.clone(),
+            transfer.acked,
+        );
+        let chunk = frame::SNAPSHOT_CHUNK_BYTES_MAX as u64;
+        let total = data.len() as u64;
+        let mut offset = acked;
+        let end = (acked + SNAPSHOT_WINDOW_CHUNKS * chunk).min(total);
+        loop {
+            let len = chunk.min(total - offset);
+            let message = Message::SnapshotChunk {
+                snapshot_index: LogIndex(index),
+                snapshot_term: Term(term),
+                total_len: total,
+                offset,
+                bytes: data.slice(offset as usize..(offset + len) as usize),
+            };
+            let my_term = self.core.term();
+            self.send(to, addr, my_term, message).await;
+            offset += len;
+            if offset >= end {
+                break;
+            }
+        }
+    }
+
+    /// Leader: a follower acknowledged snapshot bytes.
+    async fn on_snapshot_ack(&mut self, from: ServerId, index: LogIndex, offset: u64) {
+        let Some(transfer) = self.transfers.get_mut(&from) else {
+            return;
+        };
+        if transfer.index != index.0 || offset <= transfer.acked {
+            return;
+        }
+        transfer.acked = offset.min(transfer.data.len() as u64);
+        transfer.last_progress_ms = now_ms();
+        if transfer.acked == transfer.data.len() as u64 {
+            tracing::info!(
+                follower = from.0,
+                index = index.0,
+                "keystore file delivered"
+            );
+            self.transfers.remove(&from);
+            return;
+        }
+        self.send_transfer_window(from).await;
+    }
+
+    /// Leader: resends stalled streams, drops dead ones.
+    async fn tick_transfers(&mut self, now: u64) {
+        self.transfers
+            .retain(|_, t| now.saturating_sub(t.last_progress_ms) < SNAPSHOT_STALL_MS);
+        let due: Vec<ServerId> = self
+            .transfers
+            .iter()
+            .filter(|(_, t)| now >= t.last_send_ms + SNAPSHOT_RESEND_MS)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.send_transfer_window(id).await;
+        }
+    }
+
+    /// Follower: one chunk of the leader's keystore file.
+    #[allow(clippy::too_many_arguments)]
+    async fn on_snapshot_chunk(
+        &mut self,
+        from: ServerId,
+        term: Term,
+        index: LogIndex,
+        snapshot_term: Term,
+        total: u64,
+        offset: u64,
+        bytes: Bytes,
+    ) -> Result<(), StorageError> {
+        if !self.core.accept_snapshot_chunk(now_ms(), from, term) || total > SNAPSHOT_BYTES_MAX {
+            return Ok(());
+        }
+        if index <= LogIndex(self.applied.0.max(self.core.snapshot_position().0 .0)) {
+            // Already have it: tell the leader so it stops.
+            return self.ack_snapshot(from, index, total).await;
+        }
+        let path = self.data_dir.join(INCOMING_FILE);
+        if self
+            .incoming
+            .as_ref()
+            .is_none_or(|i| i.index != index.0 || i.total != total)
+        {
+            let file = std::fs::File::create(&path).map_err(|e| StorageError::Io {
+                op: "create",
+                path: path.clone(),
+                source: e,
+            })?;
+            self.incoming = Some(Incoming {
+                index: index.0,
+                term: snapshot_term.0,
+                total,
+                received: 0,
+                file,
+            });
+        }
+        let Some(incoming) = self.incoming.as_mut() else {
+            return Ok(());
+        };
+        if offset == incoming.received {
+            use std::io::Write as _;
+            incoming
+                .file
+                .write_all(&bytes)
+                .map_err(|e| StorageError::Io {
+                    op: "write",
+                    path: path.clone(),
+                    source: e,
+                })?;
+            incoming.received += bytes.len() as u64;
+        }
+        let received = incoming.received;
+        if received == total {
+            self.install_incoming()?;
+        }
+        self.ack_snapshot(from, index, received).await
+    }
+
+    async fn ack_snapshot(
+        &mut self,
+        leader: ServerId,
+        index: LogIndex,
+        offset: u64,
+    ) -> Result<(), StorageError> {
+        if let Some(addr) = self.core.peer_addr(leader) {
+            let term = self.core.term();
+            let message = Message::SnapshotAck {
+                snapshot_index: index,
+                offset,
+            };
+            self.send(leader, addr, term, message).await;
+        }
+        Ok(())
+    }
+
+    /// Follower: the whole keystore file arrived. Checks it, makes it the
+    /// server's keystore durably, replaces the state and empties the log.
+    fn install_incoming(&mut self) -> Result<(), StorageError> {
+        let Some(incoming) = self.incoming.take() else {
+            return Ok(());
+        };
+        let incoming_path = self.data_dir.join(INCOMING_FILE);
+        incoming.file.sync_all().map_err(|e| StorageError::Io {
+            op: "fsync",
+            path: incoming_path.clone(),
+            source: e,
+        })?;
+        drop(incoming.file);
+        // A keystore file of our own being written would race the rename.
+        if let Some(job) = self.snapshot.take() {
+            let _ = job.poll(true);
+        }
+        let file = std::fs::File::open(&incoming_path).map_err(|e| StorageError::Io {
+            op: "open",
+            path: incoming_path.clone(),
+            source: e,
+        })?;
+        let state = match data::keystore::decode(std::io::BufReader::new(file), self.item_bytes_max)
+        {
+            Ok((state, _)) => state,
+            Err(error) => {
+                // A damaged stream: drop it; the leader sends it again.
+                tracing::warn!(%error, "received keystore file does not decode");
+                let _ = std::fs::remove_file(&incoming_path);
+                return Ok(());
+            }
+        };
+        let keystore_path = self
+            .data_dir
+            .join(crate::storage::keystore_file::KEYSTORE_FILE);
+        std::fs::rename(&incoming_path, &keystore_path).map_err(|e| StorageError::Io {
+            op: "rename",
+            path: keystore_path.clone(),
+            source: e,
+        })?;
+        std::fs::File::open(&self.data_dir)
+            .and_then(|dir| dir.sync_all())
+            .map_err(|e| StorageError::Io {
+                op: "fsync",
+                path: self.data_dir.clone(),
+                source: e,
+            })?;
+        // The keystore now covers everything the log held up to its index;
+        // the log restarts after it.
+        self.log.truncate_after(0)?;
+        let membership = membership_of(state.config());
+        *lock(&self.state) = state;
+        self.applied = LogIndex(incoming.index);
+        self.log_bytes_since_snapshot = 0;
+        tracing::info!(
+            index = incoming.index,
+            "installed the leader's keystore file"
+        );
+        self.core
+            .install_snapshot(LogIndex(incoming.index), Term(incoming.term), membership);
+        Ok(())
+    }
+
+    /// Applies committed entries in order and answers their proposers.
+    fn apply_through(&mut self, commit: LogIndex) -> Result<(), StorageError> {
+        if commit <= self.applied {
+            return Ok(());
+        }
+        let mut state = lock(&self.state);
+        while self.applied < commit {
+            let index = LogIndex(self.applied.0 + 1);
+            let Some(payload) = self.core.entry(index).cloned() else {
+                // Only a snapshot could have taken it; nothing to apply here.
+                break;
+            };
+            let command = Command::decode(payload).map_err(|e| StorageError::Corrupt {
+                what: "committed entry",
+                path: self.data_dir.clone(),
+                offset: index.0,
+                reason: e.to_string(),
+            })?;
+            let outcome = state.apply(index.0, &command);
+            self.applied = index;
+            if let Some((term, reply)) = self.proposals.remove(&index.0) {
+                // The entry at our index may be another leader's by now.
+                let ours = self.core.term_at(index) == Some(term);
+                let _ = reply.send(if ours {
+                    Ok(outcome)
+                } else {
+                    Err(CommitError::Unknown)
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn fail_proposals_after(&mut self, after: LogIndex) {
+        let lost = self.proposals.split_off(&(after.0 + 1));
+        for (_, (_, reply)) in lost {
+            let _ = reply.send(Err(CommitError::Unknown));
+        }
+    }
+
+    fn answer_reads(&mut self) {
+        let applied = self.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        self.reads_ready = waiting;
+        for (_, reply) in ready {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Updates what connections and `stats` see.
+    fn publish(&self) {
+        let view = &self.view;
+        view.role.store(
+            match self.core.role() {
+                Role::Leader => 1,
+                Role::Learner => 2,
+                Role::Follower => 0,
+            },
+            Relaxed,
+        );
+        view.term.store(self.core.term().0, Relaxed);
+        let leader = self.core.leader();
+        view.leader.store(leader.map_or(0, |l| l.0), Relaxed);
+        view.commit_index.store(self.core.commit_index().0, Relaxed);
+        view.applied_index.store(self.applied.0, Relaxed);
+        view.last_index.store(self.core.last_index().0, Relaxed);
+        let tcp = leader.and_then(|l| {
+            if l == self.core.id() {
+                Some(self.tcp_advertise)
+            } else {
+                self.peers_tcp.get(&l).copied()
+            }
+        });
+        *view
+            .leader_tcp
+            .lock()
+            .expect("view lock is never held across a panic") = tcp;
+    }
+
+    async fn send(&mut self, to: ServerId, addr: SocketAddr, term: Term, message: Message) {
+        let frame = Frame {
+            header: Header {
+                cluster: self.settings.cluster.id,
+                from: self.core.id(),
+                to,
+                term,
+            },
+            message,
+        };
+        self.out.clear();
+        if let Err(error) = frame::encode(&frame, &self.settings.cluster.secret, &mut self.out) {
+            tracing::warn!(%error, "cannot encode a frame");
+            return;
+        }
+        // UDP is lossy anyway: a full socket buffer is one more lost
+        // datagram, which retransmission covers.
+        if self.socket.send_to(&self.out, addr).await.is_ok() {
+            self.view.frames_sent.fetch_add(1, Relaxed);
+        }
+    }
+}
+
+fn membership_of(config: &data::state::Members) -> crate::replica::Membership {
+    crate::replica::Membership {
+        voters: config.0.iter().map(|id| ServerId(*id)).collect(),
+        learners: config.1.iter().map(|id| ServerId(*id)).collect(),
+    }
+}
+
+fn refusal(refused: NotLeader) -> CommitError {
+    match refused {
+        NotLeader::Follower(_) => CommitError::NotLeader,
+        NotLeader::NotReady => CommitError::NotReady,
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A random non-zero server id (0 is the LB).
+fn random_id() -> u64 {
+    loop {
+        let id: u64 = rand::random();
+        if id != 0 {
+            return id;
+        }
+    }
+}

@@ -1,0 +1,625 @@
+//! One client connection: reads bytes, parses requests, answers reads from
+//! the state, sends writes through the commit pipeline, and writes replies in
+//! request order.
+//!
+//! The only code that touches a client socket. Replies are gathered in one
+//! output buffer and written with one syscall per batch of pipelined requests.
+//! Writes are queued to the commit thread as they are parsed and awaited in
+//! order, so a pipeline of sets shares one fsync; a read waits for the writes
+//! queued before it on the same connection, so it sees them.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, Bytes, BytesMut};
+use data::command::{Command, Op, StoreMode};
+use data::exptime;
+use data::frame::Role;
+use data::protocol::client::Expect;
+use data::protocol::reply::{encode_value, errors, Reply};
+use data::protocol::request::{parse_request, ParseError, Request, StatsGroup, Storage};
+use data::state::{Lookup, Outcome};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use crate::clock;
+use crate::cluster::ReadMode;
+use crate::commit::{lock, CommitError};
+use crate::stats::{StateFigures, Stats, VERSION};
+use crate::{Backend, Shared};
+
+/// Initial size of a connection's input and output buffers.
+const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
+
+/// Replies buffered before they are written even if more requests wait, so a
+/// long pipeline of gets cannot grow the output without bound.
+const OUTPUT_BYTES_FLUSH: usize = 1024 * 1024;
+
+/// Writes queued on one connection before it stops parsing and waits for the
+/// oldest, bounding a connection's share of the commit queue.
+const PENDING_WRITES_MAX: usize = 1024;
+
+/// How long a follower waits for a reachable leader before it answers
+/// `SERVER_ERROR no leader available`: a failover takes about a second.
+const FORWARD_FAILOVER_WAIT_MS: u64 = 3_000;
+/// How often it looks for the next leader meanwhile.
+const FORWARD_RETRY_MS: u64 = 20;
+
+/// What became of a request a follower tried to forward.
+#[derive(Debug, PartialEq, Eq)]
+enum Forwarded {
+    /// Answered (the leader's reply or an error line is in the output).
+    Done,
+    /// This server is the leader now: serve the request here.
+    BecameLeader,
+}
+
+/// How a committed write's outcome becomes a reply.
+enum Render {
+    /// The usual reply for the outcome, or nothing under noreply.
+    Outcome { noreply: bool },
+    /// gat/gats: VALUE blocks then END.
+    Values { with_cas: bool },
+    /// A fixed reply whatever the outcome (the delete behind a too-large set).
+    Fixed(Option<&'static str>),
+}
+
+struct PendingWrite {
+    outcome: oneshot::Receiver<Result<Outcome, CommitError>>,
+    render: Render,
+    kind: WriteKind,
+}
+
+/// What the write was, for counting outcomes in stats.
+#[derive(Clone, Copy)]
+enum WriteKind {
+    Store(StoreMode),
+    Delete,
+    Incr,
+    Decr,
+    Touch,
+    /// gat/gats over this many keys.
+    GetAndTouch(u64),
+    Other,
+}
+
+/// What the connection does after a batch of requests.
+#[derive(PartialEq, Eq)]
+enum Next {
+    Continue,
+    /// Write what is buffered, then go on with the input already received
+    /// (the output or the queue of writes reached its bound).
+    Drain,
+    /// Write what is buffered and close.
+    Close,
+}
+
+pub struct Connection {
+    stream: TcpStream,
+    shared: Arc<Shared>,
+    backend: Backend,
+    input: BytesMut,
+    output: BytesMut,
+    /// Bytes of a rejected data block still to be thrown away as they arrive.
+    discard_bytes: u64,
+    pending: VecDeque<PendingWrite>,
+}
+
+impl Connection {
+    pub fn new(stream: TcpStream, shared: Arc<Shared>, backend: Backend) -> Connection {
+        Connection {
+            stream,
+            shared,
+            backend,
+            input: BytesMut::with_capacity(BUFFER_BYTES_INITIAL),
+            output: BytesMut::with_capacity(BUFFER_BYTES_INITIAL),
+            discard_bytes: 0,
+            pending: VecDeque::new(),
+        }
+    }
+
+    /// Serves the connection until the client leaves, sends `quit`, or the
+    /// server shuts down (then requests already received are still answered).
+    pub async fn run(mut self, shutdown: CancellationToken) {
+        loop {
+            let next = self.process_input().await;
+            self.finish_pending().await;
+            if !self.output.is_empty() {
+                Stats::add(
+                    &self.shared.stats.counters.bytes_written,
+                    self.output.len() as u64,
+                );
+                if self.stream.write_all(&self.output).await.is_err() {
+                    return;
+                }
+                self.output.clear();
+            }
+            match next {
+                Next::Close => {
+                    let _ = self.stream.shutdown().await;
+                    return;
+                }
+                Next::Drain => continue,
+                Next::Continue => {}
+            }
+            let read = tokio::select! {
+                read = self.stream.read_buf(&mut self.input) => read,
+                () = shutdown.cancelled() => return,
+            };
+            match read {
+                Ok(0) | Err(_) => return,
+                Ok(n) => Stats::add(&self.shared.stats.counters.bytes_read, n as u64),
+            }
+        }
+    }
+
+    /// Handles every complete request in the input buffer.
+    async fn process_input(&mut self) -> Next {
+        let limits = self.shared.limits;
+        loop {
+            if self.discard_bytes > 0 {
+                let n = self.discard_bytes.min(self.input.len() as u64);
+                self.input.advance(n as usize);
+                self.discard_bytes -= n;
+                if self.discard_bytes > 0 {
+                    return Next::Continue;
+                }
+            }
+            if self.output.len() >= OUTPUT_BYTES_FLUSH || self.pending.len() >= PENDING_WRITES_MAX {
+                return Next::Drain;
+            }
+            match parse_request(&self.input, &limits) {
+                Ok(None) => return Next::Continue,
+                Ok(Some((request, consumed))) => {
+                    // Kept whole: a follower forwards it to the leader as is.
+                    let raw = self.input.split_to(consumed).freeze();
+                    if self.handle(request, raw).await == Next::Close {
+                        return Next::Close;
+                    }
+                }
+                Err(ParseError::Reply {
+                    reply,
+                    consumed,
+                    discard,
+                }) => {
+                    self.input.advance(consumed);
+                    self.discard_bytes = discard;
+                    if let Some(reply) = reply {
+                        self.reply_in_order(Reply::Error(reply)).await;
+                    }
+                }
+                Err(ParseError::TooLarge {
+                    consumed,
+                    discard,
+                    mode,
+                    key,
+                    noreply,
+                }) => {
+                    self.input.advance(consumed);
+                    self.discard_bytes = discard;
+                    Stats::bump(&self.shared.stats.counters.store_too_large);
+                    let reply = (!noreply).then_some(errors::TOO_LARGE);
+                    if mode == StoreMode::Set {
+                        // memcached drops the old value so a failed overwrite
+                        // cannot leave stale data behind.
+                        let mut raw = BytesMut::with_capacity(key.len() + 20);
+                        raw.extend_from_slice(b"delete ");
+                        raw.extend_from_slice(&key);
+                        raw.extend_from_slice(b" noreply\r\n");
+                        let op = Op::Delete { key };
+                        let render = Render::Fixed(reply);
+                        self.queue_write(op, render, WriteKind::Other, raw.freeze(), true)
+                            .await;
+                    } else if let Some(reply) = reply {
+                        self.reply_in_order(Reply::Error(reply)).await;
+                    }
+                }
+                Err(ParseError::Close) => return Next::Close,
+                Err(ParseError::Binary { reply }) => {
+                    self.reply_in_order(Reply::Error(reply)).await;
+                    return Next::Close;
+                }
+            }
+        }
+    }
+
+    async fn handle(&mut self, request: Request, raw: Bytes) -> Next {
+        // A clone, so counters can be bumped while `self` is borrowed mutably.
+        let shared = self.shared.clone();
+        let counters = &shared.stats.counters;
+        match request {
+            Request::Get { keys, with_cas } => {
+                self.finish_pending().await;
+                if !self.read_allowed(&raw).await {
+                    return Next::Continue;
+                }
+                let now_s = clock::now_s();
+                let state = lock(&shared.state);
+                for key in &keys {
+                    Stats::bump(&counters.cmd_get);
+                    match state.lookup(key, now_s) {
+                        Lookup::Hit(item) => {
+                            Stats::bump(&counters.get_hits);
+                            let cas = with_cas.then_some(item.cas);
+                            encode_value(&mut self.output, key, item.flags, &item.data, cas);
+                        }
+                        Lookup::Miss => Stats::bump(&counters.get_misses),
+                        Lookup::Expired => {
+                            Stats::bump(&counters.get_misses);
+                            Stats::bump(&counters.get_expired);
+                        }
+                        Lookup::Flushed => {
+                            Stats::bump(&counters.get_misses);
+                            Stats::bump(&counters.get_flushed);
+                        }
+                    }
+                }
+                drop(state);
+                Reply::End.encode(&mut self.output);
+            }
+            Request::GetAndTouch {
+                exptime,
+                keys,
+                with_cas,
+            } => {
+                let exptime = exptime::resolve(exptime, clock::now_s());
+                let kind = WriteKind::GetAndTouch(keys.len() as u64);
+                let op = Op::GetAndTouch { keys, exptime };
+                self.queue_write(op, Render::Values { with_cas }, kind, raw, false)
+                    .await;
+            }
+            Request::Store(storage) => {
+                Stats::bump(&counters.cmd_set);
+                let Storage {
+                    mode,
+                    key,
+                    flags,
+                    exptime,
+                    data,
+                    cas_unique,
+                    noreply,
+                } = storage;
+                let exptime = exptime::resolve(exptime, clock::now_s());
+                let op = Op::Store {
+                    mode,
+                    key,
+                    flags,
+                    exptime,
+                    data,
+                    cas_unique,
+                };
+                let kind = WriteKind::Store(mode);
+                self.queue_write(op, Render::Outcome { noreply }, kind, raw, noreply)
+                    .await;
+            }
+            Request::Delete { key, noreply } => {
+                self.queue_write(
+                    Op::Delete { key },
+                    Render::Outcome { noreply },
+                    WriteKind::Delete,
+                    raw,
+                    noreply,
+                )
+                .await;
+            }
+            Request::Arith {
+                key,
+                delta,
+                incr,
+                noreply,
+            } => {
+                let kind = if incr {
+                    WriteKind::Incr
+                } else {
+                    WriteKind::Decr
+                };
+                self.queue_write(
+                    Op::Arith { key, delta, incr },
+                    Render::Outcome { noreply },
+                    kind,
+                    raw,
+                    noreply,
+                )
+                .await;
+            }
+            Request::Touch {
+                key,
+                exptime,
+                noreply,
+            } => {
+                Stats::bump(&counters.cmd_touch);
+                let exptime = exptime::resolve(exptime, clock::now_s());
+                self.queue_write(
+                    Op::Touch { key, exptime },
+                    Render::Outcome { noreply },
+                    WriteKind::Touch,
+                    raw,
+                    noreply,
+                )
+                .await;
+            }
+            Request::FlushAll { delay, noreply } => {
+                Stats::bump(&counters.cmd_flush);
+                // A negative or zero delay flushes now; otherwise the delay
+                // follows the exptime rules (relative or absolute).
+                let deadline_s = if delay <= 0 {
+                    0
+                } else {
+                    exptime::resolve(delay, clock::now_s())
+                };
+                self.queue_write(
+                    Op::FlushAll { deadline_s },
+                    Render::Outcome { noreply },
+                    WriteKind::Other,
+                    raw,
+                    noreply,
+                )
+                .await;
+            }
+            Request::Version => {
+                self.reply_in_order(Reply::Version(VERSION.to_string()))
+                    .await;
+            }
+            Request::Verbosity { noreply } | Request::CacheMemlimit { noreply } => {
+                if !noreply {
+                    self.reply_in_order(Reply::Ok).await;
+                }
+            }
+            Request::Stats(group) => {
+                let reply = self.stats_reply(group);
+                self.reply_in_order(reply).await;
+            }
+            Request::Quit => return Next::Close,
+        }
+        Next::Continue
+    }
+
+    fn stats_reply(&self, group: StatsGroup) -> Reply {
+        let stats = &self.shared.stats;
+        match group {
+            StatsGroup::General => {
+                let figures = {
+                    let state = lock(&self.shared.state);
+                    StateFigures {
+                        curr_items: state.len() as u64,
+                        bytes: state.bytes(),
+                        applied_index: state.applied_index(),
+                    }
+                };
+                let mut lines = stats.general(&self.shared.config, figures);
+                if let Backend::Cluster(cluster) = &self.backend {
+                    lines.extend(cluster.view.report(cluster.read_mode));
+                }
+                Reply::Stats(lines)
+            }
+            StatsGroup::Settings => Reply::Stats(stats.settings(&self.shared.config)),
+            StatsGroup::Reset => {
+                stats.reset();
+                Reply::Reset
+            }
+            // memcached's slab and connection internals have no equivalent
+            // here: answer with an empty group, which every client accepts.
+            StatsGroup::Items
+            | StatsGroup::Slabs
+            | StatsGroup::Sizes
+            | StatsGroup::Conns
+            | StatsGroup::CacheDump => Reply::Stats(Vec::new()),
+        }
+    }
+
+    /// Queues a write with the commit pipeline; its reply is rendered in
+    /// order by [`Self::finish_pending`]. A follower forwards it to the leader
+    /// instead (after the writes queued before it).
+    async fn queue_write(
+        &mut self,
+        op: Op,
+        render: Render,
+        kind: WriteKind,
+        raw: Bytes,
+        noreply: bool,
+    ) {
+        if let Backend::Cluster(cluster) = &self.backend {
+            if cluster.view.role() != Role::Leader {
+                let expect = match render {
+                    Render::Values { .. } => Expect::Retrieval,
+                    _ => Expect::Line,
+                };
+                self.finish_pending().await;
+                if self.forward(&raw, expect, noreply, false).await == Forwarded::Done {
+                    // The delete behind a too-large set is forwarded
+                    // silently; the client still gets its error line.
+                    if let Render::Fixed(Some(line)) = render {
+                        Reply::Error(line).encode(&mut self.output);
+                    }
+                    return;
+                }
+                // This server became the leader meanwhile: commit it here.
+            }
+        }
+        let command = Command {
+            time_s: clock::now_s(),
+            op,
+        };
+        let submitted = match &self.backend {
+            Backend::Single(committer) => committer.submit(command).await,
+            Backend::Cluster(cluster) => cluster.submit(command).await,
+        };
+        match submitted {
+            Ok(outcome) => self.pending.push_back(PendingWrite {
+                outcome,
+                render,
+                kind,
+            }),
+            Err(error) => {
+                self.reply_in_order(Reply::Error(commit_error_line(error)))
+                    .await
+            }
+        }
+    }
+
+    /// Whether a read may be served from the local state now. In cluster
+    /// mode with linearizable reads, the leader first confirms it still leads
+    /// (ReadIndex); a follower forwards the read and returns false.
+    async fn read_allowed(&mut self, raw: &Bytes) -> bool {
+        let Backend::Cluster(cluster) = &self.backend else {
+            return true;
+        };
+        if cluster.read_mode == ReadMode::Local {
+            return true;
+        }
+        if cluster.view.role() != Role::Leader
+            && self.forward(raw, Expect::Retrieval, false, true).await == Forwarded::Done
+        {
+            return false;
+        }
+        let Backend::Cluster(cluster) = &self.backend else {
+            return true;
+        };
+        match cluster.read_barrier().await {
+            Ok(()) => true,
+            Err(error) => {
+                Reply::Error(commit_error_line(error)).encode(&mut self.output);
+                false
+            }
+        }
+    }
+
+    /// Relays one request to the leader and appends its reply. During a
+    /// failover it waits (bounded) for the next leader rather than failing
+    /// at once, so plain memcached clients ride through it: a request that
+    /// never reached a leader is sent again, and a read is repeated even if
+    /// it did. Returns [`Forwarded::BecameLeader`] when this server was named
+    /// leader meanwhile; the caller then serves the request itself.
+    async fn forward(
+        &mut self,
+        raw: &[u8],
+        expect: Expect,
+        noreply: bool,
+        read_only: bool,
+    ) -> Forwarded {
+        let Backend::Cluster(cluster) = &self.backend else {
+            return Forwarded::Done;
+        };
+        let view = cluster.view.clone();
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(FORWARD_FAILOVER_WAIT_MS);
+        let mut failed_leader = None;
+        let error = loop {
+            if view.role() == Role::Leader {
+                return Forwarded::BecameLeader;
+            }
+            let leader = view.leader_tcp().filter(|l| Some(*l) != failed_leader);
+            if let Some(leader) = leader {
+                match self
+                    .shared
+                    .leader_link
+                    .forward(leader, raw, expect, noreply)
+                    .await
+                {
+                    Ok(reply) => {
+                        self.output.extend_from_slice(&reply);
+                        return Forwarded::Done;
+                    }
+                    Err(error) if read_only || error.never_sent() => {
+                        tracing::debug!(%error, "forwarding failed; waiting for a leader");
+                        failed_leader = Some(leader);
+                    }
+                    // It may have been executed before the leader failed.
+                    Err(_) => break errors::OUTCOME_UNKNOWN,
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                break errors::NO_LEADER;
+            }
+            tokio::time::sleep(Duration::from_millis(FORWARD_RETRY_MS)).await;
+        };
+        if !noreply {
+            Reply::Error(error).encode(&mut self.output);
+        }
+        Forwarded::Done
+    }
+
+    /// Appends a reply that needs no commit, after the writes queued before it.
+    async fn reply_in_order(&mut self, reply: Reply) {
+        self.finish_pending().await;
+        reply.encode(&mut self.output);
+    }
+
+    /// Waits for every queued write, in order, and renders its reply.
+    async fn finish_pending(&mut self) {
+        while let Some(write) = self.pending.pop_front() {
+            let outcome = write.outcome.await.unwrap_or(Err(CommitError::Storage));
+            let outcome = match outcome {
+                Ok(outcome) => outcome,
+                Err(error) => {
+                    Reply::Error(commit_error_line(error)).encode(&mut self.output);
+                    continue;
+                }
+            };
+            self.count(write.kind, &outcome);
+            match write.render {
+                Render::Outcome { noreply: true } | Render::Fixed(None) => {}
+                Render::Outcome { noreply: false } => {
+                    Reply::from_outcome(&outcome).encode(&mut self.output);
+                }
+                Render::Fixed(Some(reply)) => Reply::Error(reply).encode(&mut self.output),
+                Render::Values { with_cas } => {
+                    if let Outcome::Hits(hits) = &outcome {
+                        for hit in hits {
+                            let cas = with_cas.then_some(hit.cas);
+                            encode_value(&mut self.output, &hit.key, hit.flags, &hit.data, cas);
+                        }
+                    }
+                    Reply::End.encode(&mut self.output);
+                }
+            }
+        }
+    }
+
+    fn count(&self, kind: WriteKind, outcome: &Outcome) {
+        let c = &self.shared.stats.counters;
+        let counter = match (kind, outcome) {
+            (WriteKind::Store(_), Outcome::Stored)
+            | (WriteKind::Incr | WriteKind::Decr, Outcome::Number(_)) => {
+                Stats::bump(&c.total_items);
+                match kind {
+                    WriteKind::Store(StoreMode::Cas) => &c.cas_hits,
+                    WriteKind::Incr => &c.incr_hits,
+                    WriteKind::Decr => &c.decr_hits,
+                    _ => return,
+                }
+            }
+            (WriteKind::Store(StoreMode::Cas), Outcome::Exists) => &c.cas_badval,
+            (WriteKind::Store(StoreMode::Cas), Outcome::NotFound) => &c.cas_misses,
+            (WriteKind::Delete, Outcome::Deleted) => &c.delete_hits,
+            (WriteKind::Delete, _) => &c.delete_misses,
+            (WriteKind::Incr, Outcome::NotFound) => &c.incr_misses,
+            (WriteKind::Decr, Outcome::NotFound) => &c.decr_misses,
+            (WriteKind::Touch, Outcome::Touched) => &c.touch_hits,
+            (WriteKind::Touch, _) => &c.touch_misses,
+            (WriteKind::GetAndTouch(keys), Outcome::Hits(hits)) => {
+                // gat counts as memcached does: in the touch counters, per key.
+                let hits = hits.len() as u64;
+                Stats::add(&c.cmd_touch, keys);
+                Stats::add(&c.touch_hits, hits);
+                Stats::add(&c.touch_misses, keys.saturating_sub(hits));
+                return;
+            }
+            _ => return,
+        };
+        Stats::bump(counter);
+    }
+}
+
+/// The error line a client gets when its write could not be committed.
+fn commit_error_line(error: CommitError) -> &'static str {
+    match error {
+        CommitError::Storage => errors::STORAGE_FAILED,
+        CommitError::NotLeader => errors::NO_LEADER,
+        CommitError::NotReady => errors::NOT_READY,
+        CommitError::Unknown => errors::OUTCOME_UNKNOWN,
+    }
+}

@@ -1,0 +1,55 @@
+//! The store server: memcached's text protocol over TCP in front of a durable
+//! log and a key-value state machine.
+//!
+//! Layout, following the data path:
+//! - [`listener`]: accepts connections, enforces `-c`, and owns shutdown.
+//! - [`connection`]: one client: bytes in, requests, replies out, in order.
+//! - [`commit`]: the thread that owns the log; group commit, then apply.
+//! - [`recovery`]: start-up: keystore file, then log replay.
+//! - [`storage`]: log segments, keystore file, meta file (blocking file I/O).
+//! - [`stats`], [`config`], [`clock`]: counters, settings, wall clock.
+//!
+//! The protocol, the state machine and the formats are pure code in the
+//! `data` crate.
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod cluster;
+pub mod commit;
+pub mod config;
+pub mod connection;
+pub mod forward;
+pub mod listener;
+pub mod recovery;
+pub mod replica;
+pub mod snapshot;
+pub mod stats;
+pub mod storage;
+
+use std::sync::Arc;
+
+use data::limits::Limits;
+
+use crate::commit::SharedState;
+use crate::config::Config;
+use crate::stats::Stats;
+
+/// Where writes and linearizable reads go: the server's own commit pipeline
+/// (a group of one), or the replication driver.
+#[derive(Clone)]
+pub enum Backend {
+    Single(commit::Committer),
+    Cluster(cluster::ClusterHandle),
+}
+
+/// What every connection of one server shares.
+pub struct Shared {
+    pub config: Config,
+    pub limits: Limits,
+    pub state: SharedState,
+    pub stats: Arc<Stats>,
+    /// Outgoing connections to the leader (cluster mode).
+    pub leader_link: forward::LeaderLink,
+}
+
+pub use listener::run;

@@ -1,0 +1,220 @@
+//! The TCP front door: binds, accepts, enforces the connection limit (`-c`),
+//! and runs the one shutdown path: on SIGTERM or SIGINT stop accepting, let
+//! connections answer what they already received, sync the log, return.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use data::limits::Limits;
+use data::protocol::reply::errors;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use bytes::BytesMut;
+use data::frame::{LogIndex, Term};
+
+use crate::cluster::{self, DriverStart};
+use crate::commit::{self, CommitConfig};
+use crate::config::Config;
+use crate::connection::Connection;
+use crate::forward::LeaderLink;
+use crate::recovery::{self, RecoveryError};
+use crate::stats::Stats;
+use crate::storage::StorageError;
+use crate::Backend;
+use crate::Shared;
+
+/// How long connections get to finish in-flight requests at shutdown.
+pub const SHUTDOWN_DEADLINE_MS: u64 = 5_000;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error(transparent)]
+    Recovery(#[from] RecoveryError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("log write failed: {0}")]
+    Storage(#[from] crate::storage::StorageError),
+    #[error("the commit thread panicked")]
+    CommitPanicked,
+    #[error(transparent)]
+    Cluster(#[from] cluster::ClusterError),
+}
+
+/// Runs a server until `shutdown` is cancelled. Calls `ready` with the bound
+/// address once it accepts connections.
+pub async fn run(
+    config: Config,
+    shutdown: CancellationToken,
+    ready: impl FnOnce(SocketAddr),
+) -> Result<(), ServerError> {
+    let addr = SocketAddr::new(config.listen, config.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| ServerError::Bind { addr, source })?;
+    let (shared, backend, worker) = start_backend(&config, local).await?;
+    ready(local);
+
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = shutdown.cancelled() => break,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(error) => {
+                // Out of file descriptors and the like: keep serving the
+                // connections we have and try again shortly.
+                tracing::warn!(%error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let stats = &shared.stats;
+        if stats.curr_connections.load(Relaxed) as usize >= config.connections_max {
+            Stats::bump(&stats.counters.rejected_connections);
+            tokio::spawn(reject(stream));
+            continue;
+        }
+        Stats::bump(&stats.counters.total_connections);
+        stats.curr_connections.fetch_add(1, Relaxed);
+        let _ = stream.set_nodelay(true);
+        let connection = Connection::new(stream, shared.clone(), backend.clone());
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        connections.spawn(async move {
+            connection.run(shutdown).await;
+            shared.stats.curr_connections.fetch_sub(1, Relaxed);
+        });
+    }
+
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(
+        Duration::from_millis(SHUTDOWN_DEADLINE_MS),
+        connections.wait(),
+    )
+    .await
+    .is_err()
+    {
+        // Every acknowledged write is already on disk (a reply follows its
+        // fsync), so leaving now loses nothing a client was promised.
+        tracing::warn!("connections still busy at the shutdown deadline; leaving them");
+        return Ok(());
+    }
+    // The commit thread (or replication driver) ends once every handle is
+    // gone: it drains its queue and syncs the log.
+    drop(backend);
+    drop(shared);
+    let joined = tokio::task::spawn_blocking(move || worker.join())
+        .await
+        .map_err(|_| ServerError::CommitPanicked)?;
+    joined.map_err(|_| ServerError::CommitPanicked)??;
+    Ok(())
+}
+
+/// Tells a client over the connection limit why, then hangs up.
+async fn reject(mut stream: TcpStream) {
+    let _ = stream
+        .write_all(errors::TOO_MANY_CONNECTIONS.as_bytes())
+        .await;
+    let _ = stream.shutdown().await;
+}
+
+/// Recovers the data directory and starts the write path: the commit
+/// pipeline for a group of one, or the replication driver with `--lb`.
+async fn start_backend(
+    config: &Config,
+    local: SocketAddr,
+) -> Result<
+    (
+        Arc<Shared>,
+        Backend,
+        std::thread::JoinHandle<Result<(), StorageError>>,
+    ),
+    ServerError,
+> {
+    let stats = Arc::new(Stats::default());
+    let limits = Limits {
+        item_bytes_max: config.item_bytes_max,
+    };
+    let blocking_config = config.clone();
+    match config.cluster.clone() {
+        None => {
+            let recovered = tokio::task::spawn_blocking(move || {
+                let c = blocking_config;
+                recovery::recover(&c.data_dir, c.item_bytes_max, c.segment_bytes_max())
+            })
+            .await
+            .map_err(|_| ServerError::CommitPanicked)??;
+            let state = Arc::new(Mutex::new(recovered.state));
+            let (committer, worker) = commit::start(
+                recovered.log,
+                state.clone(),
+                stats.clone(),
+                CommitConfig {
+                    data_dir: config.data_dir.clone(),
+                    snapshot_log_bytes: config.snapshot_log_bytes,
+                },
+            );
+            let shared = Arc::new(Shared {
+                config: config.clone(),
+                limits,
+                state,
+                stats,
+                leader_link: LeaderLink::default(),
+            });
+            Ok((shared, Backend::Single(committer), worker))
+        }
+        Some(settings) => {
+            let unapplied = tokio::task::spawn_blocking(move || {
+                let c = blocking_config;
+                recovery::open_unapplied(&c.data_dir, c.item_bytes_max, c.segment_bytes_max())
+            })
+            .await
+            .map_err(|_| ServerError::CommitPanicked)??;
+            let snapshot_index = LogIndex(unapplied.state.applied_index());
+            let entries = unapplied
+                .records
+                .into_iter()
+                .map(|record| {
+                    let mut payload = BytesMut::with_capacity(record.command.encoded_len());
+                    record.command.encode(&mut payload);
+                    (Term(record.term), payload.freeze())
+                })
+                .collect();
+            let state = Arc::new(Mutex::new(unapplied.state));
+            let (handle, worker) = cluster::start(DriverStart {
+                settings,
+                data_dir: config.data_dir.clone(),
+                tcp_advertise: local,
+                log: unapplied.log,
+                entries,
+                snapshot_index,
+                snapshot_term: Term(unapplied.snapshot_term),
+                state: state.clone(),
+                snapshot_log_bytes: config.snapshot_log_bytes,
+                item_bytes_max: config.item_bytes_max,
+            })?;
+            let shared = Arc::new(Shared {
+                config: config.clone(),
+                limits,
+                state,
+                stats,
+                leader_link: LeaderLink::default(),
+            });
+            Ok((shared, Backend::Cluster(handle), worker))
+        }
+    }
+}

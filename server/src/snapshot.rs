@@ -1,0 +1,83 @@
+//! Taking a keystore file (snapshot) off the write path: the items are
+//! cloned under the state lock (values are shared, not copied), and a helper
+//! thread writes the file; the caller polls for the result and then deletes
+//! the log the file covers. Used by the commit pipeline (a group of one) and
+//! the replication driver alike.
+
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::thread;
+
+use bytes::Bytes;
+use data::state::Item;
+
+use crate::commit::{lock, SharedState};
+use crate::storage::{keystore_file, StorageError};
+
+/// A keystore file being written.
+pub struct SnapshotJob {
+    done: mpsc::Receiver<Result<Taken, StorageError>>,
+}
+
+/// What a finished keystore file covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    pub index: u64,
+    pub term: u64,
+}
+
+impl SnapshotJob {
+    /// Starts writing `data_dir/keystore` from the state as applied now.
+    /// `term_of(index)` gives the term of the applied index. `None` if the
+    /// writer thread cannot be started (the log keeps everything meanwhile).
+    pub fn start(
+        data_dir: PathBuf,
+        state: &SharedState,
+        term_of: impl FnOnce(u64) -> u64,
+    ) -> Option<SnapshotJob> {
+        let (index, flush, config, items) = {
+            let state = lock(state);
+            let items: Vec<(Bytes, Item)> =
+                state.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let config = state.config().clone();
+            (
+                state.applied_index(),
+                state.flush_deadline_s(),
+                config,
+                items,
+            )
+        };
+        let term = term_of(index);
+        let (done_tx, done) = mpsc::channel();
+        let spawned = thread::Builder::new()
+            .name("keystore".into())
+            .spawn(move || {
+                let result = keystore_file::write(
+                    &data_dir,
+                    index,
+                    term,
+                    flush,
+                    &config,
+                    items.iter().map(|(k, v)| (k, v)),
+                )
+                .map(|_bytes| Taken { index, term });
+                let _ = done_tx.send(result);
+            });
+        match spawned {
+            Ok(_) => Some(SnapshotJob { done }),
+            Err(error) => {
+                tracing::warn!(%error, "could not start the keystore writer");
+                None
+            }
+        }
+    }
+
+    /// The result once the file is written (`wait` blocks until then).
+    pub fn poll(&self, wait: bool) -> Option<Result<Taken, StorageError>> {
+        if wait {
+            self.done.recv().ok()
+        } else {
+            self.done.try_recv().ok()
+        }
+    }
+}

@@ -1,0 +1,177 @@
+//! Counters reported by `stats`, with memcached's names so that memcached
+//! dashboards and the Prometheus memcached exporter read them unchanged.
+//!
+//! One source of truth: every counter is an atomic here, bumped by the
+//! connection and commit code, and the `stats` reply reads them. Relaxed
+//! ordering suffices: each counter is independent and only ever summed.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use crate::config::Config;
+
+/// The version the server reports. memcapable and some clients parse it, so
+/// it starts with the memcached protocol version we implement.
+pub const VERSION: &str = concat!("1.6.0-store-", env!("CARGO_PKG_VERSION"));
+
+macro_rules! counters {
+    ($($name:ident),* $(,)?) => {
+        /// Resettable counters (`stats reset` zeroes them).
+        #[derive(Default, Debug)]
+        pub struct Counters { $(pub $name: AtomicU64,)* }
+
+        impl Counters {
+            fn reset(&self) { $(self.$name.store(0, Relaxed);)* }
+            fn report(&self, out: &mut Vec<(String, String)>) {
+                $(out.push((stringify!($name).to_string(), self.$name.load(Relaxed).to_string()));)*
+            }
+        }
+    };
+}
+
+counters!(
+    cmd_get,
+    cmd_set,
+    cmd_flush,
+    cmd_touch,
+    get_hits,
+    get_misses,
+    get_expired,
+    get_flushed,
+    delete_misses,
+    delete_hits,
+    incr_misses,
+    incr_hits,
+    decr_misses,
+    decr_hits,
+    cas_misses,
+    cas_hits,
+    cas_badval,
+    touch_hits,
+    touch_misses,
+    store_too_large,
+    store_no_memory,
+    bytes_read,
+    bytes_written,
+    total_items,
+    total_connections,
+    rejected_connections,
+    log_syncs,
+    log_sync_us,
+    log_records,
+    log_bytes,
+    snapshots,
+);
+
+/// Every counter and gauge of one server.
+#[derive(Debug)]
+pub struct Stats {
+    pub counters: Counters,
+    pub curr_connections: AtomicU64,
+    started: Instant,
+}
+
+/// Figures `stats` reads from the state machine at the time of the request.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct StateFigures {
+    pub curr_items: u64,
+    pub bytes: u64,
+    pub applied_index: u64,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            counters: Counters::default(),
+            curr_connections: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+}
+
+impl Stats {
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Relaxed);
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// `stats reset`: zeroes the counters, not the gauges.
+    pub fn reset(&self) {
+        self.counters.reset();
+    }
+
+    /// `stats`: memcached's general group.
+    pub fn general(&self, config: &Config, state: StateFigures) -> Vec<(String, String)> {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        let mut out: Vec<(String, String)> = vec![
+            ("pid".into(), std::process::id().to_string()),
+            (
+                "uptime".into(),
+                self.started.elapsed().as_secs().to_string(),
+            ),
+            ("time".into(), now.to_string()),
+            ("version".into(), VERSION.into()),
+            ("libevent".into(), "tokio".into()),
+            ("pointer_size".into(), (usize::BITS).to_string()),
+            ("max_connections".into(), config.connections_max.to_string()),
+            (
+                "curr_connections".into(),
+                self.curr_connections.load(Relaxed).to_string(),
+            ),
+            (
+                "connection_structures".into(),
+                self.curr_connections.load(Relaxed).to_string(),
+            ),
+        ];
+        self.counters.report(&mut out);
+        out.extend([
+            ("threads".into(), config.threads.to_string()),
+            ("accepting_conns".into(), "1".into()),
+            ("conn_yields".into(), "0".into()),
+            ("evictions".into(), "0".into()),
+            ("reclaimed".into(), "0".into()),
+            ("limit_maxbytes".into(), "0".into()),
+            ("curr_items".into(), state.curr_items.to_string()),
+            ("bytes".into(), state.bytes.to_string()),
+            ("applied_index".into(), state.applied_index.to_string()),
+        ]);
+        out
+    }
+
+    /// `stats settings`.
+    pub fn settings(&self, config: &Config) -> Vec<(String, String)> {
+        [
+            ("maxbytes", "0".to_string()),
+            ("maxconns", config.connections_max.to_string()),
+            ("tcpport", config.port.to_string()),
+            ("udpport", "0".to_string()),
+            ("inter", config.listen.to_string()),
+            ("verbosity", config.verbose.to_string()),
+            ("evictions", "off".to_string()),
+            ("num_threads", config.threads.to_string()),
+            ("cas_enabled", "yes".to_string()),
+            ("item_size_max", config.item_bytes_max.to_string()),
+            ("flush_enabled", "yes".to_string()),
+            ("binding_protocol", "ascii".to_string()),
+            ("client_flags_size", "4".to_string()),
+            ("data_dir", config.data_dir.display().to_string()),
+            ("snapshot_log_bytes", config.snapshot_log_bytes.to_string()),
+            (
+                "read_mode",
+                config
+                    .cluster
+                    .as_ref()
+                    .map_or("linearizable", |c| c.read_mode.name())
+                    .to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect()
+    }
+}

@@ -1,0 +1,1158 @@
+//! The log: the segment files in `<data_dir>/log/`, each named by the index
+//! of its first record (`00000000000000000001.log`). [`Log`] is the only code
+//! that opens, writes, truncates or deletes them.
+//!
+//! Writes are group commits: [`Log::append`] only encodes into one shared
+//! buffer; [`Log::sync`] writes the buffer with one system call and makes it
+//! durable with one `fdatasync`. [`Log::open`] recovers: it reads every
+//! segment whole and decodes records without copying, truncates a torn tail
+//! (the last record of the last segment, incomplete or failing its CRC, with
+//! no valid record after it) and refuses anything else that is damaged, with
+//! an error naming the file and the byte offset.
+//!
+//! Blocking std I/O: the storage thread calls it, never an async task. It
+//! knows nothing of snapshots or commit: the caller decides what to replay
+//! ([`Log::open`] returns every record), when to compact and what to drop.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use data::command::Command;
+use data::record::{
+    decode_record, encode_record, Record, RecordError, RecordHeader, RecordTooLarge, SegmentHeader,
+    COMMAND_BYTES_MIN, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+
+use super::fsutil::sync_dir;
+use super::StorageError;
+
+/// The log's directory inside the data directory.
+pub const LOG_DIR: &str = "log";
+
+/// A segment file's name: the first index in this many decimal digits
+/// (enough for u64::MAX), so names sort like indexes.
+const SEGMENT_NAME_DIGITS: usize = 20;
+const SEGMENT_SUFFIX: &str = ".log";
+
+/// Default size at which a new segment is started: big enough that rotation
+/// (and its extra fsync) is rare, small enough that compaction frees space
+/// in useful steps.
+pub const SEGMENT_BYTES_DEFAULT: u64 = 64 * 1024 * 1024;
+
+/// Initial capacity of the write buffer; a batch of small records fits.
+const WRITE_BUFFER_BYTES_INITIAL: usize = 256 * 1024;
+
+/// After a write, a buffer that grew past this (a batch of large values) is
+/// released instead of kept, so one burst does not pin memory for good.
+const WRITE_BUFFER_BYTES_RETAIN_MAX: usize = 8 * 1024 * 1024;
+
+/// The smallest record; bounds how many records fit between two offsets.
+const RECORD_BYTES_MIN: usize = RECORD_HEADER_BYTES + COMMAND_BYTES_MIN;
+
+/// One segment file.
+#[derive(Debug)]
+struct Segment {
+    first_index: u64,
+    path: PathBuf,
+    /// Header and records, written or still in the write buffer.
+    len_bytes: u64,
+}
+
+/// The segment files of one data directory; see the module comment.
+///
+/// Invariants: `segments` is sorted by first index and contiguous (each
+/// starts right after the previous one ends); every segment holds at least
+/// one record; the last is the only one written to, through `file`, and
+/// `buffer` holds its bytes not yet written. The log is empty exactly when
+/// there are no segments, and then the next append may take any index.
+pub struct Log {
+    dir: PathBuf,
+    segment_bytes_max: u64,
+    segments: Vec<Segment>,
+    /// The last segment, opened for appending; `None` iff the log is empty.
+    file: Option<File>,
+    buffer: BytesMut,
+    /// A segment file was created since the last sync; its directory entry
+    /// must be made durable too.
+    dir_sync_pending: bool,
+    last_index: u64,
+    last_term: u64,
+    /// Set when a write, fsync or truncation failed; see [`StorageError::Poisoned`].
+    poisoned: bool,
+}
+
+impl std::fmt::Debug for Log {
+    // By hand: the write buffer's bytes are no one's business in a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("dir", &self.dir)
+            .field("segments", &self.segments.len())
+            .field("first_index", &self.first_index())
+            .field("last_index", &self.last_index)
+            .field("last_term", &self.last_term)
+            .field("buffered_bytes", &self.buffer.len())
+            .field("poisoned", &self.poisoned)
+            .finish()
+    }
+}
+
+impl Log {
+    /// Opens (creating if needed) `data_dir/log`, recovers it and returns it
+    /// with every record it holds, in index order. The caller skips those at
+    /// or below its keystore's applied index.
+    ///
+    /// Starts a new segment once the current one holds `segment_bytes_max`
+    /// bytes or more.
+    ///
+    /// Each segment is read whole and the records' keys and values are
+    /// slices of that buffer (no copy), so a value applied to the state keeps
+    /// its segment's buffer alive until overwritten. That memory is bounded
+    /// by the log kept since the last keystore, which the caller bounds.
+    pub fn open(
+        data_dir: &Path,
+        segment_bytes_max: u64,
+    ) -> Result<(Log, Vec<Record>), StorageError> {
+        let dir = data_dir.join(LOG_DIR);
+        if !dir.is_dir() {
+            fs::create_dir_all(&dir).map_err(|e| StorageError::io("create directory", &dir, e))?;
+            sync_dir(data_dir)?;
+        }
+        let listing = list_segments(&dir)?;
+        let mut segments: Vec<Segment> = Vec::with_capacity(listing.len());
+        let mut records = Vec::new();
+        let count = listing.len();
+        for (position, (first_index, path)) in listing.into_iter().enumerate() {
+            let is_last = position + 1 == count;
+            let expected_first = segments.last().map(|_| next_index(&records, &segments));
+            let recovered =
+                recover_segment(&path, first_index, expected_first, is_last, &mut records)?;
+            match recovered {
+                Some(len_bytes) => segments.push(Segment {
+                    first_index,
+                    path,
+                    len_bytes,
+                }),
+                None => {
+                    // Only a last segment can come back empty: it held no
+                    // durable record, so it goes, and the log ends where the
+                    // previous segment does.
+                    tracing::warn!(path = %path.display(), "removing a log segment with no complete record");
+                    fs::remove_file(&path).map_err(|e| StorageError::io("remove", &path, e))?;
+                    sync_dir(&dir)?;
+                }
+            }
+        }
+        let file = match segments.last() {
+            Some(segment) => Some(open_for_append(&segment.path)?),
+            None => None,
+        };
+        let (last_index, last_term) = match records.last() {
+            Some(record) => (record.index, record.term),
+            None => (0, 0),
+        };
+        let log = Log {
+            dir,
+            segment_bytes_max,
+            segments,
+            file,
+            buffer: BytesMut::with_capacity(WRITE_BUFFER_BYTES_INITIAL),
+            dir_sync_pending: false,
+            last_index,
+            last_term,
+            poisoned: false,
+        };
+        Ok((log, records))
+    }
+
+    /// Index of the last record, or 0 when the log is empty.
+    pub fn last_index(&self) -> u64 {
+        self.last_index
+    }
+
+    /// Term of the last record, or 0 when the log is empty.
+    pub fn last_term(&self) -> u64 {
+        self.last_term
+    }
+
+    /// Index of the oldest record still held.
+    pub fn first_index(&self) -> Option<u64> {
+        self.segments.first().map(|s| s.first_index)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.segments.is_empty()
+    }
+
+    /// Bytes of every segment, including appended records not yet synced;
+    /// the caller writes a keystore and compacts when this grows too large.
+    pub fn total_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.len_bytes).sum()
+    }
+
+    /// Segment files, the current one included.
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// The log's directory, `<data_dir>/log`.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Buffers one record; nothing is durable until [`Log::sync`]. `index`
+    /// must be `last_index() + 1`, or anything from 1 when the log is empty
+    /// (after a snapshot install, say).
+    ///
+    /// Does no I/O unless the current segment is full: then the old segment
+    /// is written and fsynced, and the new file is created.
+    pub fn append(&mut self, term: u64, index: u64, command: &Command) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        let follows = if self.segments.is_empty() {
+            index >= 1
+        } else {
+            self.last_index.checked_add(1) == Some(index)
+        };
+        if !follows {
+            return Err(StorageError::OutOfOrder {
+                index,
+                last_index: self.last_index,
+            });
+        }
+        // Checked before a rotation so a refused record leaves no empty segment.
+        let length = command.encoded_len();
+        if length > RECORD_BYTES_MAX {
+            return Err(StorageError::RecordTooLarge {
+                index,
+                source: RecordTooLarge { length },
+            });
+        }
+        let full = match self.segments.last() {
+            Some(segment) => segment.len_bytes >= self.segment_bytes_max,
+            None => true,
+        };
+        if full {
+            self.start_segment(index)?;
+        }
+        let written = encode_record(&mut self.buffer, term, index, command)
+            .map_err(|source| StorageError::RecordTooLarge { index, source })?;
+        let segment = self
+            .segments
+            .last_mut()
+            .expect("start_segment ran if there was no segment");
+        segment.len_bytes += written as u64;
+        self.last_index = index;
+        self.last_term = term;
+        Ok(())
+    }
+
+    /// Makes every appended record durable: one write of the buffer, one
+    /// `fdatasync`, and a directory fsync if a segment was created since the
+    /// last sync. Does nothing when nothing was appended.
+    pub fn sync(&mut self) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        if !self.buffer.is_empty() {
+            self.write_buffer()?;
+            self.sync_current()?;
+        }
+        if self.dir_sync_pending {
+            sync_dir(&self.dir).inspect_err(|_| self.poisoned = true)?;
+            self.dir_sync_pending = false;
+        }
+        Ok(())
+    }
+
+    /// Deletes every segment all of whose records are at or below `index`
+    /// (the keystore covers them), oldest first, never the current segment.
+    /// Returns how many were deleted.
+    pub fn compact_through(&mut self, index: u64) -> Result<usize, StorageError> {
+        let mut deleted = 0;
+        let mut result = Ok(());
+        // Oldest first: a crash part way leaves a log that still starts at a
+        // segment boundary and is contiguous.
+        while deleted + 1 < self.segments.len() {
+            let last_of_oldest = self.segments[deleted + 1].first_index - 1;
+            if last_of_oldest > index {
+                break;
+            }
+            let path = &self.segments[deleted].path;
+            if let Err(e) = fs::remove_file(path) {
+                result = Err(StorageError::io("remove", path, e));
+                break;
+            }
+            deleted += 1;
+        }
+        self.segments.drain(..deleted);
+        result?;
+        if deleted > 0 {
+            sync_dir(&self.dir)?;
+        }
+        Ok(deleted)
+    }
+
+    /// Drops every record after `index`, durably: deletes the segments that
+    /// start after it and truncates the one holding it. Replication uses it
+    /// to remove a suffix that diverges from the leader's log. When `index`
+    /// is below the first record the log becomes empty. Records appended but
+    /// not synced are written first, so the result does not depend on when
+    /// the caller last synced.
+    pub fn truncate_after(&mut self, index: u64) -> Result<(), StorageError> {
+        self.check_poisoned()?;
+        if self.segments.is_empty() || index >= self.last_index {
+            return Ok(());
+        }
+        // A failure part way leaves the files and this struct disagreeing;
+        // only a restart's recovery can say what is on disk.
+        self.truncate_after_inner(index)
+            .inspect_err(|_| self.poisoned = true)
+    }
+
+    fn truncate_after_inner(&mut self, index: u64) -> Result<(), StorageError> {
+        self.write_buffer()?;
+        // Newest first: a crash part way leaves a contiguous log that still
+        // holds the suffix, which the leader will cut again; the other order
+        // could leave a gap, which recovery refuses.
+        let mut removed = false;
+        while let Some(segment) = self.segments.last() {
+            if segment.first_index <= index {
+                break;
+            }
+            self.file = None;
+            fs::remove_file(&segment.path)
+                .map_err(|e| StorageError::io("remove", &segment.path, e))?;
+            self.segments.pop();
+            removed = true;
+        }
+        if removed {
+            sync_dir(&self.dir)?;
+        }
+        let Some(segment) = self.segments.last_mut() else {
+            self.last_index = 0;
+            self.last_term = 0;
+            return Ok(());
+        };
+        let (end, term) = find_record_end(&segment.path, segment.first_index, index)?;
+        let file = open_for_append(&segment.path)?;
+        file.set_len(end)
+            .map_err(|e| StorageError::io("truncate", &segment.path, e))?;
+        file.sync_all()
+            .map_err(|e| StorageError::io("fsync", &segment.path, e))?;
+        segment.len_bytes = end;
+        self.file = Some(file);
+        self.last_index = index;
+        self.last_term = term;
+        // The kept segment may be one created since the last sync.
+        if self.dir_sync_pending {
+            sync_dir(&self.dir)?;
+            self.dir_sync_pending = false;
+        }
+        Ok(())
+    }
+
+    fn check_poisoned(&self) -> Result<(), StorageError> {
+        if self.poisoned {
+            Err(StorageError::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Finishes the current segment durably and starts `first_index`'s: the
+    /// old segment is written and fsynced first, so that recovery never sees
+    /// a later segment after an incomplete one.
+    fn start_segment(&mut self, first_index: u64) -> Result<(), StorageError> {
+        if self.file.is_some() {
+            self.write_buffer()?;
+            self.sync_current()?;
+        }
+        let path = self.dir.join(segment_name(first_index));
+        // create_new: an existing file of that name would be a bug, and
+        // appending to it would corrupt it.
+        let file = OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .open(&path)
+            .map_err(|e| StorageError::io("create", &path, e))?;
+        // The header goes out with the segment's first records, in the same
+        // write; recovery treats a last segment without a record as torn.
+        self.buffer
+            .extend_from_slice(&SegmentHeader { first_index }.encode());
+        self.segments.push(Segment {
+            first_index,
+            path,
+            len_bytes: SEGMENT_HEADER_BYTES as u64,
+        });
+        self.file = Some(file);
+        self.dir_sync_pending = true;
+        Ok(())
+    }
+
+    /// Writes the buffer to the current segment (no fsync) and empties it.
+    fn write_buffer(&mut self) -> Result<(), StorageError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let (Some(file), Some(segment)) = (self.file.as_mut(), self.segments.last()) else {
+            unreachable!("buffered bytes without a current segment");
+        };
+        if let Err(e) = file.write_all(&self.buffer) {
+            self.poisoned = true;
+            return Err(StorageError::io("write", &segment.path, e));
+        }
+        if self.buffer.capacity() > WRITE_BUFFER_BYTES_RETAIN_MAX {
+            self.buffer = BytesMut::with_capacity(WRITE_BUFFER_BYTES_INITIAL);
+        } else {
+            self.buffer.clear();
+        }
+        Ok(())
+    }
+
+    fn sync_current(&mut self) -> Result<(), StorageError> {
+        let (Some(file), Some(segment)) = (self.file.as_ref(), self.segments.last()) else {
+            return Ok(());
+        };
+        // fdatasync: the size change it covers is all the metadata a reader
+        // needs; the directory entry is synced separately on creation.
+        if let Err(e) = file.sync_data() {
+            self.poisoned = true;
+            return Err(StorageError::io("fsync", &segment.path, e));
+        }
+        Ok(())
+    }
+}
+
+fn segment_name(first_index: u64) -> String {
+    format!(
+        "{first_index:0width$}{SEGMENT_SUFFIX}",
+        width = SEGMENT_NAME_DIGITS
+    )
+}
+
+fn parse_segment_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SEGMENT_SUFFIX)?;
+    if digits.len() != SEGMENT_NAME_DIGITS || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// The segment files in `dir`, sorted by first index. Other files are left
+/// alone with a warning: they are not ours to delete.
+fn list_segments(dir: &Path) -> Result<Vec<(u64, PathBuf)>, StorageError> {
+    let entries = fs::read_dir(dir).map_err(|e| StorageError::io("list", dir, e))?;
+    let mut segments = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(|e| StorageError::io("list", dir, e))?;
+        let path = entry.path();
+        match entry.file_name().to_str().and_then(parse_segment_name) {
+            Some(first_index) => segments.push((first_index, path)),
+            None => {
+                tracing::warn!(path = %path.display(), "ignoring a file that is not a log segment")
+            }
+        }
+    }
+    segments.sort_unstable_by_key(|(first_index, _)| *first_index);
+    Ok(segments)
+}
+
+fn open_for_append(path: &Path) -> Result<File, StorageError> {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .map_err(|e| StorageError::io("open", path, e))
+}
+
+/// The index the next segment must start at, given what was recovered.
+fn next_index(records: &[Record], segments: &[Segment]) -> u64 {
+    match records.last() {
+        Some(record) => record.index + 1,
+        // Segments without records: only possible for a non-last segment
+        // written by a buggy build; the next one starts where it would have.
+        None => segments.last().map_or(1, |s| s.first_index),
+    }
+}
+
+fn corrupt(what: &'static str, path: &Path, offset: usize, reason: impl ToString) -> StorageError {
+    StorageError::Corrupt {
+        what,
+        path: path.to_path_buf(),
+        offset: offset as u64,
+        reason: reason.to_string(),
+    }
+}
+
+/// Reads one segment, appends its records to `records`, and returns its
+/// length after recovery, or `None` if it is the last segment and holds no
+/// complete record (the caller deletes it). Truncates a torn tail of the last
+/// segment in place.
+fn recover_segment(
+    path: &Path,
+    name_index: u64,
+    expected_first: Option<u64>,
+    is_last: bool,
+    records: &mut Vec<Record>,
+) -> Result<Option<u64>, StorageError> {
+    let buf = Bytes::from(fs::read(path).map_err(|e| StorageError::io("read", path, e))?);
+    let header = match SegmentHeader::decode(&buf) {
+        Ok(header) => header,
+        // A crash right after creating the last segment leaves it short or,
+        // on some file systems, zero-filled: nothing in it was ever synced.
+        Err(_) if is_last && (buf.len() < SEGMENT_HEADER_BYTES || buf.iter().all(|b| *b == 0)) => {
+            return Ok(None);
+        }
+        Err(e) => return Err(corrupt("segment header", path, 0, e)),
+    };
+    if header.first_index != name_index {
+        return Err(corrupt(
+            "segment header",
+            path,
+            0,
+            format!(
+                "first index {} but the file name says {name_index}",
+                header.first_index
+            ),
+        ));
+    }
+    if let Some(expected) = expected_first {
+        if header.first_index != expected {
+            return Err(corrupt(
+                "segment header",
+                path,
+                0,
+                format!(
+                    "segment starts at index {}, the previous one ends at {}",
+                    header.first_index,
+                    expected - 1
+                ),
+            ));
+        }
+    }
+
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut next = header.first_index;
+    let found_before = records.len();
+    let damage = loop {
+        match decode_record(&buf, offset) {
+            Ok(Some((record, len))) => {
+                // A record with a good CRC and the wrong index was written
+                // that way; it is not a torn write.
+                if record.index != next {
+                    return Err(corrupt(
+                        "log record",
+                        path,
+                        offset,
+                        format!("index {}, expected {next}", record.index),
+                    ));
+                }
+                records.push(record);
+                offset += len;
+                next += 1;
+            }
+            Ok(None) if offset == buf.len() => break None,
+            Ok(None) => {
+                break Some(format!(
+                    "incomplete record: the file ends {} bytes into it",
+                    buf.len() - offset
+                ))
+            }
+            // The CRC matched, so these are the bytes that were written, and
+            // this build cannot read them: never truncate those.
+            Err(e @ RecordError::Command(_)) => return Err(corrupt("log record", path, offset, e)),
+            Err(e) => break Some(e.to_string()),
+        }
+    };
+
+    if let Some(reason) = damage {
+        if !is_last {
+            return Err(corrupt("log record", path, offset, reason));
+        }
+        if let Some((at, index)) = find_valid_record(&buf, offset, next) {
+            return Err(corrupt(
+                "log record",
+                path,
+                offset,
+                format!("{reason}; a valid record (index {index}) follows at offset {at}"),
+            ));
+        }
+        tracing::warn!(
+            path = %path.display(),
+            offset,
+            dropped_bytes = buf.len() - offset,
+            reason = %reason,
+            "truncating a torn log tail"
+        );
+        let file = OpenOptions::new()
+            .write(true)
+            .open(path)
+            .map_err(|e| StorageError::io("open", path, e))?;
+        file.set_len(offset as u64)
+            .map_err(|e| StorageError::io("truncate", path, e))?;
+        file.sync_all()
+            .map_err(|e| StorageError::io("fsync", path, e))?;
+    }
+    if is_last && records.len() == found_before {
+        return Ok(None);
+    }
+    Ok(Some(offset as u64))
+}
+
+/// Looks past damage at `from` for a valid record with a plausible index:
+/// `next` or above, but no more than the records that fit in between. The
+/// index test is a cheap filter that almost never passes on garbage, so the
+/// CRC is computed rarely and the scan is linear in the bytes after `from`,
+/// which are at most one segment's.
+fn find_valid_record(buf: &Bytes, from: usize, next: u64) -> Option<(usize, u64)> {
+    let last_start = buf.len().checked_sub(RECORD_HEADER_BYTES)?;
+    for at in from + 1..=last_start {
+        let Some(header) = RecordHeader::peek(buf, at) else {
+            break;
+        };
+        let fit = ((at - from) / RECORD_BYTES_MIN) as u64 + 1;
+        if header.index < next || header.index - next > fit {
+            continue;
+        }
+        if let Ok(Some((record, _))) = decode_record(buf, at) {
+            return Some((at, record.index));
+        }
+    }
+    None
+}
+
+/// Byte offset just past record `index` in the segment at `path`, and its
+/// term. The log wrote the file and recovered it, so damage here is new.
+fn find_record_end(path: &Path, first_index: u64, index: u64) -> Result<(u64, u64), StorageError> {
+    let buf = Bytes::from(fs::read(path).map_err(|e| StorageError::io("read", path, e))?);
+    let mut offset = SEGMENT_HEADER_BYTES;
+    let mut expected = first_index;
+    loop {
+        let (record, len) = match decode_record(&buf, offset) {
+            Ok(Some(found)) => found,
+            Ok(None) => {
+                return Err(corrupt(
+                    "log record",
+                    path,
+                    offset,
+                    format!("index {index} not found"),
+                ))
+            }
+            Err(e) => return Err(corrupt("log record", path, offset, e)),
+        };
+        if record.index != expected {
+            return Err(corrupt(
+                "log record",
+                path,
+                offset,
+                format!("index {}, expected {expected}", record.index),
+            ));
+        }
+        offset += len;
+        if record.index == index {
+            return Ok((offset as u64, record.term));
+        }
+        expected += 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::test_dir::TestDir;
+    use data::command::{Op, StoreMode};
+
+    /// Small enough that a few dozen records span several segments.
+    const SMALL_SEGMENT_BYTES: u64 = 512;
+
+    fn command(n: u64) -> Command {
+        Command {
+            time_s: 1_700_000_000 + n,
+            op: Op::Store {
+                mode: StoreMode::Set,
+                key: Bytes::from(format!("key-{n}")),
+                flags: 0,
+                exptime: 0,
+                data: Bytes::from(format!("value-{n}")),
+                cas_unique: 0,
+            },
+        }
+    }
+
+    fn term_of(index: u64) -> u64 {
+        1 + index / 10
+    }
+
+    fn record(index: u64) -> Record {
+        Record {
+            term: term_of(index),
+            index,
+            command: command(index),
+        }
+    }
+
+    fn append_range(log: &mut Log, indexes: std::ops::RangeInclusive<u64>) {
+        for index in indexes {
+            log.append(term_of(index), index, &command(index)).unwrap();
+        }
+    }
+
+    fn expected(indexes: std::ops::RangeInclusive<u64>) -> Vec<Record> {
+        indexes.map(record).collect()
+    }
+
+    fn segment_files(data_dir: &Path) -> Vec<u64> {
+        let mut firsts: Vec<u64> = list_segments(&data_dir.join(LOG_DIR))
+            .unwrap()
+            .into_iter()
+            .map(|(first, _)| first)
+            .collect();
+        firsts.sort_unstable();
+        firsts
+    }
+
+    fn only_segment(data_dir: &Path) -> PathBuf {
+        let listing = list_segments(&data_dir.join(LOG_DIR)).unwrap();
+        assert_eq!(listing.len(), 1);
+        listing[0].1.clone()
+    }
+
+    /// Writes records 1..=count to a single-segment log and returns the
+    /// segment's path and the byte offset of every record.
+    fn write_one_segment(data_dir: &Path, count: u64) -> (PathBuf, Vec<usize>) {
+        let (mut log, records) = Log::open(data_dir, SEGMENT_BYTES_DEFAULT).unwrap();
+        assert!(records.is_empty());
+        append_range(&mut log, 1..=count);
+        log.sync().unwrap();
+        let path = only_segment(data_dir);
+        let mut offsets = vec![SEGMENT_HEADER_BYTES];
+        for index in 1..count {
+            let len = data::record::record_len(&command(index));
+            offsets.push(offsets.last().unwrap() + len);
+        }
+        (path, offsets)
+    }
+
+    #[test]
+    fn append_sync_reopen_returns_the_same_records() {
+        let dir = TestDir::new();
+        let (mut log, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert!(records.is_empty() && log.is_empty());
+        assert_eq!((log.last_index(), log.last_term()), (0, 0));
+        append_range(&mut log, 1..=100);
+        log.sync().unwrap();
+        append_range(&mut log, 101..=150);
+        log.sync().unwrap();
+        assert_eq!((log.last_index(), log.last_term()), (150, term_of(150)));
+        let total = log.total_bytes();
+        assert_eq!(total, fs::metadata(only_segment(dir.path())).unwrap().len());
+        drop(log);
+
+        let (mut log, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(records, expected(1..=150));
+        assert_eq!((log.last_index(), log.last_term()), (150, term_of(150)));
+        assert_eq!(log.first_index(), Some(1));
+        assert_eq!(log.total_bytes(), total);
+        // Appending continues after a reopen.
+        append_range(&mut log, 151..=160);
+        log.sync().unwrap();
+        drop(log);
+        let (_, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(records, expected(1..=160));
+    }
+
+    #[test]
+    fn unsynced_appends_are_not_on_disk() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        append_range(&mut log, 1..=3);
+        log.sync().unwrap();
+        append_range(&mut log, 4..=5);
+        // A crash now: the records only ever reached the buffer.
+        drop(log);
+        let (_, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(records, expected(1..=3));
+    }
+
+    #[test]
+    fn appends_must_be_contiguous() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert!(matches!(
+            log.append(1, 0, &command(0)),
+            Err(StorageError::OutOfOrder { index: 0, .. })
+        ));
+        // An empty log starts wherever the caller says (after a snapshot).
+        log.append(1, 41, &command(41)).unwrap();
+        for bad in [41, 43, 1] {
+            assert!(matches!(
+                log.append(1, bad, &command(bad)),
+                Err(StorageError::OutOfOrder { last_index: 41, .. })
+            ));
+        }
+        log.append(1, 42, &command(42)).unwrap();
+        log.sync().unwrap();
+        assert_eq!(segment_files(dir.path()), vec![41]);
+    }
+
+    #[test]
+    fn rotation_spans_several_segments() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        for index in 1..=100 {
+            log.append(term_of(index), index, &command(index)).unwrap();
+            if index % 7 == 0 {
+                log.sync().unwrap();
+            }
+        }
+        log.sync().unwrap();
+        let firsts = segment_files(dir.path());
+        assert!(firsts.len() >= 5, "{firsts:?}");
+        assert_eq!(firsts[0], 1);
+        assert_eq!(log.segment_count(), firsts.len());
+        let log_dir = dir.path().join(LOG_DIR);
+        assert!(log_dir.join("00000000000000000001.log").is_file());
+        for first in &firsts {
+            let len = fs::metadata(log_dir.join(segment_name(*first)))
+                .unwrap()
+                .len();
+            // A segment passes the limit by at most its last record.
+            assert!(
+                len < SMALL_SEGMENT_BYTES + 100,
+                "segment {first}: {len} bytes"
+            );
+        }
+        drop(log);
+        let (log, records) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert_eq!(records, expected(1..=100));
+        assert_eq!(log.segment_count(), firsts.len());
+    }
+
+    #[test]
+    fn compaction_deletes_only_old_segments() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        append_range(&mut log, 1..=100);
+        log.sync().unwrap();
+        let firsts = segment_files(dir.path());
+        assert!(firsts.len() >= 4);
+
+        // An index inside the second segment frees only the first.
+        assert_eq!(log.compact_through(firsts[1]).unwrap(), 1);
+        assert_eq!(segment_files(dir.path()), firsts[1..]);
+        // The last index of the second segment frees the second too.
+        assert_eq!(log.compact_through(firsts[2] - 1).unwrap(), 1);
+        assert_eq!(segment_files(dir.path()), firsts[2..]);
+        assert_eq!(log.compact_through(firsts[2] - 1).unwrap(), 0);
+        // Everything covered: all but the current segment go.
+        log.compact_through(100).unwrap();
+        let current = *firsts.last().unwrap();
+        assert_eq!(segment_files(dir.path()), vec![current]);
+        assert_eq!(log.first_index(), Some(current));
+        assert_eq!(log.last_index(), 100);
+
+        append_range(&mut log, 101..=110);
+        log.sync().unwrap();
+        drop(log);
+        let (log, records) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert_eq!(records, expected(current..=110));
+        assert_eq!(log.first_index(), Some(current));
+    }
+
+    #[test]
+    fn torn_tail_cut_at_every_offset_is_truncated() {
+        let count = 5;
+        let dir = TestDir::new();
+        let (path, offsets) = write_one_segment(dir.path(), count);
+        let full = fs::read(&path).unwrap();
+        let last_start = *offsets.last().unwrap();
+        for cut in last_start..full.len() {
+            fs::write(&path, &full[..cut]).unwrap();
+            let (log, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+            assert_eq!(records, expected(1..=count - 1), "cut at {cut}");
+            assert_eq!(log.last_index(), count - 1);
+            assert_eq!(
+                fs::metadata(&path).unwrap().len(),
+                last_start as u64,
+                "cut at {cut}"
+            );
+        }
+    }
+
+    #[test]
+    fn torn_tail_with_any_byte_flipped_in_the_last_record_is_truncated() {
+        let count = 5;
+        let dir = TestDir::new();
+        let (path, offsets) = write_one_segment(dir.path(), count);
+        let full = fs::read(&path).unwrap();
+        let last_start = *offsets.last().unwrap();
+        for at in last_start..full.len() {
+            let mut damaged = full.clone();
+            damaged[at] ^= 0x20;
+            fs::write(&path, &damaged).unwrap();
+            let (log, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+            assert_eq!(records, expected(1..=count - 1), "flip at {at}");
+            assert_eq!(log.last_index(), count - 1);
+            assert_eq!(fs::metadata(&path).unwrap().len(), last_start as u64);
+        }
+        // Zeros where the last record was (blocks allocated, never written).
+        let mut zeroed = full.clone();
+        zeroed[last_start..].fill(0);
+        zeroed.extend_from_slice(&[0; 4096]);
+        fs::write(&path, &zeroed).unwrap();
+        let (_, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(records, expected(1..=count - 1));
+        assert_eq!(fs::metadata(&path).unwrap().len(), last_start as u64);
+    }
+
+    #[test]
+    fn damage_before_valid_records_fails_naming_file_and_offset() {
+        let count = 5;
+        let dir = TestDir::new();
+        let (path, offsets) = write_one_segment(dir.path(), count);
+        let full = fs::read(&path).unwrap();
+        let (start, end) = (offsets[2], offsets[3]);
+        for at in start..end {
+            let mut damaged = full.clone();
+            damaged[at] ^= 0x20;
+            fs::write(&path, &damaged).unwrap();
+            let error = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap_err();
+            let message = error.to_string();
+            let wanted = format!(
+                "corrupt log record in {} at offset {start}: ",
+                path.display()
+            );
+            assert!(message.starts_with(&wanted), "flip at {at}: {message}");
+            // Nothing was truncated.
+            assert_eq!(fs::read(&path).unwrap(), damaged);
+        }
+    }
+
+    #[test]
+    fn damage_in_an_earlier_segment_fails_even_at_its_end() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        append_range(&mut log, 1..=40);
+        log.sync().unwrap();
+        drop(log);
+        let firsts = segment_files(dir.path());
+        let first_path = dir.path().join(LOG_DIR).join(segment_name(firsts[0]));
+        let mut bytes = fs::read(&first_path).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        fs::write(&first_path, &bytes).unwrap();
+        let message = Log::open(dir.path(), SMALL_SEGMENT_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains(&first_path.display().to_string()),
+            "{message}"
+        );
+        assert!(message.contains("crc mismatch"), "{message}");
+
+        // Cut short instead: an earlier segment is never torn.
+        fs::write(&first_path, &bytes[..last]).unwrap();
+        let message = Log::open(dir.path(), SMALL_SEGMENT_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("incomplete record"), "{message}");
+    }
+
+    #[test]
+    fn a_missing_segment_is_a_gap() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        append_range(&mut log, 1..=60);
+        log.sync().unwrap();
+        drop(log);
+        let firsts = segment_files(dir.path());
+        let middle = dir.path().join(LOG_DIR).join(segment_name(firsts[1]));
+        fs::remove_file(&middle).unwrap();
+        let message = Log::open(dir.path(), SMALL_SEGMENT_BYTES)
+            .unwrap_err()
+            .to_string();
+        assert!(message.contains("corrupt segment header"), "{message}");
+        assert!(
+            message.contains(&format!("ends at {}", firsts[1] - 1)),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_last_segment_without_a_complete_record_is_removed() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        append_range(&mut log, 1..=30);
+        log.sync().unwrap();
+        drop(log);
+        let firsts = segment_files(dir.path());
+        let current = *firsts.last().unwrap();
+        let path = dir.path().join(LOG_DIR).join(segment_name(current));
+        let full = fs::read(&path).unwrap();
+        let first_record_end = SEGMENT_HEADER_BYTES + data::record::record_len(&command(current));
+        for cut in [0, 10, SEGMENT_HEADER_BYTES, first_record_end - 1] {
+            fs::write(&path, &full[..cut]).unwrap();
+            let (mut log, records) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+            assert_eq!(records, expected(1..=current - 1), "cut at {cut}");
+            assert!(!path.exists(), "cut at {cut}");
+            // The next append recreates the segment with the same name.
+            log.append(term_of(current), current, &command(current))
+                .unwrap();
+            log.sync().unwrap();
+            assert!(path.exists());
+            fs::write(&path, &full).unwrap();
+        }
+        // A zero-filled last segment was never synced either.
+        fs::write(&path, vec![0u8; 300]).unwrap();
+        let (_, records) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert_eq!(records, expected(1..=current - 1));
+        assert!(!path.exists());
+    }
+
+    #[test]
+    fn a_bad_header_in_the_last_segment_is_an_error() {
+        let dir = TestDir::new();
+        let (path, _) = write_one_segment(dir.path(), 3);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[8] = 99;
+        fs::write(&path, &bytes).unwrap();
+        let message = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.contains("unsupported log format version 99"),
+            "{message}"
+        );
+        assert!(message.contains("at offset 0"), "{message}");
+    }
+
+    #[test]
+    fn truncate_after_drops_the_suffix_durably() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        append_range(&mut log, 1..=80);
+        log.sync().unwrap();
+        let firsts = segment_files(dir.path());
+        assert!(firsts.len() >= 4);
+
+        // Inside a segment, with unsynced records in the buffer.
+        append_range(&mut log, 81..=85);
+        let inside = firsts[2] + 1;
+        log.truncate_after(inside).unwrap();
+        assert_eq!(
+            (log.last_index(), log.last_term()),
+            (inside, term_of(inside))
+        );
+        assert_eq!(segment_files(dir.path()), firsts[..3]);
+        // No-ops: at or after the end.
+        log.truncate_after(inside).unwrap();
+        log.truncate_after(1000).unwrap();
+        append_range(&mut log, inside + 1..=inside + 3);
+        log.sync().unwrap();
+        drop(log);
+        let (mut log, records) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert_eq!(records, expected(1..=inside + 3));
+
+        // Exactly at a segment boundary: the later segment goes whole.
+        let boundary = firsts[1] - 1;
+        log.truncate_after(boundary).unwrap();
+        assert_eq!(segment_files(dir.path()), vec![firsts[0]]);
+        assert_eq!(log.last_index(), boundary);
+        drop(log);
+        let (mut log, records) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert_eq!(records, expected(1..=boundary));
+
+        // A new term's records after the cut.
+        log.append(99, boundary + 1, &command(boundary + 1))
+            .unwrap();
+        log.sync().unwrap();
+        assert_eq!(log.last_term(), 99);
+        drop(log);
+        let (mut log, records) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert_eq!(records.len() as u64, boundary + 1);
+        assert_eq!(records.last().unwrap().term, 99);
+
+        // Below the first record: the log becomes empty and starts anew.
+        log.truncate_after(0).unwrap();
+        assert!(log.is_empty());
+        assert_eq!((log.last_index(), log.last_term()), (0, 0));
+        assert!(segment_files(dir.path()).is_empty());
+        log.append(5, 500, &command(500)).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let (log, records) = Log::open(dir.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert_eq!(records.len(), 1);
+        assert_eq!((log.first_index(), log.last_index()), (Some(500), 500));
+    }
+
+    #[test]
+    fn unknown_files_are_left_alone() {
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        append_range(&mut log, 1..=3);
+        log.sync().unwrap();
+        drop(log);
+        let stray = dir.path().join(LOG_DIR).join("notes.txt");
+        fs::write(&stray, b"hello").unwrap();
+        let (_, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        assert_eq!(records, expected(1..=3));
+        assert!(stray.exists());
+    }
+
+    #[test]
+    fn segment_names_sort_like_indexes() {
+        assert_eq!(segment_name(1), "00000000000000000001.log");
+        assert_eq!(segment_name(u64::MAX), "18446744073709551615.log");
+        assert_eq!(parse_segment_name("00000000000000000042.log"), Some(42));
+        assert_eq!(parse_segment_name("42.log"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.log"), None);
+        assert_eq!(parse_segment_name("00000000000000000042.tmp"), None);
+    }
+
+    /// Run with `cargo test --release -p server recovery_of_a_million -- --ignored --nocapture`.
+    #[test]
+    #[ignore = "timing test: run in release mode by hand"]
+    fn recovery_of_a_million_small_records() {
+        let count = 1_000_000u64;
+        let dir = TestDir::new();
+        let (mut log, _) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        let started = std::time::Instant::now();
+        for index in 1..=count {
+            log.append(1, index, &command(index)).unwrap();
+            if index % 1000 == 0 {
+                log.sync().unwrap();
+            }
+        }
+        log.sync().unwrap();
+        let appended = started.elapsed();
+        let bytes = log.total_bytes();
+        drop(log);
+        let started = std::time::Instant::now();
+        let (log, records) = Log::open(dir.path(), SEGMENT_BYTES_DEFAULT).unwrap();
+        let recovered = started.elapsed();
+        assert_eq!(records.len() as u64, count);
+        assert_eq!(log.last_index(), count);
+        println!(
+            "{count} records, {bytes} bytes in {} segments: append+sync(1000) {appended:?}, recovery {recovered:?}",
+            log.segment_count()
+        );
+    }
+
+    /// The scan past damage in a last segment is linear: a segment's worth
+    /// of garbage costs one pass, not a CRC per offset.
+    #[test]
+    #[ignore = "timing test: run in release mode by hand"]
+    fn scan_past_damage_is_linear() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let garbage: Vec<u8> = (0..SEGMENT_BYTES_DEFAULT)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let buf = Bytes::from(garbage);
+        let started = std::time::Instant::now();
+        assert_eq!(find_valid_record(&buf, 0, 1_000), None);
+        println!("scanned {} bytes in {:?}", buf.len(), started.elapsed());
+    }
+}

@@ -1,0 +1,506 @@
+//! `store`: run the pieces of a store cluster.
+//!
+//! `store addsrv` starts a server; started without `--lb` it serves alone as
+//! a group of one, durable on its own disk. `store addlb` starts the load
+//! balancer that registers servers and runs elections.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Parser, Subcommand};
+use server::config::{
+    Config, CONNECTIONS_MAX_DEFAULT, PORT_DEFAULT, SNAPSHOT_LOG_BYTES_DEFAULT, THREADS_DEFAULT,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "store",
+    version,
+    about = "A durable key-value store that speaks memcached's text protocol"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start a server (memcached text protocol on TCP).
+    ///
+    /// Examples:
+    ///   store addsrv                          # 127.0.0.1:11211, data in ./store-data/server-11211
+    ///   store addsrv -p 22122 --data-dir /var/lib/store
+    ///   store addsrv -p 22122 -c 4096 -I 2m -t 4
+    #[command(verbatim_doc_comment)]
+    Addsrv(AddsrvArgs),
+    /// Start the load balancer: registers servers, runs elections, answers
+    /// `get-servers` and `stats` on its TCP port.
+    ///
+    /// Examples:
+    ///   store addlb                           # tcp and udp 127.0.0.1:11311, data in ./store-data/lb-11311
+    ///   store addlb -p 22311 --udp-port 22312 --data-dir /var/lib/store-lb
+    ///   store addlb --heartbeat-ms 50 --election-timeout-ms 500
+    #[command(verbatim_doc_comment)]
+    Addlb(AddlbArgs),
+    /// Start a whole local cluster: one LB and N servers, data under one
+    /// directory. Ctrl-C stops it; run again with the same --data-dir to
+    /// bring it back with its data.
+    ///
+    /// Examples:
+    ///   store up                              # LB on 11311, 3 servers on 11312..11314
+    ///   store up --servers 5 --data-dir /tmp/five --port 22311
+    #[command(verbatim_doc_comment)]
+    Up(UpArgs),
+    /// Show the cluster as the LB sees it: term, leader, and each server's
+    /// role, indexes and lag.
+    ///
+    /// Examples:
+    ///   store status
+    ///   store status --lb 127.0.0.1:22311 --json
+    #[command(verbatim_doc_comment)]
+    Status(StatusArgs),
+    /// Ask the LB to take a server out of the group: the leader writes a
+    /// configuration entry without it, and the LB forgets it once that is
+    /// in the leader's configuration. The id is the one `store status`
+    /// shows. Exits 0 on OK, 1 if the LB does not know the id, 2 on error.
+    ///
+    /// Examples:
+    ///   store remove-server 12345678901234567
+    ///   store remove-server 12345678901234567 --lb 127.0.0.1:22311
+    #[command(verbatim_doc_comment)]
+    RemoveServer(RemoveServerArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// How many servers.
+    #[arg(long, default_value_t = 3)]
+    servers: usize,
+    /// Where the LB's and every server's data go.
+    #[arg(long, default_value = "store-data/cluster")]
+    data_dir: PathBuf,
+    /// The LB's port (TCP discovery and UDP control); servers take the
+    /// next ports when they are free.
+    #[arg(short = 'p', long = "port", default_value_t = lb::driver::PORT_DEFAULT)]
+    port: u16,
+    #[arg(long, default_value_t = lb::driver::HEARTBEAT_MS_DEFAULT)]
+    heartbeat_ms: u64,
+    #[arg(long, default_value_t = lb::driver::ELECTION_TIMEOUT_MS_DEFAULT)]
+    election_timeout_ms: u64,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    /// The LB's TCP address.
+    #[arg(long, default_value_t = format!("127.0.0.1:{}", lb::driver::PORT_DEFAULT))]
+    lb: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RemoveServerArgs {
+    /// The server's id, as `store status` shows it.
+    id: u64,
+    /// The LB's TCP address.
+    #[arg(long, default_value_t = format!("127.0.0.1:{}", lb::driver::PORT_DEFAULT))]
+    lb: String,
+}
+
+#[derive(clap::Args)]
+struct AddlbArgs {
+    /// TCP discovery port (`get-servers`, `stats`, `remove-server`).
+    #[arg(short = 'p', long = "port", default_value_t = lb::driver::PORT_DEFAULT)]
+    port: u16,
+    /// UDP control port [default: the same number as -p].
+    #[arg(long)]
+    udp_port: Option<u16>,
+    /// Address to listen on.
+    #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
+    listen: IpAddr,
+    /// Directory for the cluster file and the registry
+    /// [default: ./store-data/lb-PORT].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Interval between heartbeats to every server, in milliseconds.
+    #[arg(long, default_value_t = lb::driver::HEARTBEAT_MS_DEFAULT)]
+    heartbeat_ms: u64,
+    /// Election timeout in milliseconds: how long an election may go
+    /// undecided and how long followers may lose the leader.
+    #[arg(long, default_value_t = lb::driver::ELECTION_TIMEOUT_MS_DEFAULT)]
+    election_timeout_ms: u64,
+    /// Verbose logging; repeat for more.
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose: u8,
+}
+
+#[derive(clap::Args)]
+struct AddsrvArgs {
+    /// TCP port to listen on.
+    #[arg(short = 'p', long = "port", default_value_t = PORT_DEFAULT)]
+    port: u16,
+    /// Address to listen on.
+    #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
+    listen: IpAddr,
+    /// Maximum simultaneous connections; more are answered
+    /// `ERROR Too many open connections` and closed.
+    #[arg(short = 'c', long = "conn-limit", default_value_t = CONNECTIONS_MAX_DEFAULT)]
+    connections_max: usize,
+    /// Largest value stored, with an optional k/m suffix (as memcached's -I).
+    #[arg(short = 'I', long = "max-item-size", default_value = "1m", value_parser = parse_size)]
+    item_bytes_max: usize,
+    /// Worker threads serving connections.
+    #[arg(short = 't', long = "threads", default_value_t = THREADS_DEFAULT)]
+    threads: usize,
+    /// Verbose logging; repeat for more.
+    #[arg(short = 'v', action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Directory for the log and the keystore file
+    /// [default: ./store-data/server-PORT].
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Write a keystore file (snapshot) and delete the log before it once this
+    /// many bytes of log were written since the last one (k/m/g suffix).
+    #[arg(long, default_value_t = SNAPSHOT_LOG_BYTES_DEFAULT, value_parser = parse_size_u64)]
+    snapshot_log_bytes: u64,
+    /// Join the replica group whose load balancer listens here (its UDP
+    /// control port). Without it the server serves alone.
+    #[arg(long, value_name = "HOST:PORT")]
+    lb: Option<std::net::SocketAddr>,
+    /// The cluster file the LB wrote (cluster id and secret)
+    /// [default: cluster in the LB's default data directory].
+    #[arg(long, requires = "lb")]
+    cluster_file: Option<PathBuf>,
+    /// UDP port for replication [default: any free port].
+    #[arg(long, default_value_t = 0, requires = "lb")]
+    udp_port: u16,
+    /// Leader heartbeat interval.
+    #[arg(long, default_value_t = 100, requires = "lb")]
+    heartbeat_ms: u64,
+    /// A leader that has not heard a majority for this long steps down.
+    #[arg(long, default_value_t = 1000, requires = "lb")]
+    election_timeout_ms: u64,
+    /// `linearizable` (reads confirm leadership with a majority; followers
+    /// forward reads) or `local` (every server answers from its own state,
+    /// possibly stale).
+    #[arg(long, default_value = "linearizable", value_parser = ["linearizable", "local"], requires = "lb")]
+    read_mode: String,
+}
+
+/// Parses `1048576`, `1024k`, `1m` or `1g`.
+fn parse_size_u64(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) = match text.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((at, _)) => text.split_at(at),
+        None => (text, ""),
+    };
+    let n: u64 = digits
+        .parse()
+        .map_err(|_| format!("not a size: {text:?}"))?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1 << 10,
+        "m" | "mb" => 1 << 20,
+        "g" | "gb" => 1 << 30,
+        _ => return Err(format!("unknown size unit {unit:?} (use k, m or g)")),
+    };
+    n.checked_mul(scale)
+        .ok_or_else(|| format!("size too large: {text:?}"))
+}
+
+fn parse_size(text: &str) -> Result<usize, String> {
+    parse_size_u64(text)
+        .and_then(|n| usize::try_from(n).map_err(|_| format!("size too large: {text:?}")))
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Addsrv(args) => addsrv(args),
+        Command::Addlb(args) => addlb(args),
+        Command::Up(args) => up(args),
+        Command::Status(args) => status(args),
+        Command::RemoveServer(args) => {
+            // Exit codes are part of the interface (scripts tell "no such
+            // server" from "could not ask"), so they are set here rather
+            // than through anyhow's single failure code.
+            let code = match remove_server(&args) {
+                Ok(true) => 0,
+                Ok(false) => 1,
+                Err(e) => {
+                    eprintln!("store remove-server: {e:#}");
+                    2
+                }
+            };
+            std::process::exit(code);
+        }
+    }
+}
+
+fn up(args: UpArgs) -> anyhow::Result<()> {
+    let config = store::up::UpConfig {
+        servers: args.servers,
+        data_dir: args.data_dir,
+        port: args.port,
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_ms: args.election_timeout_ms,
+        exe: std::env::current_exe().context("find this program")?,
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    let shutdown = CancellationToken::new();
+    // Handlers first: a Ctrl-C while the cluster starts still stops it cleanly.
+    runtime.spawn(stop_on_signal(shutdown.clone()));
+    let mut cluster = store::up::Cluster::start(&config)?;
+    println!(
+        "store cluster up: {} servers, data in {}",
+        cluster.servers.len(),
+        config.data_dir.display()
+    );
+    println!(
+        "  lb       {}   (get-servers, stats; store status --lb {})",
+        cluster.lb, cluster.lb
+    );
+    for (i, server) in cluster.servers.iter().enumerate() {
+        let role = store::up::role_of(cluster.lb, *server).unwrap_or_else(|| "starting".into());
+        println!("  server-{} {}   ({role})", i + 1, server);
+    }
+    println!("Try, from another terminal:");
+    println!(
+        "  cargo run --release --bin client -- --lb {} set hello world",
+        cluster.lb
+    );
+    println!(
+        "  cargo run --release --bin client -- --lb {} get hello",
+        cluster.lb
+    );
+    println!(
+        "Logs: {}/*.log. Ctrl-C stops the cluster.",
+        config.data_dir.display()
+    );
+    runtime.block_on(async {
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(std::time::Duration::from_millis(200)) => {
+                    for gone in cluster.reap() {
+                        println!("store up: {gone}");
+                    }
+                }
+            }
+        }
+    });
+    println!("stopping the cluster");
+    cluster.stop();
+    Ok(())
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<()> {
+    let status = store::status::fetch(&args.lb, std::time::Duration::from_secs(5))?;
+    if args.json {
+        println!("{}", store::status::render_json(&status));
+    } else {
+        print!("{}", store::status::render_table(&status));
+    }
+    Ok(())
+}
+
+/// How long `remove-server` waits to connect and for the LB's reply.
+const REMOVE_SERVER_TIMEOUT_MS: u64 = 5_000;
+/// The LB's reply to `remove-server` is one short line (`OK` or
+/// `NOT_FOUND`); anything longer is not an answer.
+const REMOVE_SERVER_REPLY_BYTES_MAX: usize = 128;
+
+/// Sends `remove-server <id>` to the LB and prints its reply: true for
+/// `OK`, false for `NOT_FOUND`, an error for anything else.
+fn remove_server(args: &RemoveServerArgs) -> anyhow::Result<bool> {
+    use std::io::{Read, Write};
+    use std::net::{SocketAddr, TcpStream};
+    let timeout = std::time::Duration::from_millis(REMOVE_SERVER_TIMEOUT_MS);
+    let addr: SocketAddr = args
+        .lb
+        .parse()
+        .with_context(|| format!("not an address: {}", args.lb))?;
+    let mut stream = TcpStream::connect_timeout(&addr, timeout)
+        .with_context(|| format!("cannot reach the LB at {addr}"))?;
+    stream.set_read_timeout(Some(timeout))?;
+    stream
+        .write_all(format!("remove-server {}\r\n", args.id).as_bytes())
+        .context("send to the LB")?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; REMOVE_SERVER_REPLY_BYTES_MAX];
+    while !reply.ends_with(b"\n") {
+        if reply.len() >= REMOVE_SERVER_REPLY_BYTES_MAX {
+            bail!("the LB's reply is too long");
+        }
+        let n = stream.read(&mut chunk).context("read the LB's reply")?;
+        if n == 0 {
+            bail!("the LB closed the connection without a reply");
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    let line = String::from_utf8_lossy(&reply);
+    let line = line.trim_end();
+    println!("{line}");
+    match line {
+        "OK" => Ok(true),
+        "NOT_FOUND" => Ok(false),
+        other => bail!("unexpected reply from the LB: {other:?}"),
+    }
+}
+
+fn addlb(args: AddlbArgs) -> anyhow::Result<()> {
+    init_tracing(args.verbose);
+    let config = lb::LbConfig {
+        listen: args.listen,
+        tcp_port: args.port,
+        udp_port: args.udp_port.unwrap_or(args.port),
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("store-data").join(format!("lb-{}", args.port))),
+        heartbeat_ms: args.heartbeat_ms,
+        election_timeout_ms: args.election_timeout_ms,
+    };
+    // The LB's work is small: a current-thread runtime keeps it on one core.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let cluster_file = config.cluster_file_path();
+        lb::run(config, shutdown, |tcp, udp| {
+            eprintln!(
+                "store lb listening on tcp {tcp} udp {udp}, cluster file {}",
+                cluster_file.display()
+            );
+        })
+        .await
+        .context("load balancer failed")
+    })
+}
+
+fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
+    if args.item_bytes_max == 0 || args.item_bytes_max > data::limits::ITEM_BYTES_MAX {
+        bail!(
+            "-I must be between 1 byte and {} bytes",
+            data::limits::ITEM_BYTES_MAX
+        );
+    }
+    if args.threads == 0 || args.connections_max == 0 {
+        bail!("-t and -c must be at least 1");
+    }
+    init_tracing(args.verbose);
+    let config = Config {
+        listen: args.listen,
+        port: args.port,
+        connections_max: args.connections_max,
+        item_bytes_max: args.item_bytes_max,
+        threads: args.threads,
+        verbose: args.verbose,
+        data_dir: args
+            .data_dir
+            .unwrap_or_else(|| PathBuf::from("store-data").join(format!("server-{}", args.port))),
+        snapshot_log_bytes: args.snapshot_log_bytes,
+        cluster: match args.lb {
+            None => None,
+            Some(lb) => {
+                let path = args.cluster_file.clone().unwrap_or_else(|| {
+                    PathBuf::from("store-data")
+                        .join(format!("lb-{}", lb.port()))
+                        .join("cluster")
+                });
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("read the cluster file {}", path.display()))?;
+                let cluster = data::cluster_file::ClusterFile::parse(&text)
+                    .with_context(|| format!("parse the cluster file {}", path.display()))?;
+                Some(server::cluster::ClusterSettings {
+                    lb,
+                    cluster,
+                    udp_listen: std::net::SocketAddr::new(args.listen, args.udp_port),
+                    timing: server::replica::Timing {
+                        heartbeat_ms: args.heartbeat_ms,
+                        election_timeout_ms: args.election_timeout_ms,
+                    },
+                    read_mode: if args.read_mode == "local" {
+                        server::cluster::ReadMode::Local
+                    } else {
+                        server::cluster::ReadMode::Linearizable
+                    },
+                })
+            }
+        },
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.threads)
+        .enable_all()
+        .build()
+        .context("start the runtime")?;
+    runtime.block_on(async move {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let data_dir = config.data_dir.clone();
+        server::run(config, shutdown, |addr| {
+            eprintln!(
+                "store server listening on {addr}, data in {}",
+                data_dir.display()
+            );
+        })
+        .await
+        .context("server failed")
+    })
+}
+
+/// Cancels `shutdown` on the first SIGTERM or SIGINT.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::warn!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    tracing::info!("shutting down");
+    shutdown.cancel();
+}
+
+fn init_tracing(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("STORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1m"), Ok(1 << 20));
+        assert_eq!(parse_size("512k"), Ok(512 << 10));
+        assert_eq!(parse_size("100"), Ok(100));
+        assert!(parse_size("1x").is_err());
+        assert!(parse_size("").is_err());
+    }
+}

@@ -1,0 +1,13 @@
+//! The `store` command's cluster tools, shared by the binary and the
+//! end-to-end tests.
+//!
+//! - [`up`]: `store up`, a whole local cluster (one LB, N servers) from one
+//!   command, with its data under one directory.
+//! - [`status`]: `store status`, the cluster as the LB sees it.
+//!
+//! The server itself is the `server` crate, the LB the `lb` crate; this only
+//! starts processes and reads the LB's `stats`.
+#![forbid(unsafe_code)]
+
+pub mod status;
+pub mod up;

@@ -1,0 +1,281 @@
+//! `store up`: a whole local cluster from one command. Starts one LB and N
+//! servers as child processes of this binary, data under one directory,
+//! the cluster file wired to every server; the first server bootstraps the
+//! group and the others join one at a time (DESIGN §3, membership). Prints
+//! the addresses and a `client` line to try, and on Ctrl-C (or SIGTERM)
+//! stops them all cleanly. Run again with the same directory, it brings the
+//! same cluster back with its data.
+//!
+//! It never restarts a server that dies: killing one is how a user tries a
+//! failover, and the cluster carries on without it.
+
+use std::fs::{self, OpenOptions};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::status;
+
+/// Servers `store up` starts at most.
+pub const SERVERS_MAX: usize = 9;
+/// How long a process gets to come up (bind, recover) before `store up` gives up.
+pub const START_DEADLINE_MS: u64 = 30_000;
+/// How long a server gets to become leader or voter after it started.
+pub const JOIN_DEADLINE_MS: u64 = 30_000;
+/// How long children get to exit after SIGTERM before SIGKILL.
+pub const STOP_DEADLINE_MS: u64 = 10_000;
+const POLL_MS: u64 = 50;
+
+#[derive(Clone, Debug)]
+pub struct UpConfig {
+    pub servers: usize,
+    pub data_dir: PathBuf,
+    /// The LB's TCP discovery port; its UDP control port has the same number.
+    pub port: u16,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    /// This binary, to start `addlb` and `addsrv` with.
+    pub exe: PathBuf,
+}
+
+/// One child process and what it is.
+struct Process {
+    name: String,
+    args: Vec<String>,
+    log_path: PathBuf,
+    child: Child,
+    exited: bool,
+}
+
+/// The running cluster; its processes are stopped when it is dropped.
+pub struct Cluster {
+    processes: Vec<Process>,
+    pub lb: SocketAddr,
+    pub servers: Vec<SocketAddr>,
+    exe: PathBuf,
+}
+
+impl Cluster {
+    /// Starts the LB, then the servers one at a time; returns once every
+    /// server is in the group (or reports which did not make it).
+    pub fn start(config: &UpConfig) -> anyhow::Result<Cluster> {
+        Cluster::start_with(config, &[])
+    }
+
+    /// Like [`Cluster::start`], with more `store addsrv` flags for every
+    /// server (say `--snapshot-log-bytes 64k` to make compaction frequent).
+    pub fn start_with(config: &UpConfig, server_args: &[String]) -> anyhow::Result<Cluster> {
+        if config.servers == 0 || config.servers > SERVERS_MAX {
+            bail!("--servers must be between 1 and {SERVERS_MAX}");
+        }
+        fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create {}", config.data_dir.display()))?;
+        let lb = SocketAddr::from(([127, 0, 0, 1], config.port));
+        let mut cluster = Cluster {
+            processes: Vec::new(),
+            lb,
+            servers: Vec::new(),
+            exe: config.exe.clone(),
+        };
+        let lb_dir = config.data_dir.join("lb");
+        let timing = [
+            "--heartbeat-ms".to_string(),
+            config.heartbeat_ms.to_string(),
+            "--election-timeout-ms".to_string(),
+            config.election_timeout_ms.to_string(),
+        ];
+        let mut args = vec!["addlb".to_string(), "-p".into(), config.port.to_string()];
+        args.extend(["--data-dir".into(), path_arg(&lb_dir)]);
+        args.extend(timing.iter().cloned());
+        cluster.spawn(config, "lb", &args)?;
+        let cluster_file = lb_dir.join("cluster");
+        wait_until(START_DEADLINE_MS, || {
+            cluster_file.is_file() && TcpStream::connect(lb).is_ok()
+        })
+        .context("the LB did not come up (see lb.log)")?;
+
+        for i in 1..=config.servers {
+            let port = free_port(config.port.wrapping_add(i as u16))?;
+            let addr = SocketAddr::from(([127, 0, 0, 1], port));
+            let name = format!("server-{i}");
+            let mut args = vec!["addsrv".to_string(), "-p".into(), port.to_string()];
+            args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
+            args.extend(["--lb".into(), lb.to_string()]);
+            args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
+            args.extend(timing.iter().cloned());
+            args.extend(server_args.iter().cloned());
+            cluster.spawn(config, &name, &args)?;
+            wait_until(START_DEADLINE_MS, || TcpStream::connect(addr).is_ok())
+                .with_context(|| format!("{name} did not come up (see {name}.log)"))?;
+            // One change at a time: the next server starts once this one is
+            // the leader (the first) or a voter.
+            let joined = wait_until(JOIN_DEADLINE_MS, || {
+                role_of(lb, addr).is_some_and(|role| role == "leader" || role == "follower")
+            });
+            if joined.is_err() {
+                eprintln!(
+                    "store up: {name} has not joined the group yet; carrying on (see {name}.log)"
+                );
+            }
+            cluster.servers.push(addr);
+        }
+        Ok(cluster)
+    }
+
+    fn spawn(&mut self, config: &UpConfig, name: &str, args: &[String]) -> anyhow::Result<()> {
+        let log_path = config.data_dir.join(format!("{name}.log"));
+        let child =
+            spawn_logged(&config.exe, args, &log_path).with_context(|| format!("start {name}"))?;
+        self.exe = config.exe.clone();
+        self.processes.push(Process {
+            name: name.to_string(),
+            args: args.to_vec(),
+            log_path,
+            child,
+            exited: false,
+        });
+        Ok(())
+    }
+
+    /// The process id of `name`, unless `store up` saw it exit.
+    pub fn pid_of(&self, name: &str) -> Option<u32> {
+        let process = self.processes.iter().find(|p| p.name == name)?;
+        (!process.exited).then(|| process.child.id())
+    }
+
+    /// SIGKILL to `name` (a crash), then waits for it.
+    pub fn kill(&mut self, name: &str) {
+        if let Some(process) = self.processes.iter_mut().find(|p| p.name == name) {
+            let _ = process.child.kill();
+            let _ = process.child.wait();
+            process.exited = true;
+        }
+    }
+
+    /// Starts `name` again with its data directory, as after a crash.
+    pub fn restart(&mut self, name: &str) -> anyhow::Result<()> {
+        let exe = self.exe.clone();
+        let process = self
+            .processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("no process {name}"))?;
+        if process.child.try_wait().ok().flatten().is_none() && !process.exited {
+            bail!("{name} is still running");
+        }
+        process.child = spawn_logged(&exe, &process.args, &process.log_path)?;
+        process.exited = false;
+        Ok(())
+    }
+
+    /// The name (`server-N`) of the server whose memcached address is `addr`.
+    pub fn name_of(&self, addr: SocketAddr) -> Option<String> {
+        let index = self.servers.iter().position(|s| *s == addr)?;
+        Some(format!("server-{}", index + 1))
+    }
+
+    /// Reports processes that exited since the last call.
+    pub fn reap(&mut self) -> Vec<String> {
+        let mut gone = Vec::new();
+        for process in &mut self.processes {
+            if process.exited {
+                continue;
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                process.exited = true;
+                gone.push(format!("{} exited ({status})", process.name));
+            }
+        }
+        gone
+    }
+
+    /// SIGTERM to every process, servers first, then waits; SIGKILL for
+    /// any still running at the deadline.
+    pub fn stop(&mut self) {
+        for process in self.processes.iter_mut().rev() {
+            if !process.exited {
+                terminate(&process.child);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_millis(STOP_DEADLINE_MS);
+        for process in self.processes.iter_mut().rev() {
+            while !process.exited && Instant::now() < deadline {
+                match process.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => process.exited = true,
+                    Ok(None) => std::thread::sleep(Duration::from_millis(POLL_MS)),
+                }
+            }
+            if !process.exited {
+                let _ = process.child.kill();
+                let _ = process.child.wait();
+                process.exited = true;
+            }
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn_logged(exe: &Path, args: &[String], log_path: &Path) -> anyhow::Result<Child> {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("spawn")
+}
+
+/// The role the LB reports for the server whose memcached address is `addr`.
+pub fn role_of(lb: SocketAddr, addr: SocketAddr) -> Option<String> {
+    let status = status::fetch(&lb.to_string(), Duration::from_millis(500)).ok()?;
+    status.row_of(addr)?.1.get("role").cloned()
+}
+
+/// `preferred` if nothing listens there, else any free port.
+fn free_port(preferred: u16) -> anyhow::Result<u16> {
+    if preferred != 0 && TcpListener::bind(("127.0.0.1", preferred)).is_ok() {
+        return Ok(preferred);
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+fn wait_until(deadline_ms: u64, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_millis(deadline_ms);
+    while Instant::now() < deadline {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(POLL_MS));
+    }
+    bail!("not ready after {deadline_ms} ms")
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
+
+/// Asks a child to stop the way a terminal would.
+fn terminate(child: &Child) {
+    // `kill -TERM` keeps this crate free of unsafe code and of a signal
+    // crate; it is in every base system.
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}

@@ -1,0 +1,98 @@
+//! A `store up` cluster for a test (data in a temp dir, ports free, every
+//! process stopped when it is dropped) and the small requests the cluster
+//! tests make: raw memcached requests, a server's `stats`, the LB's view.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use store::status::{self, ClusterStatus};
+use store::up::{Cluster, UpConfig};
+
+use super::{free_port, parse_stats};
+
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+pub const ELECTION_TIMEOUT_MS: u64 = 1000;
+
+pub struct TestCluster {
+    pub cluster: Cluster,
+    pub dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestCluster {
+    type Target = Cluster;
+    fn deref(&self) -> &Cluster {
+        &self.cluster
+    }
+}
+
+impl std::ops::DerefMut for TestCluster {
+    fn deref_mut(&mut self) -> &mut Cluster {
+        &mut self.cluster
+    }
+}
+
+/// `servers` servers with the default timings (100 ms heartbeats, 1 s
+/// election timeout), each also given `server_args`.
+pub fn start_with(servers: usize, server_args: &[&str]) -> TestCluster {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let config = UpConfig {
+        servers,
+        data_dir: dir.path().to_path_buf(),
+        port: free_port(),
+        heartbeat_ms: 100,
+        election_timeout_ms: ELECTION_TIMEOUT_MS,
+        exe: env!("CARGO_BIN_EXE_store").into(),
+    };
+    let args: Vec<String> = server_args.iter().map(|a| a.to_string()).collect();
+    let cluster = Cluster::start_with(&config, &args).expect("cluster starts");
+    TestCluster { cluster, dir }
+}
+
+pub fn start(servers: usize) -> TestCluster {
+    start_with(servers, &[])
+}
+
+/// The LB's `stats` (empty if it cannot be reached).
+pub fn lb_status(lb: SocketAddr) -> ClusterStatus {
+    status::fetch(&lb.to_string(), REQUEST_TIMEOUT).unwrap_or_default()
+}
+
+/// The memcached address of the server the LB names leader.
+pub fn leader(lb: SocketAddr) -> Option<SocketAddr> {
+    lb_status(lb).leader_tcp()
+}
+
+/// One request, one reply: read until `terminator`, an error line, or the
+/// deadline.
+pub fn request(addr: SocketAddr, bytes: &[u8], terminator: &[u8]) -> Result<Vec<u8>, String> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(|e| e.to_string())?;
+    stream
+        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .map_err(|e| e.to_string())?;
+    stream.write_all(bytes).map_err(|e| e.to_string())?;
+    let is_error = |r: &[u8]| {
+        (r.starts_with(b"SERVER_ERROR") || r.starts_with(b"CLIENT_ERROR")) && r.ends_with(b"\r\n")
+    };
+    let mut reply = Vec::new();
+    let mut chunk = vec![0u8; 64 * 1024];
+    while !reply.ends_with(terminator) && !is_error(&reply) {
+        let n = stream.read(&mut chunk).map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err(format!(
+                "closed after {:?}",
+                String::from_utf8_lossy(&reply)
+            ));
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    Ok(reply)
+}
+
+/// A server's `stats` (empty if it cannot be reached).
+pub fn server_stats(addr: SocketAddr) -> BTreeMap<String, String> {
+    let reply = request(addr, b"stats\r\n", b"END\r\n").unwrap_or_default();
+    parse_stats(&reply).into_iter().collect()
+}
