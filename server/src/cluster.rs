@@ -716,12 +716,18 @@ impl Driver {
     /// stream of it is already under way.
     async fn start_transfer(&mut self, to: ServerId, addr: SocketAddr) {
         let (snapshot_index, _) = self.core.snapshot_position();
-        if self
-            .transfers
-            .get(&to)
-            .is_some_and(|t| t.index >= snapshot_index.0)
-        {
-            return;
+        if let Some(transfer) = self.transfers.get_mut(&to) {
+            if transfer.index >= snapshot_index.0 {
+                if transfer.addr != addr {
+                    // The follower restarted on a new address: whatever it
+                    // had received is gone with its old process.
+                    transfer.addr = addr;
+                    transfer.acked = 0;
+                    transfer.last_progress_ms = now_ms();
+                    self.send_transfer_window(to).await;
+                }
+                return;
+            }
         }
         let path = self
             .data_dir
@@ -802,7 +808,14 @@ impl Driver {
         let Some(transfer) = self.transfers.get_mut(&from) else {
             return;
         };
-        if transfer.index != index.0 || offset <= transfer.acked {
+        if transfer.index != index.0 {
+            return;
+        }
+        if offset == 0 && transfer.acked > 0 {
+            // The follower lost what it had received (it restarted): start
+            // over rather than wait for the stream to stall.
+            transfer.acked = 0;
+        } else if offset <= transfer.acked {
             return;
         }
         transfer.acked = offset.min(transfer.data.len() as u64);
@@ -814,6 +827,11 @@ impl Driver {
                 "keystore file delivered"
             );
             self.transfers.remove(&from);
+            // The follower acknowledges the whole file only once it holds it
+            // durably; replication resumes after it even if the follower's
+            // own Ack is lost (the leader sends nothing else to a follower
+            // behind its log, so nothing else would bring another Ack).
+            self.core.snapshot_delivered(now_ms(), from, index);
             return;
         }
         self.send_transfer_window(from).await;

@@ -393,6 +393,30 @@ impl Replica {
         }
     }
 
+    /// Leader: `peer` holds our keystore file through `index` (it
+    /// acknowledged the whole stream): replicate from just after it.
+    pub fn snapshot_delivered(&mut self, now_ms: u64, peer: ServerId, index: LogIndex) {
+        if self.role != Role::Leader {
+            return;
+        }
+        let Some(progress) = self.progress.get_mut(&peer) else {
+            return;
+        };
+        progress.last_ack_ms = Some(now_ms);
+        progress.snapshot_asked_ms = None;
+        if index > progress.matched {
+            progress.matched = index;
+            progress.backoff_ms = RETRANSMIT_MS_MIN;
+            progress.retransmit_at_ms = now_ms + RETRANSMIT_MS_MIN;
+        }
+        if progress.next <= progress.matched {
+            progress.next = LogIndex(progress.matched.0 + 1);
+        }
+        self.advance_commit();
+        self.maybe_change_membership(now_ms);
+        self.send_window(peer, now_ms);
+    }
+
     /// Index and term the in-memory log starts after.
     pub fn snapshot_position(&self) -> (LogIndex, Term) {
         (self.log.snapshot_index, self.log.snapshot_term)
@@ -1759,6 +1783,44 @@ mod tests {
         let membership = g.node(1).replica.membership().clone();
         g.node(3).disk = g.node(1).disk[..commit.0 as usize].to_vec();
         g.node(3).replica.install_snapshot(commit, term, membership);
+        g.settle();
+        g.propose(1, payload(99)).unwrap();
+        g.settle();
+        g.tick(100);
+        let leader_disk = g.node(1).disk.clone();
+        assert_eq!(g.node(3).disk, leader_disk);
+    }
+
+    #[test]
+    fn snapshot_delivery_resumes_replication_when_the_followers_ack_is_lost() {
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        g.node(3).up = false;
+        for n in 0..5 {
+            g.propose(1, payload(n)).unwrap();
+        }
+        g.settle();
+        let commit = g.node(1).committed;
+        let term = g.node(1).replica.term_at(commit).unwrap();
+        g.node(1).replica.compact(commit, term);
+        g.node(3).up = true;
+        g.tick(100);
+        // Node 3 installs the keystore file, but its Ack never arrives.
+        let membership = g.node(1).replica.membership().clone();
+        g.node(3).disk = g.node(1).disk[..commit.0 as usize].to_vec();
+        g.node(3).replica.install_snapshot(commit, term, membership);
+        g.drive_all();
+        g.wire.clear();
+        // The leader sends nothing to a follower behind its log, so only the
+        // stream's last acknowledgement tells it to carry on.
+        for _ in 0..5 {
+            g.tick(100);
+        }
+        assert!(g.node(3).disk.len() == commit.0 as usize, "nothing new reached node 3");
+        let now = g.now_ms;
+        g.node(1)
+            .replica
+            .snapshot_delivered(now, ServerId(3), commit);
         g.settle();
         g.propose(1, payload(99)).unwrap();
         g.settle();
