@@ -79,6 +79,9 @@ pub struct ClusterSettings {
     pub cluster: ClusterFile,
     /// Where the UDP socket binds.
     pub udp_listen: SocketAddr,
+    /// The UDP address registered with the LB, which peers send to, when it
+    /// is not the bound one (a relay or NAT in between); `None`: the bound.
+    pub udp_advertise: Option<SocketAddr>,
     pub timing: Timing,
     pub read_mode: ReadMode,
 }
@@ -255,10 +258,11 @@ pub fn start(
             addr: udp_listen,
             source,
         })?;
-    let udp_advertise = socket.local_addr().map_err(|source| ClusterError::Bind {
+    let udp_bound = socket.local_addr().map_err(|source| ClusterError::Bind {
         addr: udp_listen,
         source,
     })?;
+    let udp_advertise = start.settings.udp_advertise.unwrap_or(udp_bound);
 
     let meta = match meta::load(&start.data_dir)? {
         Some(meta) => meta,

@@ -177,6 +177,11 @@ struct AddsrvArgs {
     /// UDP port for replication [default: any free port].
     #[arg(long, default_value_t = 0, requires = "lb")]
     udp_port: u16,
+    /// The UDP address to register with the LB (peers send to it), when a
+    /// relay or NAT stands between them and this server [default: the bound
+    /// address].
+    #[arg(long, value_name = "HOST:PORT", requires = "lb")]
+    udp_advertise: Option<std::net::SocketAddr>,
     /// Leader heartbeat interval.
     #[arg(long, default_value_t = 100, requires = "lb")]
     heartbeat_ms: u64,
@@ -424,6 +429,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
                     lb,
                     cluster,
                     udp_listen: std::net::SocketAddr::new(args.listen, args.udp_port),
+                    udp_advertise: args.udp_advertise,
                     timing: server::replica::Timing {
                         heartbeat_ms: args.heartbeat_ms,
                         election_timeout_ms: args.election_timeout_ms,
