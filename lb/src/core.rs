@@ -66,6 +66,8 @@ pub struct CoreCounters {
     pub unexpected: u64,
     /// Elections started, and leaders named.
     pub elections_started: u64,
+    /// Elections started because the leader's port refused a datagram.
+    pub leader_unreachable: u64,
     pub leaders_named: u64,
 }
 
@@ -310,6 +312,21 @@ impl Core {
             _ => self.counters.unexpected += 1,
         }
         self.evaluate(now_ms, &mut actions);
+        actions
+    }
+
+    /// The kernel refused a datagram to `id`'s registered UDP port: no
+    /// process listens there, so `id` has crashed or is restarting. If it is
+    /// the leader, an election starts now instead of after the election
+    /// timeout (the timeout still covers a host or link that fails
+    /// silently). Safe whatever the cause: an election never unseats a
+    /// leader except by naming a newer one, which fences the old.
+    pub fn unreachable(&mut self, now_ms: u64, id: ServerId) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.leader() == Some(id) && self.election.is_none() {
+            self.counters.leader_unreachable += 1;
+            self.start_election(now_ms, &mut actions);
+        }
         actions
     }
 

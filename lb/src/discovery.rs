@@ -152,6 +152,7 @@ pub fn encode_stats(view: &ClusterView, counters: &[(&str, u64)], out: &mut Byte
     let core = &view.counters;
     stat("elections_started", &core.elections_started);
     stat("leaders_named", &core.leaders_named);
+    stat("leader_unreachable", &core.leader_unreachable);
     stat("registers_refused", &core.registers_refused);
     stat("frames_from_unregistered", &core.from_unregistered);
     stat("stale_promises", &core.stale_promises);

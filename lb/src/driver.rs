@@ -13,6 +13,13 @@
 //! malformed, belong to another cluster or are not addressed to the LB (0).
 //! The LB sends only to registered servers' registered UDP addresses, never
 //! back to a `recv_from` address.
+//!
+//! Frames to the leader go out through a second socket connected to the
+//! leader's address (the probe). On a connected UDP socket the kernel
+//! reports an ICMP "port unreachable" as a refused `recv`: the leader's
+//! process is gone, and the core starts an election at once rather than
+//! after the election timeout. Servers ignore a datagram's source port, so
+//! which socket a frame leaves from changes nothing for them.
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -252,6 +259,7 @@ pub async fn run(
         counters,
         start,
         out: BytesMut::with_capacity(DATAGRAM_BYTES_MAX),
+        probe: None,
     };
     let result = control.run(&shutdown, requests_rx).await;
     if let Err(e) = &result {
@@ -279,6 +287,34 @@ struct Control {
     counters: Arc<Counters>,
     start: Instant,
     out: BytesMut,
+    /// The socket frames to the leader leave from, connected to it.
+    probe: Option<Probe>,
+}
+
+/// A UDP socket connected to one server's registered address.
+struct Probe {
+    to: ServerId,
+    addr: SocketAddr,
+    socket: UdpSocket,
+}
+
+impl Probe {
+    /// Resolves when the kernel reports that a datagram to the probed
+    /// address was refused. Anything that arrives on the probe is dropped:
+    /// servers send only to the LB's registered control port.
+    async fn refused(probe: Option<&Probe>) -> ServerId {
+        let Some(probe) = probe else {
+            return std::future::pending().await;
+        };
+        let mut buf = [0u8; 1];
+        loop {
+            match probe.socket.recv(&mut buf).await {
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return probe.to,
+                // A stray datagram or another error: keep listening.
+                _ => {}
+            }
+        }
+    }
 }
 
 impl Control {
@@ -306,6 +342,13 @@ impl Control {
                     Err(e) => return Err(LbError::Receive(e)),
                 },
                 Some(request) = requests.recv() => self.on_request(request),
+                id = Probe::refused(self.probe.as_ref()) => {
+                    tracing::info!(server = %id, "the leader's UDP port refused a datagram");
+                    // The next frame to it goes out on a fresh socket.
+                    self.probe = None;
+                    let now = self.now_ms();
+                    self.core.unreachable(now, id)
+                }
                 () = sleep_until(deadline) => {
                     let now = self.now_ms();
                     self.core.tick(now)
@@ -405,7 +448,16 @@ impl Control {
                         Counters::bump(&self.counters.frames_send_failed);
                         continue;
                     }
-                    match self.socket.send_to(&self.out, addr).await {
+                    let sent = if self.core.leader() == Some(to) {
+                        self.ensure_probe(to, addr).await;
+                        match &self.probe {
+                            Some(probe) => probe.socket.send(&self.out).await,
+                            None => self.socket.send_to(&self.out, addr).await,
+                        }
+                    } else {
+                        self.socket.send_to(&self.out, addr).await
+                    };
+                    match sent {
                         Ok(_) => Counters::bump(&self.counters.frames_sent),
                         Err(e) => {
                             // UDP: the protocol resends; a failed send is a
@@ -418,6 +470,38 @@ impl Control {
             }
         }
         Ok(())
+    }
+}
+
+impl Control {
+    /// Makes the probe connected to `to` at `addr`, anew when the leader or
+    /// its address changed. Without one (no socket could be made) frames
+    /// leave from the control socket, and only the timeout detects a crash.
+    async fn ensure_probe(&mut self, to: ServerId, addr: SocketAddr) {
+        if self
+            .probe
+            .as_ref()
+            .is_some_and(|p| p.to == to && p.addr == addr)
+        {
+            return;
+        }
+        self.probe = None;
+        let Ok(control) = self.socket.local_addr() else {
+            return;
+        };
+        let local = SocketAddr::new(control.ip(), 0);
+        let socket = match UdpSocket::bind(local).await {
+            Ok(socket) => socket,
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot bind the leader probe");
+                return;
+            }
+        };
+        if let Err(e) = socket.connect(addr).await {
+            tracing::debug!(error = %e, %addr, "cannot connect the leader probe");
+            return;
+        }
+        self.probe = Some(Probe { to, addr, socket });
     }
 }
 

@@ -535,6 +535,28 @@ fn leader_stepping_down_triggers_election() {
 }
 
 #[test]
+fn refused_datagram_to_the_leader_starts_an_election_at_once() {
+    let mut core = cluster3();
+    // A follower's port refusing says nothing about the leader.
+    assert!(core.unreachable(10, id(2)).is_empty());
+    assert_eq!(core.term(), Term(1));
+    // The leader's process is gone: no need to wait out the timeout, nor
+    // the new leader's grace.
+    let actions = core.unreachable(20, id(1));
+    assert_eq!(persisted(&actions).len(), 1, "the term is durable first");
+    assert_eq!(prepares(&actions).len(), 3);
+    assert_eq!(core.term(), Term(2));
+    assert_eq!(core.leader(), None);
+    // More refusals during the election do not restart it.
+    assert!(core.unreachable(30, id(1)).is_empty());
+    assert_eq!(core.term(), Term(2));
+    promise(&mut core, 40, 2, Term(2), (1, 7), &[1, 2, 3]);
+    let actions = promise(&mut core, 40, 3, Term(2), (1, 6), &[1, 2, 3]);
+    assert_eq!(new_leaders(&actions).len(), 3);
+    assert_eq!(core.leader(), Some(id(2)));
+}
+
+#[test]
 fn majority_of_leaders_voters_losing_contact_triggers_election() {
     let mut core = cluster3();
     let now = 2 * ELECTION_TIMEOUT_MS;
