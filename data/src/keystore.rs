@@ -23,7 +23,7 @@ use thiserror::Error;
 
 use crate::command::CONFIG_MEMBERS_MAX;
 use crate::limits::{ITEM_BYTES_MAX, KEY_BYTES_MAX};
-use crate::state::{Item, Members, State};
+use crate::state::{Item, ItemRef, Members, State};
 
 /// Identifies a keystore file.
 pub const KEYSTORE_MAGIC: [u8; 8] = *b"STOREKS\0";
@@ -91,6 +91,59 @@ pub enum KeystoreError {
     Corrupt { offset: u64, reason: Corruption },
 }
 
+/// What [`encode`] needs of an item: a state's [`ItemRef`]s, or owned
+/// `(key, Item)` pairs.
+pub trait ItemFields {
+    fn key(&self) -> &[u8];
+    fn data(&self) -> &[u8];
+    fn flags(&self) -> u32;
+    fn exptime(&self) -> u64;
+    fn cas(&self) -> u64;
+    fn updated_s(&self) -> u64;
+}
+
+impl ItemFields for ItemRef<'_> {
+    fn key(&self) -> &[u8] {
+        ItemRef::key(self)
+    }
+    fn data(&self) -> &[u8] {
+        ItemRef::data(self)
+    }
+    fn flags(&self) -> u32 {
+        ItemRef::flags(self)
+    }
+    fn exptime(&self) -> u64 {
+        ItemRef::exptime(self)
+    }
+    fn cas(&self) -> u64 {
+        ItemRef::cas(self)
+    }
+    fn updated_s(&self) -> u64 {
+        ItemRef::updated_s(self)
+    }
+}
+
+impl ItemFields for (&Bytes, &Item) {
+    fn key(&self) -> &[u8] {
+        self.0
+    }
+    fn data(&self) -> &[u8] {
+        &self.1.data
+    }
+    fn flags(&self) -> u32 {
+        self.1.flags
+    }
+    fn exptime(&self) -> u64 {
+        self.1.exptime
+    }
+    fn cas(&self) -> u64 {
+        self.1.cas
+    }
+    fn updated_s(&self) -> u64 {
+        self.1.updated_s
+    }
+}
+
 /// Writes a keystore for `items` to `out`; returns the bytes written.
 ///
 /// Takes the pieces rather than a [`State`] so the caller can clone the item
@@ -99,7 +152,7 @@ pub enum KeystoreError {
 /// `InvalidInput` if an item breaks the limits the decoder enforces, so an
 /// unreadable file is never produced. `out` should be buffered: every item is
 /// two writes.
-pub fn encode<'a, W, I>(
+pub fn encode<W, I>(
     mut out: W,
     applied_index: u64,
     applied_term: u64,
@@ -109,7 +162,8 @@ pub fn encode<'a, W, I>(
 ) -> io::Result<u64>
 where
     W: Write,
-    I: IntoIterator<Item = (&'a Bytes, &'a Item)>,
+    I: IntoIterator,
+    I::Item: ItemFields,
     I::IntoIter: ExactSizeIterator,
 {
     let items = items.into_iter();
@@ -139,25 +193,26 @@ where
     // writer see two calls per item instead of seven.
     let mut fields = [0u8; ITEM_FIELDS_BYTES + KEY_BYTES_MAX];
     let mut written = 0u64;
-    for (key, item) in items {
+    for item in items {
+        let (key, data) = (item.key(), item.data());
         if key.is_empty() || key.len() > KEY_BYTES_MAX {
             return Err(invalid_input(format!("key length {}", key.len())));
         }
-        if item.data.len() > ITEM_BYTES_MAX {
-            return Err(invalid_input(format!("value length {}", item.data.len())));
+        if data.len() > ITEM_BYTES_MAX {
+            return Err(invalid_input(format!("value length {}", data.len())));
         }
         let key_len = key.len();
         fields[0] = key_len as u8;
         fields[1..1 + key_len].copy_from_slice(key);
         let rest = &mut fields[1 + key_len..ITEM_FIELDS_BYTES + key_len];
-        rest[0..4].copy_from_slice(&item.flags.to_le_bytes());
-        rest[4..12].copy_from_slice(&item.exptime.to_le_bytes());
-        rest[12..20].copy_from_slice(&item.cas.to_le_bytes());
-        rest[20..28].copy_from_slice(&item.updated_s.to_le_bytes());
+        rest[0..4].copy_from_slice(&item.flags().to_le_bytes());
+        rest[4..12].copy_from_slice(&item.exptime().to_le_bytes());
+        rest[12..20].copy_from_slice(&item.cas().to_le_bytes());
+        rest[20..28].copy_from_slice(&item.updated_s().to_le_bytes());
         // data.len() <= ITEM_BYTES_MAX < u32::MAX, checked above.
-        rest[28..32].copy_from_slice(&(item.data.len() as u32).to_le_bytes());
+        rest[28..32].copy_from_slice(&(data.len() as u32).to_le_bytes());
         out.write_all(&fields[..ITEM_FIELDS_BYTES + key_len])?;
-        out.write_all(&item.data)?;
+        out.write_all(data)?;
         written += 1;
     }
     if written != item_count {
@@ -435,7 +490,10 @@ mod tests {
     }
 
     fn sorted(state: &State) -> Vec<(Bytes, Item)> {
-        let mut items: Vec<_> = state.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut items: Vec<_> = state
+            .items()
+            .map(|i| (Bytes::copy_from_slice(i.key()), i.to_item()))
+            .collect();
         items.sort_by(|a, b| a.0.cmp(&b.0));
         items
     }
@@ -487,7 +545,15 @@ mod tests {
     fn membership_roundtrip() {
         let config = (vec![1, 2, 3], vec![9]);
         let mut out = Vec::new();
-        encode(&mut out, 4, 1, None, &config, std::iter::empty()).unwrap();
+        encode(
+            &mut out,
+            4,
+            1,
+            None,
+            &config,
+            std::iter::empty::<(&Bytes, &Item)>(),
+        )
+        .unwrap();
         assert_eq!(
             &out[KEYSTORE_HEADER_BYTES..KEYSTORE_HEADER_BYTES + 2],
             &[3, 0]

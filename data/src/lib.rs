@@ -10,6 +10,8 @@
 //! - [`command`]: the state machine's input, as written in the log, and its
 //!   versioned binary encoding.
 //! - [`state`]: the key-value state machine, `apply(index, command) -> Outcome`.
+//! - [`items`]: where the state keeps its items (packed segments and a table
+//!   of locations).
 //! - [`record`]: log segment header and record format.
 //! - [`keystore`]: the snapshot (keystore file) format.
 //!
@@ -22,6 +24,7 @@ pub mod cluster_file;
 pub mod command;
 pub mod exptime;
 pub mod frame;
+pub mod items;
 pub mod keystore;
 pub mod limits;
 pub mod protocol;

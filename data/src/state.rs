@@ -8,14 +8,16 @@
 //! same items. Counters that memcached reports (hits, misses, ...) are the
 //! caller's business: they follow from the [`Outcome`]s.
 
-use std::collections::HashMap;
-
 use bytes::Bytes;
 
 use crate::command::{Command, Op, StoreMode};
 use crate::exptime::{self, AbsTime};
+pub use crate::items::{Frozen, ItemRef};
+use crate::items::{Items, Meta};
 
-/// One stored value and its metadata.
+/// One stored value and its metadata, owned: what a keystore file yields
+/// and [`State::restore`] takes. Inside the state items live packed (see
+/// [`crate::items`]) and are read through [`ItemRef`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Item {
     pub data: Bytes,
@@ -29,10 +31,34 @@ pub struct Item {
     pub updated_s: u64,
 }
 
+impl Item {
+    fn meta(&self) -> Meta {
+        Meta {
+            flags: self.flags,
+            exptime: self.exptime,
+            updated_s: self.updated_s,
+            cas: self.cas,
+        }
+    }
+}
+
+impl ItemRef<'_> {
+    /// The item as an owned value (the key is [`ItemRef::key`]).
+    pub fn to_item(&self) -> Item {
+        Item {
+            data: Bytes::copy_from_slice(self.data()),
+            flags: self.flags(),
+            exptime: self.exptime(),
+            cas: self.cas(),
+            updated_s: self.updated_s(),
+        }
+    }
+}
+
 /// What a lookup found.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Lookup<'a> {
-    Hit(&'a Item),
+    Hit(ItemRef<'a>),
     Miss,
     /// There is an item but its expiry has passed.
     Expired,
@@ -72,13 +98,11 @@ pub enum Outcome {
 /// The key-value state at some applied log index.
 #[derive(Debug)]
 pub struct State {
-    items: HashMap<Bytes, Item>,
+    items: Items,
     /// Pending delayed flush: items written at or before it vanish once the
     /// clock reaches it. Only one is pending at a time, as in memcached.
     flush_deadline_s: Option<u64>,
     applied_index: u64,
-    /// Sum of key and value lengths of the items held.
-    bytes: u64,
     item_bytes_max: usize,
     /// The replica group's membership as of `applied_index` (the last
     /// configuration entry applied): voters, learners.
@@ -92,10 +116,9 @@ impl State {
     /// An empty state whose append/prepend refuse results over `item_bytes_max`.
     pub fn new(item_bytes_max: usize) -> State {
         State {
-            items: HashMap::new(),
+            items: Items::new(),
             flush_deadline_s: None,
             applied_index: 0,
-            bytes: 0,
             item_bytes_max,
             config: Members::default(),
         }
@@ -112,7 +135,7 @@ impl State {
         state.applied_index = applied_index;
         state.flush_deadline_s = flush_deadline_s;
         for (key, item) in items {
-            state.insert(key, item);
+            state.items.insert(&key, &[&item.data], item.meta());
         }
         state
     }
@@ -146,16 +169,22 @@ impl State {
 
     /// Key and value bytes held.
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.items.kv_bytes()
     }
 
     pub fn item_bytes_max(&self) -> usize {
         self.item_bytes_max
     }
 
-    /// Every item held, visible or not, for writing a keystore file.
-    pub fn items(&self) -> impl Iterator<Item = (&Bytes, &Item)> {
+    /// Every item held, visible or not.
+    pub fn items(&self) -> impl ExactSizeIterator<Item = ItemRef<'_>> {
         self.items.iter()
+    }
+
+    /// Every item held, visible or not, as of now, for writing a keystore
+    /// file off the lock: no item is copied (see [`crate::items`]).
+    pub fn freeze(&self) -> Frozen {
+        self.items.freeze()
     }
 
     /// Looks `key` up as a reader at `now_s` sees it.
@@ -163,13 +192,13 @@ impl State {
         match self.items.get(key) {
             None => Lookup::Miss,
             Some(item) if self.is_flushed(item, now_s) => Lookup::Flushed,
-            Some(item) if exptime::is_expired(item.exptime, now_s) => Lookup::Expired,
+            Some(item) if exptime::is_expired(item.exptime(), now_s) => Lookup::Expired,
             Some(item) => Lookup::Hit(item),
         }
     }
 
     /// The item visible at `now_s`, if any.
-    pub fn get(&self, key: &[u8], now_s: u64) -> Option<&Item> {
+    pub fn get(&self, key: &[u8], now_s: u64) -> Option<ItemRef<'_>> {
         match self.lookup(key, now_s) {
             Lookup::Hit(item) => Some(item),
             _ => None,
@@ -179,17 +208,17 @@ impl State {
     /// Removes items no reader can see any more at `now_s`; returns how many.
     /// Safe to run at any time on any replica: it changes no visible state.
     pub fn sweep(&mut self, now_s: u64, budget: usize) -> usize {
-        let dead: Vec<Bytes> = self
+        let dead: Vec<Vec<u8>> = self
             .items
             .iter()
-            .filter(|(_, item)| {
-                self.is_flushed(item, now_s) || exptime::is_expired(item.exptime, now_s)
+            .filter(|item| {
+                self.is_flushed(*item, now_s) || exptime::is_expired(item.exptime(), now_s)
             })
             .take(budget)
-            .map(|(key, _)| key.clone())
+            .map(|item| item.key().to_vec())
             .collect();
         for key in &dead {
-            self.remove(key);
+            self.items.remove(key);
         }
         dead.len()
     }
@@ -229,7 +258,7 @@ impl State {
             ),
             Op::Delete { key } => {
                 if self.get(key, now_s).is_some() {
-                    self.remove(key);
+                    self.items.remove(key);
                     Outcome::Deleted
                 } else {
                     Outcome::NotFound
@@ -238,9 +267,7 @@ impl State {
             Op::Arith { key, delta, incr } => self.arith(index, now_s, key, *delta, *incr),
             Op::Touch { key, exptime } => {
                 if self.get(key, now_s).is_some() {
-                    if let Some(item) = self.items.get_mut(key) {
-                        item.exptime = *exptime;
-                    }
+                    self.items.set_exptime(key, *exptime);
                     Outcome::Touched
                 } else {
                     Outcome::NotFound
@@ -249,18 +276,16 @@ impl State {
             Op::GetAndTouch { keys, exptime } => {
                 let mut hits = Vec::with_capacity(keys.len());
                 for key in keys {
-                    if self.get(key, now_s).is_none() {
+                    let Some(item) = self.get(key, now_s) else {
                         continue;
-                    }
-                    if let Some(item) = self.items.get_mut(key) {
-                        item.exptime = *exptime;
-                        hits.push(Hit {
-                            key: key.clone(),
-                            flags: item.flags,
-                            data: item.data.clone(),
-                            cas: item.cas,
-                        });
-                    }
+                    };
+                    hits.push(Hit {
+                        key: key.clone(),
+                        flags: item.flags(),
+                        data: Bytes::copy_from_slice(item.data()),
+                        cas: item.cas(),
+                    });
+                    self.items.set_exptime(key, *exptime);
                 }
                 Outcome::Hits(hits)
             }
@@ -269,12 +294,11 @@ impl State {
                 // flush replaces it, or its victims would reappear.
                 if let Some(old) = self.flush_deadline_s.take() {
                     if now_s >= old {
-                        self.remove_where(|item| item.updated_s <= old);
+                        self.remove_where(|item| item.updated_s() <= old);
                     }
                 }
                 if *deadline_s == 0 || *deadline_s <= now_s {
                     self.items.clear();
-                    self.bytes = 0;
                 } else {
                     self.flush_deadline_s = Some(*deadline_s);
                 }
@@ -296,42 +320,42 @@ impl State {
         cas_unique: u64,
     ) -> Outcome {
         let existing = self.get(key, now_s);
-        let new_item = |data: Bytes, flags: u32, exptime: AbsTime| Item {
-            data,
+        let meta = |flags: u32, exptime: AbsTime| Meta {
             flags,
             exptime,
             cas: index,
             updated_s: now_s,
         };
-        let item = match (mode, existing) {
+        match (mode, existing) {
             (StoreMode::Set, _) | (StoreMode::Add, None) | (StoreMode::Replace, Some(_)) => {
-                new_item(data.clone(), flags, exptime)
+                self.items.insert(key, &[data], meta(flags, exptime));
             }
             (StoreMode::Add, Some(_)) | (StoreMode::Replace, None) => return Outcome::NotStored,
             (StoreMode::Append | StoreMode::Prepend, None) => return Outcome::NotStored,
             (StoreMode::Append | StoreMode::Prepend, Some(old)) => {
-                let len = old.data.len() + data.len();
-                if len > self.item_bytes_max {
+                if old.data().len() + data.len() > self.item_bytes_max {
                     // memcached cannot allocate the joined item and answers
                     // NOT_STORED (the differential test pins this).
                     return Outcome::NotStored;
                 }
-                let mut joined = Vec::with_capacity(len);
-                if mode == StoreMode::Append {
-                    joined.extend_from_slice(&old.data);
-                    joined.extend_from_slice(data);
-                } else {
-                    joined.extend_from_slice(data);
-                    joined.extend_from_slice(&old.data);
-                }
+                // The old value is read out of the segment the new record
+                // may be written to, so it is copied first.
+                let old_data = old.data().to_vec();
                 // append/prepend keep the item's flags and expiry.
-                new_item(Bytes::from(joined), old.flags, old.exptime)
+                let meta = meta(old.flags(), old.exptime());
+                let parts: [&[u8]; 2] = if mode == StoreMode::Append {
+                    [&old_data, data]
+                } else {
+                    [data, &old_data]
+                };
+                self.items.insert(key, &parts, meta);
             }
             (StoreMode::Cas, None) => return Outcome::NotFound,
-            (StoreMode::Cas, Some(old)) if old.cas != cas_unique => return Outcome::Exists,
-            (StoreMode::Cas, Some(_)) => new_item(data.clone(), flags, exptime),
-        };
-        self.insert(key.clone(), item);
+            (StoreMode::Cas, Some(old)) if old.cas() != cas_unique => return Outcome::Exists,
+            (StoreMode::Cas, Some(_)) => {
+                self.items.insert(key, &[data], meta(flags, exptime));
+            }
+        }
         Outcome::Stored
     }
 
@@ -339,53 +363,41 @@ impl State {
         let Some(old) = self.get(key, now_s) else {
             return Outcome::NotFound;
         };
-        let Some(value) = parse_counter(&old.data) else {
+        let Some(value) = parse_counter(old.data()) else {
             return Outcome::NonNumeric;
         };
+        let (flags, exptime) = (old.flags(), old.exptime());
         let value = if incr {
             value.wrapping_add(delta)
         } else {
             value.saturating_sub(delta)
         };
-        let item = Item {
-            data: Bytes::from(value.to_string()),
-            flags: old.flags,
-            exptime: old.exptime,
+        let mut digits = [0u8; crate::protocol::DECIMAL_BYTES_MAX];
+        let digits = crate::protocol::decimal(&mut digits, value);
+        let meta = Meta {
+            flags,
+            exptime,
             cas: index,
             updated_s: now_s,
         };
-        self.insert(key.clone(), item);
+        self.items.insert(key, &[digits], meta);
         Outcome::Number(value)
     }
 
-    fn is_flushed(&self, item: &Item, now_s: u64) -> bool {
-        matches!(self.flush_deadline_s, Some(deadline) if now_s >= deadline && item.updated_s <= deadline)
+    fn is_flushed(&self, item: ItemRef<'_>, now_s: u64) -> bool {
+        matches!(self.flush_deadline_s, Some(deadline) if now_s >= deadline && item.updated_s() <= deadline)
     }
 
-    fn insert(&mut self, key: Bytes, item: Item) {
-        let key_len = key.len() as u64;
-        self.bytes += key_len + item.data.len() as u64;
-        if let Some(old) = self.items.insert(key, item) {
-            self.bytes -= key_len + old.data.len() as u64;
+    fn remove_where(&mut self, dead: impl Fn(ItemRef<'_>) -> bool) {
+        let keys: Vec<Vec<u8>> = self
+            .items
+            .iter()
+            .filter(|item| dead(*item))
+            .map(|item| item.key().to_vec())
+            .collect();
+        for key in &keys {
+            self.items.remove(key);
         }
-    }
-
-    fn remove(&mut self, key: &[u8]) {
-        if let Some((key, old)) = self.items.remove_entry(key) {
-            self.bytes -= (key.len() + old.data.len()) as u64;
-        }
-    }
-
-    fn remove_where(&mut self, dead: impl Fn(&Item) -> bool) {
-        let mut freed = 0u64;
-        self.items.retain(|key, item| {
-            let keep = !dead(item);
-            if !keep {
-                freed += (key.len() + item.data.len()) as u64;
-            }
-            keep
-        });
-        self.bytes -= freed;
     }
 }
 
@@ -447,7 +459,7 @@ mod tests {
     fn cas_unique_is_the_log_index() {
         let mut state = State::new(LIMIT);
         state.apply(7, &cmd(1, set("k", "v")));
-        assert_eq!(state.get(b"k", 1).unwrap().cas, 7);
+        assert_eq!(state.get(b"k", 1).unwrap().cas(), 7);
     }
 
     #[test]
@@ -480,13 +492,13 @@ mod tests {
         state.apply(2, &cmd(100, Op::FlushAll { deadline_s: 102 }));
         state.apply(3, &cmd(101, set("b", "2")));
         assert!(state.get(b"a", 101).is_some());
-        assert_eq!(state.lookup(b"a", 102), Lookup::Flushed);
-        assert_eq!(state.lookup(b"b", 102), Lookup::Flushed);
+        assert!(matches!(state.lookup(b"a", 102), Lookup::Flushed));
+        assert!(matches!(state.lookup(b"b", 102), Lookup::Flushed));
         state.apply(4, &cmd(103, set("c", "3")));
         assert!(state.get(b"c", 103).is_some());
         // A new flush after the deadline must not bring the victims back.
         state.apply(5, &cmd(104, Op::FlushAll { deadline_s: 500 }));
-        assert_eq!(state.lookup(b"a", 104), Lookup::Miss);
+        assert!(matches!(state.lookup(b"a", 104), Lookup::Miss));
         assert!(state.get(b"c", 104).is_some());
     }
 
@@ -669,7 +681,7 @@ mod tests {
                 let want = model.apply(index, op);
                 prop_assert_eq!(&got, &want, "op {} {:?}", index, op);
                 for key in [&b"a"[..], b"b", b"c"] {
-                    let got = state.get(key, now).map(|i| (i.data.to_vec(), i.flags, i.cas));
+                    let got = state.get(key, now).map(|i| (i.data().to_vec(), i.flags(), i.cas()));
                     let want = model.items.get(key).cloned();
                     prop_assert_eq!(got, want, "key {:?} after op {}", key, index);
                 }
@@ -685,8 +697,8 @@ mod tests {
                 let c = cmd(5, op.clone());
                 prop_assert_eq!(one.apply(i as u64 + 1, &c), two.apply(i as u64 + 1, &c));
             }
-            let a: BTreeMap<_, _> = one.items().map(|(k, v)| (k.clone(), v.clone())).collect();
-            let b: BTreeMap<_, _> = two.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let a: BTreeMap<_, _> = one.items().map(|i| (i.key().to_vec(), i.to_item())).collect();
+            let b: BTreeMap<_, _> = two.items().map(|i| (i.key().to_vec(), i.to_item())).collect();
             prop_assert_eq!(a, b);
         }
     }

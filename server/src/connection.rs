@@ -243,8 +243,8 @@ impl Connection {
                     match state.lookup(key, now_s) {
                         Lookup::Hit(item) => {
                             Stats::bump(&counters.get_hits);
-                            let cas = with_cas.then_some(item.cas);
-                            encode_value(&mut self.output, key, item.flags, &item.data, cas);
+                            let cas = with_cas.then_some(item.cas());
+                            encode_value(&mut self.output, key, item.flags(), item.data(), cas);
                         }
                         Lookup::Miss => Stats::bump(&counters.get_misses),
                         Lookup::Expired => {

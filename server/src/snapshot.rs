@@ -1,15 +1,12 @@
 //! Taking a keystore file (snapshot) off the write path: the items are
-//! cloned under the state lock (values are shared, not copied), and a helper
-//! thread writes the file; the caller polls for the result and then deletes
+//! frozen under the state lock (a copy of their locations; the segments
+//! holding them are shared, not copied), and a helper thread writes the file; the caller polls for the result and then deletes
 //! the log the file covers. Used by the commit pipeline (a group of one) and
 //! the replication driver alike.
 
 use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
-
-use bytes::Bytes;
-use data::state::Item;
 
 use crate::commit::{lock, SharedState};
 use crate::storage::{keystore_file, StorageError};
@@ -37,8 +34,7 @@ impl SnapshotJob {
     ) -> Option<SnapshotJob> {
         let (index, flush, config, items) = {
             let state = lock(state);
-            let items: Vec<(Bytes, Item)> =
-                state.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let items = state.freeze();
             let config = state.config().clone();
             (
                 state.applied_index(),
@@ -52,15 +48,9 @@ impl SnapshotJob {
         let spawned = thread::Builder::new()
             .name("keystore".into())
             .spawn(move || {
-                let result = keystore_file::write(
-                    &data_dir,
-                    index,
-                    term,
-                    flush,
-                    &config,
-                    items.iter().map(|(k, v)| (k, v)),
-                )
-                .map(|_bytes| Taken { index, term });
+                let result =
+                    keystore_file::write(&data_dir, index, term, flush, &config, items.iter())
+                        .map(|_bytes| Taken { index, term });
                 let _ = done_tx.send(result);
             });
         match spawned {

@@ -55,7 +55,10 @@ fn command(n: u64) -> Command {
 }
 
 fn sorted(state: &State) -> Vec<(Bytes, Item)> {
-    let mut items: Vec<_> = state.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut items: Vec<_> = state
+        .items()
+        .map(|i| (Bytes::copy_from_slice(i.key()), i.to_item()))
+        .collect();
     items.sort_by(|a, b| a.0.cmp(&b.0));
     items
 }

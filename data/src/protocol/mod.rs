@@ -20,8 +20,14 @@ pub(crate) const DECIMAL_BYTES_MAX: usize = 20;
 
 /// Writes `n` in decimal without going through a `String`; both directions
 /// of the protocol use it.
-pub(crate) fn put_u64(buf: &mut BytesMut, mut n: u64) {
+pub(crate) fn put_u64(buf: &mut BytesMut, n: u64) {
     let mut digits = [0u8; DECIMAL_BYTES_MAX];
+    buf.put_slice(decimal(&mut digits, n));
+}
+
+/// `n` in decimal, written at the end of `digits`; the state machine uses it
+/// for incr/decr results.
+pub(crate) fn decimal(digits: &mut [u8; DECIMAL_BYTES_MAX], mut n: u64) -> &[u8] {
     let mut at = digits.len();
     loop {
         at -= 1;
@@ -31,5 +37,5 @@ pub(crate) fn put_u64(buf: &mut BytesMut, mut n: u64) {
             break;
         }
     }
-    buf.put_slice(&digits[at..]);
+    &digits[at..]
 }

@@ -9,9 +9,8 @@ use std::fs::File;
 use std::io::{self, BufReader};
 use std::path::Path;
 
-use bytes::Bytes;
 use data::keystore::{self, KeystoreError};
-use data::state::{Item, State};
+use data::state::State;
 
 use super::fsutil;
 use super::StorageError;
@@ -29,7 +28,7 @@ pub const KEYSTORE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Durably replaces `data_dir/keystore` with the state described by the
 /// pieces; returns the file's size in bytes. When this returns, the log
 /// through `applied_index` may be compacted.
-pub fn write<'a, I>(
+pub fn write<I>(
     data_dir: &Path,
     applied_index: u64,
     applied_term: u64,
@@ -38,7 +37,8 @@ pub fn write<'a, I>(
     items: I,
 ) -> Result<u64, StorageError>
 where
-    I: IntoIterator<Item = (&'a Bytes, &'a Item)>,
+    I: IntoIterator,
+    I::Item: keystore::ItemFields,
     I::IntoIter: ExactSizeIterator,
 {
     fsutil::replace_file(
@@ -88,7 +88,9 @@ pub fn load(data_dir: &Path, item_bytes_max: usize) -> Result<Option<(State, u64
 mod tests {
     use super::*;
     use crate::storage::test_dir::TestDir;
+    use bytes::Bytes;
     use data::limits::ITEM_BYTES_DEFAULT;
+    use data::state::Item;
 
     fn items(count: u64) -> Vec<(Bytes, Item)> {
         (0..count)
@@ -106,7 +108,10 @@ mod tests {
     }
 
     fn sorted(state: &State) -> Vec<(Bytes, Item)> {
-        let mut all: Vec<_> = state.items().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let mut all: Vec<_> = state
+            .items()
+            .map(|i| (Bytes::copy_from_slice(i.key()), i.to_item()))
+            .collect();
         all.sort_by(|a, b| a.0.cmp(&b.0));
         all
     }
