@@ -129,6 +129,10 @@ pub enum DecodeError {
     ValueLength(usize),
     #[error("{0} trailing bytes after the command")]
     Trailing(usize),
+    /// A boolean field holds neither 0 nor 1: `encode` never writes that, and
+    /// accepting it would let two byte strings decode to the same command.
+    #[error("flag byte {0} is neither 0 nor 1")]
+    BadFlag(u8),
 }
 
 const TAG_NOOP: u8 = 0;
@@ -259,7 +263,11 @@ impl Command {
                 key: get_key(&mut buf)?,
             },
             TAG_ARITH => {
-                let incr = get_u8(&mut buf)? != 0;
+                let incr = match get_u8(&mut buf)? {
+                    0 => false,
+                    1 => true,
+                    other => return Err(DecodeError::BadFlag(other)),
+                };
                 let key = get_key(&mut buf)?;
                 let delta = get_u64(&mut buf)?;
                 Op::Arith { key, delta, incr }
@@ -459,6 +467,34 @@ mod tests {
         }
         out.put_u8(0);
         assert_eq!(Command::decode(out.freeze()), Err(DecodeError::Trailing(1)));
+    }
+
+    /// Found by the `record_read` fuzz target: an incr byte of 3 decoded as
+    /// `incr: true` and re-encoded as 1, so the decoding was not canonical.
+    #[test]
+    fn arith_flag_is_0_or_1() {
+        let bytes = |flag: u8| {
+            let mut out = vec![0; 8];
+            out.extend_from_slice(&[TAG_ARITH, flag, 1, b'k', 1, 0, 0, 0, 0, 0, 0, 0]);
+            Bytes::from(out)
+        };
+        for (flag, incr) in [(0, false), (1, true)] {
+            let cmd = Command::decode(bytes(flag)).expect("valid flag");
+            assert_eq!(
+                cmd.op,
+                Op::Arith {
+                    key: Bytes::from_static(b"k"),
+                    delta: 1,
+                    incr
+                }
+            );
+        }
+        for flag in [2, 3, 0xff] {
+            assert_eq!(
+                Command::decode(bytes(flag)),
+                Err(DecodeError::BadFlag(flag))
+            );
+        }
     }
 
     fn key() -> impl Strategy<Value = Bytes> {

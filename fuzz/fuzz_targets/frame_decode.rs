@@ -4,20 +4,33 @@
 //!   re-encodes to the very same bytes;
 //! - the input as a payload sealed behind a valid MAC (so the payload decoder
 //!   is reached, which random bytes never get past the MAC to do): the same;
-//! - the input as a seed for a frame of any kind: encode either refuses it as
-//!   too large (and only then) or produces at most `DATAGRAM_BYTES_MAX` bytes
-//!   that decode to the same frame.
+//! - the input as a seed for a frame of any kind, chunk ranges and IPv6
+//!   scope ids included: encode refuses it as too large exactly when the
+//!   payload is over `PAYLOAD_BYTES_MAX`, refuses it as undecodable exactly
+//!   when a chunk runs past its total or an address has a flow info or scope
+//!   id, and otherwise produces `datagram_len()` <= `DATAGRAM_BYTES_MAX`
+//!   bytes that decode to the same frame; and that datagram is rejected once
+//!   damaged: any changed byte (a length mismatch if it is the payload length
+//!   field, a bad MAC anywhere else), any truncation or extension, and
+//!   another cluster secret.
 #![no_main]
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use data::frame::{
     decode, encode, seal, ClusterId, Entry, Frame, FrameError, Header, LogIndex, Message, Peer,
-    Role, ServerId, Term, DATAGRAM_BYTES_MAX, PAYLOAD_BYTES_MAX,
+    Role, ServerId, Term, DATAGRAM_BYTES_MAX, FRAME_OVERHEAD_BYTES, PAYLOAD_BYTES_MAX,
 };
 use libfuzzer_sys::fuzz_target;
 
 const SECRET: [u8; 32] = *b"store frame fuzzing secret 32 B!";
+const OTHER_SECRET: [u8; 32] = *b"another cluster's secret, 32 B!!";
+
+/// Where the u16 payload length sits in the header.
+const PAYLOAD_LEN_OFFSET: usize = 40;
+
+/// Damaged copies checked per seeded datagram: each costs a BLAKE3 MAC.
+const DAMAGES_MAX: usize = 4;
 
 /// Hands out the fuzzer's bytes as fields; zeros once they run out, so every
 /// input builds some frame.
@@ -63,7 +76,14 @@ impl Seed<'_> {
             SocketAddr::V4(SocketAddrV4::new(ip, self.u16()))
         } else {
             let ip = Ipv6Addr::from(u128::from(self.u64()) | (u128::from(self.u64()) << 64));
-            SocketAddr::V6(SocketAddrV6::new(ip, self.u16(), 0, 0))
+            let port = self.u16();
+            // Rarely a flow info or scope id, which frames cannot carry.
+            let (flowinfo, scope_id) = match self.u8() {
+                0xff => (self.u32(), 0),
+                0xfe => (0, self.u32()),
+                _ => (0, 0),
+            };
+            SocketAddr::V6(SocketAddrV6::new(ip, port, flowinfo, scope_id))
         }
     }
 
@@ -133,11 +153,14 @@ impl Seed<'_> {
                 let (seq, prev_index, prev_term, commit, entry_term) =
                     (self.u64(), self.u64(), self.u64(), self.u64(), self.u64());
                 let bytes = self.bytes(PAYLOAD_BYTES_MAX);
-                // Keep the chunk inside the entry: the encoder rightly
-                // refuses one that is not, which another test covers.
+                // Mostly a chunk inside its entry, sometimes any range.
                 let len = bytes.len() as u32;
-                let offset = self.u32() % (u32::MAX - len);
-                let total_len = (offset + len).saturating_add(self.u16().into());
+                let (offset, total_len) = if self.u8() == 0xff {
+                    (self.u32(), self.u32())
+                } else {
+                    let offset = self.u32() % (u32::MAX - len);
+                    (offset, (offset + len).saturating_add(self.u16().into()))
+                };
                 Message::AppendFragment {
                     seq,
                     prev_index: LogIndex(prev_index),
@@ -161,8 +184,12 @@ impl Seed<'_> {
                 let (snapshot_index, snapshot_term) = (self.u64(), self.u64());
                 let bytes = self.bytes(PAYLOAD_BYTES_MAX);
                 let len = bytes.len() as u64;
-                let offset = self.u64() % (u64::MAX - len);
-                let total_len = (offset + len).saturating_add(self.u32().into());
+                let (offset, total_len) = if self.u8() == 0xff {
+                    (self.u64(), self.u64())
+                } else {
+                    let offset = self.u64() % (u64::MAX - len);
+                    (offset, (offset + len).saturating_add(self.u32().into()))
+                };
                 Message::SnapshotChunk {
                     snapshot_index: LogIndex(snapshot_index),
                     snapshot_term: Term(snapshot_term),
@@ -192,6 +219,7 @@ impl Seed<'_> {
 /// encoding is canonical, so nothing in an accepted datagram was ignored.
 fn check_accepted(datagram: &[u8]) {
     if let Ok(frame) = decode(datagram, &SECRET) {
+        assert!(datagram.len() <= DATAGRAM_BYTES_MAX);
         // The fuzz crate does not depend on `bytes`; the type is inferred.
         let mut again = Default::default();
         encode(&frame, &SECRET, &mut again).expect("a decoded frame re-encodes");
@@ -216,17 +244,99 @@ fuzz_target!(|input: &[u8]| {
         message: seed.message(),
     };
     let mut out = Default::default();
+    let payload_len = frame.message.payload_len();
     match encode(&frame, &SECRET, &mut out) {
         Ok(()) => {
+            assert!(payload_len <= PAYLOAD_BYTES_MAX && decodable(&frame.message));
             assert!(out.len() <= DATAGRAM_BYTES_MAX);
             assert_eq!(out.len(), frame.datagram_len());
             assert_eq!(decode(&out, &SECRET), Ok(frame));
+            check_damage(&out, &mut seed);
         }
-        Err(FrameError::PayloadTooLarge { payload_len }) => {
-            assert!(payload_len > PAYLOAD_BYTES_MAX);
-            assert_eq!(payload_len, frame.message.payload_len());
+        Err(FrameError::PayloadTooLarge {
+            payload_len: reported,
+        }) => {
+            assert!(reported > PAYLOAD_BYTES_MAX);
+            assert_eq!(reported, payload_len);
+            assert!(out.is_empty());
+        }
+        Err(FrameError::ChunkOutOfRange { .. }) | Err(FrameError::UnsupportedAddress(_)) => {
+            assert!(payload_len <= PAYLOAD_BYTES_MAX);
+            assert!(!decodable(&frame.message), "refused {frame:?}");
             assert!(out.is_empty());
         }
         Err(other) => panic!("encode refused a valid frame: {other}"),
     }
 });
+
+/// Whether the decoder could return `message`, stated independently of the
+/// encoder's own check: chunks inside their whole, and addresses without
+/// the IPv6 flow info and scope id that the wire format does not carry.
+fn decodable(message: &Message) -> bool {
+    let addr_ok = |addr: &SocketAddr| match addr {
+        SocketAddr::V4(_) => true,
+        SocketAddr::V6(v6) => v6.flowinfo() == 0 && v6.scope_id() == 0,
+    };
+    let peer_ok = |peer: &Peer| addr_ok(&peer.tcp) && addr_ok(&peer.udp);
+    match message {
+        Message::Register { tcp, udp } => addr_ok(tcp) && addr_ok(udp),
+        Message::Heartbeat { peers, .. } => peers.iter().all(peer_ok),
+        Message::AddServer { peer } => peer_ok(peer),
+        Message::AppendFragment {
+            total_len,
+            offset,
+            bytes,
+            ..
+        } => u64::from(*offset) + bytes.len() as u64 <= u64::from(*total_len),
+        Message::SnapshotChunk {
+            total_len,
+            offset,
+            bytes,
+            ..
+        } => offset
+            .checked_add(bytes.len() as u64)
+            .is_some_and(|end| end <= *total_len),
+        _ => true,
+    }
+}
+
+/// A valid datagram stops being accepted once anything about it changes.
+fn check_damage(datagram: &[u8], seed: &mut Seed) {
+    assert_eq!(decode(datagram, &OTHER_SECRET), Err(FrameError::BadMac));
+    for _ in 0..DAMAGES_MAX {
+        let at = usize::from(seed.u16()) % datagram.len();
+        let flip = seed.u8().max(1);
+        let mut damaged = datagram.to_vec();
+        damaged[at] ^= flip;
+        let result = decode(&damaged, &SECRET);
+        if (PAYLOAD_LEN_OFFSET..PAYLOAD_LEN_OFFSET + 2).contains(&at) {
+            assert!(
+                matches!(result, Err(FrameError::LengthMismatch { .. })),
+                "byte {at} ^ {flip:#04x}: {result:?}"
+            );
+        } else {
+            assert_eq!(result, Err(FrameError::BadMac), "byte {at} ^ {flip:#04x}");
+        }
+    }
+    let cut = usize::from(seed.u16()) % datagram.len();
+    let result = decode(&datagram[..cut], &SECRET);
+    if cut < FRAME_OVERHEAD_BYTES {
+        assert_eq!(result, Err(FrameError::TooShort(cut)));
+    } else {
+        assert!(
+            matches!(result, Err(FrameError::LengthMismatch { .. })),
+            "cut {cut}: {result:?}"
+        );
+    }
+    let mut longer = datagram.to_vec();
+    longer.push(seed.u8());
+    let result = decode(&longer, &SECRET);
+    if longer.len() > DATAGRAM_BYTES_MAX {
+        assert_eq!(result, Err(FrameError::TooLong(longer.len())));
+    } else {
+        assert!(
+            matches!(result, Err(FrameError::LengthMismatch { .. })),
+            "{result:?}"
+        );
+    }
+}

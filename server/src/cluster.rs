@@ -980,9 +980,16 @@ impl Driver {
                 path: self.data_dir.clone(),
                 source: e,
             })?;
-        // The keystore now covers everything the log held up to its index;
-        // the log restarts after it.
-        self.log.truncate_after(0)?;
+        // The keystore now covers the log through its index. If the log
+        // holds that very entry it matches the leader's through it, and what
+        // follows (maybe acknowledged already) stays; otherwise the log
+        // restarts after the keystore.
+        let (index, term) = (LogIndex(incoming.index), Term(incoming.term));
+        if self.core.keeps_log_after_snapshot(index, term) {
+            self.log.compact_through(index.0)?;
+        } else {
+            self.log.truncate_after(0)?;
+        }
         let membership = membership_of(state.config());
         *lock(&self.state) = state;
         self.applied = LogIndex(incoming.index);

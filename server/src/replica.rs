@@ -38,6 +38,39 @@ pub const SNAPSHOT_ASK_MS: u64 = 1_000;
 /// One entry's reassembly buffer at most (an entry is at most one log record).
 pub const REASSEMBLY_BYTES_MAX: usize = data::record::RECORD_BYTES_MAX;
 
+// ---- deliberate bugs (feature `deliberate-bugs`, for the simulator only) ----
+//
+// The simulator (sim/, DESIGN §7a) proves it can find each of these. Without
+// the feature the struct does not exist and `bug!` is the constant `false`,
+// so the production code path is unchanged.
+
+/// Known-wrong behaviours the simulator must catch; all off by default.
+#[cfg(feature = "deliberate-bugs")]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// The leader commits with fewer than a majority of voters.
+    pub commit_on_minority: bool,
+    /// A new leader writes no no-op and serves at once (breaks Raft §5.4.2).
+    pub skip_noop: bool,
+    /// A follower accepts an Append of a term lower than its own.
+    pub accept_stale_append: bool,
+    /// A follower acknowledges entries before they are fsynced.
+    pub ack_before_fsync: bool,
+}
+
+#[cfg(feature = "deliberate-bugs")]
+macro_rules! bug {
+    ($replica:expr, $name:ident) => {
+        $replica.bugs.$name
+    };
+}
+#[cfg(not(feature = "deliberate-bugs"))]
+macro_rules! bug {
+    ($replica:expr, $name:ident) => {
+        false
+    };
+}
+
 /// Timing settings (DESIGN §3: 100 ms heartbeats, 1 s election timeout).
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -211,8 +244,9 @@ pub struct Replica {
     snapshot_membership: Membership,
     /// Registered peers' UDP addresses (from the LB).
     addrs: HashMap<ServerId, SocketAddr>,
-    /// Leader only.
-    progress: HashMap<ServerId, Progress>,
+    /// Leader only. Ordered so that the order of sends (and of jitter
+    /// draws) depends only on the inputs: the simulator replays by seed.
+    progress: BTreeMap<ServerId, Progress>,
     /// Leader only: index of the no-op written on taking office.
     noop_index: Option<LogIndex>,
     /// Leader only: next heartbeat sequence number.
@@ -227,6 +261,12 @@ pub struct Replica {
     actions: Vec<Action>,
     /// Deterministic jitter source, seeded by the driver.
     jitter: u64,
+    /// The term on disk when this process started. It may have led in it
+    /// before a crash and sent entries it then lost (Appends leave before
+    /// the leader's own fsync), so it never takes office in it again.
+    start_term: Term,
+    #[cfg(feature = "deliberate-bugs")]
+    bugs: Bugs,
 }
 
 impl Replica {
@@ -248,7 +288,7 @@ impl Replica {
             configs: BTreeMap::new(),
             snapshot_membership: durable.snapshot_membership,
             addrs: HashMap::new(),
-            progress: HashMap::new(),
+            progress: BTreeMap::new(),
             noop_index: None,
             seq: 0,
             reads: VecDeque::new(),
@@ -258,6 +298,9 @@ impl Replica {
             reassembly: None,
             actions: Vec::new(),
             jitter: jitter_seed | 1,
+            start_term: durable.term,
+            #[cfg(feature = "deliberate-bugs")]
+            bugs: Bugs::default(),
         };
         for (term, payload) in durable.entries {
             replica.push_entry(term, payload);
@@ -265,6 +308,12 @@ impl Replica {
         replica.persisted = replica.log.last_index();
         replica.role = replica.idle_role();
         replica
+    }
+
+    /// Switches deliberate bugs on (simulator only).
+    #[cfg(feature = "deliberate-bugs")]
+    pub fn set_bugs(&mut self, bugs: Bugs) {
+        self.bugs = bugs;
     }
 
     // ---- queries ----
@@ -311,6 +360,9 @@ impl Replica {
 
     /// The leader can take writes and reads: its no-op is committed.
     pub fn is_serving(&self) -> bool {
+        if bug!(self, skip_noop) {
+            return self.role == Role::Leader;
+        }
         self.role == Role::Leader && self.noop_index.is_some_and(|noop| self.commit >= noop)
     }
 
@@ -377,20 +429,41 @@ impl Replica {
     /// The driver installed the leader's keystore file at `index`: the log
     /// before it is gone, the state is the snapshot's. Tells the leader.
     pub fn install_snapshot(&mut self, index: LogIndex, term: Term, membership: Membership) {
-        self.log = LogView {
-            snapshot_index: index,
-            snapshot_term: term,
-            entries: VecDeque::new(),
-        };
-        self.configs.clear();
+        if self.keeps_log_after_snapshot(index, term) {
+            // Raft §7: the log already holds the snapshot's last entry, so it
+            // matches the leader's through it; what follows may have been
+            // acknowledged and must stay (the driver compacted the disk log
+            // the same way).
+            let drop = (index.0 - self.log.snapshot_index.0) as usize;
+            self.log.entries.drain(..drop);
+            self.log.snapshot_index = index;
+            self.log.snapshot_term = term;
+            self.configs.retain(|i, _| *i > index);
+            self.persisted = self.persisted.max(index);
+            self.verified = self.verified.max(index);
+        } else {
+            self.log = LogView {
+                snapshot_index: index,
+                snapshot_term: term,
+                entries: VecDeque::new(),
+            };
+            self.configs.clear();
+            self.persisted = index;
+            self.verified = index;
+        }
         self.snapshot_membership = membership;
-        self.persisted = index;
-        self.verified = index;
         self.commit = self.commit.max(index);
         self.role = self.idle_role();
         if let Some(leader) = self.leader {
             self.ack(leader, self.seq);
         }
+    }
+
+    /// Whether installing a snapshot through `index` of `term` keeps the log
+    /// entries after it: the log holds that very entry. The driver asks
+    /// before it changes the disk log, and `install_snapshot` agrees.
+    pub fn keeps_log_after_snapshot(&self, index: LogIndex, term: Term) -> bool {
+        index > self.log.snapshot_index && self.log.term_at(index) == Some(term)
     }
 
     /// Leader: `peer` holds our keystore file through `index` (it
@@ -600,6 +673,14 @@ impl Replica {
         if term < self.term {
             return;
         }
+        if leader == self.id && term == self.start_term {
+            // Found by the simulator (sim/): a leader that restarted could
+            // take office again in its old term and write new entries at
+            // indexes whose first versions (same index, same term) its
+            // followers already hold and may have committed. Refusing
+            // makes the LB elect in a new term (DESIGN §3).
+            return;
+        }
         if term > self.term {
             self.adopt_term(term, Some(leader));
         }
@@ -629,9 +710,11 @@ impl Replica {
                 self.progress.insert(peer, self.new_progress(next, now_ms));
             }
         }
-        let noop = encode_op(now_ms, Op::Noop);
-        let noop_index = self.append_local(noop);
-        self.noop_index = Some(noop_index);
+        if !bug!(self, skip_noop) {
+            let noop = encode_op(now_ms, Op::Noop);
+            let noop_index = self.append_local(noop);
+            self.noop_index = Some(noop_index);
+        }
         // A brand-new group: the first leader's configuration is itself.
         if self.membership().voters.is_empty() {
             self.append_config(
@@ -1002,11 +1085,17 @@ impl Replica {
         progress.seq_acked = progress.seq_acked.max(seq);
         // Go back to just after the follower's hint, never below what it has.
         let next = LogIndex((hint.0 + 1).max(progress.matched.0 + 1));
-        if next < progress.next {
+        let moved_back = next < progress.next;
+        if moved_back {
             progress.next = next;
         }
         self.check_reads();
-        self.send_window(from, now_ms);
+        // Resend only from a new position: a Nack that moves nothing (a
+        // duplicate, or one for entries already resent) answered with a
+        // window would make every Nack breed more Appends.
+        if moved_back {
+            self.send_window(from, now_ms);
+        }
     }
 
     /// Commit: the largest index a majority of voters holds durably, if it is
@@ -1031,7 +1120,12 @@ impl Replica {
             })
             .collect();
         matched.sort_unstable_by(|a, b| b.cmp(a));
-        let candidate = matched[membership.quorum() - 1];
+        let quorum = if bug!(self, commit_on_minority) {
+            (membership.quorum() - 1).max(1)
+        } else {
+            membership.quorum()
+        };
+        let candidate = matched[quorum - 1];
         if candidate > self.commit && self.log.term_at(candidate) == Some(self.term) {
             self.commit = candidate;
             self.actions.push(Action::Commit(candidate));
@@ -1082,7 +1176,8 @@ impl Replica {
     /// Accepts the sender as leader of `term` if the term allows; false if
     /// the message must be refused.
     fn accept_leader(&mut self, now_ms: u64, from: ServerId, term: Term) -> bool {
-        if term < self.term {
+        let stale_accepted = bug!(self, accept_stale_append) && self.role != Role::Leader;
+        if term < self.term && !stale_accepted {
             if let Some(addr) = self.addrs.get(&from).copied() {
                 self.send(from, addr, Message::Reject);
             }
@@ -1234,7 +1329,11 @@ impl Replica {
         let Some(addr) = self.addrs.get(&leader).copied() else {
             return;
         };
-        let match_index = self.persisted.min(self.verified);
+        let match_index = if bug!(self, ack_before_fsync) {
+            self.verified.min(self.log.last_index())
+        } else {
+            self.persisted.min(self.verified)
+        };
         self.send(leader, addr, Message::Ack { seq, match_index });
     }
 
@@ -1792,6 +1891,32 @@ mod tests {
     }
 
     #[test]
+    fn installing_a_snapshot_keeps_the_acknowledged_entries_after_it() {
+        // Raft §7: a follower whose log holds the snapshot's last entry keeps
+        // what follows; those entries may already count toward a commit.
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        for n in 0..6 {
+            g.propose(1, payload(n)).unwrap();
+        }
+        g.settle();
+        let last = g.node(2).replica.last_index();
+        let through = LogIndex(last.0 - 2);
+        let term = g.node(2).replica.term_at(through).unwrap();
+        let membership = g.node(2).replica.membership().clone();
+        assert!(g.node(2).replica.keeps_log_after_snapshot(through, term));
+        g.node(2).replica.install_snapshot(through, term, membership.clone());
+        assert_eq!(g.node(2).replica.last_index(), last);
+        assert_eq!(g.node(2).replica.snapshot_position(), (through, term));
+        // A snapshot of another history (a term the log does not hold at
+        // that index) replaces the whole log.
+        let other = Term(term.0 + 5);
+        assert!(!g.node(3).replica.keeps_log_after_snapshot(through, other));
+        g.node(3).replica.install_snapshot(through, other, membership);
+        assert_eq!(g.node(3).replica.last_index(), through);
+    }
+
+    #[test]
     fn snapshot_delivery_resumes_replication_when_the_followers_ack_is_lost() {
         let mut g = Group::new(&[1, 2, 3]);
         g.elect(1, 1);
@@ -1816,7 +1941,10 @@ mod tests {
         for _ in 0..5 {
             g.tick(100);
         }
-        assert!(g.node(3).disk.len() == commit.0 as usize, "nothing new reached node 3");
+        assert!(
+            g.node(3).disk.len() == commit.0 as usize,
+            "nothing new reached node 3"
+        );
         let now = g.now_ms;
         g.node(1)
             .replica
@@ -1827,6 +1955,42 @@ mod tests {
         g.tick(100);
         let leader_disk = g.node(1).disk.clone();
         assert_eq!(g.node(3).disk, leader_disk);
+    }
+
+    #[test]
+    fn restarted_leader_does_not_take_office_again_in_its_old_term() {
+        // Raft §5.2 (one leader per term) and §5.3 (log matching): the
+        // restarted process lost its unsynced tail, so new entries of term
+        // 1 could collide with old ones the followers hold.
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        g.propose(1, payload(1)).unwrap();
+        g.settle();
+        let node = g.node(1);
+        let durable = Durable {
+            term: node.term_on_disk,
+            snapshot_index: LogIndex(0),
+            snapshot_term: Term(0),
+            entries: node.disk[..1].to_vec(),
+            snapshot_membership: node.replica.snapshot_membership.clone(),
+        };
+        // The crash took the unsynced tail: only the no-op survived.
+        node.disk.truncate(1);
+        node.replica = Replica::new(ServerId(1), Timing::default(), durable, 9);
+        node.replica.set_lb_addr(LB_ADDR.parse().unwrap());
+        g.receive(
+            1,
+            ServerId::LB,
+            Term(1),
+            Message::NewLeader {
+                leader: ServerId(1),
+            },
+        );
+        assert_ne!(g.node(1).replica.role(), Role::Leader);
+        assert!(g.node(1).replica.propose(0, payload(2)).is_err());
+        // A new term brings it back.
+        g.elect(1, 2);
+        assert_eq!(g.node(1).replica.role(), Role::Leader);
     }
 
     #[test]

@@ -1,0 +1,174 @@
+//! A deterministic simulator for the replicated store (DESIGN §7a): the
+//! real sans-IO cores — [`server::replica::Replica`] for every server and
+//! [`lb::core::Core`] for the LB — driven by simulated drivers on virtual
+//! time, with a seeded scheduler that injects faults. Same seed, same run.
+//!
+//! # Layout
+//!
+//! - [`rng`]: SplitMix64, the only source of randomness.
+//! - `world`: the event queue, virtual time, the network (loss,
+//!   duplication, delay, reordering, partitions), the LB's driver and the
+//!   fault scheduler.
+//! - `node`: one server's driver, doing what `server::cluster` does:
+//!   the disk (a fsynced prefix and an unsynced tail), applying committed
+//!   entries, answering proposals and ReadIndex reads, keystore snapshots.
+//! - `client`: clients issuing get/gets/set/add/cas/incr/decr/delete to the
+//!   server they believe leads, recording the history for `check`.
+//! - `checker`: the invariants, checked after every step.
+//!
+//! Nothing here reads the OS clock or an OS random source, and every map
+//! that is iterated is ordered, so a seed replays byte for byte.
+
+#![forbid(unsafe_code)]
+
+mod checker;
+mod client;
+mod node;
+pub mod rng;
+mod world;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+/// Known-wrong behaviours the simulator must catch (all off by default).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Bugs {
+    /// The replica core's switches (`server/src/replica.rs`).
+    pub replica: server::replica::Bugs,
+    /// The driver's: the leader answers reads at once from its applied
+    /// state, without a ReadIndex round.
+    pub read_without_read_index: bool,
+}
+
+impl Bugs {
+    /// The names the binary and the tests use.
+    pub const NAMES: [&'static str; 5] = [
+        "commit-on-minority",
+        "skip-noop",
+        "accept-stale-append",
+        "ack-before-fsync",
+        "read-without-read-index",
+    ];
+
+    /// The switch named `name` turned on, or `None` for an unknown name.
+    pub fn named(name: &str) -> Option<Bugs> {
+        let mut bugs = Bugs::default();
+        match name {
+            "commit-on-minority" => bugs.replica.commit_on_minority = true,
+            "skip-noop" => bugs.replica.skip_noop = true,
+            "accept-stale-append" => bugs.replica.accept_stale_append = true,
+            "ack-before-fsync" => bugs.replica.ack_before_fsync = true,
+            "read-without-read-index" => bugs.read_without_read_index = true,
+            _ => return None,
+        }
+        Some(bugs)
+    }
+}
+
+/// One run's settings.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub seed: u64,
+    /// Servers in the group: 3 or 5.
+    pub servers: usize,
+    pub bugs: Bugs,
+    /// Virtual milliseconds with faults, then `settle_ms` without.
+    pub faults_ms: u64,
+    pub settle_ms: u64,
+    /// Print every step to stdout.
+    pub trace: bool,
+    /// Hash the trace (for the determinism test); costs formatting.
+    pub trace_hash: bool,
+    /// Start from an empty membership and let the first leader bootstrap
+    /// the group (DESIGN §3), instead of a group already configured.
+    pub bootstrap: bool,
+}
+
+impl Options {
+    pub fn new(seed: u64, servers: usize) -> Options {
+        Options {
+            seed,
+            servers,
+            bugs: Bugs::default(),
+            faults_ms: 12_000,
+            settle_ms: 6_000,
+            trace: false,
+            trace_hash: false,
+            bootstrap: false,
+        }
+    }
+}
+
+/// A broken invariant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Violation {
+    /// Which invariant, by name.
+    pub invariant: &'static str,
+    pub detail: String,
+    /// Virtual time and step at which it was seen.
+    pub time_ms: u64,
+    pub step: u64,
+}
+
+/// What one run did.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub seed: u64,
+    pub violation: Option<Violation>,
+    pub steps: u64,
+    /// Ops in the client history, and how many of them completed.
+    pub ops: usize,
+    pub ops_completed: usize,
+    pub writes_acked: usize,
+    pub entries_committed: u64,
+    pub leaders: usize,
+    pub crashes: u64,
+    /// The checker hit a limit (not a failure).
+    pub check_unknown: bool,
+    /// Hash of the trace, when `trace_hash` was set.
+    pub trace_hash: u64,
+}
+
+/// Runs one seed. A panic in a core or the simulator is a violation too.
+pub fn run(options: &Options) -> Report {
+    let result = catch_unwind(AssertUnwindSafe(|| {
+        world::World::new(options.clone()).run()
+    }));
+    match result {
+        Ok(report) => report,
+        Err(panic) => {
+            let detail = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "panic".to_string());
+            Report {
+                seed: options.seed,
+                violation: Some(Violation {
+                    invariant: "no panic",
+                    detail,
+                    time_ms: 0,
+                    step: 0,
+                }),
+                ..Report::default()
+            }
+        }
+    }
+}
+
+/// The command that replays `options` step by step.
+pub fn replay_command(options: &Options) -> String {
+    let mut command = format!(
+        "cargo run --release -p sim --bin sim -- --seed {} --servers {}",
+        options.seed, options.servers
+    );
+    for name in Bugs::NAMES {
+        if Bugs::named(name) == Some(options.bugs) {
+            command.push_str(&format!(" --bug {name}"));
+        }
+    }
+    if options.bootstrap {
+        command.push_str(" --bootstrap");
+    }
+    command.push_str(" --trace");
+    command
+}

@@ -1,0 +1,859 @@
+//! One simulated server: the real [`Replica`] core and a driver that does
+//! what `server::cluster` does, on virtual time.
+//!
+//! The driver carries out the core's actions in order: a term is durable
+//! the moment it is persisted (the real driver writes `meta` before going
+//! on), appended entries go to the disk's unsynced tail and become durable
+//! only when their fsync completes (a separate event, so a crash in between
+//! loses them), and only then does the core hear [`Replica::persisted`].
+//! Committed entries are applied to a real [`State`]; a proposal is
+//! answered when its index is applied and still holds an entry of the
+//! proposal's term; a ReadIndex read is answered once the state has applied
+//! the read's index. Keystore snapshots, compaction and snapshot transfer
+//! are modelled with the keystore as an in-memory image.
+
+use std::collections::hash_map::DefaultHasher;
+use std::collections::BTreeMap;
+use std::hash::{Hash, Hasher};
+use std::rc::Rc;
+
+use bytes::{Bytes, BytesMut};
+use data::command::Command;
+use data::frame::{LogIndex, Message, Role, ServerId, Term};
+use data::limits::ITEM_BYTES_MAX;
+use data::state::{Item, Outcome, State};
+use server::replica::{Action, Durable, Membership, NotLeader, Replica, Timing, READS_WAITING_MAX};
+
+use crate::client::{Reply, Request};
+use crate::world::{
+    tcp_addr, udp_addr, Event, Packet, World, ELECTION_TIMEOUT_MS, HEARTBEAT_MS, SERVER_TICK_MS,
+};
+use crate::Options;
+
+/// A keystore file: the state at `index` (of `term`) and the membership.
+#[derive(Clone, Debug)]
+pub(crate) struct Image {
+    pub index: LogIndex,
+    pub term: Term,
+    pub items: Vec<(Bytes, Item)>,
+    pub flush_deadline_s: Option<u64>,
+    pub config: (Vec<u64>, Vec<u64>),
+}
+
+impl Image {
+    fn of(state: &State, term: Term) -> Image {
+        let mut items: Vec<(Bytes, Item)> = state
+            .items()
+            .map(|i| (Bytes::copy_from_slice(i.key()), i.to_item()))
+            .collect();
+        items.sort_by(|a, b| a.0.cmp(&b.0));
+        Image {
+            index: LogIndex(state.applied_index()),
+            term,
+            items,
+            flush_deadline_s: state.flush_deadline_s(),
+            config: state.config().clone(),
+        }
+    }
+
+    fn state(&self) -> State {
+        let mut state = State::restore(
+            ITEM_BYTES_MAX,
+            self.index.0,
+            self.flush_deadline_s,
+            self.items.iter().cloned(),
+        );
+        state.set_config(self.config.clone());
+        state
+    }
+
+    fn membership(&self) -> Membership {
+        Membership {
+            voters: self.config.0.iter().map(|id| ServerId(*id)).collect(),
+            learners: self.config.1.iter().map(|id| ServerId(*id)).collect(),
+        }
+    }
+}
+
+/// What survives a crash, and the unsynced tail that does not.
+pub(crate) struct Disk {
+    /// `meta`: written before anything that depends on it.
+    pub term: Term,
+    /// The keystore file.
+    pub snapshot: Rc<Image>,
+    /// Log entries after the snapshot: (term, payload, write id).
+    pub log: Vec<(Term, Bytes, u64)>,
+    /// How many of `log`'s entries are fsynced.
+    pub synced: usize,
+    next_write_id: u64,
+    /// When the fsync in progress completes (fsyncs complete in order).
+    fsync_free_at: u64,
+}
+
+impl Disk {
+    fn last_index(&self) -> LogIndex {
+        LogIndex(self.snapshot.index.0 + self.log.len() as u64)
+    }
+
+    fn term_at(&self, index: LogIndex) -> Option<Term> {
+        if index == self.snapshot.index {
+            return Some(self.snapshot.term);
+        }
+        let offset = index.0.checked_sub(self.snapshot.index.0 + 1)?;
+        self.log.get(offset as usize).map(|e| e.0)
+    }
+}
+
+/// A client's read waiting on a server.
+#[derive(Clone, Debug)]
+pub(crate) struct PendingRead {
+    client: usize,
+    req: u64,
+    key: Bytes,
+    gets: bool,
+}
+
+pub(crate) struct Server {
+    pub id: u64,
+    pub up: bool,
+    pub incarnation: u32,
+    pub clock_offset_ms: i64,
+    /// Paused (not crashed) until this global time.
+    pub paused_until: u64,
+    pub disk: Disk,
+    pub core: Option<Replica>,
+    pub state: State,
+    pub applied: LogIndex,
+    /// Index → (term proposed in, client, request id, payload).
+    proposals: BTreeMap<u64, (Term, usize, u64, Bytes)>,
+    reads: BTreeMap<u64, PendingRead>,
+    reads_ready: Vec<(LogIndex, PendingRead)>,
+    reads_not_ready: Vec<PendingRead>,
+    next_token: u64,
+    registered: bool,
+    last_register_ms: u64,
+    reported_silence: bool,
+    /// Commit index reported by the current incarnation's core.
+    pub commit_seen: LogIndex,
+}
+
+impl Server {
+    pub fn new(id: u64, servers: u64, opts: &Options) -> Server {
+        let config = if opts.bootstrap {
+            (Vec::new(), Vec::new())
+        } else {
+            ((1..=servers).collect(), Vec::new())
+        };
+        let snapshot = Image {
+            index: LogIndex(0),
+            term: Term(0),
+            items: Vec::new(),
+            flush_deadline_s: None,
+            config,
+        };
+        Server {
+            id,
+            up: false,
+            incarnation: 0,
+            clock_offset_ms: 0,
+            paused_until: 0,
+            state: snapshot.state(),
+            disk: Disk {
+                term: Term(0),
+                snapshot: Rc::new(snapshot),
+                log: Vec::new(),
+                synced: 0,
+                next_write_id: 1,
+                fsync_free_at: 0,
+            },
+            core: None,
+            applied: LogIndex(0),
+            proposals: BTreeMap::new(),
+            reads: BTreeMap::new(),
+            reads_ready: Vec::new(),
+            reads_not_ready: Vec::new(),
+            next_token: 0,
+            registered: false,
+            last_register_ms: 0,
+            reported_silence: false,
+            commit_seen: LogIndex(0),
+        }
+    }
+}
+
+/// A hash of everything `apply` decides, to compare replicas at one index.
+pub(crate) fn state_hash(state: &State) -> u64 {
+    let mut items: Vec<_> = state.items().collect();
+    items.sort_by(|a, b| a.key().cmp(b.key()));
+    let mut h = DefaultHasher::new();
+    state.applied_index().hash(&mut h);
+    state.config().hash(&mut h);
+    state.flush_deadline_s().hash(&mut h);
+    for item in items {
+        item.key().hash(&mut h);
+        item.data().hash(&mut h);
+        item.flags().hash(&mut h);
+        item.exptime().hash(&mut h);
+        item.cas().hash(&mut h);
+    }
+    h.finish()
+}
+
+fn outcome_ret(outcome: Outcome) -> Option<check::Ret> {
+    Some(match outcome {
+        Outcome::Stored => check::Ret::Stored,
+        Outcome::NotStored => check::Ret::NotStored,
+        Outcome::Exists => check::Ret::Exists,
+        Outcome::NotFound => check::Ret::NotFound,
+        Outcome::Deleted => check::Ret::Deleted,
+        Outcome::Number(n) => check::Ret::Number(n),
+        Outcome::NonNumeric => check::Ret::NonNumeric,
+        Outcome::Touched | Outcome::Hits(_) | Outcome::Ok => return None,
+    })
+}
+
+impl World {
+    fn server(&mut self, id: u64) -> &mut Server {
+        &mut self.servers[id as usize - 1]
+    }
+
+    fn server_now(&self, id: u64) -> u64 {
+        self.now
+            .saturating_add_signed(self.servers[id as usize - 1].clock_offset_ms)
+    }
+
+    /// Starts (or restarts) a server from what its disk holds.
+    pub(crate) fn boot_server(&mut self, id: u64) {
+        let jitter = self.rng.next_u64();
+        let bugs = self.opts.bugs.replica;
+        let s = self.server(id);
+        let durable = Durable {
+            term: s.disk.term,
+            snapshot_index: s.disk.snapshot.index,
+            snapshot_term: s.disk.snapshot.term,
+            entries: s.disk.log.iter().map(|(t, p, _)| (*t, p.clone())).collect(),
+            snapshot_membership: s.disk.snapshot.membership(),
+        };
+        let timing = Timing {
+            heartbeat_ms: HEARTBEAT_MS,
+            election_timeout_ms: ELECTION_TIMEOUT_MS,
+        };
+        let mut core = Replica::new(ServerId(id), timing, durable, jitter);
+        core.set_bugs(bugs);
+        core.set_lb_addr(udp_addr(0));
+        s.state = s.disk.snapshot.state();
+        s.applied = s.disk.snapshot.index;
+        s.commit_seen = core.commit_index();
+        s.core = Some(core);
+        s.up = true;
+        s.incarnation += 1;
+        s.proposals.clear();
+        s.reads.clear();
+        s.reads_ready.clear();
+        s.reads_not_ready.clear();
+        s.registered = false;
+        s.last_register_ms = 0;
+        s.reported_silence = false;
+        s.disk.fsync_free_at = 0;
+        let incarnation = s.incarnation;
+        let (last, synced) = (s.disk.last_index(), s.disk.synced);
+        self.trace(|| {
+            format!("n{id}  start (incarnation {incarnation}), log through {last}, {synced} synced")
+        });
+        let at = self.now + self.rng.range(1, SERVER_TICK_MS);
+        self.schedule(at, Event::ServerTick { id, incarnation });
+    }
+
+    /// Kills a server: everything not fsynced is gone.
+    pub(crate) fn crash_server(&mut self, id: u64) {
+        let s = self.server(id);
+        s.up = false;
+        s.paused_until = 0;
+        s.core = None;
+        let lost = s.disk.log.len() - s.disk.synced;
+        s.disk.log.truncate(s.disk.synced);
+        s.incarnation += 1;
+        self.trace(|| format!("n{id}  CRASH, {lost} unsynced entries lost"));
+    }
+
+    pub(crate) fn server_tick(&mut self, id: u64, incarnation: u32) {
+        if self.servers[id as usize - 1].incarnation != incarnation
+            || !self.servers[id as usize - 1].up
+        {
+            return;
+        }
+        let now = self.server_now(id);
+        let s = self.server(id);
+        let Some(core) = s.core.as_mut() else {
+            return;
+        };
+        core.tick(now);
+        // As the real driver: tell the LB the moment the leader has been
+        // silent for the election timeout.
+        let silent = u64::from(core.leader_contact_ms(now)) > ELECTION_TIMEOUT_MS;
+        let mut to_lb = Vec::new();
+        if silent && !s.reported_silence && core.role() != Role::Leader {
+            s.reported_silence = true;
+            to_lb.push((core.term(), core.status(now, s.applied)));
+        } else if !silent {
+            s.reported_silence = false;
+        }
+        if !s.registered && now >= s.last_register_ms + HEARTBEAT_MS {
+            s.last_register_ms = now;
+            let register = Message::Register {
+                tcp: tcp_addr(id),
+                udp: udp_addr(id),
+            };
+            to_lb.push((core.term(), register));
+        }
+        for (term, message) in to_lb {
+            self.send(id, 0, Packet::Frame { term, message });
+        }
+        self.process_actions(id);
+        self.schedule(
+            self.now + SERVER_TICK_MS,
+            Event::ServerTick { id, incarnation },
+        );
+    }
+
+    pub(crate) fn server_deliver(&mut self, id: u64, from: u64, packet: Packet) {
+        if !self.servers[id as usize - 1].up {
+            return;
+        }
+        let line = crate::world::short(&packet);
+        self.trace(|| format!("recv {from}->{id} {line}"));
+        let now = self.server_now(id);
+        match packet {
+            Packet::Frame { term, message } => {
+                let s = self.server(id);
+                if from == 0 && matches!(message, Message::Registered | Message::Heartbeat { .. }) {
+                    s.registered = true;
+                }
+                let is_lb_heartbeat = from == 0 && matches!(message, Message::Heartbeat { .. });
+                let Some(core) = s.core.as_mut() else {
+                    return;
+                };
+                core.receive(now, ServerId(from), term, message);
+                if is_lb_heartbeat {
+                    // The real driver answers before carrying out the
+                    // heartbeat's actions; so does this one.
+                    let status = core.status(now, s.applied);
+                    let term = core.term();
+                    self.send(
+                        id,
+                        0,
+                        Packet::Frame {
+                            term,
+                            message: status,
+                        },
+                    );
+                }
+            }
+            Packet::Snapshot { term, image } => self.on_snapshot(id, now, from, term, image),
+            Packet::SnapshotDone { term, index } => {
+                let Some(core) = self.server(id).core.as_mut() else {
+                    return;
+                };
+                if term == core.term() {
+                    core.snapshot_delivered(now, ServerId(from), index);
+                }
+            }
+        }
+        self.process_actions(id);
+    }
+
+    /// Follower: the leader's keystore file arrived whole.
+    fn on_snapshot(&mut self, id: u64, now: u64, from: u64, term: Term, image: Rc<Image>) {
+        let s = self.server(id);
+        let Some(core) = s.core.as_mut() else {
+            return;
+        };
+        if !core.accept_snapshot_chunk(now, ServerId(from), term) {
+            return;
+        }
+        let have = s.applied.max(core.snapshot_position().0);
+        if image.index > have {
+            let state = image.state();
+            // As the real driver: keep the log after the snapshot when the
+            // log holds the snapshot's last entry (Raft §7), else drop it.
+            if core.keeps_log_after_snapshot(image.index, image.term) {
+                let drop = (image.index.0 - s.disk.snapshot.index.0) as usize;
+                s.disk.log.drain(..drop.min(s.disk.log.len()));
+                s.disk.synced = s.disk.synced.saturating_sub(drop);
+            } else {
+                s.disk.log.clear();
+                s.disk.synced = 0;
+            }
+            s.disk.snapshot = image.clone();
+            s.state = state;
+            s.applied = image.index;
+            core.install_snapshot(image.index, image.term, image.membership());
+            let hash = state_hash(&s.state);
+            let index = image.index;
+            self.trace(|| format!("n{id}  installed keystore through {index}"));
+            if let Err((invariant, detail)) = self.checker.applied(id, index, hash) {
+                self.fail(invariant, detail);
+            }
+        }
+        let s = self.server(id);
+        let Some(core) = s.core.as_mut() else {
+            return;
+        };
+        let term = core.term();
+        if core.peer_addr(ServerId(from)).is_some() {
+            let index = image.index;
+            self.send(id, from, Packet::SnapshotDone { term, index });
+        }
+    }
+
+    pub(crate) fn server_fsync(
+        &mut self,
+        id: u64,
+        incarnation: u32,
+        index: LogIndex,
+        write_id: u64,
+    ) {
+        let now = self.server_now(id);
+        let s = self.server(id);
+        if s.incarnation != incarnation || !s.up {
+            return;
+        }
+        // Only if the entry written then is still there (not truncated and
+        // rewritten meanwhile): then everything before it is synced too.
+        let Some(offset) = index.0.checked_sub(s.disk.snapshot.index.0 + 1) else {
+            return;
+        };
+        if s.disk.log.get(offset as usize).map(|e| e.2) != Some(write_id) {
+            return;
+        }
+        s.disk.synced = s.disk.synced.max(offset as usize + 1);
+        if let Some(core) = s.core.as_mut() {
+            core.persisted(now, index);
+        }
+        self.process_actions(id);
+    }
+
+    pub(crate) fn server_request(&mut self, id: u64, client: usize, req: u64, request: Request) {
+        if !self.servers[id as usize - 1].up {
+            return;
+        }
+        let now = self.server_now(id);
+        let read_without_read_index = self.opts.bugs.read_without_read_index;
+        match request {
+            Request::Write { op, .. } => {
+                let command = Command {
+                    time_s: now / 1000,
+                    op,
+                };
+                let mut payload = BytesMut::with_capacity(command.encoded_len());
+                command.encode(&mut payload);
+                let payload = payload.freeze();
+                let s = self.server(id);
+                let Some(core) = s.core.as_mut() else {
+                    return;
+                };
+                match core.propose(now, payload.clone()) {
+                    Ok(index) => {
+                        let term = core.term();
+                        s.proposals.insert(index.0, (term, client, req, payload));
+                        self.trace(|| {
+                            format!("n{id}  proposed c{client}/{req} at {index} in t{term}")
+                        });
+                    }
+                    Err(refused) => {
+                        let hint = match refused {
+                            NotLeader::Follower(leader) => leader,
+                            NotLeader::NotReady => None,
+                        };
+                        self.reply(id, client, req, Reply::NotLeader(hint));
+                    }
+                }
+            }
+            Request::Read { key, gets } => {
+                let read = PendingRead {
+                    client,
+                    req,
+                    key: Bytes::from(key),
+                    gets,
+                };
+                let leading = self
+                    .server(id)
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.role() == Role::Leader);
+                if read_without_read_index && leading {
+                    self.answer_read(id, read);
+                } else {
+                    self.start_read(id, now, read);
+                }
+            }
+        }
+        self.process_actions(id);
+    }
+
+    fn start_read(&mut self, id: u64, now: u64, read: PendingRead) {
+        let s = self.server(id);
+        let Some(core) = s.core.as_mut() else {
+            return;
+        };
+        s.next_token += 1;
+        let token = s.next_token;
+        match core.read(now, token) {
+            Ok(()) => {
+                s.reads.insert(token, read);
+            }
+            Err(NotLeader::NotReady)
+                if core.role() == Role::Leader && s.reads_not_ready.len() < READS_WAITING_MAX =>
+            {
+                s.reads_not_ready.push(read);
+            }
+            Err(refused) => {
+                let hint = match refused {
+                    NotLeader::Follower(leader) => leader,
+                    NotLeader::NotReady => None,
+                };
+                self.reply(id, read.client, read.req, Reply::NotLeader(hint));
+            }
+        }
+    }
+
+    fn retry_held_reads(&mut self, id: u64) {
+        let now = self.server_now(id);
+        let s = self.server(id);
+        if s.reads_not_ready.is_empty() {
+            return;
+        }
+        let Some(core) = s.core.as_ref() else {
+            return;
+        };
+        if core.role() != Role::Leader {
+            for read in std::mem::take(&mut s.reads_not_ready) {
+                self.reply(id, read.client, read.req, Reply::NotLeader(None));
+            }
+        } else if core.is_serving() {
+            for read in std::mem::take(&mut s.reads_not_ready) {
+                self.start_read(id, now, read);
+            }
+        }
+    }
+
+    fn answer_read(&mut self, id: u64, read: PendingRead) {
+        let now_s = self.server_now(id) / 1000;
+        let s = self.server(id);
+        let ret = match s.state.get(&read.key, now_s) {
+            None => check::Ret::Miss,
+            Some(item) if read.gets => check::Ret::HitCas {
+                value: item.data().to_vec(),
+                unique: item.cas(),
+            },
+            Some(item) => check::Ret::Hit(item.data().to_vec()),
+        };
+        let applied = s.applied;
+        self.trace(|| {
+            format!(
+                "n{id}  read c{}/{} at applied {applied}: {ret}",
+                read.client, read.req
+            )
+        });
+        self.reply(id, read.client, read.req, Reply::Done(ret));
+    }
+
+    /// Sends a reply to a client over its link.
+    pub(crate) fn reply(&mut self, id: u64, client: usize, req: u64, reply: Reply) {
+        let _ = id;
+        if let Some(delay) = self.client_link() {
+            self.schedule(self.now + delay, Event::Reply { client, req, reply });
+        }
+    }
+
+    /// Carries out the core's actions in order until it has nothing more.
+    fn process_actions(&mut self, id: u64) {
+        loop {
+            self.retry_held_reads(id);
+            let actions = match self.server(id).core.as_mut() {
+                Some(core) => core.take_actions(),
+                None => return,
+            };
+            if actions.is_empty() {
+                break;
+            }
+            let mut appended: Option<(LogIndex, u64)> = None;
+            for action in actions {
+                self.server_action(id, action, &mut appended);
+                if self.violation.is_some() {
+                    return;
+                }
+            }
+            if let Some((index, write_id)) = appended {
+                let delay = self.rng.range(0, self.fsync_max_ms);
+                let now = self.now;
+                let s = self.server(id);
+                let at = s.disk.fsync_free_at.max(now + delay);
+                s.disk.fsync_free_at = at;
+                let incarnation = s.incarnation;
+                self.schedule(
+                    at,
+                    Event::Fsync {
+                        id,
+                        incarnation,
+                        index,
+                        write_id,
+                    },
+                );
+            }
+        }
+        self.answer_reads(id);
+        self.maybe_compact(id);
+    }
+
+    fn server_action(&mut self, id: u64, action: Action, appended: &mut Option<(LogIndex, u64)>) {
+        match action {
+            Action::PersistTerm(term) => {
+                let s = self.server(id);
+                if term < s.disk.term {
+                    let old = s.disk.term;
+                    self.fail(
+                        "term never goes down",
+                        format!("n{id} persisted t{term} over t{old}"),
+                    );
+                    return;
+                }
+                s.disk.term = term;
+            }
+            Action::TruncateAfter(index) => {
+                let s = self.server(id);
+                if index < s.commit_seen {
+                    let commit = s.commit_seen;
+                    self.fail(
+                        "committed entries never change",
+                        format!("n{id} truncates after {index} but committed through {commit}"),
+                    );
+                    return;
+                }
+                let keep = index.0.saturating_sub(s.disk.snapshot.index.0) as usize;
+                s.disk.log.truncate(keep);
+                s.disk.synced = s.disk.synced.min(keep);
+                self.trace(|| format!("n{id}  truncate after {index}"));
+                self.fail_proposals_after(id, index);
+            }
+            Action::Append(entries) => {
+                for (index, term, payload) in entries {
+                    let s = self.server(id);
+                    if index != LogIndex(s.disk.last_index().0 + 1) {
+                        let last = s.disk.last_index();
+                        self.fail(
+                            "driver contract",
+                            format!("n{id} appends {index} after {last}"),
+                        );
+                        return;
+                    }
+                    let prev_term = s.disk.term_at(LogIndex(index.0 - 1));
+                    let write_id = s.disk.next_write_id;
+                    s.disk.next_write_id += 1;
+                    s.disk.log.push((term, payload.clone(), write_id));
+                    *appended = Some((index, write_id));
+                    if let Err((inv, detail)) =
+                        self.checker.appended(id, index, term, prev_term, &payload)
+                    {
+                        self.fail(inv, detail);
+                        return;
+                    }
+                }
+            }
+            Action::Send {
+                to, term, message, ..
+            } => {
+                let disk = &self.server(id).disk;
+                let on_disk = disk.term;
+                if term > on_disk {
+                    self.fail(
+                        "persist before send",
+                        format!("n{id} sent in t{term} with t{on_disk} on disk"),
+                    );
+                    return;
+                }
+                // DESIGN §4: a follower acknowledges only what it fsynced.
+                let durable = LogIndex(disk.snapshot.index.0 + disk.synced as u64);
+                if let Message::Ack { match_index, .. } = &message {
+                    if *match_index > durable {
+                        let m = *match_index;
+                        self.fail(
+                            "ack only what is durable",
+                            format!("n{id} acks {m} with {durable} fsynced"),
+                        );
+                        return;
+                    }
+                }
+                self.send(id, to.0, Packet::Frame { term, message });
+            }
+            Action::Commit(index) => self.commit(id, index),
+            Action::ReadReady { token, index } => {
+                let s = self.server(id);
+                if let Some(read) = s.reads.remove(&token) {
+                    s.reads_ready.push((index, read));
+                }
+            }
+            Action::ReadFailed { token } => {
+                if let Some(read) = self.server(id).reads.remove(&token) {
+                    self.reply(id, read.client, read.req, Reply::NotLeader(None));
+                }
+            }
+            Action::ProposalsLost { after } => self.fail_proposals_after(id, after),
+            Action::SendSnapshot { to, .. } => {
+                let s = self.server(id);
+                let image = s.disk.snapshot.clone();
+                let Some(term) = s.core.as_ref().map(|c| c.term()) else {
+                    return;
+                };
+                if image.index.0 > 0 {
+                    self.send(id, to.0, Packet::Snapshot { term, image });
+                }
+            }
+        }
+    }
+
+    /// The core says entries through `index` are committed: check them
+    /// against every commit seen anywhere, then apply them.
+    fn commit(&mut self, id: u64, index: LogIndex) {
+        let s = &self.servers[id as usize - 1];
+        let Some(core) = s.core.as_ref() else {
+            return;
+        };
+        let from = s.commit_seen;
+        if index < from {
+            self.fail(
+                "commit index never goes down",
+                format!("n{id} commit {index} after {from}"),
+            );
+            return;
+        }
+        let leader_term = (core.role() == Role::Leader).then(|| core.term());
+        let mut entries = Vec::new();
+        for i in from.0 + 1..=index.0 {
+            let i = LogIndex(i);
+            if let (Some(term), Some(payload)) = (core.term_at(i), core.entry(i)) {
+                entries.push((i, term, payload.clone()));
+            }
+        }
+        let term_now = core.term();
+        self.trace(|| format!("n{id}  commit through {index} (t{term_now})"));
+        self.servers[id as usize - 1].commit_seen = index;
+        for (i, term, payload) in entries {
+            let commit_term = leader_term.unwrap_or(term_now);
+            if let Err((inv, detail)) =
+                self.checker
+                    .committed(id, i, term, &payload, commit_term, &self.servers)
+            {
+                self.fail(inv, detail);
+                return;
+            }
+        }
+        self.apply_through(id, index);
+    }
+
+    fn apply_through(&mut self, id: u64, commit: LogIndex) {
+        loop {
+            let s = self.server(id);
+            if s.applied >= commit {
+                return;
+            }
+            let index = LogIndex(s.applied.0 + 1);
+            let Some(core) = s.core.as_ref() else {
+                return;
+            };
+            let Some(payload) = core.entry(index).cloned() else {
+                return;
+            };
+            let entry_term = core.term_at(index);
+            let command = match Command::decode(payload.clone()) {
+                Ok(c) => c,
+                Err(e) => {
+                    self.fail("entries decode", format!("n{id} entry {index}: {e}"));
+                    return;
+                }
+            };
+            let outcome = s.state.apply(index.0, &command);
+            s.applied = index;
+            let hash = state_hash(&s.state);
+            let proposal = s.proposals.remove(&index.0);
+            if let Err((inv, detail)) = self.checker.applied(id, index, hash) {
+                self.fail(inv, detail);
+                return;
+            }
+            let Some((term, client, req, proposed)) = proposal else {
+                continue;
+            };
+            // The entry at our index may be another leader's by now.
+            if entry_term == Some(term) {
+                if payload != proposed {
+                    self.fail(
+                        "driver contract",
+                        format!("n{id} entry {index} of t{term} is not what was proposed"),
+                    );
+                    return;
+                }
+                if let Err((inv, detail)) = self.checker.acked(index, term, &payload) {
+                    self.fail(inv, detail);
+                    return;
+                }
+                self.writes_acked += 1;
+                let reply = match outcome_ret(outcome) {
+                    Some(ret) => Reply::Done(ret),
+                    None => Reply::Unknown,
+                };
+                self.reply(id, client, req, reply);
+            } else {
+                self.reply(id, client, req, Reply::Unknown);
+            }
+        }
+    }
+
+    fn fail_proposals_after(&mut self, id: u64, after: LogIndex) {
+        let lost = self.server(id).proposals.split_off(&(after.0 + 1));
+        for (_, (_, client, req, _)) in lost {
+            self.reply(id, client, req, Reply::Unknown);
+        }
+    }
+
+    fn answer_reads(&mut self, id: u64) {
+        let s = self.server(id);
+        if s.reads_ready.is_empty() {
+            return;
+        }
+        let applied = s.applied;
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut s.reads_ready)
+            .into_iter()
+            .partition(|(index, _)| *index <= applied);
+        s.reads_ready = waiting;
+        for (_, read) in ready {
+            self.answer_read(id, read);
+        }
+    }
+
+    /// Writes a keystore file at the applied index once enough was applied
+    /// since the last, and drops the log it covers (as `poll_snapshot`).
+    fn maybe_compact(&mut self, id: u64) {
+        let Some(every) = self.compact_every else {
+            return;
+        };
+        let s = self.server(id);
+        if s.applied.0 < s.disk.snapshot.index.0 + every {
+            return;
+        }
+        let Some(core) = s.core.as_mut() else {
+            return;
+        };
+        let Some(term) = core.term_at(s.applied) else {
+            return;
+        };
+        let image = Image::of(&s.state, term);
+        let dropped = (image.index.0 - s.disk.snapshot.index.0) as usize;
+        let dropped = dropped.min(s.disk.log.len());
+        s.disk.log.drain(..dropped);
+        s.disk.synced = s.disk.synced.saturating_sub(dropped);
+        let index = image.index;
+        s.disk.snapshot = Rc::new(image);
+        core.compact(index, term);
+        self.trace(|| format!("n{id}  keystore written through {index}, log compacted"));
+    }
+}
