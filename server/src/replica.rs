@@ -612,20 +612,40 @@ impl Replica {
         if !self.is_serving() || self.reads.len() >= READS_WAITING_MAX {
             return Err(NotLeader::NotReady);
         }
-        // One round serves every read waiting: a read joins the next round
-        // not yet sent, and a new round starts at once if none is pending.
-        let round_pending = self.reads.back().is_some_and(|(seq, _, _)| *seq > self.seq);
+        // The read waits for the next round, one that starts after it
+        // arrived. Rounds are not sent here: one round serves every read
+        // that arrives before it goes out (`flush_reads`, or the moment the
+        // round in flight is confirmed), so a burst of reads costs one round
+        // trip to the followers, not one each.
         self.reads.push_back((self.seq + 1, self.commit, token));
-        if !round_pending {
-            self.seq += 1;
-            self.last_heartbeat_ms = now_ms;
-            let peers: Vec<ServerId> = self.progress.keys().copied().collect();
-            for peer in peers {
-                self.send_append(peer, now_ms, false);
-            }
-        }
-        self.check_reads();
+        self.check_reads(now_ms);
         Ok(())
+    }
+
+    /// Starts the round that reads are waiting for, unless one is in
+    /// flight (it starts when that one is confirmed). The driver calls this
+    /// after handing over every request it had.
+    pub fn flush_reads(&mut self, now_ms: u64) {
+        if self.read_round_due() {
+            self.start_read_round(now_ms);
+        }
+    }
+
+    fn read_round_due(&self) -> bool {
+        self.role == Role::Leader
+            && self.reads.back().is_some_and(|(seq, _, _)| *seq > self.seq)
+            && self.round_confirmed(self.seq)
+    }
+
+    /// A heartbeat round: every follower answers with the round's sequence
+    /// number, and a majority of answers confirms this leader still leads.
+    fn start_read_round(&mut self, now_ms: u64) {
+        self.seq += 1;
+        self.last_heartbeat_ms = now_ms;
+        let peers: Vec<ServerId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            self.send_append(peer, now_ms, false);
+        }
     }
 
     /// The driver fsynced the log through `index`.
@@ -634,7 +654,7 @@ impl Replica {
         match self.role {
             Role::Leader => {
                 self.advance_commit();
-                self.check_reads();
+                self.check_reads(now_ms);
             }
             _ => {
                 if let Some(leader) = self.leader {
@@ -1065,7 +1085,7 @@ impl Replica {
             progress.next = LogIndex(progress.matched.0 + 1);
         }
         self.advance_commit();
-        self.check_reads();
+        self.check_reads(now_ms);
         self.maybe_change_membership(now_ms);
         self.send_window(from, now_ms);
     }
@@ -1089,7 +1109,7 @@ impl Replica {
         if moved_back {
             progress.next = next;
         }
-        self.check_reads();
+        self.check_reads(now_ms);
         // Resend only from a new position: a Nack that moves nothing (a
         // duplicate, or one for entries already resent) answered with a
         // window would make every Nack breed more Appends.
@@ -1132,13 +1152,18 @@ impl Replica {
         }
     }
 
-    fn check_reads(&mut self) {
+    fn check_reads(&mut self, now_ms: u64) {
         while let Some(&(seq, index, token)) = self.reads.front() {
             if !self.round_confirmed(seq) || !self.is_serving() {
-                return;
+                break;
             }
             self.reads.pop_front();
             self.actions.push(Action::ReadReady { token, index });
+        }
+        // Reads that arrived while the round just confirmed was in flight
+        // go out in the next one at once.
+        if self.read_round_due() {
+            self.start_read_round(now_ms);
         }
     }
 
@@ -1905,14 +1930,18 @@ mod tests {
         let term = g.node(2).replica.term_at(through).unwrap();
         let membership = g.node(2).replica.membership().clone();
         assert!(g.node(2).replica.keeps_log_after_snapshot(through, term));
-        g.node(2).replica.install_snapshot(through, term, membership.clone());
+        g.node(2)
+            .replica
+            .install_snapshot(through, term, membership.clone());
         assert_eq!(g.node(2).replica.last_index(), last);
         assert_eq!(g.node(2).replica.snapshot_position(), (through, term));
         // A snapshot of another history (a term the log does not hold at
         // that index) replaces the whole log.
         let other = Term(term.0 + 5);
         assert!(!g.node(3).replica.keeps_log_after_snapshot(through, other));
-        g.node(3).replica.install_snapshot(through, other, membership);
+        g.node(3)
+            .replica
+            .install_snapshot(through, other, membership);
         assert_eq!(g.node(3).replica.last_index(), through);
     }
 

@@ -570,6 +570,12 @@ impl World {
     fn process_actions(&mut self, id: u64) {
         loop {
             self.retry_held_reads(id);
+            // As the real driver: the read round goes out after the event
+            // that brought reads in.
+            let now = self.server_now(id);
+            if let Some(core) = self.server(id).core.as_mut() {
+                core.flush_reads(now);
+            }
             let actions = match self.server(id).core.as_mut() {
                 Some(core) => core.take_actions(),
                 None => return,
