@@ -429,6 +429,7 @@ impl Driver {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf = vec![0u8; RECV_BUFFER_BYTES];
         loop {
+            let mut ticked = false;
             tokio::select! {
                 request = rx.recv() => match request {
                     Some(request) => self.handle_request(request),
@@ -439,7 +440,7 @@ impl Driver {
                         self.handle_datagram(&buf[..len]).await;
                     }
                 }
-                _ = tick.tick() => self.on_tick().await,
+                _ = tick.tick() => ticked = true,
             }
             // Take everything else that is ready, so one fsync serves it all.
             for _ in 0..REQUESTS_PER_TURN_MAX {
@@ -453,6 +454,13 @@ impl Driver {
                     Ok((len, _)) => self.handle_datagram(&buf[..len]).await,
                     Err(_) => break,
                 }
+            }
+            // Time is judged after what already arrived is taken in: after a
+            // stall (a slow fsync, a descheduled thread) the acks and
+            // heartbeats waiting in the socket count before a leader decides
+            // it lost its majority or a follower reports its leader silent.
+            if ticked {
+                self.on_tick().await;
             }
             self.process_actions().await?;
         }
