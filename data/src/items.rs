@@ -309,6 +309,21 @@ impl Items {
         true
     }
 
+    /// Makes room for `additional` more items without growing the table
+    /// on the way (each growth reads every key back out of the segments).
+    pub fn reserve(&mut self, additional: usize) {
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table
+            .reserve(additional, |l| hasher.hash_one(item_at(slots, *l).key()));
+    }
+
+    /// Gives back table space a generous `reserve` did not need.
+    pub fn shrink_to_fit(&mut self) {
+        let (slots, hasher) = (&self.slots, &self.hasher);
+        self.table
+            .shrink_to_fit(|l| hasher.hash_one(item_at(slots, *l).key()));
+    }
+
     /// Removes every item.
     pub fn clear(&mut self) {
         *self = Items::with_sizes(self.segment_bytes, self.compact_dead_bytes_min);

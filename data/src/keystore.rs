@@ -353,6 +353,12 @@ struct ItemReader<'a, R> {
 impl<R: Read> Iterator for ItemReader<'_, R> {
     type Item = (Bytes, Item);
 
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        // The file's count, not verified yet: a hint for reserving only.
+        let remaining = usize::try_from(self.remaining).unwrap_or(usize::MAX);
+        (remaining, Some(remaining))
+    }
+
     fn next(&mut self) -> Option<(Bytes, Item)> {
         if self.remaining == 0 || self.error.is_some() {
             return None;

@@ -109,6 +109,11 @@ pub struct State {
     config: Members,
 }
 
+/// Largest up-front reservation a restore makes from an item count it has
+/// not verified yet (a keystore file's CRC is checked at its end): 4M keys,
+/// a 75 MB table. Larger states grow the table as they load.
+pub const RESERVE_ITEMS_MAX: usize = 4 << 20;
+
 /// Server ids of a configuration: voters, then learners.
 pub type Members = (Vec<u64>, Vec<u64>);
 
@@ -134,10 +139,23 @@ impl State {
         let mut state = State::new(item_bytes_max);
         state.applied_index = applied_index;
         state.flush_deadline_s = flush_deadline_s;
+        let items = items.into_iter();
+        state.reserve(items.size_hint().0.min(RESERVE_ITEMS_MAX));
         for (key, item) in items {
             state.items.insert(&key, &[&item.data], item.meta());
         }
         state
+    }
+
+    /// Makes room for `additional` more keys (a log replay about to apply
+    /// that many entries), so the table does not grow on the way.
+    pub fn reserve(&mut self, additional: usize) {
+        self.items.reserve(additional);
+    }
+
+    /// Gives back what a `reserve` did not need (a replay of few keys).
+    pub fn shrink_to_fit(&mut self) {
+        self.items.shrink_to_fit();
     }
 
     pub fn applied_index(&self) -> u64 {

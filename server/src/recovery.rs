@@ -50,6 +50,9 @@ pub fn recover(
     let snapshot_index = state.applied_index();
     let (log, records) = Log::open(data_dir, segment_bytes_max)?;
     let mut replayed = 0;
+    // At most one new key per record: room for all up front, and what was
+    // not needed given back after.
+    state.reserve(records.len().min(data::state::RESERVE_ITEMS_MAX));
     for record in records {
         if record.index <= state.applied_index() {
             continue;
@@ -64,6 +67,7 @@ pub fn recover(
         state.apply(record.index, &record.command);
         replayed += 1;
     }
+    state.shrink_to_fit();
     tracing::info!(
         snapshot_index,
         replayed,
