@@ -26,7 +26,7 @@ use data::state::Outcome;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::commit::{lock, CommitError, SharedState};
+use crate::commit::{self, CommitError, SharedState};
 use crate::replica::{Action, Durable, NotLeader, Replica, Timing};
 use crate::snapshot::SnapshotJob;
 use crate::storage::{meta, Log, Meta, StorageError};
@@ -382,7 +382,7 @@ impl Driver {
             snapshot_index: start.snapshot_index,
             snapshot_term: start.snapshot_term,
             entries: start.entries,
-            snapshot_membership: membership_of(lock(&start.state).config()),
+            snapshot_membership: membership_of(commit::read(&start.state).config()),
         };
         let id = ServerId(meta.server_id);
         let mut core = Replica::new(
@@ -392,7 +392,7 @@ impl Driver {
             meta.server_id ^ now_ms(),
         );
         core.set_lb_addr(start.settings.lb);
-        let applied = LogIndex(lock(&start.state).applied_index());
+        let applied = LogIndex(commit::read(&start.state).applied_index());
         Driver {
             core,
             settings: start.settings,
@@ -1001,7 +1001,7 @@ impl Driver {
             self.log.truncate_after(0)?;
         }
         let membership = membership_of(state.config());
-        *lock(&self.state) = state;
+        *commit::write(&self.state) = state;
         self.applied = LogIndex(incoming.index);
         self.log_bytes_since_snapshot = 0;
         tracing::info!(
@@ -1018,7 +1018,7 @@ impl Driver {
         if commit <= self.applied {
             return Ok(());
         }
-        let mut state = lock(&self.state);
+        let mut state = commit::write(&self.state);
         while self.applied < commit {
             let index = LogIndex(self.applied.0 + 1);
             let Some(payload) = self.core.entry(index).cloned() else {

@@ -14,7 +14,7 @@
 //! log before it is deleted.
 
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::thread;
 use std::time::Instant;
 
@@ -62,8 +62,10 @@ pub struct Proposal {
     pub reply: oneshot::Sender<Result<Outcome, CommitError>>,
 }
 
-/// The state shared by the connections (reads) and the commit thread (writes).
-pub type SharedState = Arc<Mutex<State>>;
+/// The state shared by the connections (reads) and the commit thread or
+/// replication driver (writes). A read-write lock: gets on every connection
+/// proceed together and wait only while a batch of entries is applied.
+pub type SharedState = Arc<RwLock<State>>;
 
 /// Handle to submit proposals to the commit thread.
 #[derive(Clone)]
@@ -126,7 +128,7 @@ struct CommitLoop {
 impl CommitLoop {
     fn new(log: Log, state: SharedState, stats: Arc<Stats>, config: CommitConfig) -> CommitLoop {
         // After a keystore file the log may hold nothing newer than it.
-        let last_index = log.last_index().max(lock(&state).applied_index());
+        let last_index = log.last_index().max(read(&state).applied_index());
         CommitLoop {
             log,
             state,
@@ -195,7 +197,7 @@ impl CommitLoop {
 
         let mut outcomes = Vec::with_capacity(batch.len());
         {
-            let mut state = lock(&self.state);
+            let mut state = write(&self.state);
             for (offset, proposal) in batch.iter().enumerate() {
                 outcomes.push(state.apply(first_index + offset as u64, &proposal.command));
             }
@@ -235,10 +237,18 @@ impl CommitLoop {
     }
 }
 
-/// Locks the state. A panic while holding the lock leaves the state
-/// possibly half-applied, which no later reader may see: poisoning is fatal.
-pub fn lock(state: &SharedState) -> std::sync::MutexGuard<'_, State> {
+/// Locks the state for reading. A panic while holding the lock for writing
+/// leaves the state possibly half-applied, which no later reader may see:
+/// poisoning is fatal.
+pub fn read(state: &SharedState) -> RwLockReadGuard<'_, State> {
     state
-        .lock()
+        .read()
+        .expect("state lock poisoned by a panic in apply")
+}
+
+/// Locks the state for applying entries (see [`read`] on poisoning).
+pub fn write(state: &SharedState) -> RwLockWriteGuard<'_, State> {
+    state
+        .write()
         .expect("state lock poisoned by a panic in apply")
 }

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::cluster::ReadMode;
-use crate::commit::{lock, CommitError};
+use crate::commit::{self, CommitError};
 use crate::stats::{StateFigures, Stats, VERSION};
 use crate::{Backend, Shared};
 
@@ -237,7 +237,7 @@ impl Connection {
                     return Next::Continue;
                 }
                 let now_s = clock::now_s();
-                let state = lock(&shared.state);
+                let state = commit::read(&shared.state);
                 for key in &keys {
                     Stats::bump(&counters.cmd_get);
                     match state.lookup(key, now_s) {
@@ -382,7 +382,7 @@ impl Connection {
         match group {
             StatsGroup::General => {
                 let figures = {
-                    let state = lock(&self.shared.state);
+                    let state = commit::read(&self.shared.state);
                     StateFigures {
                         curr_items: state.len() as u64,
                         bytes: state.bytes(),

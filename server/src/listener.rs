@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use data::limits::Limits;
@@ -158,7 +158,7 @@ async fn start_backend(
             })
             .await
             .map_err(|_| ServerError::CommitPanicked)??;
-            let state = Arc::new(Mutex::new(recovered.state));
+            let state = Arc::new(RwLock::new(recovered.state));
             let (committer, worker) = commit::start(
                 recovered.log,
                 state.clone(),
@@ -194,7 +194,7 @@ async fn start_backend(
                     (Term(record.term), payload.freeze())
                 })
                 .collect();
-            let state = Arc::new(Mutex::new(unapplied.state));
+            let state = Arc::new(RwLock::new(unapplied.state));
             let (handle, worker) = cluster::start(DriverStart {
                 settings,
                 data_dir: config.data_dir.clone(),
