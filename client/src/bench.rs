@@ -1,6 +1,8 @@
 //! The load generator behind `client bench`: many connections to one
 //! memcached-protocol server, each keeping `pipeline` requests in flight,
-//! with latency in an HDR histogram.
+//! with latency in an HDR histogram. With [`Protocol::Peer`] the same loop
+//! drives Redis (SET + WAIT) or etcd (v3 gateway put) through
+//! [`crate::bench_peers`], so durable writes can be compared.
 //!
 //! It owns the workload (which key, get or set), the timing window (warmup,
 //! duration or op count) and the report. It talks only to the one address in
@@ -26,6 +28,7 @@ use thiserror::Error;
 use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 
+use crate::bench_peers::{PeerConnection, PeerProtocol};
 use crate::connection::Connection;
 use crate::error::Error;
 
@@ -47,15 +50,36 @@ pub const STALL_TIMEOUT_MS: u64 = 10_000;
 pub const DRAIN_TIMEOUT_MS: u64 = 2_000;
 /// Connect timeout per connection.
 pub const CONNECT_TIMEOUT_MS: u64 = 5_000;
-/// Pipeline depth used by `--preload`.
-pub const PRELOAD_DEPTH: usize = 64;
+/// Default pipeline depth of `--preload`.
+pub const PRELOAD_DEPTH_DEFAULT: usize = 64;
 /// Period of the progress line.
 pub const PROGRESS_INTERVAL_MS: u64 = 1_000;
+
+/// The wire protocol the connections speak.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// memcached's text protocol (store, memcached): gets and sets.
+    Memcache,
+    /// Another system's durable write; sets only.
+    Peer(PeerProtocol),
+}
+
+impl Protocol {
+    /// The name `client bench --protocol` takes and the JSON report shows.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Memcache => "memcache",
+            Protocol::Peer(PeerProtocol::RedisSetWait { .. }) => "redis-set-wait",
+            Protocol::Peer(PeerProtocol::EtcdPut) => "etcd-put",
+        }
+    }
+}
 
 /// What to run.
 #[derive(Clone, Debug)]
 pub struct BenchConfig {
     pub server: SocketAddr,
+    pub protocol: Protocol,
     pub connections: usize,
     /// Requests in flight per connection.
     pub pipeline: usize,
@@ -74,6 +98,8 @@ pub struct BenchConfig {
     pub warmup: Duration,
     /// `set` every key once before the run.
     pub preload: bool,
+    /// Sets in flight per connection during the preload.
+    pub preload_depth: usize,
     /// Print a progress line once a second on stderr.
     pub progress: bool,
     /// Seeds the key and op choices; each connection derives its own.
@@ -141,12 +167,13 @@ impl BenchReport {
         // Writing to a String cannot fail.
         let _ = write!(
             out,
-            "{{\"server\":\"{}\",\"connections\":{},\"pipeline\":{},\"keys\":{},\"key_size\":{},\
+            "{{\"server\":\"{}\",\"protocol\":\"{}\",\"connections\":{},\"pipeline\":{},\"keys\":{},\"key_size\":{},\
              \"value_size\":{},\"get_ratio\":{},\"elapsed_s\":{:.3},\"ops\":{},\"ops_per_s\":{:.1},\
              \"gets\":{},\"sets\":{},\"hits\":{},\"misses\":{},\"errors\":{},\"connection_errors\":{},\
              \"stalled\":{},\"latency_us\":{{\"p50\":{:.1},\"p99\":{:.1},\"p999\":{:.1},\"max\":{:.1},\
              \"mean\":{:.1}}}",
             c.server,
+            c.protocol.name(),
             c.connections,
             c.pipeline,
             c.keys,
@@ -185,8 +212,10 @@ impl BenchReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "server {}  connections {}  pipeline {}  keys {}  key {} B  value {} B  get ratio {:.2}",
-            c.server, c.connections, c.pipeline, c.keys, c.key_size, c.value_size, c.get_ratio
+            "server {} ({})  connections {}  pipeline {}  keys {}  key {} B  value {} B  get ratio {:.2}",
+            c.server,
+            c.protocol.name(),
+            c.connections, c.pipeline, c.keys, c.key_size, c.value_size, c.get_ratio
         );
         if let Some(preload) = self.preload_elapsed {
             let _ = writeln!(
@@ -270,6 +299,9 @@ impl BenchConfig {
         if self.pipeline == 0 || self.pipeline > PIPELINE_DEPTH_MAX {
             return bad(format!("pipeline must be 1..={PIPELINE_DEPTH_MAX}"));
         }
+        if self.preload_depth == 0 || self.preload_depth > PIPELINE_DEPTH_MAX {
+            return bad(format!("preload depth must be 1..={PIPELINE_DEPTH_MAX}"));
+        }
         if self.keys == 0 {
             return bad("keys must be at least 1".into());
         }
@@ -294,6 +326,12 @@ impl BenchConfig {
         }
         if self.duration.is_none() && self.ops.is_none() {
             return bad("give a duration or an op count".into());
+        }
+        if matches!(self.protocol, Protocol::Peer(_)) && self.get_ratio != 0.0 {
+            return bad(format!(
+                "protocol {} sends sets only: use get ratio 0 (--workload set)",
+                self.protocol.name()
+            ));
         }
         Ok(())
     }
@@ -368,11 +406,85 @@ impl Shared {
     }
 }
 
+/// One load connection, of either protocol. An enum rather than a trait
+/// object: two variants, matched per call, and the futures stay `Send`.
+enum BenchConn {
+    Memcache(Connection),
+    Peer(PeerConnection),
+}
+
+impl BenchConn {
+    async fn connect(addr: SocketAddr, protocol: Protocol) -> Result<BenchConn, Error> {
+        Ok(match protocol {
+            Protocol::Memcache => BenchConn::Memcache(Connection::connect(addr).await?),
+            Protocol::Peer(peer) => BenchConn::Peer(PeerConnection::connect(addr, peer).await?),
+        })
+    }
+
+    fn queue_get(&mut self, key: &[u8]) -> Result<(), Error> {
+        match self {
+            BenchConn::Memcache(c) => c.queue(Some(Expect::Retrieval), |buf| {
+                encode_get(buf, &[key], false)
+            }),
+            // Refused by BenchConfig::validate before any connection exists.
+            BenchConn::Peer(_) => Err(Error::UnexpectedReply(
+                "gets are not spoken to a peer system".into(),
+            )),
+        }
+    }
+
+    fn queue_set(&mut self, key: &[u8], value: &[u8]) -> Result<(), Error> {
+        match self {
+            BenchConn::Memcache(c) => c.queue(Some(Expect::Line), |buf| {
+                encode_store(buf, StoreMode::Set, key, 0, 0, value, 0, false)
+            }),
+            BenchConn::Peer(c) => c.queue_set(key, value),
+        }
+    }
+
+    async fn flush(&mut self) -> Result<(), Error> {
+        match self {
+            BenchConn::Memcache(c) => c.flush().await,
+            BenchConn::Peer(c) => c.flush().await,
+        }
+    }
+
+    fn pending(&self) -> usize {
+        match self {
+            BenchConn::Memcache(c) => c.pending(),
+            BenchConn::Peer(c) => c.pending(),
+        }
+    }
+
+    async fn recv_status(&mut self) -> Result<Status, Error> {
+        match self {
+            BenchConn::Memcache(c) => c.recv_status().await,
+            BenchConn::Peer(c) => c.recv_status().await,
+        }
+    }
+
+    fn try_recv_status(&mut self) -> Result<Option<Status>, Error> {
+        match self {
+            BenchConn::Memcache(c) => c.try_recv_status(),
+            BenchConn::Peer(c) => c.try_recv_status(),
+        }
+    }
+
+    /// A peer's first failed reply in its own words (a memcached error line
+    /// is already named by its [`Status`]).
+    fn error_text(&self) -> Option<&str> {
+        match self {
+            BenchConn::Memcache(_) => None,
+            BenchConn::Peer(c) => c.error_text(),
+        }
+    }
+}
+
 /// What a connection sends and how it scores the replies.
 trait Workload {
     /// Queues the next request; false when this connection has no more to
     /// send.
-    fn issue(&mut self, conn: &mut Connection, now: Instant) -> Result<bool, Error>;
+    fn issue(&mut self, conn: &mut BenchConn, now: Instant) -> Result<bool, Error>;
     /// Scores the reply to the oldest request in flight. `counted` is false
     /// once the run is over.
     fn complete(&mut self, status: Status, now: Instant, counted: bool);
@@ -383,7 +495,7 @@ trait Workload {
 /// brings in many replies; they are all scored against one clock reading and
 /// replaced by one write.
 async fn drive<W: Workload>(
-    conn: &mut Connection,
+    conn: &mut BenchConn,
     depth: usize,
     workload: &mut W,
     shared: &Shared,
@@ -450,7 +562,7 @@ struct TaskStats {
 }
 
 impl Workload for Mixed {
-    fn issue(&mut self, conn: &mut Connection, now: Instant) -> Result<bool, Error> {
+    fn issue(&mut self, conn: &mut BenchConn, now: Instant) -> Result<bool, Error> {
         let measured = now >= self.measure_start;
         if measured {
             if self.quota == 0 {
@@ -462,14 +574,9 @@ impl Workload for Mixed {
         let is_get = self.get_below.is_none_or(|below| draw < below);
         let key = self.keys.key(self.rng.next() % self.key_count);
         if is_get {
-            conn.queue(Some(Expect::Retrieval), |buf| {
-                encode_get(buf, &[key], false)
-            })?;
+            conn.queue_get(key)?;
         } else {
-            let value = &self.value;
-            conn.queue(Some(Expect::Line), |buf| {
-                encode_store(buf, StoreMode::Set, key, 0, 0, value, 0, false)
-            })?;
+            conn.queue_set(key, &self.value)?;
         }
         self.in_flight.push_back((now, is_get));
         Ok(true)
@@ -521,15 +628,12 @@ struct Preload {
 }
 
 impl Workload for Preload {
-    fn issue(&mut self, conn: &mut Connection, _: Instant) -> Result<bool, Error> {
+    fn issue(&mut self, conn: &mut BenchConn, _: Instant) -> Result<bool, Error> {
         if self.next >= self.end {
             return Ok(false);
         }
         let key = self.keys.key(self.next);
-        let value = &self.value;
-        conn.queue(Some(Expect::Line), |buf| {
-            encode_store(buf, StoreMode::Set, key, 0, 0, value, 0, false)
-        })?;
+        conn.queue_set(key, &self.value)?;
         self.next += 1;
         Ok(true)
     }
@@ -631,9 +735,9 @@ async fn supervise<T>(
 
 /// Sets every key once over `conns`, each connection a contiguous range.
 async fn preload(
-    conns: Vec<Connection>,
+    conns: Vec<BenchConn>,
     config: &BenchConfig,
-) -> Result<(Vec<Connection>, Duration), BenchError> {
+) -> Result<(Vec<BenchConn>, Duration), BenchError> {
     let start = Instant::now();
     let shared = Shared::new(conns.len());
     let count = conns.len() as u64;
@@ -649,12 +753,17 @@ async fn preload(
             first_error: None,
         };
         let shared = Arc::clone(&shared);
+        let depth = config.preload_depth;
         handles.push(tokio::spawn(async move {
-            let result = drive(&mut conn, PRELOAD_DEPTH, &mut workload, &shared).await;
+            let result = drive(&mut conn, depth, &mut workload, &shared).await;
             shared.task_ended();
             match (result, workload.first_error) {
                 (Err(e), _) => Err(e.to_string()),
-                (Ok(()), Some(e)) => Err(format!("{} errors, first: {e}", workload.errors)),
+                (Ok(()), Some(e)) => Err(format!(
+                    "{} errors, first: {}",
+                    workload.errors,
+                    conn.error_text().unwrap_or(&e)
+                )),
                 (Ok(()), None) => Ok(conn),
             }
         }));
@@ -679,13 +788,16 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, BenchError> {
     let connect_timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
     let mut conns = Vec::with_capacity(config.connections);
     for _ in 0..config.connections {
-        let conn = tokio::time::timeout(connect_timeout, Connection::connect(config.server))
-            .await
-            .unwrap_or(Err(Error::Timeout(connect_timeout)))
-            .map_err(|source| BenchError::Connect {
-                addr: config.server,
-                source,
-            })?;
+        let conn = tokio::time::timeout(
+            connect_timeout,
+            BenchConn::connect(config.server, config.protocol),
+        )
+        .await
+        .unwrap_or(Err(Error::Timeout(connect_timeout)))
+        .map_err(|source| BenchError::Connect {
+            addr: config.server,
+            source,
+        })?;
         conns.push(conn);
     }
     let mut preload_elapsed = None;
@@ -730,7 +842,11 @@ pub async fn run(config: BenchConfig) -> Result<BenchReport, BenchError> {
         handles.push(tokio::spawn(async move {
             let result = drive(&mut conn, depth, &mut workload, &shared).await;
             shared.task_ended();
-            (workload.stats, workload.latency_ns, result.err())
+            let mut stats = workload.stats;
+            if let (Some(first), Some(text)) = (&mut stats.first_error, conn.error_text()) {
+                *first = text.to_string();
+            }
+            (stats, workload.latency_ns, result.err())
         }));
     }
     let progress = config.progress.then_some(("bench", measure_start));
@@ -822,6 +938,7 @@ mod tests {
     fn config_is_checked() {
         let config = BenchConfig {
             server: "127.0.0.1:1".parse().unwrap(),
+            protocol: Protocol::Memcache,
             connections: 1,
             pipeline: 1,
             keys: 100_000,
@@ -832,6 +949,7 @@ mod tests {
             ops: None,
             warmup: Duration::ZERO,
             preload: false,
+            preload_depth: PRELOAD_DEPTH_DEFAULT,
             progress: false,
             seed: 1,
         };
@@ -853,9 +971,22 @@ mod tests {
         assert!(BenchConfig {
             pipeline: 0,
             key_size: 6,
-            ..config
+            ..config.clone()
         }
         .validate()
         .is_err());
+        // Peer protocols send sets only.
+        let etcd = BenchConfig {
+            protocol: Protocol::Peer(PeerProtocol::EtcdPut),
+            key_size: 6,
+            ..config
+        };
+        assert!(etcd.validate().is_err());
+        assert!(BenchConfig {
+            get_ratio: 0.0,
+            ..etcd
+        }
+        .validate()
+        .is_ok());
     }
 }

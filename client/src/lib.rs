@@ -9,6 +9,8 @@
 //! - [`client`]: [`Client`], one typed method per command with a timeout, and
 //!   [`Pipeline`] for batches.
 //! - [`bench`]: the load generator, driving many [`Connection`]s.
+//! - [`bench_peers`]: Redis (RESP SET + WAIT) and etcd (v3 HTTP gateway put)
+//!   connections for `client bench --protocol`, to compare durable writes.
 //! - [`error`]: [`Error`], the one error type.
 //!
 //! It never prints except `bench`'s optional progress line, and never reads
@@ -17,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bench;
+pub mod bench_peers;
 pub mod client;
 pub mod connection;
 pub mod discovery;

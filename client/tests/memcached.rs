@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use client::bench::{self, BenchConfig};
+use client::bench::{self, BenchConfig, Protocol};
 use client::{Client, Error, Options, Response, StoreMode, StoreResult, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -464,6 +464,7 @@ async fn hang_up_is_closed_and_refused_is_io() {
 fn bench_config(addr: SocketAddr) -> BenchConfig {
     BenchConfig {
         server: addr,
+        protocol: Protocol::Memcache,
         connections: 4,
         pipeline: 8,
         keys: 1_000,
@@ -474,6 +475,7 @@ fn bench_config(addr: SocketAddr) -> BenchConfig {
         ops: Some(10_000),
         warmup: Duration::ZERO,
         preload: true,
+        preload_depth: bench::PRELOAD_DEPTH_DEFAULT,
         progress: false,
         seed: 7,
     }

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use client::bench::{self, BenchConfig};
+use client::bench::{self, BenchConfig, Protocol};
+use client::bench_peers::PeerProtocol;
 use client::{Client, Error, Options, StoreMode, StoreResult, Value, TIMEOUT_DEFAULT_MS};
 
 /// Largest value read from stdin for `VALUE` `-`: the largest item a store
@@ -157,7 +158,7 @@ enum Command {
     },
     /// Load generator: ops/s and latency percentiles against --server.
     #[command(
-        after_help = "Examples:\n  client bench --workload get --preload --pipeline 16 --duration-s 10\n  client bench --get-ratio 0.9 --connections 50 --ops 1000000 --json\n  client bench --workload set --value-size 1000 --warmup-s 2"
+        after_help = "Examples:\n  client bench --workload get --preload --pipeline 16 --duration-s 10\n  client bench --get-ratio 0.9 --connections 50 --ops 1000000 --json\n  client bench --workload set --value-size 1000 --warmup-s 2\n  client bench --workload get --keys 1000000 --preload --ops 0    # load only\n  client --server 127.0.0.1:6379 bench --protocol redis-set-wait --workload set\n  client --server 127.0.0.1:2379 bench --protocol etcd-put --workload set"
     )]
     Bench(BenchArgs),
 }
@@ -241,8 +242,26 @@ enum Workload {
     Mixed,
 }
 
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+enum BenchProtocol {
+    /// memcached's text protocol (store, memcached).
+    Memcache,
+    /// Redis: each op is `SET key value` then `WAIT <--wait-replicas> 0`
+    /// (sets only).
+    RedisSetWait,
+    /// etcd: each op is `POST /v3/kv/put` on the v3 HTTP/JSON gateway, over
+    /// keep-alive HTTP/1.1 (sets only).
+    EtcdPut,
+}
+
 #[derive(Args, Debug, Clone)]
 struct BenchArgs {
+    /// Wire protocol of the server under test.
+    #[arg(long, value_enum, default_value_t = BenchProtocol::Memcache)]
+    protocol: BenchProtocol,
+    /// With --protocol redis-set-wait: replicas WAIT waits for.
+    #[arg(long, default_value_t = 1)]
+    wait_replicas: u32,
     /// Concurrent connections.
     #[arg(long, default_value_t = 50)]
     connections: usize,
@@ -267,7 +286,8 @@ struct BenchArgs {
     /// Measured seconds (default 10 unless --ops is given).
     #[arg(long)]
     duration_s: Option<f64>,
-    /// Measured ops in total; the run ends at whichever of --ops and --duration-s comes first.
+    /// Measured ops in total; the run ends at whichever of --ops and
+    /// --duration-s comes first. `--preload --ops 0` only loads the keys.
     #[arg(long)]
     ops: Option<u64>,
     /// Seconds of load before measuring.
@@ -276,6 +296,9 @@ struct BenchArgs {
     /// Set every key once (pipelined) before the run, so gets hit.
     #[arg(long)]
     preload: bool,
+    /// Sets in flight per connection during --preload.
+    #[arg(long, default_value_t = bench::PRELOAD_DEPTH_DEFAULT)]
+    preload_depth: usize,
     /// Print the report as one JSON object.
     #[arg(long)]
     json: bool,
@@ -645,8 +668,16 @@ fn run_bench(server: &str, args: &BenchArgs) -> anyhow::Result<u8> {
     if args.threads == 0 || args.threads > BENCH_THREADS_MAX {
         bail!("--threads must be 1..={BENCH_THREADS_MAX}");
     }
+    let protocol = match args.protocol {
+        BenchProtocol::Memcache => Protocol::Memcache,
+        BenchProtocol::RedisSetWait => Protocol::Peer(PeerProtocol::RedisSetWait {
+            replicas: args.wait_replicas,
+        }),
+        BenchProtocol::EtcdPut => Protocol::Peer(PeerProtocol::EtcdPut),
+    };
     let config = BenchConfig {
         server: addr,
+        protocol,
         connections: args.connections,
         pipeline: args.pipeline,
         keys: args.keys,
@@ -657,6 +688,7 @@ fn run_bench(server: &str, args: &BenchArgs) -> anyhow::Result<u8> {
         ops: args.ops,
         warmup: seconds("--warmup-s", args.warmup_s)?,
         preload: args.preload,
+        preload_depth: args.preload_depth,
         progress: std::io::stderr().is_terminal(),
         seed: args.seed,
     };
