@@ -43,6 +43,11 @@ const TICK_MS: u64 = 10;
 /// is seen as such (and dropped) rather than silently cut.
 const RECV_BUFFER_BYTES: usize = frame::DATAGRAM_BYTES_MAX + 64;
 
+/// Socket buffer asked for in each direction of the replication socket:
+/// room for several followers' windows ([`crate::replica::WINDOW_BYTES_MAX`]
+/// of payload, about 1.7x that in kernel accounting).
+const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
+
 /// Snapshot chunks in flight to one follower at most.
 const SNAPSHOT_WINDOW_CHUNKS: u64 = 64;
 /// Resend unacknowledged snapshot chunks after this long.
@@ -258,6 +263,19 @@ pub fn start(
             addr: udp_listen,
             source,
         })?;
+    // A window of Appends arrives as a burst; the default receive buffer
+    // (~208 KB) overflowed under pipelined writes and more than half the
+    // datagrams were dropped and resent. The kernel caps the size at
+    // net.core.rmem_max/wmem_max; a smaller buffer only costs resends.
+    let sock = socket2::SockRef::from(&socket);
+    for (what, result) in [
+        ("receive", sock.set_recv_buffer_size(UDP_BUFFER_BYTES)),
+        ("send", sock.set_send_buffer_size(UDP_BUFFER_BYTES)),
+    ] {
+        if let Err(error) = result {
+            tracing::warn!(%error, what, "cannot size the UDP socket buffer");
+        }
+    }
     let udp_bound = socket.local_addr().map_err(|source| ClusterError::Bind {
         addr: udp_listen,
         source,

@@ -24,8 +24,9 @@ use data::frame::{
 
 /// Entries in flight to one follower at most (sent, not acknowledged).
 pub const WINDOW_ENTRIES_MAX: u64 = 4096;
-/// Entry bytes in flight to one follower at most.
-pub const WINDOW_BYTES_MAX: usize = 4 * 1024 * 1024;
+/// Entry bytes in flight to one follower at most: within what the
+/// follower's socket buffer holds (cluster.rs), or a burst overflows it.
+pub const WINDOW_BYTES_MAX: usize = 1024 * 1024;
 /// First retransmit delay; doubles (with jitter) while nothing is acked.
 pub const RETRANSMIT_MS_MIN: u64 = 20;
 /// Largest retransmit delay.
@@ -154,9 +155,60 @@ struct LogView {
     snapshot_index: LogIndex,
     snapshot_term: Term,
     entries: VecDeque<(Term, Bytes)>,
+    /// Payload bytes from the first entry ever through each entry, in step
+    /// with `entries`; `base_bytes` is the count through the snapshot. Lets
+    /// a leader know the bytes in flight to a follower without summing its
+    /// window on every send.
+    end_bytes: VecDeque<u64>,
+    base_bytes: u64,
 }
 
 impl LogView {
+    fn new(snapshot_index: LogIndex, snapshot_term: Term) -> LogView {
+        LogView {
+            snapshot_index,
+            snapshot_term,
+            entries: VecDeque::new(),
+            end_bytes: VecDeque::new(),
+            base_bytes: 0,
+        }
+    }
+
+    fn push(&mut self, term: Term, payload: Bytes) {
+        let end = self.end_bytes.back().copied().unwrap_or(self.base_bytes) + payload.len() as u64;
+        self.entries.push_back((term, payload));
+        self.end_bytes.push_back(end);
+    }
+
+    /// Drops the entries through `index`, which becomes the snapshot's.
+    fn compact_through(&mut self, index: LogIndex, term: Term) {
+        let drop = (index.0 - self.snapshot_index.0) as usize;
+        if drop > 0 {
+            self.base_bytes = self.end_bytes[drop - 1];
+        }
+        self.entries.drain(..drop);
+        self.end_bytes.drain(..drop);
+        self.snapshot_index = index;
+        self.snapshot_term = term;
+    }
+
+    /// Payload bytes of the entries after `after` through `through` that the
+    /// view holds.
+    fn bytes_between(&self, after: LogIndex, through: LogIndex) -> u64 {
+        let end_at = |index: LogIndex| -> u64 {
+            match index.0.checked_sub(self.snapshot_index.0 + 1) {
+                None => self.base_bytes,
+                Some(offset) => self
+                    .end_bytes
+                    .get(offset as usize)
+                    .or(self.end_bytes.back())
+                    .copied()
+                    .unwrap_or(self.base_bytes),
+            }
+        };
+        end_at(through).saturating_sub(end_at(after))
+    }
+
     fn last_index(&self) -> LogIndex {
         LogIndex(self.snapshot_index.0 + self.entries.len() as u64)
     }
@@ -182,6 +234,7 @@ impl LogView {
     fn truncate_after(&mut self, index: LogIndex) {
         let keep = index.0.saturating_sub(self.snapshot_index.0) as usize;
         self.entries.truncate(keep);
+        self.end_bytes.truncate(keep);
     }
 }
 
@@ -277,11 +330,7 @@ impl Replica {
             term: durable.term,
             role: Role::Follower,
             leader: None,
-            log: LogView {
-                snapshot_index: durable.snapshot_index,
-                snapshot_term: durable.snapshot_term,
-                entries: VecDeque::new(),
-            },
+            log: LogView::new(durable.snapshot_index, durable.snapshot_term),
             persisted: durable.snapshot_index,
             verified: LogIndex(0),
             commit: durable.snapshot_index,
@@ -412,10 +461,7 @@ impl Replica {
             .next_back()
             .map(|(_, m)| m.clone())
             .unwrap_or_else(|| self.snapshot_membership.clone());
-        let drop = (index.0 - self.log.snapshot_index.0) as usize;
-        self.log.entries.drain(..drop);
-        self.log.snapshot_index = index;
-        self.log.snapshot_term = term;
+        self.log.compact_through(index, term);
         self.configs.retain(|i, _| *i > index);
         self.snapshot_membership = membership;
     }
@@ -434,19 +480,12 @@ impl Replica {
             // matches the leader's through it; what follows may have been
             // acknowledged and must stay (the driver compacted the disk log
             // the same way).
-            let drop = (index.0 - self.log.snapshot_index.0) as usize;
-            self.log.entries.drain(..drop);
-            self.log.snapshot_index = index;
-            self.log.snapshot_term = term;
+            self.log.compact_through(index, term);
             self.configs.retain(|i, _| *i > index);
             self.persisted = self.persisted.max(index);
             self.verified = self.verified.max(index);
         } else {
-            self.log = LogView {
-                snapshot_index: index,
-                snapshot_term: term,
-                entries: VecDeque::new(),
-            };
+            self.log = LogView::new(index, term);
             self.configs.clear();
             self.persisted = index;
             self.verified = index;
@@ -909,7 +948,7 @@ impl Replica {
                 },
             );
         }
-        self.log.entries.push_back((term, payload));
+        self.log.push(term, payload);
         index
     }
 
@@ -933,11 +972,10 @@ impl Replica {
             if progress.next > self.log.last_index() || in_flight >= WINDOW_ENTRIES_MAX {
                 return sent;
             }
-            let in_flight_bytes: usize = (progress.matched.0 + 1..progress.next.0)
-                .filter_map(|i| self.log.entry(LogIndex(i)))
-                .map(|(_, p)| p.len())
-                .sum();
-            if in_flight_bytes >= WINDOW_BYTES_MAX {
+            let in_flight_bytes = self
+                .log
+                .bytes_between(progress.matched, LogIndex(progress.next.0 - 1));
+            if in_flight_bytes >= WINDOW_BYTES_MAX as u64 {
                 return sent;
             }
             if !self.send_append(peer, now_ms, true) {
