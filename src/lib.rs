@@ -4,10 +4,14 @@
 //! - [`up`]: `store up`, a whole local cluster (one LB, N servers) from one
 //!   command, with its data under one directory.
 //! - [`status`]: `store status`, the cluster as the LB sees it.
+//! - [`nemesis`]: fault tests with real processes (kills, pauses, restarts,
+//!   UDP cuts through userspace relays), checked for linearizability; used
+//!   by `tests/nemesis.rs` and the `nemesis` binary.
 //!
 //! The server itself is the `server` crate, the LB the `lb` crate; this only
 //! starts processes and reads the LB's `stats`.
 #![forbid(unsafe_code)]
 
+pub mod nemesis;
 pub mod status;
 pub mod up;

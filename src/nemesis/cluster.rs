@@ -1,0 +1,413 @@
+//! The processes under test: one LB and N servers (`store addlb`, `store
+//! addsrv`) on 127.0.0.1, each behind its relay (see `relay`), with the
+//! signals the nemesis sends them: SIGKILL, SIGTERM, SIGSTOP, SIGCONT, and
+//! starting a process again on its data directory and ports.
+//!
+//! It owns the child processes and their logs (`<name>.log` in the data
+//! directory, appended across restarts) and kills every one of them when
+//! dropped, so a failing test or an interrupted run never leaks a process.
+//! It does not decide which fault comes next; `faults` does.
+//!
+//! Children run in their own process group, so a Ctrl-C at the terminal
+//! reaches only the nemesis, which then stops them itself.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+pub use super::relay::LB;
+use super::relay::{Network, NodeId};
+/// How long a process gets to come up before the cluster gives up.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a new server gets to join the group at start.
+const JOIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long a SIGTERMed process gets before SIGKILL.
+const TERM_DEADLINE: Duration = Duration::from_secs(10);
+/// Deadline for one `stats` request to a server or the LB.
+const STATS_TIMEOUT: Duration = Duration::from_millis(500);
+const POLL: Duration = Duration::from_millis(20);
+/// A `stats` reply larger than this is not a store's.
+const STATS_BYTES_MAX: usize = 1 << 20;
+
+/// What the cluster is started with.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// The `store` binary.
+    pub exe: PathBuf,
+    pub data_dir: PathBuf,
+    pub servers: usize,
+    pub heartbeat_ms: u64,
+    pub election_timeout_ms: u64,
+    /// Worker threads per server (`-t`): the machine is small.
+    pub server_threads: usize,
+}
+
+/// Whether a process is running, stopped by SIGSTOP, or gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RunState {
+    Running,
+    Paused,
+    Down,
+}
+
+/// One process: what it is, how to start it again, and its child.
+struct Node {
+    name: String,
+    args: Vec<String>,
+    log_path: PathBuf,
+    child: Option<Child>,
+    paused: bool,
+    /// Its memcached (servers) or discovery (LB) TCP address.
+    tcp: SocketAddr,
+}
+
+/// The LB and servers, and the relays in front of them. Node 0 is the LB,
+/// node i (1..=N) is `server-i`.
+pub struct Cluster {
+    exe: PathBuf,
+    nodes: Vec<Node>,
+    pub net: Network,
+    /// Processes that exited without the nemesis asking them to, with how.
+    pub unexpected_exits: Vec<String>,
+}
+
+impl Cluster {
+    /// Starts the LB, then the servers one at a time (each joins before the
+    /// next starts), every one behind its relay.
+    pub fn start(config: &ClusterConfig) -> anyhow::Result<Cluster> {
+        if config.servers == 0 {
+            bail!("a cluster needs at least one server");
+        }
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("create {}", config.data_dir.display()))?;
+        // Node i's real UDP port is udp[i]; its relay forwards there.
+        let udp: Vec<u16> = (0..=config.servers)
+            .map(|_| free_udp_port())
+            .collect::<anyhow::Result<_>>()?;
+        let net = Network::start(&udp)?;
+        let mut cluster = Cluster {
+            exe: config.exe.clone(),
+            nodes: Vec::new(),
+            net,
+            unexpected_exits: Vec::new(),
+        };
+        let timing = [
+            "--heartbeat-ms".to_string(),
+            config.heartbeat_ms.to_string(),
+            "--election-timeout-ms".to_string(),
+            config.election_timeout_ms.to_string(),
+        ];
+
+        let lb_dir = config.data_dir.join("lb");
+        let lb_port = free_port()?;
+        let mut args = vec!["addlb".to_string(), "-v".into()];
+        args.extend(["-p".into(), lb_port.to_string()]);
+        args.extend(["--udp-port".into(), udp[LB].to_string()]);
+        args.extend(["--data-dir".into(), path_arg(&lb_dir)]);
+        args.extend(timing.iter().cloned());
+        let lb_tcp = SocketAddr::from(([127, 0, 0, 1], lb_port));
+        cluster.add(config, "lb", args, lb_tcp)?;
+        let cluster_file = lb_dir.join("cluster");
+        wait_until(START_DEADLINE, || {
+            cluster_file.is_file() && TcpStream::connect(lb_tcp).is_ok()
+        })
+        .context("the LB did not come up (see lb.log)")?;
+
+        for (i, udp_port) in udp.iter().enumerate().skip(1) {
+            let name = format!("server-{i}");
+            let port = free_port()?;
+            let tcp = SocketAddr::from(([127, 0, 0, 1], port));
+            let mut args = vec!["addsrv".to_string(), "-v".into()];
+            args.extend(["-p".into(), port.to_string()]);
+            args.extend(["-t".into(), config.server_threads.to_string()]);
+            args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
+            args.extend(["--lb".into(), cluster.net.relay_of(LB).to_string()]);
+            args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
+            args.extend(["--udp-port".into(), udp_port.to_string()]);
+            args.extend([
+                "--udp-advertise".into(),
+                cluster.net.relay_of(i).to_string(),
+            ]);
+            args.extend(timing.iter().cloned());
+            cluster.add(config, &name, args, tcp)?;
+            wait_until(START_DEADLINE, || TcpStream::connect(tcp).is_ok())
+                .with_context(|| format!("{name} did not come up (see {name}.log)"))?;
+            wait_until(JOIN_DEADLINE, || {
+                let role = stats(tcp).get("repl_role").cloned();
+                role.is_some_and(|r| r == "leader" || r == "follower")
+            })
+            .with_context(|| format!("{name} did not join the group (see {name}.log)"))?;
+        }
+        Ok(cluster)
+    }
+
+    fn add(
+        &mut self,
+        config: &ClusterConfig,
+        name: &str,
+        args: Vec<String>,
+        tcp: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let log_path = config.data_dir.join(format!("{name}.log"));
+        let child = spawn_logged(&self.exe, &args, &log_path)?;
+        self.nodes.push(Node {
+            name: name.to_string(),
+            args,
+            log_path,
+            child: Some(child),
+            paused: false,
+            tcp,
+        });
+        Ok(())
+    }
+
+    /// Server count (nodes are 0..=servers).
+    pub fn servers(&self) -> usize {
+        self.nodes.len() - 1
+    }
+
+    pub fn name(&self, node: NodeId) -> &str {
+        &self.nodes[node].name
+    }
+
+    pub fn tcp(&self, node: NodeId) -> SocketAddr {
+        self.nodes[node].tcp
+    }
+
+    /// The servers' memcached addresses, server 1 first.
+    pub fn server_addrs(&self) -> Vec<SocketAddr> {
+        self.nodes[1..].iter().map(|n| n.tcp).collect()
+    }
+
+    pub fn log_path(&self, node: NodeId) -> &Path {
+        &self.nodes[node].log_path
+    }
+
+    pub fn state(&self, node: NodeId) -> RunState {
+        let n = &self.nodes[node];
+        match (&n.child, n.paused) {
+            (None, _) => RunState::Down,
+            (Some(_), true) => RunState::Paused,
+            (Some(_), false) => RunState::Running,
+        }
+    }
+
+    /// SIGKILL, then reaps it; its relay closes as its socket did.
+    pub fn kill(&mut self, node: NodeId) {
+        let n = &mut self.nodes[node];
+        if let Some(mut child) = n.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        n.paused = false;
+        self.net.close(node);
+    }
+
+    /// SIGTERM (after SIGCONT if paused), waits for a clean exit; SIGKILL at
+    /// the deadline. Returns how it exited, if it did by itself.
+    pub fn terminate(&mut self, node: NodeId) -> Option<ExitStatus> {
+        self.resume(node);
+        let mut child = self.nodes[node].child.take()?;
+        signal(child.id(), "TERM");
+        let deadline = Instant::now() + TERM_DEADLINE;
+        let mut exit = None;
+        while Instant::now() < deadline && exit.is_none() {
+            exit = child.try_wait().ok().flatten();
+            if exit.is_none() {
+                std::thread::sleep(POLL);
+            }
+        }
+        if exit.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.net.close(node);
+        exit
+    }
+
+    /// SIGSTOP: the process stays, frozen, with its sockets open.
+    pub fn pause(&mut self, node: NodeId) {
+        let n = &mut self.nodes[node];
+        if let (Some(child), false) = (&n.child, n.paused) {
+            signal(child.id(), "STOP");
+            n.paused = true;
+        }
+    }
+
+    /// SIGCONT.
+    pub fn resume(&mut self, node: NodeId) {
+        let n = &mut self.nodes[node];
+        if let (Some(child), true) = (&n.child, n.paused) {
+            signal(child.id(), "CONT");
+            n.paused = false;
+        }
+    }
+
+    /// Starts a node that is down again, on its data directory and ports.
+    pub fn restart(&mut self, node: NodeId) -> anyhow::Result<()> {
+        if self.nodes[node].child.is_some() {
+            return Ok(());
+        }
+        if !self.net.open(node) {
+            bail!("cannot reopen {}'s relay", self.nodes[node].name);
+        }
+        let exe = self.exe.clone();
+        let n = &mut self.nodes[node];
+        n.child = Some(spawn_logged(&exe, &n.args, &n.log_path)?);
+        n.paused = false;
+        Ok(())
+    }
+
+    /// Notices processes that exited although the nemesis did not stop
+    /// them (a crash is a finding), records them and starts them again.
+    pub fn reap_unexpected(&mut self) -> anyhow::Result<Vec<String>> {
+        let mut found = Vec::new();
+        for node in 0..self.nodes.len() {
+            let n = &mut self.nodes[node];
+            let exited = match n.child.as_mut().map(|c| c.try_wait()) {
+                Some(Ok(Some(status))) => Some(status),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                n.child = None;
+                n.paused = false;
+                found.push(format!(
+                    "{} exited unexpectedly ({status}); see {}",
+                    n.name,
+                    n.log_path.display()
+                ));
+                self.restart(node)?;
+            }
+        }
+        self.unexpected_exits.extend(found.iter().cloned());
+        Ok(found)
+    }
+
+    /// Undoes every process fault: resumes the paused, starts the down.
+    pub fn heal_processes(&mut self) -> anyhow::Result<()> {
+        for node in 0..self.nodes.len() {
+            self.resume(node);
+            self.restart(node)?;
+        }
+        Ok(())
+    }
+
+    /// The server that says it leads with the highest term, asking every
+    /// running server (not the LB, which may be down or cut off).
+    pub fn leader(&self) -> Option<NodeId> {
+        let mut best: Option<(u64, NodeId)> = None;
+        for node in 1..self.nodes.len() {
+            if self.state(node) != RunState::Running {
+                continue;
+            }
+            let s = stats(self.nodes[node].tcp);
+            if s.get("repl_role").map(String::as_str) != Some("leader") {
+                continue;
+            }
+            let term = s.get("repl_term").and_then(|t| t.parse().ok()).unwrap_or(0);
+            if best.is_none_or(|(t, _)| term > t) {
+                best = Some((term, node));
+            }
+        }
+        best.map(|(_, node)| node)
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for node in 0..self.nodes.len() {
+            self.kill(node);
+        }
+    }
+}
+
+/// A server's (or the LB's) `stats` as a map; empty if it cannot be reached.
+pub fn stats(addr: SocketAddr) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, STATS_TIMEOUT) else {
+        return map;
+    };
+    if stream.set_read_timeout(Some(STATS_TIMEOUT)).is_err()
+        || stream.write_all(b"stats\r\n").is_err()
+    {
+        return map;
+    }
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !reply.ends_with(b"END\r\n") && reply.len() < STATS_BYTES_MAX {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return map,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+        }
+    }
+    for line in String::from_utf8_lossy(&reply).lines() {
+        let mut words = line.splitn(3, ' ');
+        if let (Some("STAT"), Some(name), Some(value)) = (words.next(), words.next(), words.next())
+        {
+            map.insert(name.to_string(), value.to_string());
+        }
+    }
+    map
+}
+
+fn spawn_logged(exe: &Path, args: &[String], log_path: &Path) -> anyhow::Result<Child> {
+    let mut log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log_path)
+        .with_context(|| format!("open {}", log_path.display()))?;
+    // A marker per start, so a log with several lives reads in order.
+    let _ = writeln!(log, "---- nemesis: start {}", args.join(" "));
+    Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .with_context(|| format!("start {}", exe.display()))
+}
+
+/// `kill -SIG pid`: keeps this crate free of unsafe code (see `up`).
+fn signal(pid: u32, sig: &str) {
+    let _ = Command::new("kill")
+        .args([format!("-{sig}"), pid.to_string()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// A TCP port that was free a moment ago.
+pub fn free_port() -> anyhow::Result<u16> {
+    let listener = TcpListener::bind("127.0.0.1:0").context("find a free port")?;
+    Ok(listener.local_addr()?.port())
+}
+
+/// A UDP port that was free a moment ago.
+pub fn free_udp_port() -> anyhow::Result<u16> {
+    let socket = UdpSocket::bind("127.0.0.1:0").context("find a free UDP port")?;
+    Ok(socket.local_addr()?.port())
+}
+
+fn wait_until(deadline: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+    let end = Instant::now() + deadline;
+    while Instant::now() < end {
+        if ready() {
+            return Ok(());
+        }
+        std::thread::sleep(POLL);
+    }
+    bail!("not ready after {deadline:?}")
+}
+
+fn path_arg(path: &Path) -> String {
+    path.display().to_string()
+}
