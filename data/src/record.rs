@@ -11,9 +11,12 @@
 //! record:         [length u32][crc32c u32][term u64][index u64][command: length bytes]
 //! ```
 //!
-//! The CRC covers term, index and command bytes; the length is checked against
-//! [`RECORD_BYTES_MAX`] before anything is sliced, so a corrupt length can
-//! neither allocate nor read past the buffer.
+//! The CRC covers the length, term, index and command bytes (everything but
+//! itself); the length is also checked against [`RECORD_BYTES_MAX`] before
+//! anything is sliced, so a corrupt length can neither allocate nor read past
+//! the buffer. (Version 1 left the length out of the CRC: a damaged length
+//! could then meet a CRC that still matched the bytes it pointed at, and be
+//! reported as a bad command instead of a bad record; the fuzzer showed one.)
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
@@ -26,7 +29,7 @@ pub const SEGMENT_MAGIC: [u8; 8] = *b"STORELOG";
 
 /// Version of the segment header, the record framing and the command encoding
 /// ([`Command::encode`]) inside it. Bump it on any change to any of them.
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
 
 /// Magic, version, 7 reserved bytes, first index.
 pub const SEGMENT_HEADER_BYTES: usize = 24;
@@ -44,8 +47,17 @@ pub const RECORD_BYTES_MAX: usize = 2 * ITEM_BYTES_MAX;
 /// it to bound how many records can fit between two offsets.
 pub const COMMAND_BYTES_MIN: usize = 9;
 
-/// Where the CRC's coverage starts inside a record: after length and CRC.
-const RECORD_CRC_START_BYTES: usize = 8;
+/// The CRC covers the length field (bytes 0..4) and everything after the
+/// CRC field (from byte 8).
+const RECORD_LENGTH_BYTES: usize = 4;
+const RECORD_CRC_END_BYTES: usize = 8;
+
+/// The CRC of a record whose bytes (length field included, CRC field
+/// ignored) are `record`.
+fn record_crc(record: &[u8]) -> u32 {
+    let crc = crc32c::crc32c(&record[..RECORD_LENGTH_BYTES]);
+    crc32c::crc32c_append(crc, &record[RECORD_CRC_END_BYTES..])
+}
 
 /// The header at the start of every segment file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -184,9 +196,9 @@ pub fn encode_record(
         RECORD_HEADER_BYTES + length,
         "Command::encoded_len disagrees with Command::encode"
     );
-    let crc = crc32c::crc32c(&record[RECORD_CRC_START_BYTES..]);
     // length <= RECORD_BYTES_MAX < u32::MAX, checked above.
     record[0..4].copy_from_slice(&(length as u32).to_le_bytes());
+    let crc = record_crc(record);
     record[4..8].copy_from_slice(&crc.to_le_bytes());
     Ok(record.len())
 }
@@ -209,7 +221,7 @@ pub fn decode_record(buf: &Bytes, offset: usize) -> Result<Option<(Record, usize
     if end > buf.len() {
         return Ok(None);
     }
-    let computed = crc32c::crc32c(&buf[offset + RECORD_CRC_START_BYTES..end]);
+    let computed = record_crc(&buf[offset..end]);
     if computed != header.crc {
         return Err(RecordError::CrcMismatch {
             stored: header.crc,
@@ -273,7 +285,7 @@ mod tests {
         };
         let expected: [u8; SEGMENT_HEADER_BYTES] = [
             b'S', b'T', b'O', b'R', b'E', b'L', b'O', b'G', // magic
-            1,    // version
+            2,    // version
             0, 0, 0, 0, 0, 0, 0, // reserved
             0x04, 0x03, 0x02, 0x01, 0, 0, 0, 0, // first index
         ];
@@ -294,12 +306,15 @@ mod tests {
             SegmentHeader::decode(&bad),
             Err(SegmentHeaderError::BadMagic)
         );
-        let mut bad = good;
-        bad[8] = 2;
-        assert_eq!(
-            SegmentHeader::decode(&bad),
-            Err(SegmentHeaderError::UnsupportedVersion(2))
-        );
+        // Version 1 (CRC without the length) and a future version alike.
+        for version in [1, 3] {
+            let mut bad = good;
+            bad[8] = version;
+            assert_eq!(
+                SegmentHeader::decode(&bad),
+                Err(SegmentHeaderError::UnsupportedVersion(version))
+            );
+        }
         let mut bad = good;
         bad[12] = 1;
         assert_eq!(
@@ -324,8 +339,9 @@ mod tests {
             3, 0, 0, 0, 0, 0, 0, 0, // command: time_s
             2, 1, b'k', // command: delete, key
         ];
-        let crc = crc32c::crc32c(body);
-        let mut expected = vec![11, 0, 0, 0];
+        let length = [11, 0, 0, 0];
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&length), body);
+        let mut expected = length.to_vec();
         expected.extend_from_slice(&crc.to_le_bytes());
         expected.extend_from_slice(body);
         assert_eq!(&bytes[..], &expected[..]);
@@ -334,7 +350,7 @@ mod tests {
         // through as "still self-consistent".
         assert_eq!(
             &bytes[4..8],
-            &0xc0fa_f250u32.to_le_bytes(),
+            &0x7a6b_6e80u32.to_le_bytes(),
             "crc {crc:#010x}"
         );
 
@@ -411,8 +427,10 @@ mod tests {
         body.extend_from_slice(&0u64.to_le_bytes());
         body.push(0xee);
         let mut bytes = Vec::new();
-        bytes.extend_from_slice(&9u32.to_le_bytes());
-        bytes.extend_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+        let length = 9u32.to_le_bytes();
+        bytes.extend_from_slice(&length);
+        let crc = crc32c::crc32c_append(crc32c::crc32c(&length), &body);
+        bytes.extend_from_slice(&crc.to_le_bytes());
         bytes.extend_from_slice(&body);
         assert_eq!(
             decode_record(&Bytes::from(bytes), 0),

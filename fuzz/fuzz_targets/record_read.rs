@@ -16,13 +16,12 @@
 //!   order to what was encoded; every truncation of a record (a torn write)
 //!   is incomplete; a single flipped bit is never a valid record, and outside
 //!   the length field it is always a CRC mismatch (CRC32C detects every
-//!   single-bit error in what it covers). The length field is not covered by
-//!   the CRC, so a flip there can leave a CRC that still matches the bytes
-//!   the new length covers: the fuzzer finds one at once (term
-//!   0x0000_0000_ffff_ffff then zeros drives the CRC register to zero, and
-//!   more or fewer zero bytes keep it there), and decode then reports a
-//!   `Command` error instead of a CRC mismatch. Only "not a valid record" is
-//!   asserted there.
+//!   single-bit error in what it covers). The length field is covered too
+//!   (format version 2), but a flip there also moves where the record ends,
+//!   so the CRC is then checked over other bytes: only "not a valid record"
+//!   is asserted there. (In version 1 the length was outside the CRC and
+//!   this target found, at once, a flipped length whose CRC still matched:
+//!   term 0x0000_0000_ffff_ffff then zeros drives the CRC register to zero.)
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
@@ -100,13 +99,16 @@ fn check_reencodes(record: &data::record::Record, bytes: &[u8]) {
 /// Frames `payload` as a record with a correct length and CRC, as
 /// `encode_record` would for a command encoding to these bytes.
 fn seal(term: u64, index: u64, payload: &[u8]) -> Bytes {
+    let length = (payload.len() as u32).to_le_bytes();
     let mut covered = Vec::with_capacity(16 + payload.len());
     covered.extend_from_slice(&term.to_le_bytes());
     covered.extend_from_slice(&index.to_le_bytes());
     covered.extend_from_slice(payload);
+    // The CRC covers the length field, then everything after the CRC.
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&length), &covered);
     let mut out = Vec::with_capacity(RECORD_HEADER_BYTES + payload.len());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32c::crc32c(&covered).to_le_bytes());
+    out.extend_from_slice(&length);
+    out.extend_from_slice(&crc.to_le_bytes());
     out.extend_from_slice(&covered);
     Bytes::from(out)
 }

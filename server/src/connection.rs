@@ -106,6 +106,13 @@ pub struct Connection {
     /// Bytes of a rejected data block still to be thrown away as they arrive.
     discard_bytes: u64,
     pending: VecDeque<PendingWrite>,
+    /// Reads from the socket so far, and that count when the last read
+    /// barrier (ReadIndex round) that succeeded was asked for: every request
+    /// already in the input buffer then arrived before the round started,
+    /// so the round serves them all, and a pipeline of gets costs one round
+    /// instead of one each.
+    socket_reads: u64,
+    barrier_at_socket_read: Option<u64>,
 }
 
 impl Connection {
@@ -118,6 +125,8 @@ impl Connection {
             output: BytesMut::with_capacity(BUFFER_BYTES_INITIAL),
             discard_bytes: 0,
             pending: VecDeque::new(),
+            socket_reads: 0,
+            barrier_at_socket_read: None,
         }
     }
 
@@ -151,7 +160,10 @@ impl Connection {
             };
             match read {
                 Ok(0) | Err(_) => return,
-                Ok(n) => Stats::add(&self.shared.stats.counters.bytes_read, n as u64),
+                Ok(n) => {
+                    self.socket_reads += 1;
+                    Stats::add(&self.shared.stats.counters.bytes_read, n as u64);
+                }
             }
         }
     }
@@ -478,8 +490,16 @@ impl Connection {
         let Backend::Cluster(cluster) = &self.backend else {
             return true;
         };
+        if self.barrier_at_socket_read == Some(self.socket_reads) {
+            // This request was in the buffer before the last round started.
+            return true;
+        }
+        let asked_at = self.socket_reads;
         match cluster.read_barrier().await {
-            Ok(()) => true,
+            Ok(()) => {
+                self.barrier_at_socket_read = Some(asked_at);
+                true
+            }
             Err(error) => {
                 Reply::Error(commit_error_line(error)).encode(&mut self.output);
                 false
