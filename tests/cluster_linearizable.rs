@@ -7,7 +7,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,6 +17,7 @@ use common::cluster::{leader, start};
 use common::poll_until;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
+use store::nemesis::workload::{exchange, Outcome};
 
 const CLIENTS: u32 = 4;
 const KEYS: [&str; 3] = ["lin0", "lin1", "lin2"];
@@ -36,79 +36,6 @@ impl Recorder {
     fn now_ns(&self) -> u64 {
         self.start.elapsed().as_nanos() as u64
     }
-}
-
-/// The request bytes for `call` on `key`.
-fn encode(key: &str, call: &Call) -> Vec<u8> {
-    let store = |verb: &str, value: &[u8], cas: Option<u64>| {
-        let mut out = match cas {
-            Some(unique) => format!("{verb} {key} 0 0 {} {unique}\r\n", value.len()),
-            None => format!("{verb} {key} 0 0 {}\r\n", value.len()),
-        }
-        .into_bytes();
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-        out
-    };
-    match call {
-        Call::Get => format!("get {key}\r\n").into_bytes(),
-        Call::Gets => format!("gets {key}\r\n").into_bytes(),
-        Call::Set(v) => store("set", v, None),
-        Call::Add(v) => store("add", v, None),
-        Call::Cas { value, unique } => store("cas", value, Some(*unique)),
-        Call::Incr(d) => format!("incr {key} {d}\r\n").into_bytes(),
-        Call::Decr(d) => format!("decr {key} {d}\r\n").into_bytes(),
-        Call::Delete => format!("delete {key}\r\n").into_bytes(),
-    }
-}
-
-/// Reads one reply and turns it into what the client observed; `None` for
-/// an error line, a timeout or a broken connection (outcome unknown).
-fn read_reply(stream: &mut TcpStream, call: &Call) -> Option<Ret> {
-    let retrieval = matches!(call, Call::Get | Call::Gets);
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let complete = if retrieval {
-            reply.ends_with(b"END\r\n")
-                || (reply.starts_with(b"SERVER_ERROR") && reply.ends_with(b"\r\n"))
-        } else {
-            reply.ends_with(b"\r\n")
-        };
-        if complete {
-            break;
-        }
-        let n = stream.read(&mut chunk).ok()?;
-        if n == 0 {
-            return None;
-        }
-        reply.extend_from_slice(&chunk[..n]);
-    }
-    let text = String::from_utf8_lossy(&reply).to_string();
-    let line = text.lines().next().unwrap_or_default();
-    Some(match line {
-        "END" => Ret::Miss,
-        "STORED" => Ret::Stored,
-        "NOT_STORED" => Ret::NotStored,
-        "EXISTS" => Ret::Exists,
-        "NOT_FOUND" => Ret::NotFound,
-        "DELETED" => Ret::Deleted,
-        "CLIENT_ERROR cannot increment or decrement non-numeric value" => Ret::NonNumeric,
-        l if l.starts_with("VALUE ") => {
-            let fields: Vec<&str> = l.split(' ').collect();
-            let len: usize = fields.get(3)?.parse().ok()?;
-            let start = l.len() + 2;
-            let value = reply.get(start..start + len)?.to_vec();
-            match call {
-                Call::Gets => Ret::HitCas {
-                    value,
-                    unique: fields.get(4)?.parse().ok()?,
-                },
-                _ => Ret::Hit(value),
-            }
-        }
-        l => Ret::Number(l.parse().ok()?),
-    })
 }
 
 fn connect(servers: &[SocketAddr], rng: &mut StdRng) -> Option<TcpStream> {
@@ -157,17 +84,19 @@ fn client(
         };
         let conn = stream.as_mut().expect("connected above");
         let invoked_ns = recorder.now_ns();
-        let sent = conn.write_all(&encode(KEYS[k], &call)).is_ok();
-        let ret = if sent { read_reply(conn, &call) } else { None };
+        // The nemesis's request encoding and reply sorting (src/nemesis/).
+        let outcome = exchange(conn, KEYS[k], &call);
         let completed_ns = recorder.now_ns();
-        let op = match ret {
-            Some(ret) => {
+        let op = match outcome {
+            Outcome::Ok(ret) => {
                 if let Ret::HitCas { unique, .. } = &ret {
                     seen_unique[k] = *unique;
                 }
                 Op::completed(ClientId(id), KEYS[k], call, invoked_ns, completed_ns, ret)
             }
-            None => {
+            // Certainly not executed: it is not part of the history.
+            Outcome::Fail(_) => continue,
+            Outcome::Unknown(_) => {
                 // The connection may be out of step: start a fresh one.
                 stream = None;
                 std::thread::sleep(ERROR_BACKOFF);

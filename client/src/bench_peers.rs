@@ -19,6 +19,7 @@ use bytes::{Buf, BytesMut};
 use data::protocol::client::Status;
 use tokio::net::TcpStream;
 
+use crate::connection::READ_CHUNK_BYTES;
 use crate::error::{Error, Result};
 
 /// Longest RESP line (status, error, integer or bulk header) accepted.
@@ -33,10 +34,6 @@ pub const HTTP_BODY_BYTES_MAX: usize = 1024 * 1024;
 pub const HTTP_CHUNK_LINE_BYTES_MAX: usize = 1024;
 /// Error text kept from a failed reply, for the report.
 pub const ERROR_TEXT_BYTES_MAX: usize = 200;
-/// Bytes asked of the kernel per read.
-pub const READ_CHUNK_BYTES: usize = 64 * 1024;
-/// While a flush waits on a full socket, replies are read ahead up to this.
-pub const FLUSH_READ_AHEAD_BYTES_MAX: usize = 64 * 1024 * 1024;
 
 /// Which peer protocol a [`PeerConnection`] speaks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -438,31 +435,12 @@ impl PeerConnection {
     }
 
     async fn flush_inner(&mut self) -> Result<()> {
-        while !self.write_buf.is_empty() {
-            match self.stream.try_write(&self.write_buf) {
-                Ok(n) => {
-                    self.write_buf.advance(n);
-                    continue;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-            let read_ahead = self.read_buf.len() < FLUSH_READ_AHEAD_BYTES_MAX;
-            tokio::select! {
-                ready = self.stream.writable() => ready?,
-                ready = self.stream.readable(), if read_ahead => {
-                    ready?;
-                    self.read_buf.reserve(READ_CHUNK_BYTES);
-                    match self.stream.try_read_buf(&mut self.read_buf) {
-                        Ok(0) => return Err(Error::Closed),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-        }
-        Ok(())
+        crate::connection::write_reading_ahead(
+            &self.stream,
+            &mut self.write_buf,
+            &mut self.read_buf,
+        )
+        .await
     }
 
     /// Flushes, then waits for the oldest op's complete reply.

@@ -133,34 +133,9 @@ impl Connection {
     }
 
     async fn flush_inner(&mut self) -> Result<()> {
-        while !self.write_buf.is_empty() {
-            // The common case: the kernel takes it all at once.
-            match self.stream.try_write(&self.write_buf) {
-                Ok(n) => {
-                    self.write_buf.advance(n);
-                    continue;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(e.into()),
-            }
-            let read_ahead = self.read_buf.len() < FLUSH_READ_AHEAD_BYTES_MAX;
-            tokio::select! {
-                ready = self.stream.writable() => ready?,
-                ready = self.stream.readable(), if read_ahead => {
-                    ready?;
-                    self.read_buf.reserve(READ_CHUNK_BYTES);
-                    match self.stream.try_read_buf(&mut self.read_buf) {
-                        Ok(0) => return Err(Error::Closed),
-                        Ok(_) => {}
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
-                    }
-                }
-            }
-        }
         // An emptied buffer is reclaimed by the next reserve, so the next
         // requests reuse the same memory.
-        Ok(())
+        write_reading_ahead(&self.stream, &mut self.write_buf, &mut self.read_buf).await
     }
 
     /// Flushes if needed, then reads the next reply, copying values out.
@@ -253,4 +228,42 @@ impl Connection {
         }
         result
     }
+}
+
+/// Writes all of `write_buf` to `stream`. While the socket is full it keeps
+/// reading what arrives into `read_buf` (up to [`FLUSH_READ_AHEAD_BYTES_MAX`]),
+/// so a deep pipeline cannot deadlock with a server that is blocked writing
+/// replies we are not reading. Every connection of this crate (memcached,
+/// and the Redis and etcd load modes) flushes through it.
+pub(crate) async fn write_reading_ahead(
+    stream: &TcpStream,
+    write_buf: &mut BytesMut,
+    read_buf: &mut BytesMut,
+) -> Result<()> {
+    while !write_buf.is_empty() {
+        // The common case: the kernel takes it all at once.
+        match stream.try_write(write_buf) {
+            Ok(n) => {
+                write_buf.advance(n);
+                continue;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e.into()),
+        }
+        let read_ahead = read_buf.len() < FLUSH_READ_AHEAD_BYTES_MAX;
+        tokio::select! {
+            ready = stream.writable() => ready?,
+            ready = stream.readable(), if read_ahead => {
+                ready?;
+                read_buf.reserve(READ_CHUNK_BYTES);
+                match stream.try_read_buf(read_buf) {
+                    Ok(0) => return Err(Error::Closed),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+    }
+    Ok(())
 }
