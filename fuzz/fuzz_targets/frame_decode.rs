@@ -23,6 +23,11 @@ use data::frame::{
 };
 use libfuzzer_sys::fuzz_target;
 
+#[allow(dead_code)] // each target uses some of the shared builders
+#[path = "../common/seed.rs"]
+mod seed;
+use seed::Seed;
+
 const SECRET: [u8; 32] = *b"store frame fuzzing secret 32 B!";
 const OTHER_SECRET: [u8; 32] = *b"another cluster's secret, 32 B!!";
 
@@ -32,35 +37,7 @@ const PAYLOAD_LEN_OFFSET: usize = 40;
 /// Damaged copies checked per seeded datagram: each costs a BLAKE3 MAC.
 const DAMAGES_MAX: usize = 4;
 
-/// Hands out the fuzzer's bytes as fields; zeros once they run out, so every
-/// input builds some frame.
-struct Seed<'a> {
-    bytes: &'a [u8],
-}
-
 impl Seed<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.bytes.split_first() {
-            Some((first, rest)) => {
-                self.bytes = rest;
-                *first
-            }
-            None => 0,
-        }
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
-    }
-
     /// Up to `len_max` bytes, length chosen by the seed.
     fn bytes(&mut self, len_max: usize) -> Vec<u8> {
         let len = usize::from(self.u16()) % (len_max + 1);

@@ -37,6 +37,11 @@ use data::protocol::request::{
 };
 use libfuzzer_sys::fuzz_target;
 
+#[allow(dead_code)] // each target uses some of the shared builders
+#[path = "../common/seed.rs"]
+mod seed;
+use seed::Seed;
+
 /// Small, so that values over the limit are cheap to reach.
 const LIMITS: Limits = Limits { item_bytes_max: 64 };
 
@@ -347,34 +352,7 @@ fn check_reencodes(request: &Request) {
     }
 }
 
-/// Hands out the fuzzer's bytes as fields; zeros once they run out.
-struct Seed<'a> {
-    bytes: &'a [u8],
-}
-
 impl Seed<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.bytes.split_first() {
-            Some((first, rest)) => {
-                self.bytes = rest;
-                *first
-            }
-            None => 0,
-        }
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
-    }
-
-    fn bool(&mut self) -> bool {
-        self.u8() & 1 == 1
-    }
-
     fn i32(&mut self) -> i64 {
         i64::from(self.u32() as i32)
     }

@@ -33,6 +33,11 @@ use data::record::{
 };
 use libfuzzer_sys::fuzz_target;
 
+#[allow(dead_code)] // each target uses some of the shared builders
+#[path = "../common/seed.rs"]
+mod seed;
+use seed::Seed;
+
 /// Offsets the raw mode tries past the buffer's start: enough to read a
 /// record anywhere in a short input and a little past its end.
 const OFFSET_MAX: usize = 64;
@@ -130,35 +135,7 @@ fn check_sealed(input: &[u8]) {
     }
 }
 
-/// Hands out the fuzzer's bytes as fields; zeros once they run out, so every
-/// input builds some record.
-struct Seed<'a> {
-    bytes: &'a [u8],
-}
-
 impl Seed<'_> {
-    fn u8(&mut self) -> u8 {
-        match self.bytes.split_first() {
-            Some((first, rest)) => {
-                self.bytes = rest;
-                *first
-            }
-            None => 0,
-        }
-    }
-
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes([self.u8(), self.u8()])
-    }
-
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes([self.u8(), self.u8(), self.u8(), self.u8()])
-    }
-
-    fn u64(&mut self) -> u64 {
-        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
-    }
-
     /// Up to `len_max` bytes, length chosen by the seed.
     fn bytes(&mut self, len_max: usize) -> Bytes {
         let len = usize::from(self.u16()) % (len_max + 1);
