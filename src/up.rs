@@ -28,6 +28,8 @@ pub const JOIN_DEADLINE_MS: u64 = 30_000;
 /// How long children get to exit after SIGTERM before SIGKILL.
 pub const STOP_DEADLINE_MS: u64 = 10_000;
 const POLL_MS: u64 = 50;
+/// Lines of a process's log shown when it exits during start-up.
+const LOG_TAIL_LINES: usize = 8;
 
 #[derive(Clone, Debug)]
 pub struct UpConfig {
@@ -92,10 +94,11 @@ impl Cluster {
         args.extend(timing.iter().cloned());
         cluster.spawn(config, "lb", &args)?;
         let cluster_file = lb_dir.join("cluster");
-        wait_until(START_DEADLINE_MS, || {
-            cluster_file.is_file() && TcpStream::connect(lb).is_ok()
-        })
-        .context("the LB did not come up (see lb.log)")?;
+        cluster
+            .wait_started("lb", || {
+                cluster_file.is_file() && TcpStream::connect(lb).is_ok()
+            })
+            .context("the LB did not come up (see lb.log)")?;
 
         for i in 1..=config.servers {
             let port = free_port(config.port.wrapping_add(i as u16))?;
@@ -108,7 +111,8 @@ impl Cluster {
             args.extend(timing.iter().cloned());
             args.extend(server_args.iter().cloned());
             cluster.spawn(config, &name, &args)?;
-            wait_until(START_DEADLINE_MS, || TcpStream::connect(addr).is_ok())
+            cluster
+                .wait_started(&name, || TcpStream::connect(addr).is_ok())
                 .with_context(|| format!("{name} did not come up (see {name}.log)"))?;
             // One change at a time: the next server starts once this one is
             // the leader (the first) or a voter.
@@ -141,6 +145,29 @@ impl Cluster {
     }
 
     /// The process id of `name`, unless `store up` saw it exit.
+    /// Waits until `ready` holds for the process `name` just started,
+    /// failing at once, with the end of its log, if it exits first (a port
+    /// or a data directory in use, say) rather than at the deadline.
+    fn wait_started(&mut self, name: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_millis(START_DEADLINE_MS);
+        while Instant::now() < deadline {
+            if ready() {
+                return Ok(());
+            }
+            if let Some(process) = self.processes.iter_mut().find(|p| p.name == name) {
+                if let Ok(Some(status)) = process.child.try_wait() {
+                    process.exited = true;
+                    let log = std::fs::read_to_string(&process.log_path).unwrap_or_default();
+                    let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    bail!("it exited ({status}):\n{}", tail.join("\n"));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(POLL_MS));
+        }
+        bail!("not ready after {START_DEADLINE_MS} ms")
+    }
+
     pub fn pid_of(&self, name: &str) -> Option<u32> {
         let process = self.processes.iter().find(|p| p.name == name)?;
         (!process.exited).then(|| process.child.id())

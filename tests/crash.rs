@@ -278,3 +278,21 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         started.elapsed()
     );
 }
+
+/// Two servers on one data directory would interleave their logs: the
+/// second is refused with a message naming the directory, and once the
+/// first is gone (even by SIGKILL) the directory can be taken again.
+#[test]
+fn second_server_on_a_data_directory_in_use_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let first = StoreServer::start_in(dir.path(), &[]).expect("first server starts");
+    let refused = StoreServer::start_in(dir.path(), &[])
+        .err()
+        .expect("a second server on the same directory is refused");
+    assert!(
+        refused.contains("is in use by another process"),
+        "unexpected refusal: {refused}"
+    );
+    drop(first);
+    StoreServer::start_in(dir.path(), &[]).expect("the directory is free once the first is gone");
+}

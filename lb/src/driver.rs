@@ -120,6 +120,8 @@ pub enum LbError {
         #[source]
         source: io::Error,
     },
+    #[error("data directory {0} is in use by another LB (it holds {0}/lock)")]
+    DataDirInUse(PathBuf),
     #[error(transparent)]
     ClusterFile(#[from] ClusterFileError),
     /// Loading failed, or a save did: then the LB stops, because its state
@@ -188,11 +190,26 @@ pub async fn run(
 ) -> Result<(), LbError> {
     let core_config = config.validate()?;
     let dir = config.data_dir.clone();
-    let (cluster, durable) = tokio::task::spawn_blocking(move || {
-        std::fs::create_dir_all(&dir).map_err(|source| LbError::DataDir {
+    let (cluster, durable, _data_dir_lock) = tokio::task::spawn_blocking(move || {
+        let data_dir_error = |source| LbError::DataDir {
             path: dir.clone(),
             source,
-        })?;
+        };
+        std::fs::create_dir_all(&dir).map_err(data_dir_error)?;
+        // Two LBs on one directory would both persist terms and name
+        // leaders; the second is refused. The lock lasts as long as the
+        // file stays open, or until the process dies, whatever way.
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join("lock"))
+            .map_err(data_dir_error)?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(LbError::DataDirInUse(dir)),
+            Err(std::fs::TryLockError::Error(source)) => return Err(data_dir_error(source)),
+        }
         // The OS-seeded RNG: the secret keys every datagram's MAC.
         let (cluster, created) = cluster_file::load_or_create(&dir, || {
             cluster_file::generate(&mut rand::rngs::OsRng)
@@ -201,7 +218,7 @@ pub async fn run(
             tracing::info!(path = %cluster_file::path_in(&dir).display(), "created the cluster file");
         }
         let durable = RegistryFile::new(&dir).load()?;
-        Ok::<_, LbError>((cluster, durable))
+        Ok::<_, LbError>((cluster, durable, lock))
     })
     .await
     .map_err(|_| LbError::TaskPanicked)??;

@@ -46,6 +46,8 @@ pub enum ServerError {
     CommitPanicked,
     #[error(transparent)]
     Cluster(#[from] cluster::ClusterError),
+    #[error(transparent)]
+    DataDir(#[from] crate::storage::DirLockError),
 }
 
 /// Runs a server until `shutdown` is cancelled. Calls `ready` with the bound
@@ -55,6 +57,8 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    // Held until this function returns, after the last write is synced.
+    let _data_dir_lock = crate::storage::lock_dir(&config.data_dir)?;
     let addr = SocketAddr::new(config.listen, config.port);
     let listener = TcpListener::bind(addr)
         .await

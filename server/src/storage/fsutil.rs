@@ -73,3 +73,41 @@ pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StorageErro
         Err(e) => Err(StorageError::io("read", path, e)),
     }
 }
+
+/// The file in a data directory whose exclusive lock a running server holds.
+pub const LOCK_FILE: &str = "lock";
+
+/// Why a data directory could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum DirLockError {
+    #[error("data directory {0} is in use by another process (it holds {0}/lock)")]
+    InUse(std::path::PathBuf),
+    #[error("cannot lock data directory {path}: {source}")]
+    Io {
+        path: std::path::PathBuf,
+        source: io::Error,
+    },
+}
+
+/// Takes `dir` (creating it) for this process: an exclusive lock on
+/// `dir/lock`, held until the returned file is dropped (or the process
+/// dies, whatever way). Two servers on one directory would interleave their
+/// logs; the second one is refused instead.
+pub fn lock_dir(dir: &Path) -> Result<File, DirLockError> {
+    let io_error = |source| DirLockError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    fs::create_dir_all(dir).map_err(io_error)?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(LOCK_FILE))
+        .map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(fs::TryLockError::WouldBlock) => Err(DirLockError::InUse(dir.to_path_buf())),
+        Err(fs::TryLockError::Error(source)) => Err(io_error(source)),
+    }
+}
