@@ -117,7 +117,7 @@ impl Cluster {
             // One change at a time: the next server starts once this one is
             // the leader (the first) or a voter.
             let joined = wait_until(JOIN_DEADLINE_MS, || {
-                role_of(lb, addr).is_some_and(|role| role == "leader" || role == "follower")
+                Ok(role_of(lb, addr).is_some_and(|role| role == "leader" || role == "follower"))
             });
             if joined.is_err() {
                 eprintln!(
@@ -149,23 +149,24 @@ impl Cluster {
     /// failing at once, with the end of its log, if it exits first (a port
     /// or a data directory in use, say) rather than at the deadline.
     fn wait_started(&mut self, name: &str, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
-        let deadline = Instant::now() + Duration::from_millis(START_DEADLINE_MS);
-        while Instant::now() < deadline {
+        let process = self
+            .processes
+            .iter_mut()
+            .find(|p| p.name == name)
+            .with_context(|| format!("{name} was not started"))?;
+        wait_until(START_DEADLINE_MS, || {
             if ready() {
-                return Ok(());
+                return Ok(true);
             }
-            if let Some(process) = self.processes.iter_mut().find(|p| p.name == name) {
-                if let Ok(Some(status)) = process.child.try_wait() {
-                    process.exited = true;
-                    let log = std::fs::read_to_string(&process.log_path).unwrap_or_default();
-                    let tail: Vec<&str> = log.lines().rev().take(LOG_TAIL_LINES).collect();
-                    let tail: Vec<&str> = tail.into_iter().rev().collect();
-                    bail!("it exited ({status}):\n{}", tail.join("\n"));
-                }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                process.exited = true;
+                let log = std::fs::read_to_string(&process.log_path).unwrap_or_default();
+                let lines: Vec<&str> = log.lines().collect();
+                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
+                bail!("it exited ({status}):\n{}", tail.join("\n"));
             }
-            std::thread::sleep(Duration::from_millis(POLL_MS));
-        }
-        bail!("not ready after {START_DEADLINE_MS} ms")
+            Ok(false)
+        })
     }
 
     pub fn pid_of(&self, name: &str) -> Option<u32> {
@@ -280,10 +281,14 @@ fn free_port(preferred: u16) -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn wait_until(deadline_ms: u64, mut ready: impl FnMut() -> bool) -> anyhow::Result<()> {
+/// Polls `ready` until it says so, fails, or `deadline_ms` passes.
+fn wait_until(
+    deadline_ms: u64,
+    mut ready: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_millis(deadline_ms);
     while Instant::now() < deadline {
-        if ready() {
+        if ready()? {
             return Ok(());
         }
         std::thread::sleep(Duration::from_millis(POLL_MS));

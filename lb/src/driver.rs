@@ -327,8 +327,15 @@ impl Probe {
         loop {
             match probe.socket.recv(&mut buf).await {
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => return probe.to,
-                // A stray datagram or another error: keep listening.
-                _ => {}
+                // A stray datagram: keep listening.
+                Ok(_) => {}
+                // Any other error could repeat at once and spin this loop:
+                // stop listening on this probe (frames still leave from it,
+                // and the election timeout still detects a crash).
+                Err(e) => {
+                    tracing::debug!(error = %e, "leader probe receive failed");
+                    return std::future::pending().await;
+                }
             }
         }
     }

@@ -1020,14 +1020,13 @@ impl Driver {
         }
         let membership = membership_of(state.config());
         *commit::write(&self.state) = state;
-        self.applied = LogIndex(incoming.index);
+        self.applied = index;
         self.log_bytes_since_snapshot = 0;
         tracing::info!(
             index = incoming.index,
             "installed the leader's keystore file"
         );
-        self.core
-            .install_snapshot(LogIndex(incoming.index), Term(incoming.term), membership);
+        self.core.install_snapshot(index, term, membership);
         Ok(())
     }
 

@@ -254,6 +254,23 @@ struct Progress {
     snapshot_asked_ms: Option<u64>,
 }
 
+impl Progress {
+    /// The follower answered at `now_ms` and holds our log through
+    /// `matched`: sends resume just after it, with the retransmit backoff
+    /// reset if that is news.
+    fn heard(&mut self, now_ms: u64, matched: LogIndex) {
+        self.last_ack_ms = Some(now_ms);
+        if matched > self.matched {
+            self.matched = matched;
+            self.backoff_ms = RETRANSMIT_MS_MIN;
+            self.retransmit_at_ms = now_ms + RETRANSMIT_MS_MIN;
+        }
+        if self.next <= self.matched {
+            self.next = LogIndex(self.matched.0 + 1);
+        }
+    }
+}
+
 /// A fragmented entry being reassembled on a follower.
 #[derive(Debug)]
 struct Reassembly {
@@ -514,16 +531,8 @@ impl Replica {
         let Some(progress) = self.progress.get_mut(&peer) else {
             return;
         };
-        progress.last_ack_ms = Some(now_ms);
         progress.snapshot_asked_ms = None;
-        if index > progress.matched {
-            progress.matched = index;
-            progress.backoff_ms = RETRANSMIT_MS_MIN;
-            progress.retransmit_at_ms = now_ms + RETRANSMIT_MS_MIN;
-        }
-        if progress.next <= progress.matched {
-            progress.next = LogIndex(progress.matched.0 + 1);
-        }
+        progress.heard(now_ms, index);
         self.advance_commit();
         self.maybe_change_membership(now_ms);
         self.send_window(peer, now_ms);
@@ -1112,16 +1121,8 @@ impl Replica {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        progress.last_ack_ms = Some(now_ms);
         progress.seq_acked = progress.seq_acked.max(seq);
-        if matched > progress.matched {
-            progress.matched = matched;
-            progress.backoff_ms = RETRANSMIT_MS_MIN;
-            progress.retransmit_at_ms = now_ms + RETRANSMIT_MS_MIN;
-        }
-        if progress.next <= progress.matched {
-            progress.next = LogIndex(progress.matched.0 + 1);
-        }
+        progress.heard(now_ms, matched);
         self.advance_commit();
         self.check_reads(now_ms);
         self.maybe_change_membership(now_ms);
@@ -1922,8 +1923,10 @@ mod tests {
         assert!(g.node(1).committed >= index);
     }
 
-    #[test]
-    fn follower_behind_the_compacted_log_is_sent_a_snapshot() {
+    /// Node 3 was down while leader 1 committed five entries and compacted
+    /// its log through them: it is behind the log. Returns the compaction
+    /// point.
+    fn node_3_behind_the_compacted_log() -> (Group, LogIndex, Term) {
         let mut g = Group::new(&[1, 2, 3]);
         g.elect(1, 1);
         g.node(3).up = false;
@@ -1934,6 +1937,12 @@ mod tests {
         let commit = g.node(1).committed;
         let term = g.node(1).replica.term_at(commit).unwrap();
         g.node(1).replica.compact(commit, term);
+        (g, commit, term)
+    }
+
+    #[test]
+    fn follower_behind_the_compacted_log_is_sent_a_snapshot() {
+        let (mut g, commit, term) = node_3_behind_the_compacted_log();
         assert_eq!(g.node(1).replica.snapshot_position(), (commit, term));
         g.node(3).up = true;
         g.tick(100);
@@ -1985,16 +1994,7 @@ mod tests {
 
     #[test]
     fn snapshot_delivery_resumes_replication_when_the_followers_ack_is_lost() {
-        let mut g = Group::new(&[1, 2, 3]);
-        g.elect(1, 1);
-        g.node(3).up = false;
-        for n in 0..5 {
-            g.propose(1, payload(n)).unwrap();
-        }
-        g.settle();
-        let commit = g.node(1).committed;
-        let term = g.node(1).replica.term_at(commit).unwrap();
-        g.node(1).replica.compact(commit, term);
+        let (mut g, commit, term) = node_3_behind_the_compacted_log();
         g.node(3).up = true;
         g.tick(100);
         // Node 3 installs the keystore file, but its Ack never arrives.
