@@ -653,8 +653,9 @@ impl Driver {
         loop {
             // Reads held until this leader could serve start as soon as it can.
             self.retry_held_reads();
-            // Every read handed over this turn shares one round.
-            self.core.flush_reads(now_ms());
+            // Every write and read handed over this turn shares one Append per
+            // follower; a follower answers every Append of the turn with one Ack.
+            self.core.flush(now_ms());
             let actions = self.core.take_actions();
             if actions.is_empty() {
                 break;

@@ -328,6 +328,12 @@ pub struct Replica {
     last_leader_contact_ms: Option<u64>,
     last_heartbeat_ms: u64,
     reassembly: Option<Reassembly>,
+    /// Follower: an Ack owed to the leader (with the sequence number to
+    /// answer), sent at [`Replica::flush`] or after the next fsync.
+    ack_owed: Option<(ServerId, u64)>,
+    /// Follower: highest sequence number answered, so that a new read round
+    /// is answered at once rather than after an fsync.
+    seq_answered: u64,
     actions: Vec<Action>,
     /// Deterministic jitter source, seeded by the driver.
     jitter: u64,
@@ -362,6 +368,8 @@ impl Replica {
             last_leader_contact_ms: None,
             last_heartbeat_ms: 0,
             reassembly: None,
+            ack_owed: None,
+            seq_answered: 0,
             actions: Vec::new(),
             jitter: jitter_seed | 1,
             start_term: durable.term,
@@ -640,14 +648,15 @@ impl Replica {
         }
     }
 
-    /// A client write on the leader: appended now, committed later.
+    /// A client write on the leader: appended now, sent at the next
+    /// [`Replica::flush`] (with every other write of the driver's turn, in
+    /// one Append per follower), committed later.
     pub fn propose(&mut self, now_ms: u64, payload: Bytes) -> Result<LogIndex, NotLeader> {
         if self.role != Role::Leader {
             return Err(NotLeader::Follower(self.leader));
         }
-        let index = self.append_local(payload);
-        self.broadcast(now_ms);
-        Ok(index)
+        let _ = now_ms;
+        Ok(self.append_local(payload))
     }
 
     /// A linearizable read on the leader (ReadIndex): answered with
@@ -662,7 +671,7 @@ impl Replica {
         }
         // The read waits for the next round, one that starts after it
         // arrived. Rounds are not sent here: one round serves every read
-        // that arrives before it goes out (`flush_reads`, or the moment the
+        // that arrives before it goes out (`flush`, or the moment the
         // round in flight is confirmed), so a burst of reads costs one round
         // trip to the followers, not one each.
         self.reads.push_back((self.seq + 1, self.commit, token));
@@ -670,12 +679,44 @@ impl Replica {
         Ok(())
     }
 
-    /// Starts the round that reads are waiting for, unless one is in
-    /// flight (it starts when that one is confirmed). The driver calls this
-    /// after handing over every request it had.
-    pub fn flush_reads(&mut self, now_ms: u64) {
-        if self.read_round_due() {
-            self.start_read_round(now_ms);
+    /// Sends what the driver's turn produced, once: the leader sends its
+    /// new entries (one Append per follower for every write of the turn,
+    /// not one per write) and starts the round that reads are waiting for
+    /// (unless one is in flight: it starts when that one is confirmed),
+    /// riding on those Appends; a follower sends the Ack it owes. The driver
+    /// calls this after handing over every request and datagram it had.
+    pub fn flush(&mut self, now_ms: u64) {
+        if self.role != Role::Leader {
+            self.flush_ack();
+            return;
+        }
+        let round = self.read_round_due();
+        if round {
+            self.seq += 1;
+            self.last_heartbeat_ms = now_ms;
+        }
+        let peers: Vec<ServerId> = self.progress.keys().copied().collect();
+        for peer in peers {
+            let sent = self.send_window(peer, now_ms);
+            if round && !sent {
+                self.send_append(peer, now_ms, false);
+            }
+        }
+        // A group of one commits on its own fsync alone.
+        self.advance_commit();
+    }
+
+    /// Follower: sends the Ack owed for the Appends of this turn, unless it
+    /// can wait for the fsync in progress, whose Ack will say more. It
+    /// cannot wait when it answers a new read round (the leader's reads
+    /// should not wait for our disk) or when nothing awaits an fsync.
+    fn flush_ack(&mut self) {
+        let Some((leader, seq)) = self.ack_owed else {
+            return;
+        };
+        let fsync_pending = self.persisted < self.log.last_index();
+        if seq > self.seq_answered || !fsync_pending || bug!(self, ack_before_fsync) {
+            self.ack(leader, seq);
         }
     }
 
@@ -820,6 +861,12 @@ impl Replica {
         self.term = term;
         self.verified = LogIndex(0);
         self.last_leader_contact_ms = None;
+        // Heartbeat sequence numbers count within a term. One carried over
+        // from the old leader would let an Ack answer a round of the new
+        // leader that it never saw, and confirm a read too early.
+        self.seq = 0;
+        self.seq_answered = 0;
+        self.ack_owed = None;
         self.actions.push(Action::PersistTerm(term));
     }
 
@@ -1313,7 +1360,9 @@ impl Replica {
             self.actions.push(Action::Append(new_entries));
         }
         self.role = self.idle_role();
-        self.ack(from, seq);
+        // Answered at the end of the turn (`flush`): one Ack for every
+        // Append of the turn.
+        self.ack_owed = Some((from, self.seq));
         self.follower_commit(commit);
     }
 
@@ -1398,6 +1447,8 @@ impl Replica {
         } else {
             self.persisted.min(self.verified)
         };
+        self.ack_owed = None;
+        self.seq_answered = self.seq_answered.max(seq);
         self.send(leader, addr, Message::Ack { seq, match_index });
     }
 
@@ -1613,7 +1664,9 @@ mod tests {
         /// queued, then reports the fsync.
         fn drive(&mut self, id: ServerId) {
             loop {
+                let now = self.now_ms;
                 let node = self.nodes.get_mut(&id).unwrap();
+                node.replica.flush(now);
                 let actions = node.replica.take_actions();
                 if actions.is_empty() {
                     return;
@@ -1909,6 +1962,125 @@ mod tests {
         g.settle();
         assert!(g.node(1).committed >= index);
         assert_eq!(g.node(2).disk[index.0 as usize - 1].1, big);
+    }
+
+    /// The Appends and Acks on the wire from `from` to `to`.
+    fn on_wire(g: &Group, from: u64, to: u64) -> Vec<&Message> {
+        g.wire
+            .iter()
+            .filter(|(f, t, _, _)| *f == ServerId(from) && *t == ServerId(to))
+            .map(|(_, _, _, m)| m)
+            .collect()
+    }
+
+    /// Takes every message on the wire to `to`, and drops the rest.
+    fn take_to(g: &mut Group, to: u64) -> Vec<(Term, Message)> {
+        g.wire
+            .drain(..)
+            .filter(|(_, t, _, _)| *t == ServerId(to))
+            .map(|(_, _, term, message)| (term, message))
+            .collect()
+    }
+
+    #[test]
+    fn writes_of_one_turn_leave_in_one_append_per_follower() {
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        for n in 1..=5 {
+            g.propose(1, payload(n)).unwrap();
+        }
+        assert!(g.wire.is_empty(), "nothing leaves before the turn ends");
+        g.drive(ServerId(1));
+        for follower in [2, 3] {
+            let sent = on_wire(&g, 1, follower);
+            assert_eq!(sent.len(), 1, "{sent:?}");
+            assert!(matches!(sent[0], Message::Append { entries, .. } if entries.len() == 5));
+        }
+        g.settle();
+        let last = g.node(1).replica.last_index();
+        assert_eq!(g.node(1).committed, last);
+    }
+
+    #[test]
+    fn a_follower_answers_the_appends_of_one_turn_with_one_ack() {
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        for n in 1..=2 {
+            g.propose(1, payload(n)).unwrap();
+            g.drive(ServerId(1));
+        }
+        let last = g.node(1).replica.last_index();
+        let appends = take_to(&mut g, 2);
+        assert_eq!(appends.len(), 2);
+        for (term, message) in appends {
+            g.receive(2, ServerId(1), term, message);
+        }
+        g.drive(ServerId(2));
+        let acks = on_wire(&g, 2, 1);
+        assert_eq!(acks.len(), 1, "{acks:?}");
+        assert!(matches!(acks[0], Message::Ack { match_index, .. } if *match_index == last));
+    }
+
+    #[test]
+    fn a_read_round_is_answered_before_the_followers_fsync() {
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        g.propose(1, payload(1)).unwrap();
+        g.drive(ServerId(1));
+        let (term, append) = take_to(&mut g, 2).remove(0);
+        let now = g.now_ms;
+        let follower = &mut g.node(2).replica;
+        follower.receive(now, ServerId(1), term, append);
+        follower.flush(now);
+        let acked = |actions: &[Action]| {
+            actions.iter().find_map(|a| match a {
+                Action::Send {
+                    message: Message::Ack { seq, .. },
+                    ..
+                } => Some(*seq),
+                _ => None,
+            })
+        };
+        let actions = follower.take_actions();
+        assert_eq!(acked(&actions), None, "a write's Ack waits for the fsync");
+        // A read round arrives while the fsync runs: answered at once.
+        g.read(1, 9).unwrap();
+        g.drive(ServerId(1));
+        let (term, round) = take_to(&mut g, 2).remove(0);
+        let Message::Append { seq: round_seq, .. } = round else {
+            panic!("a read round is an Append: {round:?}");
+        };
+        let follower = &mut g.node(2).replica;
+        follower.receive(now, ServerId(1), term, round);
+        follower.flush(now);
+        assert_eq!(acked(&follower.take_actions()), Some(round_seq));
+    }
+
+    #[test]
+    fn an_ack_counts_only_for_rounds_of_its_own_term() {
+        // Rounds of term 1 while server 2 is away: the others count far
+        // ahead of it. Server 2 then leads term 2; its first rounds must not
+        // be confirmed by the old leader's numbers.
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        g.node(2).up = false;
+        for token in 0..10 {
+            g.read(1, token).unwrap();
+            g.settle();
+        }
+        g.node(2).up = true;
+        g.elect(2, 2);
+        g.node(1).up = false;
+        g.node(3).up = false;
+        g.read(2, 99).unwrap();
+        g.settle();
+        assert!(
+            g.node(2).reads_ready.is_empty(),
+            "no follower answered this round"
+        );
+        g.node(3).up = true;
+        g.tick(100);
+        assert_eq!(g.node(2).reads_ready, vec![99]);
     }
 
     #[test]

@@ -570,11 +570,11 @@ impl World {
     fn process_actions(&mut self, id: u64) {
         loop {
             self.retry_held_reads(id);
-            // As the real driver: the read round goes out after the event
-            // that brought reads in.
+            // As the real driver: Appends, read rounds and Acks go out after
+            // the event that brought writes, reads or Appends in.
             let now = self.server_now(id);
             if let Some(core) = self.server(id).core.as_mut() {
-                core.flush_reads(now);
+                core.flush(now);
             }
             let actions = match self.server(id).core.as_mut() {
                 Some(core) => core.take_actions(),
