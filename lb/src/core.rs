@@ -462,7 +462,14 @@ impl Core {
         };
         let candidate = *candidate;
         let voters: BTreeSet<ServerId> = if promise.voters.is_empty() {
-            // A brand-new server's configuration is {itself}.
+            // A server that never joined a group founds one as {itself},
+            // but only if no group was ever founded: otherwise it would
+            // start a second group beside the real one, whose founder may
+            // have committed writes before anyone joined (found by the
+            // simulator: seeds 97 and 1239 of the bootstrap runs).
+            if self.durable.founded {
+                return;
+            }
             BTreeSet::from([candidate])
         } else {
             promise.voters.clone()
@@ -493,6 +500,7 @@ impl Core {
         self.last_named_term = term;
         self.election = None;
         self.durable.leader = leader;
+        self.durable.founded = true;
         self.leader_since_ms = now_ms;
         self.counters.leaders_named += 1;
         // Persisted so a restarted LB keeps heartbeating the same leader

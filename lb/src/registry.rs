@@ -16,8 +16,11 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic b"STORELB\0"
-//! 8       1     version = 1 (REGISTRY_VERSION)
-//! 9       3     reserved, 0
+//! 8       1     version = 2 (REGISTRY_VERSION); version 1 is read too
+//! 9       1     flags: bit 0 = founded (a leader was ever named); other
+//!               bits 0 (version 1: the whole byte 0, founded read as
+//!               "leader named")
+//! 10      2     reserved, 0
 //! 12      8     term: the highest term the LB has used
 //! 20      8     leader named in that term (0 = none)
 //! 28      2     member count N (at most MEMBERS_MAX)
@@ -47,7 +50,11 @@ const REGISTRY_TMP_FILE: &str = "registry.tmp";
 pub const REGISTRY_MAGIC: [u8; 8] = *b"STORELB\0";
 
 /// Version of the format above. Bump it on any change.
-pub const REGISTRY_VERSION: u8 = 1;
+pub const REGISTRY_VERSION: u8 = 2;
+/// The first version, without flags; still read.
+const REGISTRY_VERSION_1: u8 = 1;
+/// Flag bit: a leader was named at least once.
+const FLAG_FOUNDED: u8 = 1;
 
 /// Most servers the LB registers. Every Heartbeat lists every member, and it
 /// must fit in one datagram even when every address is IPv6 (checked below);
@@ -83,6 +90,10 @@ pub struct DurableState {
     pub term: Term,
     /// The leader named in `term`, or [`ServerId::LB`] (0) for none.
     pub leader: ServerId,
+    /// A leader was named at least once: a group exists, and a server that
+    /// never joined it may not found another (its founder may have
+    /// committed writes before anyone else joined).
+    pub founded: bool,
     /// Registered servers by id; never holds id 0 or more than
     /// [`MEMBERS_MAX`].
     pub members: BTreeMap<ServerId, Member>,
@@ -140,7 +151,8 @@ pub fn encode(state: &DurableState) -> Result<Vec<u8>, RegistryError> {
     let mut out = Vec::with_capacity(REGISTRY_BYTES_MAX);
     out.extend_from_slice(&REGISTRY_MAGIC);
     out.push(REGISTRY_VERSION);
-    out.extend_from_slice(&[0; 3]);
+    out.push(if state.founded { FLAG_FOUNDED } else { 0 });
+    out.extend_from_slice(&[0; 2]);
     out.extend_from_slice(&state.term.0.to_le_bytes());
     out.extend_from_slice(&state.leader.0.to_le_bytes());
     // Bounded by MEMBERS_MAX just above.
@@ -180,14 +192,23 @@ pub fn decode(bytes: &[u8]) -> Result<DurableState, RegistryError> {
     }
     let mut r = Reader { buf: &body[8..] };
     let version = r.u8()?;
-    if version != REGISTRY_VERSION {
+    if version != REGISTRY_VERSION && version != REGISTRY_VERSION_1 {
         return Err(RegistryError::UnsupportedVersion(version));
     }
-    if r.bytes(3)? != [0, 0, 0] {
+    let flags = r.u8()?;
+    let known_flags = if version == REGISTRY_VERSION {
+        FLAG_FOUNDED
+    } else {
+        0
+    };
+    if flags & !known_flags != 0 || r.bytes(2)? != [0, 0] {
         return Err(RegistryError::ReservedNonZero);
     }
     let term = Term(r.u64()?);
     let leader = ServerId(r.u64()?);
+    // Version 1 did not record it; a named leader proves it.
+    let founded =
+        flags & FLAG_FOUNDED != 0 || (version == REGISTRY_VERSION_1 && leader != ServerId::LB);
     let count = usize::from(r.u16()?);
     if count > MEMBERS_MAX {
         return Err(RegistryError::TooManyMembers(count));
@@ -212,6 +233,7 @@ pub fn decode(bytes: &[u8]) -> Result<DurableState, RegistryError> {
     Ok(DurableState {
         term,
         leader,
+        founded,
         members,
     })
 }
@@ -396,6 +418,7 @@ mod tests {
         DurableState {
             term: Term(5),
             leader: ServerId(9),
+            founded: true,
             members,
         }
     }
@@ -410,8 +433,9 @@ mod tests {
         let bytes = encode(&sample()).expect("fits");
         let expected = [
             "53544f52454c4200",                       // magic "STORELB\0"
-            "01",                                     // version
-            "000000",                                 // reserved
+            "02",                                     // version
+            "01",                                     // flags: founded
+            "0000",                                   // reserved
             "0500000000000000",                       // term 5
             "0900000000000000",                       // leader 9
             "0200",                                   // two members
@@ -427,6 +451,25 @@ mod tests {
         assert_eq!(hex(body), expected);
         assert_eq!(crc, crc32c::crc32c(body).to_le_bytes());
         assert_eq!(decode(&bytes).expect("valid"), sample());
+    }
+
+    #[test]
+    fn version_1_files_are_read_with_founded_from_the_leader() {
+        let mut bytes = encode(&sample()).expect("fits");
+        let body_len = bytes.len() - CRC_BYTES;
+        bytes[8] = 1;
+        bytes[9] = 0;
+        let crc = crc32c::crc32c(&bytes[..body_len]);
+        bytes[body_len..].copy_from_slice(&crc.to_le_bytes());
+        assert_eq!(decode(&bytes).expect("valid"), sample());
+        // A version 1 file with flags set is damaged.
+        bytes[9] = 1;
+        let crc = crc32c::crc32c(&bytes[..body_len]);
+        bytes[body_len..].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode(&bytes),
+            Err(RegistryError::ReservedNonZero)
+        ));
     }
 
     #[test]

@@ -13,10 +13,10 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use data::cluster_file::ClusterFile;
@@ -62,8 +62,11 @@ const INCOMING_FILE: &str = "keystore.incoming";
 /// How reads are served.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReadMode {
-    /// ReadIndex on the leader; followers forward reads (DESIGN §2).
+    /// The leader's lease, else ReadIndex; followers forward reads (DESIGN
+    /// §2, §4a).
     Linearizable,
+    /// ReadIndex on the leader for every read, lease or not.
+    ReadIndex,
     /// Every server answers from its own state: fast, possibly stale.
     Local,
 }
@@ -72,6 +75,7 @@ impl ReadMode {
     pub fn name(self) -> &'static str {
         match self {
             ReadMode::Linearizable => "linearizable",
+            ReadMode::ReadIndex => "read-index",
             ReadMode::Local => "local",
         }
     }
@@ -106,6 +110,9 @@ pub struct ClusterView {
     pub frames_received: AtomicU64,
     pub frames_dropped: AtomicU64,
     pub bad_mac: AtomicU64,
+    /// Leader: reads may be answered without a round until then
+    /// ([`crate::clock::mono_ms`]); 0 when not.
+    pub lease_until_ms: AtomicU64,
     /// The leader's memcached address, when known.
     pub leader_tcp: Mutex<Option<SocketAddr>>,
 }
@@ -117,6 +124,11 @@ impl ClusterView {
             2 => Role::Learner,
             _ => Role::Follower,
         }
+    }
+
+    /// Whether this server, the leader, holds a read lease now.
+    pub fn holds_lease(&self) -> bool {
+        self.lease_until_ms.load(Ordering::Acquire) > crate::clock::mono_ms()
     }
 
     pub fn leader_tcp(&self) -> Option<SocketAddr> {
@@ -367,6 +379,16 @@ struct Driver {
     incoming: Option<Incoming>,
 }
 
+impl Drop for Driver {
+    /// A driver that stops (an fsync failed, say) takes the lease with it
+    /// before its socket closes: the LB may read the closed port as a dead
+    /// leader and start an election at once, while this process's
+    /// connections would otherwise go on reading under the lease.
+    fn drop(&mut self) {
+        self.view.lease_until_ms.store(0, Ordering::SeqCst);
+    }
+}
+
 /// A keystore file streaming to one follower.
 struct Transfer {
     addr: SocketAddr,
@@ -408,6 +430,7 @@ impl Driver {
             start.settings.timing,
             durable,
             meta.server_id ^ now_ms(),
+            now_ms(),
         );
         core.set_lb_addr(start.settings.lb);
         let applied = LogIndex(commit::read(&start.state).applied_index());
@@ -613,6 +636,7 @@ impl Driver {
         let is_lb_heartbeat =
             header.from == ServerId::LB && matches!(message, Message::Heartbeat { .. });
         self.core.receive(now, header.from, header.term, message);
+        self.fence_lease();
         if is_lb_heartbeat {
             let status = self.core.status(now, self.applied);
             let (lb, term) = (self.settings.lb, self.core.term());
@@ -623,6 +647,7 @@ impl Driver {
     async fn on_tick(&mut self) {
         let now = now_ms();
         self.core.tick(now);
+        self.fence_lease();
         self.tick_transfers(now).await;
         // Tell the LB the moment the leader has been silent for the election
         // timeout, rather than at its next heartbeat: failover starts sooner.
@@ -660,6 +685,7 @@ impl Driver {
             if actions.is_empty() {
                 break;
             }
+            self.fence_lease();
             let mut appended: Option<LogIndex> = None;
             for action in actions {
                 match action {
@@ -1083,8 +1109,22 @@ impl Driver {
     }
 
     /// Updates what connections and `stats` see.
+    /// Withdraws the published lease at once when the core no longer holds
+    /// one (it stepped down, say), before anything else leaves: a promise
+    /// to a new term must not go out while connections still read under
+    /// this leader's lease.
+    fn fence_lease(&self) {
+        if self.core.lease_until_ms() == 0 {
+            self.view.lease_until_ms.store(0, Ordering::SeqCst);
+        }
+    }
+
     fn publish(&self) {
         let view = &self.view;
+        // After the state was brought up to the commit index: a read under
+        // the lease sees every write answered so far.
+        view.lease_until_ms
+            .store(self.core.lease_until_ms(), Ordering::Release);
         view.role.store(
             match self.core.role() {
                 Role::Leader => 1,
@@ -1149,10 +1189,10 @@ fn refusal(refused: NotLeader) -> CommitError {
     }
 }
 
+/// The core's clock: monotonic, so leases and timers survive wall-clock
+/// steps.
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    crate::clock::mono_ms()
 }
 
 /// A random non-zero server id (0 is the LB).

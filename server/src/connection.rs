@@ -473,8 +473,9 @@ impl Connection {
     }
 
     /// Whether a read may be served from the local state now. In cluster
-    /// mode with linearizable reads, the leader first confirms it still leads
-    /// (ReadIndex); a follower forwards the read and returns false.
+    /// mode with linearizable reads, the leader answers at once under its
+    /// lease, and otherwise first confirms it still leads (ReadIndex); a
+    /// follower forwards the read and returns false.
     async fn read_allowed(&mut self, raw: &Bytes) -> bool {
         let Backend::Cluster(cluster) = &self.backend else {
             return true;
@@ -490,6 +491,9 @@ impl Connection {
         let Backend::Cluster(cluster) = &self.backend else {
             return true;
         };
+        if cluster.read_mode == ReadMode::Linearizable && cluster.view.holds_lease() {
+            return true;
+        }
         if self.barrier_at_socket_read == Some(self.socket_reads) {
             // This request was in the buffer before the last round started.
             return true;

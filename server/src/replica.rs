@@ -57,6 +57,9 @@ pub struct Bugs {
     pub accept_stale_append: bool,
     /// A follower acknowledges entries before they are fsynced.
     pub ack_before_fsync: bool,
+    /// A follower promises a new term at once, while the leader it
+    /// acknowledged may still hold a read lease on its answer.
+    pub promise_during_lease: bool,
 }
 
 #[cfg(feature = "deliberate-bugs")]
@@ -72,21 +75,47 @@ macro_rules! bug {
     };
 }
 
-/// Timing settings (DESIGN §3: 100 ms heartbeats, 1 s election timeout).
+/// Timing settings (DESIGN §3: 100 ms heartbeats, 1 s election timeout;
+/// §4a: 300 ms read leases). Times are milliseconds of a monotonic clock.
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    /// How long a follower's Ack vouches for its leader: the follower
+    /// promises no new term for this long after it, and the leader serves
+    /// reads without a round for a little less ([`LEASE_MARGIN_PERCENT`])
+    /// after the start of a round a majority answered. 0: no leases.
+    pub lease_ms: u64,
+}
+
+impl Timing {
+    /// The lease is [`LEASE_HEARTBEATS`] heartbeats long. Every server of a
+    /// group must run with the same timing: a follower holds its promise
+    /// for its own lease length, which must cover the leader's.
+    pub fn new(heartbeat_ms: u64, election_timeout_ms: u64) -> Timing {
+        Timing {
+            heartbeat_ms,
+            election_timeout_ms,
+            lease_ms: LEASE_HEARTBEATS * heartbeat_ms,
+        }
+    }
 }
 
 impl Default for Timing {
     fn default() -> Self {
-        Timing {
-            heartbeat_ms: 100,
-            election_timeout_ms: 1000,
-        }
+        Timing::new(100, 1000)
     }
 }
+
+/// A lease is three heartbeats long: it outlives two lost ones, and adds
+/// at most that much to a failover (followers hold their promises).
+pub const LEASE_HEARTBEATS: u64 = 3;
+/// The leader's lease is this much shorter than the followers' hold, so
+/// clocks whose rates differ by up to this much (real ones differ by well
+/// under 0.1%) cannot overlap an old leader's lease with a new leader.
+pub const LEASE_MARGIN_PERCENT: u64 = 10;
+/// Round start times kept for lease bookkeeping at most.
+const ROUND_STARTS_MAX: usize = 1024;
 
 /// What the driver must do, in the order given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -337,6 +366,17 @@ pub struct Replica {
     actions: Vec<Action>,
     /// Deterministic jitter source, seeded by the driver.
     jitter: u64,
+    /// Leader: when each recent round (heartbeat sequence number) started,
+    /// oldest first; a majority's answer to one extends the lease from then.
+    round_starts: VecDeque<(u64, u64)>,
+    /// Leader: reads may be served without a round until then.
+    lease_until_ms: u64,
+    /// Follower: no promise to a new term before then: the leader it last
+    /// acknowledged may hold a lease until then. At start it covers Acks
+    /// sent before a crash.
+    promise_not_before_ms: u64,
+    /// A promise held back until `promise_not_before_ms`, for this term.
+    promise_held: Option<Term>,
     /// The term on disk when this process started. It may have led in it
     /// before a crash and sent entries it then lost (Appends leave before
     /// the leader's own fsync), so it never takes office in it again.
@@ -346,7 +386,13 @@ pub struct Replica {
 }
 
 impl Replica {
-    pub fn new(id: ServerId, timing: Timing, durable: Durable, jitter_seed: u64) -> Replica {
+    pub fn new(
+        id: ServerId,
+        timing: Timing,
+        durable: Durable,
+        jitter_seed: u64,
+        now_ms: u64,
+    ) -> Replica {
         let mut replica = Replica {
             id,
             timing,
@@ -372,6 +418,10 @@ impl Replica {
             seq_answered: 0,
             actions: Vec::new(),
             jitter: jitter_seed | 1,
+            round_starts: VecDeque::new(),
+            lease_until_ms: 0,
+            promise_not_before_ms: now_ms + timing.lease_ms,
+            promise_held: None,
             start_term: durable.term,
             #[cfg(feature = "deliberate-bugs")]
             bugs: Bugs::default(),
@@ -438,6 +488,17 @@ impl Replica {
             return self.role == Role::Leader;
         }
         self.role == Role::Leader && self.noop_index.is_some_and(|noop| self.commit >= noop)
+    }
+
+    /// Leader: reads may be answered from the local state, without a round,
+    /// until this time (0: not now). A majority answered a round that
+    /// started at most `lease_ms` minus the margin ago, and each of them
+    /// promises no new leader until `lease_ms` after its answer.
+    pub fn lease_until_ms(&self) -> u64 {
+        if self.timing.lease_ms == 0 || !self.is_serving() {
+            return 0;
+        }
+        self.lease_until_ms
     }
 
     /// Milliseconds since this server last heard its leader (for the LB).
@@ -557,6 +618,7 @@ impl Replica {
     /// down when a majority has been silent for the election timeout.
     pub fn tick(&mut self, now_ms: u64) {
         if self.role != Role::Leader {
+            self.release_promise(now_ms);
             return;
         }
         if !self.majority_heard_within(now_ms, self.timing.election_timeout_ms) {
@@ -572,7 +634,7 @@ impl Replica {
         let heartbeat_due = now_ms >= self.last_heartbeat_ms + self.timing.heartbeat_ms;
         if heartbeat_due {
             self.last_heartbeat_ms = now_ms;
-            self.seq += 1;
+            self.next_round(now_ms);
         }
         let peers: Vec<ServerId> = self.progress.keys().copied().collect();
         for peer in peers {
@@ -605,7 +667,7 @@ impl Replica {
                     }
                 }
             }
-            Message::Prepare => self.on_prepare(from, term),
+            Message::Prepare => self.on_prepare(now_ms, from, term),
             Message::NewLeader { leader } => self.on_new_leader(now_ms, term, leader),
             Message::AddServer { peer } => self.on_add_server(now_ms, term, peer),
             Message::RemoveServer { id } => self.on_remove_server(now_ms, term, id),
@@ -692,7 +754,7 @@ impl Replica {
         }
         let round = self.read_round_due();
         if round {
-            self.seq += 1;
+            self.next_round(now_ms);
             self.last_heartbeat_ms = now_ms;
         }
         let peers: Vec<ServerId> = self.progress.keys().copied().collect();
@@ -729,7 +791,7 @@ impl Replica {
     /// A heartbeat round: every follower answers with the round's sequence
     /// number, and a majority of answers confirms this leader still leads.
     fn start_read_round(&mut self, now_ms: u64) {
-        self.seq += 1;
+        self.next_round(now_ms);
         self.last_heartbeat_ms = now_ms;
         let peers: Vec<ServerId> = self.progress.keys().copied().collect();
         for peer in peers {
@@ -757,18 +819,47 @@ impl Replica {
 
     // ---- elections (DESIGN §3) ----
 
-    fn on_prepare(&mut self, from: ServerId, term: Term) {
+    fn on_prepare(&mut self, now_ms: u64, from: ServerId, term: Term) {
         if from != ServerId::LB {
             return;
         }
         let Some(lb) = self.lb_addr() else { return };
         if term <= self.term {
-            self.send(ServerId::LB, lb, Message::Reject);
+            if self.promise_held != Some(term) {
+                self.send(ServerId::LB, lb, Message::Reject);
+            }
             return;
         }
         // Durably record T before promising: from now on every message of a
         // lower term is refused, which fences the old leader.
         self.adopt_term(term, None);
+        // The leader we last answered may hold a read lease on that answer
+        // until `promise_not_before_ms`: no new leader may be named on our
+        // promise before then (a leader that steps down here gives up its
+        // own lease first).
+        if now_ms < self.promise_not_before_ms && !bug!(self, promise_during_lease) {
+            self.promise_held = Some(term);
+            return;
+        }
+        self.promise(lb);
+    }
+
+    /// Sends a promise held back by a lease once the lease is over.
+    fn release_promise(&mut self, now_ms: u64) {
+        if now_ms < self.promise_not_before_ms {
+            return;
+        }
+        let Some(term) = self.promise_held.take() else {
+            return;
+        };
+        if term == self.term && self.leader.is_none() {
+            if let Some(lb) = self.lb_addr() {
+                self.promise(lb);
+            }
+        }
+    }
+
+    fn promise(&mut self, lb: SocketAddr) {
         let voters = self.membership().voters.iter().copied().collect();
         let promise = Message::Promise {
             last_term: self.log.last_term(),
@@ -809,6 +900,8 @@ impl Replica {
         self.leader = Some(self.id);
         self.reads.clear();
         self.progress.clear();
+        self.round_starts.clear();
+        self.lease_until_ms = 0;
         let next = LogIndex(self.log.last_index().0 + 1);
         let members: Vec<ServerId> = {
             let m = self.membership();
@@ -835,7 +928,7 @@ impl Replica {
             );
         }
         self.last_heartbeat_ms = now_ms;
-        self.seq += 1;
+        self.next_round(now_ms);
         self.broadcast(now_ms);
     }
 
@@ -867,6 +960,7 @@ impl Replica {
         self.seq = 0;
         self.seq_answered = 0;
         self.ack_owed = None;
+        self.promise_held = None;
         self.actions.push(Action::PersistTerm(term));
     }
 
@@ -1170,6 +1264,7 @@ impl Replica {
         };
         progress.seq_acked = progress.seq_acked.max(seq);
         progress.heard(now_ms, matched);
+        self.extend_lease();
         self.advance_commit();
         self.check_reads(now_ms);
         self.maybe_change_membership(now_ms);
@@ -1195,6 +1290,7 @@ impl Replica {
         if moved_back {
             progress.next = next;
         }
+        self.extend_lease();
         self.check_reads(now_ms);
         // Resend only from a new position: a Nack that moves nothing (a
         // duplicate, or one for entries already resent) answered with a
@@ -1253,6 +1349,55 @@ impl Replica {
         }
     }
 
+    /// Leader: starts heartbeat round `seq + 1` now.
+    fn next_round(&mut self, now_ms: u64) {
+        self.seq += 1;
+        if self.round_starts.len() == ROUND_STARTS_MAX {
+            self.round_starts.pop_front();
+        }
+        self.round_starts.push_back((self.seq, now_ms));
+    }
+
+    /// Leader: extends the lease from the start of the latest round a
+    /// majority of voters answered, and forgets the rounds before it.
+    fn extend_lease(&mut self) {
+        if self.timing.lease_ms == 0 {
+            return;
+        }
+        let membership = self.membership();
+        let mut answered: Vec<u64> = membership
+            .voters
+            .iter()
+            .map(|id| {
+                if *id == self.id {
+                    u64::MAX
+                } else {
+                    self.progress.get(id).map_or(0, |p| p.seq_acked)
+                }
+            })
+            .collect();
+        let quorum = membership.quorum();
+        if quorum == 0 || answered.len() < quorum {
+            return;
+        }
+        answered.sort_unstable_by(|a, b| b.cmp(a));
+        let confirmed = answered[quorum - 1];
+        while self
+            .round_starts
+            .get(1)
+            .is_some_and(|(seq, _)| *seq <= confirmed)
+        {
+            self.round_starts.pop_front();
+        }
+        let Some(&(seq, started_ms)) = self.round_starts.front() else {
+            return;
+        };
+        if seq <= confirmed {
+            let lease_ms = self.timing.lease_ms * (100 - LEASE_MARGIN_PERCENT) / 100;
+            self.lease_until_ms = self.lease_until_ms.max(started_ms + lease_ms);
+        }
+    }
+
     /// A majority of voters (this leader included) answered round `seq`.
     fn round_confirmed(&self, seq: u64) -> bool {
         let membership = self.membership();
@@ -1304,6 +1449,10 @@ impl Replica {
         }
         self.leader = Some(from);
         self.last_leader_contact_ms = Some(now_ms);
+        // Whatever we answer to this Append may extend the leader's lease.
+        self.promise_not_before_ms = self
+            .promise_not_before_ms
+            .max(now_ms + self.timing.lease_ms);
         true
     }
 
@@ -1608,7 +1757,7 @@ mod tests {
                     entries: Vec::new(),
                     snapshot_membership: membership.clone(),
                 };
-                let mut replica = Replica::new(ServerId(*id), Timing::default(), durable, *id);
+                let mut replica = Replica::new(ServerId(*id), Timing::default(), durable, *id, 0);
                 replica.set_lb_addr(LB_ADDR.parse().unwrap());
                 replica.receive(
                     0,
@@ -1799,7 +1948,7 @@ mod tests {
         let mut g = Group::new(&[1, 2, 3]);
         g.node(1)
             .replica
-            .receive(0, ServerId::LB, Term(5), Message::Prepare);
+            .receive(1_000, ServerId::LB, Term(5), Message::Prepare);
         let actions = g.node(1).replica.take_actions();
         assert_eq!(actions[0], Action::PersistTerm(Term(5)));
         assert!(matches!(
@@ -1813,7 +1962,7 @@ mod tests {
         // A second Prepare of the same term is refused: one promise per term.
         g.node(1)
             .replica
-            .receive(0, ServerId::LB, Term(5), Message::Prepare);
+            .receive(1_000, ServerId::LB, Term(5), Message::Prepare);
         let actions = g.node(1).replica.take_actions();
         assert!(matches!(
             &actions[0],
@@ -2083,6 +2232,88 @@ mod tests {
         assert_eq!(g.node(2).reads_ready, vec![99]);
     }
 
+    /// Whether `id` sent the LB a Promise among `actions`.
+    fn promised(actions: &[Action]) -> bool {
+        actions.iter().any(|a| {
+            matches!(
+                a,
+                Action::Send {
+                    message: Message::Promise { .. },
+                    ..
+                }
+            )
+        })
+    }
+
+    #[test]
+    fn a_lease_runs_from_the_start_of_a_round_a_majority_answered() {
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        let started = g.now_ms;
+        let lease = Timing::default().lease_ms * (100 - LEASE_MARGIN_PERCENT) / 100;
+        assert_eq!(g.node(1).replica.lease_until_ms(), started + lease);
+        // Answers keep it going; without them it ends, and reads wait for
+        // a round again.
+        g.tick(100);
+        assert_eq!(g.node(1).replica.lease_until_ms(), started + 100 + lease);
+        g.node(2).up = false;
+        g.node(3).up = false;
+        for _ in 0..3 {
+            g.tick(100);
+        }
+        let now = g.now_ms;
+        assert!(g.node(1).replica.lease_until_ms() <= now);
+        assert!(
+            g.node(2).replica.lease_until_ms() == 0,
+            "followers hold none"
+        );
+    }
+
+    #[test]
+    fn a_follower_holds_its_promise_while_its_leader_may_hold_a_lease() {
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        let answered = g.now_ms;
+        let lease_ms = Timing::default().lease_ms;
+        g.now_ms += 50;
+        g.receive(2, ServerId::LB, Term(2), Message::Prepare);
+        let actions = g.node(2).replica.take_actions();
+        assert_eq!(
+            actions[0],
+            Action::PersistTerm(Term(2)),
+            "the term is taken at once"
+        );
+        assert!(!promised(&actions), "{actions:?}");
+        // A resent Prepare is not refused while the promise is held.
+        g.receive(2, ServerId::LB, Term(2), Message::Prepare);
+        assert!(g.node(2).replica.take_actions().is_empty());
+        let now = answered + lease_ms - 1;
+        g.node(2).replica.tick(now);
+        assert!(!promised(&g.node(2).replica.take_actions()));
+        g.node(2).replica.tick(answered + lease_ms);
+        assert!(promised(&g.node(2).replica.take_actions()));
+    }
+
+    #[test]
+    fn a_restarted_server_holds_promises_for_a_lease() {
+        // Its Acks from before the crash are forgotten, so it waits as if it
+        // had just sent one.
+        let durable = Durable {
+            term: Term(1),
+            snapshot_index: LogIndex(0),
+            snapshot_term: Term(0),
+            entries: Vec::new(),
+            snapshot_membership: Membership::default(),
+        };
+        let timing = Timing::default();
+        let mut replica = Replica::new(ServerId(2), timing, durable, 2, 5_000);
+        replica.set_lb_addr(LB_ADDR.parse().unwrap());
+        replica.receive(5_000, ServerId::LB, Term(2), Message::Prepare);
+        assert!(!promised(&replica.take_actions()));
+        replica.tick(5_000 + timing.lease_ms);
+        assert!(promised(&replica.take_actions()));
+    }
+
     #[test]
     fn lost_messages_are_retransmitted() {
         let mut g = Group::new(&[1, 2, 3]);
@@ -2215,7 +2446,7 @@ mod tests {
         };
         // The crash took the unsynced tail: only the no-op survived.
         node.disk.truncate(1);
-        node.replica = Replica::new(ServerId(1), Timing::default(), durable, 9);
+        node.replica = Replica::new(ServerId(1), Timing::default(), durable, 9, 0);
         node.replica.set_lb_addr(LB_ADDR.parse().unwrap());
         g.receive(
             1,
@@ -2246,7 +2477,7 @@ mod tests {
             entries: Vec::new(),
             snapshot_membership: Membership::default(),
         };
-        let mut two = Replica::new(ServerId(2), Timing::default(), durable, 2);
+        let mut two = Replica::new(ServerId(2), Timing::default(), durable, 2, 0);
         let peers = vec![
             Peer {
                 id: ServerId(1),

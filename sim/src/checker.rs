@@ -14,7 +14,10 @@
 //!   incarnation;
 //! - state machine safety: replicas that applied the same index hold the
 //!   same state (a hash of every item, the membership and the flush);
-//! - acknowledged writes are committed, as acknowledged.
+//! - acknowledged writes are committed, as acknowledged;
+//! - lease safety: while a leader holds a read lease (by its own clock), no
+//!   leader of a later term serves (has committed its no-op), so reads
+//!   under the lease cannot miss a newer leader's writes.
 
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
@@ -70,8 +73,9 @@ impl Checker {
         self.leaders.len()
     }
 
-    /// After every step: terms, leaders, taking office.
-    pub fn after_step(&mut self, servers: &[Server]) -> Result<(), Broken> {
+    /// After every step: terms, leaders, taking office, leases.
+    pub fn after_step(&mut self, servers: &[Server], now: u64) -> Result<(), Broken> {
+        self.leases(servers, now)?;
         for (i, s) in servers.iter().enumerate() {
             let id = s.id;
             if s.disk.term < self.max_term[i] {
@@ -110,6 +114,39 @@ impl Checker {
                 }
             }
             self.last_role[i] = (term, role);
+        }
+        Ok(())
+    }
+
+    /// Lease safety, at global time `now`.
+    fn leases(&self, servers: &[Server], now: u64) -> Result<(), Broken> {
+        for holder in servers {
+            let Some(core) = holder.core.as_ref().filter(|_| holder.up) else {
+                continue;
+            };
+            let until = core.lease_until_ms();
+            if until <= holder.mono_now(now) {
+                continue;
+            }
+            let newer = servers.iter().find(|s| {
+                s.up && s
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.term() > core.term() && c.is_serving())
+            });
+            if let Some(newer) = newer {
+                return Err((
+                    "lease safety",
+                    format!(
+                        "n{} holds a lease of t{} until {until} (its clock at {}) while n{} serves t{}",
+                        holder.id,
+                        core.term(),
+                        holder.mono_now(now),
+                        newer.id,
+                        newer.core.as_ref().map_or(0, |c| c.term().0),
+                    ),
+                ));
+            }
         }
         Ok(())
     }

@@ -41,12 +41,13 @@ pub struct Bugs {
 
 impl Bugs {
     /// The names the binary and the tests use.
-    pub const NAMES: [&'static str; 5] = [
+    pub const NAMES: [&'static str; 6] = [
         "commit-on-minority",
         "skip-noop",
         "accept-stale-append",
         "ack-before-fsync",
         "read-without-read-index",
+        "promise-during-lease",
     ];
 
     /// The switch named `name` turned on, or `None` for an unknown name.
@@ -58,6 +59,7 @@ impl Bugs {
             "accept-stale-append" => bugs.replica.accept_stale_append = true,
             "ack-before-fsync" => bugs.replica.ack_before_fsync = true,
             "read-without-read-index" => bugs.read_without_read_index = true,
+            "promise-during-lease" => bugs.replica.promise_during_lease = true,
             _ => return None,
         }
         Some(bugs)

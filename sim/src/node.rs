@@ -117,7 +117,11 @@ pub(crate) struct Server {
     pub id: u64,
     pub up: bool,
     pub incarnation: u32,
+    /// The wall clock's offset (clock-jump faults): commands' times.
     pub clock_offset_ms: i64,
+    /// How fast the monotonic clock runs against true time, in parts per
+    /// million (a few hundred either way; leases allow 10%).
+    pub clock_rate_ppm: i64,
     /// Paused (not crashed) until this global time.
     pub paused_until: u64,
     pub disk: Disk,
@@ -156,6 +160,7 @@ impl Server {
             up: false,
             incarnation: 0,
             clock_offset_ms: 0,
+            clock_rate_ppm: clock_rate_ppm(opts.seed, id),
             paused_until: 0,
             state: snapshot.state(),
             disk: Disk {
@@ -212,12 +217,27 @@ fn outcome_ret(outcome: Outcome) -> Option<check::Ret> {
     })
 }
 
+impl Server {
+    /// This server's monotonic clock when true time is `now`.
+    pub(crate) fn mono_now(&self, now: u64) -> u64 {
+        let skew = now as i64 * self.clock_rate_ppm / 1_000_000;
+        now.saturating_add_signed(skew)
+    }
+}
+
 impl World {
     fn server(&mut self, id: u64) -> &mut Server {
         &mut self.servers[id as usize - 1]
     }
 
+    /// The server's monotonic clock, which its core runs on (as the real
+    /// driver's): no jumps, a rate a little off true time.
     fn server_now(&self, id: u64) -> u64 {
+        self.servers[id as usize - 1].mono_now(self.now)
+    }
+
+    /// The server's wall clock, which jumps: commands' times and expiry.
+    fn server_wall(&self, id: u64) -> u64 {
         self.now
             .saturating_add_signed(self.servers[id as usize - 1].clock_offset_ms)
     }
@@ -226,6 +246,7 @@ impl World {
     pub(crate) fn boot_server(&mut self, id: u64) {
         let jitter = self.rng.next_u64();
         let bugs = self.opts.bugs.replica;
+        let now = self.server_now(id);
         let s = self.server(id);
         let durable = Durable {
             term: s.disk.term,
@@ -234,11 +255,8 @@ impl World {
             entries: s.disk.log.iter().map(|(t, p, _)| (*t, p.clone())).collect(),
             snapshot_membership: s.disk.snapshot.membership(),
         };
-        let timing = Timing {
-            heartbeat_ms: HEARTBEAT_MS,
-            election_timeout_ms: ELECTION_TIMEOUT_MS,
-        };
-        let mut core = Replica::new(ServerId(id), timing, durable, jitter);
+        let timing = Timing::new(HEARTBEAT_MS, ELECTION_TIMEOUT_MS);
+        let mut core = Replica::new(ServerId(id), timing, durable, jitter, now);
         core.set_bugs(bugs);
         core.set_lb_addr(udp_addr(0));
         s.state = s.disk.snapshot.state();
@@ -442,7 +460,7 @@ impl World {
         match request {
             Request::Write { op, .. } => {
                 let command = Command {
-                    time_s: now / 1000,
+                    time_s: self.server_wall(id) / 1000,
                     op,
                 };
                 let mut payload = BytesMut::with_capacity(command.encoded_len());
@@ -481,7 +499,14 @@ impl World {
                     .core
                     .as_ref()
                     .is_some_and(|c| c.role() == Role::Leader);
-                if read_without_read_index && leading {
+                // As the real connection: the leader answers at once under
+                // its lease.
+                let leased = self
+                    .server(id)
+                    .core
+                    .as_ref()
+                    .is_some_and(|c| c.lease_until_ms() > now);
+                if (read_without_read_index && leading) || leased {
                     self.answer_read(id, read);
                 } else {
                     self.start_read(id, now, read);
@@ -538,7 +563,7 @@ impl World {
     }
 
     fn answer_read(&mut self, id: u64, read: PendingRead) {
-        let now_s = self.server_now(id) / 1000;
+        let now_s = self.server_wall(id) / 1000;
         let s = self.server(id);
         let ret = match s.state.get(&read.key, now_s) {
             None => check::Ret::Miss,
@@ -862,4 +887,12 @@ impl World {
         core.compact(index, term);
         self.trace(|| format!("n{id}  keystore written through {index}, log compacted"));
     }
+}
+
+/// A server's clock rate, from the seed and its id (not drawn from the
+/// run's random stream, so adding it changed no other draw): within
+/// ±500 ppm.
+fn clock_rate_ppm(seed: u64, id: u64) -> i64 {
+    let mixed = (seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    (mixed >> 33) as i64 % 1001 - 500
 }

@@ -502,6 +502,24 @@ impl World {
         self.schedule(at, Event::RestartLb);
     }
 
+    /// The LB is told the leader's port refused a datagram while the leader
+    /// lives (a firewall's REJECT rule between them), so it starts an
+    /// election at once, while the leader may still hold a read lease.
+    fn leader_refused(&mut self) {
+        let now = self.lb_now();
+        let Some(leader) = self.lb.core.as_ref().and_then(|core| core.leader()) else {
+            return;
+        };
+        self.trace(|| format!("FAULT lb told n{} refused a datagram", leader.0));
+        let actions = self
+            .lb
+            .core
+            .as_mut()
+            .map(|core| core.unreachable(now, leader))
+            .unwrap_or_default();
+        self.lb_actions(actions);
+    }
+
     fn lb_tick(&mut self, incarnation: u32) {
         if incarnation != self.lb.incarnation {
             return;
@@ -635,8 +653,12 @@ impl World {
                 self.trace(|| "FAULT heal".to_string());
             }
             5 => {
-                self.crash_lb();
-                self.crashes += 1;
+                if self.rng.below(2) == 0 {
+                    self.crash_lb();
+                    self.crashes += 1;
+                } else {
+                    self.leader_refused();
+                }
             }
             6 => {
                 let node = self.rng.range(0, n);
@@ -759,7 +781,7 @@ impl World {
     }
 
     fn check_step(&mut self) {
-        let result = self.checker.after_step(&self.servers);
+        let result = self.checker.after_step(&self.servers, self.now);
         if let Err((invariant, detail)) = result {
             self.fail(invariant, detail);
         }

@@ -114,3 +114,8 @@ fn bug_ack_before_fsync_is_caught() {
 fn bug_read_without_read_index_is_caught() {
     caught_within("read-without-read-index", 300);
 }
+
+#[test]
+fn bug_promise_during_lease_is_caught() {
+    caught_within("promise-during-lease", 300);
+}

@@ -188,10 +188,13 @@ struct AddsrvArgs {
     /// A leader that has not heard a majority for this long steps down.
     #[arg(long, default_value_t = 1000, requires = "lb")]
     election_timeout_ms: u64,
-    /// `linearizable` (reads confirm leadership with a majority; followers
-    /// forward reads) or `local` (every server answers from its own state,
+    /// `linearizable` (followers forward reads; the leader answers from its
+    /// state while a majority's recent answers give it a lease, and
+    /// confirms its leadership with a majority round otherwise),
+    /// `read-index` (a majority round for every read, no reliance on clock
+    /// rates) or `local` (every server answers from its own state,
     /// possibly stale).
-    #[arg(long, default_value = "linearizable", value_parser = ["linearizable", "local"], requires = "lb")]
+    #[arg(long, default_value = "linearizable", value_parser = ["linearizable", "read-index", "local"], requires = "lb")]
     read_mode: String,
 }
 
@@ -430,14 +433,14 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
                     cluster,
                     udp_listen: std::net::SocketAddr::new(args.listen, args.udp_port),
                     udp_advertise: args.udp_advertise,
-                    timing: server::replica::Timing {
-                        heartbeat_ms: args.heartbeat_ms,
-                        election_timeout_ms: args.election_timeout_ms,
-                    },
-                    read_mode: if args.read_mode == "local" {
-                        server::cluster::ReadMode::Local
-                    } else {
-                        server::cluster::ReadMode::Linearizable
+                    timing: server::replica::Timing::new(
+                        args.heartbeat_ms,
+                        args.election_timeout_ms,
+                    ),
+                    read_mode: match args.read_mode.as_str() {
+                        "local" => server::cluster::ReadMode::Local,
+                        "read-index" => server::cluster::ReadMode::ReadIndex,
+                        _ => server::cluster::ReadMode::Linearizable,
                     },
                 })
             }

@@ -304,6 +304,30 @@ fn first_server_bootstraps_a_group_of_one() {
 }
 
 #[test]
+fn a_server_that_never_joined_does_not_found_a_second_group() {
+    // Server 1 founded a group of one and may have committed writes alone;
+    // 2 and 3 registered but never joined it when 1 went away.
+    let mut core = Core::new(config(), DurableState::default(), 0);
+    register(&mut core, 0, 1);
+    promise(&mut core, 1, 1, Term(1), (0, 0), &[]);
+    assert_eq!(core.leader(), Some(id(1)));
+    register(&mut core, 2, 2);
+    register(&mut core, 3, 3);
+    let actions = core.unreachable(10, id(1));
+    assert!(
+        persisted(&actions).iter().all(|d| d.founded),
+        "the group's founding is durable"
+    );
+    promise(&mut core, 11, 2, Term(2), (0, 0), &[]);
+    let actions = promise(&mut core, 11, 3, Term(2), (0, 0), &[]);
+    assert!(new_leaders(&actions).is_empty(), "would lose 1's writes");
+    // The founder, back, is elected.
+    let actions = promise(&mut core, 12, 1, Term(2), (1, 4), &[1]);
+    assert_eq!(new_leaders(&actions).len(), 3);
+    assert_eq!(core.leader(), Some(id(1)));
+}
+
+#[test]
 fn persists_term_before_prepare() {
     let mut core = Core::new(config(), DurableState::default(), 0);
     let actions = register(&mut core, 0, 1);
