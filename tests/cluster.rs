@@ -123,6 +123,16 @@ fn any_server_takes_any_command() {
         leader_stats.get("repl_role").map(String::as_str),
         Some("leader")
     );
+    // Reads are served under the leader's lease (renewed every heartbeat
+    // while a majority answers); followers never hold one.
+    let lease_left = |addr| -> u64 { stats(addr)["repl_lease_ms_left"].parse().unwrap() };
+    assert!(
+        poll_until(Duration::from_secs(10), || lease_left(leader_addr) > 0),
+        "the leader holds no read lease"
+    );
+    for server in cluster.servers.iter().filter(|s| **s != leader_addr) {
+        assert_eq!(lease_left(*server), 0, "follower {server} holds a lease");
+    }
 
     let Some(memccapable) = memccapable_bin() else {
         skip(

@@ -182,6 +182,15 @@ impl ClusterView {
                 self.bad_mac.load(Relaxed).to_string(),
             ),
             ("repl_read_mode".into(), read_mode.name().into()),
+            (
+                // Milliseconds of read lease left (leader): 0 means reads
+                // take a majority round now.
+                "repl_lease_ms_left".into(),
+                self.lease_until_ms
+                    .load(Relaxed)
+                    .saturating_sub(crate::clock::mono_ms())
+                    .to_string(),
+            ),
         ]
     }
 }
