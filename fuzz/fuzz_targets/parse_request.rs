@@ -263,58 +263,7 @@ fn check_request(input: &[u8], consumed: usize, request: &Request) {
 /// has no function for (`cache_memlimit`).
 fn encode(request: &Request) -> Result<Option<BytesMut>, EncodeError> {
     let mut out = BytesMut::new();
-    match request {
-        Request::Get { keys, with_cas } => client::encode_get(&mut out, keys, *with_cas)?,
-        Request::GetAndTouch {
-            exptime,
-            keys,
-            with_cas,
-        } => client::encode_gat(&mut out, *exptime, keys, *with_cas)?,
-        Request::Store(s) => client::encode_store(
-            &mut out,
-            s.mode,
-            &s.key,
-            s.flags,
-            s.exptime,
-            &s.data,
-            s.cas_unique,
-            s.noreply,
-        )?,
-        Request::Delete { key, noreply } => client::encode_delete(&mut out, key, *noreply)?,
-        Request::Arith {
-            key,
-            delta,
-            incr,
-            noreply,
-        } => client::encode_arith(&mut out, key, *delta, *incr, *noreply)?,
-        Request::Touch {
-            key,
-            exptime,
-            noreply,
-        } => client::encode_touch(&mut out, key, *exptime, *noreply)?,
-        Request::FlushAll { delay, noreply } => {
-            client::encode_flush_all(&mut out, (*delay != 0).then_some(*delay), *noreply)
-        }
-        Request::Version => client::encode_version(&mut out),
-        // The level is not kept; any level parses to the same request.
-        Request::Verbosity { noreply } => client::encode_verbosity(&mut out, 1, *noreply),
-        Request::Stats(group) => {
-            let group = match group {
-                StatsGroup::General => None,
-                StatsGroup::Settings => Some("settings"),
-                StatsGroup::Items => Some("items"),
-                StatsGroup::Slabs => Some("slabs"),
-                StatsGroup::Sizes => Some("sizes"),
-                StatsGroup::Conns => Some("conns"),
-                StatsGroup::Reset => Some("reset"),
-                StatsGroup::CacheDump => Some("cachedump 1 0"),
-            };
-            client::encode_stats(&mut out, group)?
-        }
-        Request::CacheMemlimit { .. } => return Ok(None),
-        Request::Quit => client::encode_quit(&mut out),
-    }
-    Ok(Some(out))
+    Ok(client::encode_request(&mut out, request)?.then_some(out))
 }
 
 /// The keys the encoder must check for `request`.

@@ -34,7 +34,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-use super::{put_u64, DECIMAL_BYTES_MAX};
+use super::{put_u64, Request, StatsGroup, DECIMAL_BYTES_MAX};
 use crate::command::StoreMode;
 use crate::limits::{DATA_BYTES_FIELD_MAX, GET_LINE_BYTES_MAX, KEY_BYTES_MAX};
 
@@ -407,6 +407,65 @@ pub fn encode_stats(buf: &mut BytesMut, group: Option<&str>) -> Result<(), Encod
 /// `quit`. No reply: the server closes the connection.
 pub fn encode_quit(buf: &mut BytesMut) {
     buf.put_slice(b"quit\r\n");
+}
+
+/// Writes a parsed request back in its wire form, through the functions
+/// above, so that parsing the bytes gives the same request. Returns false,
+/// writing nothing, for `cache_memlimit`, which clients do not send. The
+/// verbosity level is not kept by the parser; any level gives the same
+/// request, and 1 is written.
+pub fn encode_request(buf: &mut BytesMut, request: &Request) -> Result<bool, EncodeError> {
+    match request {
+        Request::Get { keys, with_cas } => encode_get(buf, keys, *with_cas)?,
+        Request::GetAndTouch {
+            exptime,
+            keys,
+            with_cas,
+        } => encode_gat(buf, *exptime, keys, *with_cas)?,
+        Request::Store(s) => encode_store(
+            buf,
+            s.mode,
+            &s.key,
+            s.flags,
+            s.exptime,
+            &s.data,
+            s.cas_unique,
+            s.noreply,
+        )?,
+        Request::Delete { key, noreply } => encode_delete(buf, key, *noreply)?,
+        Request::Arith {
+            key,
+            delta,
+            incr,
+            noreply,
+        } => encode_arith(buf, key, *delta, *incr, *noreply)?,
+        Request::Touch {
+            key,
+            exptime,
+            noreply,
+        } => encode_touch(buf, key, *exptime, *noreply)?,
+        Request::FlushAll { delay, noreply } => {
+            encode_flush_all(buf, (*delay != 0).then_some(*delay), *noreply)
+        }
+        Request::Version => encode_version(buf),
+        Request::Verbosity { noreply } => encode_verbosity(buf, 1, *noreply),
+        Request::Stats(group) => {
+            let group = match group {
+                StatsGroup::General => None,
+                StatsGroup::Settings => Some("settings"),
+                StatsGroup::Items => Some("items"),
+                StatsGroup::Slabs => Some("slabs"),
+                StatsGroup::Sizes => Some("sizes"),
+                StatsGroup::Conns => Some("conns"),
+                StatsGroup::Reset => Some("reset"),
+                StatsGroup::CacheDump => Some("cachedump 1 0"),
+            };
+            encode_stats(buf, group)?
+        }
+        Request::CacheMemlimit { .. } => return Ok(false),
+        Request::Quit => encode_quit(buf),
+    }
+    Ok(true)
 }
 
 /// Receives the parts of a reply as the parser walks it, so that one walk
