@@ -523,7 +523,7 @@ impl Driver {
             DriverRequest::Propose { command, reply } => {
                 let mut payload = BytesMut::with_capacity(command.encoded_len());
                 command.encode(&mut payload);
-                match self.core.propose(now, payload.freeze()) {
+                match self.core.propose(payload.freeze()) {
                     Ok(index) => {
                         self.proposals.insert(index.0, (self.core.term(), reply));
                     }

@@ -633,7 +633,6 @@ impl Replica {
         }
         let heartbeat_due = now_ms >= self.last_heartbeat_ms + self.timing.heartbeat_ms;
         if heartbeat_due {
-            self.last_heartbeat_ms = now_ms;
             self.next_round(now_ms);
         }
         let peers: Vec<ServerId> = self.progress.keys().copied().collect();
@@ -646,10 +645,7 @@ impl Replica {
                 progress.next = LogIndex(progress.matched.0 + 1);
                 progress.backoff_ms = (progress.backoff_ms * 2).min(RETRANSMIT_MS_MAX);
             }
-            let sent = self.send_window(peer, now_ms);
-            if heartbeat_due && !sent {
-                self.send_append(peer, now_ms, false);
-            }
+            self.send_window_or_heartbeat(peer, now_ms, heartbeat_due);
         }
     }
 
@@ -713,11 +709,10 @@ impl Replica {
     /// A client write on the leader: appended now, sent at the next
     /// [`Replica::flush`] (with every other write of the driver's turn, in
     /// one Append per follower), committed later.
-    pub fn propose(&mut self, now_ms: u64, payload: Bytes) -> Result<LogIndex, NotLeader> {
+    pub fn propose(&mut self, payload: Bytes) -> Result<LogIndex, NotLeader> {
         if self.role != Role::Leader {
             return Err(NotLeader::Follower(self.leader));
         }
-        let _ = now_ms;
         Ok(self.append_local(payload))
     }
 
@@ -755,14 +750,10 @@ impl Replica {
         let round = self.read_round_due();
         if round {
             self.next_round(now_ms);
-            self.last_heartbeat_ms = now_ms;
         }
         let peers: Vec<ServerId> = self.progress.keys().copied().collect();
         for peer in peers {
-            let sent = self.send_window(peer, now_ms);
-            if round && !sent {
-                self.send_append(peer, now_ms, false);
-            }
+            self.send_window_or_heartbeat(peer, now_ms, round);
         }
         // A group of one commits on its own fsync alone.
         self.advance_commit();
@@ -792,7 +783,6 @@ impl Replica {
     /// number, and a majority of answers confirms this leader still leads.
     fn start_read_round(&mut self, now_ms: u64) {
         self.next_round(now_ms);
-        self.last_heartbeat_ms = now_ms;
         let peers: Vec<ServerId> = self.progress.keys().copied().collect();
         for peer in peers {
             self.send_append(peer, now_ms, false);
@@ -927,7 +917,6 @@ impl Replica {
                 },
             );
         }
-        self.last_heartbeat_ms = now_ms;
         self.next_round(now_ms);
         self.broadcast(now_ms);
     }
@@ -1109,6 +1098,15 @@ impl Replica {
         }
         // A group of one commits on its own fsync alone.
         self.advance_commit();
+    }
+
+    /// Sends what the window allows to `peer`, and with `heartbeat` an empty
+    /// Append if the window sent nothing, so the round reaches every peer.
+    fn send_window_or_heartbeat(&mut self, peer: ServerId, now_ms: u64, heartbeat: bool) {
+        let sent = self.send_window(peer, now_ms);
+        if heartbeat && !sent {
+            self.send_append(peer, now_ms, false);
+        }
     }
 
     /// Sends what the window allows to `peer`; true if anything was sent.
@@ -1349,8 +1347,10 @@ impl Replica {
         }
     }
 
-    /// Leader: starts heartbeat round `seq + 1` now.
+    /// Leader: starts heartbeat round `seq + 1` now; the next heartbeat is
+    /// due a heartbeat interval later.
     fn next_round(&mut self, now_ms: u64) {
+        self.last_heartbeat_ms = now_ms;
         self.seq += 1;
         if self.round_starts.len() == ROUND_STARTS_MAX {
             self.round_starts.pop_front();
@@ -1795,8 +1795,7 @@ mod tests {
         }
 
         fn propose(&mut self, id: u64, payload: Bytes) -> Result<LogIndex, NotLeader> {
-            let now = self.now_ms;
-            self.node(id).replica.propose(now, payload)
+            self.node(id).replica.propose(payload)
         }
 
         fn read(&mut self, id: u64, token: u64) -> Result<(), NotLeader> {
@@ -2457,7 +2456,7 @@ mod tests {
             },
         );
         assert_ne!(g.node(1).replica.role(), Role::Leader);
-        assert!(g.node(1).replica.propose(0, payload(2)).is_err());
+        assert!(g.node(1).replica.propose(payload(2)).is_err());
         // A new term brings it back.
         g.elect(1, 2);
         assert_eq!(g.node(1).replica.role(), Role::Leader);

@@ -470,7 +470,7 @@ impl World {
                 let Some(core) = s.core.as_mut() else {
                     return;
                 };
-                match core.propose(now, payload.clone()) {
+                match core.propose(payload.clone()) {
                     Ok(index) => {
                         let term = core.term();
                         s.proposals.insert(index.0, (term, client, req, payload));
@@ -494,19 +494,13 @@ impl World {
                     key: Bytes::from(key),
                     gets,
                 };
-                let leading = self
-                    .server(id)
-                    .core
-                    .as_ref()
-                    .is_some_and(|c| c.role() == Role::Leader);
                 // As the real connection: the leader answers at once under
-                // its lease.
-                let leased = self
-                    .server(id)
-                    .core
-                    .as_ref()
-                    .is_some_and(|c| c.lease_until_ms() > now);
-                if (read_without_read_index && leading) || leased {
+                // its lease (or always, with the deliberate bug).
+                let at_once = self.server(id).core.as_ref().is_some_and(|c| {
+                    c.lease_until_ms() > now
+                        || (read_without_read_index && c.role() == Role::Leader)
+                });
+                if at_once {
                     self.answer_read(id, read);
                 } else {
                     self.start_read(id, now, read);
