@@ -24,6 +24,16 @@ pub enum StoreMode {
 }
 
 impl StoreMode {
+    /// Every mode, in tag order.
+    pub const ALL: [StoreMode; 6] = [
+        StoreMode::Set,
+        StoreMode::Add,
+        StoreMode::Replace,
+        StoreMode::Append,
+        StoreMode::Prepend,
+        StoreMode::Cas,
+    ];
+
     /// The command name on the wire.
     pub fn verb(self) -> &'static str {
         match self {

@@ -336,14 +336,7 @@ impl Seed<'_> {
                 with_cas: self.bool(),
             },
             2 => {
-                let mode = [
-                    StoreMode::Set,
-                    StoreMode::Add,
-                    StoreMode::Replace,
-                    StoreMode::Append,
-                    StoreMode::Prepend,
-                    StoreMode::Cas,
-                ][usize::from(self.u8() % 6)];
+                let mode = StoreMode::ALL[usize::from(self.u8()) % StoreMode::ALL.len()];
                 let key = self.key().into();
                 let flags = self.u32();
                 let exptime = self.i32();

@@ -162,14 +162,7 @@ impl Seed<'_> {
         let op = match self.u8() % 8 {
             0 => Op::Noop,
             1 => Op::Store {
-                mode: [
-                    StoreMode::Set,
-                    StoreMode::Add,
-                    StoreMode::Replace,
-                    StoreMode::Append,
-                    StoreMode::Prepend,
-                    StoreMode::Cas,
-                ][usize::from(self.u8() % 6)],
+                mode: StoreMode::ALL[usize::from(self.u8()) % StoreMode::ALL.len()],
                 key: self.key(),
                 flags: self.u32(),
                 exptime: self.u64(),
