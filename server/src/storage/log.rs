@@ -64,7 +64,7 @@ pub const ZERO_AHEAD_LOW_BYTES: u64 = 256 * 1024;
 pub const ZERO_AHEAD_BYTES: u64 = 1024 * 1024;
 
 /// The zeros a top-up writes, a block at a time.
-const ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
 /// Initial capacity of the write buffer; a batch of small records fits.
 const WRITE_BUFFER_BYTES_INITIAL: usize = 256 * 1024;
