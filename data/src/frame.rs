@@ -15,7 +15,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic b"SRPL"
-//! 4       1     version = 1 (FRAME_VERSION)
+//! 4       1     version = 2 (FRAME_VERSION)
 //! 5       1     kind (message tag, 1..=16 in Message's order)
 //! 6       2     reserved, 0
 //! 8       8     cluster id
@@ -50,7 +50,9 @@ use thiserror::Error;
 pub const FRAME_MAGIC: [u8; 4] = *b"SRPL";
 
 /// Version of the header and every payload encoding. Bump it on any change.
-pub const FRAME_VERSION: u8 = 1;
+///
+/// Version 2: Ack carries the follower's promise hold (`hold_ms`).
+pub const FRAME_VERSION: u8 = 2;
 
 /// Largest datagram sent or accepted: under the common 1,500-byte Ethernet
 /// MTU with room for IP and UDP headers (and tunnels), so real networks do
@@ -311,10 +313,23 @@ pub enum Message {
         offset: u32,
         bytes: Bytes,
     },
-    /// Follower→leader. `[seq u64][match_index u64]`
-    Ack { seq: u64, match_index: LogIndex },
-    /// Follower→leader. `[seq u64][hint_index u64]`
-    Nack { seq: u64, hint_index: LogIndex },
+    /// Follower→leader. `[seq u64][match_index u64][hold_ms u32]`: the
+    /// follower promises no new leader for `hold_ms` after it received the
+    /// Append it answers (its own lease setting); the leader's read lease
+    /// rests on the holds of a majority, so servers need not share the
+    /// setting.
+    Ack {
+        seq: u64,
+        match_index: LogIndex,
+        hold_ms: u32,
+    },
+    /// Follower→leader. `[seq u64][hint_index u64][hold_ms u32]`, the hold
+    /// as in Ack.
+    Nack {
+        seq: u64,
+        hint_index: LogIndex,
+        hold_ms: u32,
+    },
     /// Leader→follower: bytes [offset, offset + bytes.len()) of the snapshot.
     /// `[snapshot_index u64][snapshot_term u64][total_len u64][offset u64][bytes: the rest]`
     SnapshotChunk {
@@ -428,7 +443,8 @@ impl Message {
                         .sum::<usize>()
             }
             Message::AppendFragment { bytes, .. } => FRAGMENT_FIXED_BYTES + bytes.len(),
-            Message::Ack { .. } | Message::Nack { .. } | Message::SnapshotAck { .. } => 16,
+            Message::Ack { .. } | Message::Nack { .. } => 20,
+            Message::SnapshotAck { .. } => 16,
             Message::SnapshotChunk { bytes, .. } => SNAPSHOT_CHUNK_FIXED_BYTES + bytes.len(),
         }
     }
@@ -545,13 +561,23 @@ impl Message {
                 out.put_u32_le(*offset);
                 out.put_slice(bytes);
             }
-            Message::Ack { seq, match_index } => {
+            Message::Ack {
+                seq,
+                match_index,
+                hold_ms,
+            } => {
                 out.put_u64_le(*seq);
                 out.put_u64_le(match_index.0);
+                out.put_u32_le(*hold_ms);
             }
-            Message::Nack { seq, hint_index } => {
+            Message::Nack {
+                seq,
+                hint_index,
+                hold_ms,
+            } => {
                 out.put_u64_le(*seq);
                 out.put_u64_le(hint_index.0);
+                out.put_u32_le(*hold_ms);
             }
             Message::SnapshotChunk {
                 snapshot_index,
@@ -668,10 +694,12 @@ impl Message {
             kind::ACK => Message::Ack {
                 seq: r.u64()?,
                 match_index: LogIndex(r.u64()?),
+                hold_ms: r.u32()?,
             },
             kind::NACK => Message::Nack {
                 seq: r.u64()?,
                 hint_index: LogIndex(r.u64()?),
+                hold_ms: r.u32()?,
             },
             kind::SNAPSHOT_CHUNK => {
                 let snapshot_index = LogIndex(r.u64()?);
@@ -1120,6 +1148,7 @@ mod tests {
             message: Message::Ack {
                 seq: 9,
                 match_index: LogIndex(12),
+                hold_ms: 300,
             },
         }
     }
@@ -1129,7 +1158,7 @@ mod tests {
     fn golden_header(kind: &str, from: &str, to: &str, payload_len: &str) -> String {
         [
             "5352504c",         // magic "SRPL"
-            "01",               // version
+            "02",               // version
             kind,               // kind
             "0000",             // reserved
             "0807060504030201", // cluster id
@@ -1153,7 +1182,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "8b1ae675db49390c78dd19a164b6ea816f9bfcbe");
+        assert_eq!(hex(trailer), "8d2bf5e950017203d182ded27c4dae1d762a1f59");
         assert_eq!(decode(&bytes, &SECRET), Ok(register()));
     }
 
@@ -1173,7 +1202,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "026408429e142b825c0cbffe16d1d3b2b7df306e");
+        assert_eq!(hex(trailer), "0d26e8cd1deec8cb29b0e993f0ff8312bdedd41e");
         assert_eq!(decode(&bytes, &SECRET), Ok(append_two()));
     }
 
@@ -1181,14 +1210,15 @@ mod tests {
     fn golden_bytes_ack() {
         let bytes = encoded(&ack());
         let expected_prefix = [
-            golden_header("0d", "0300000000000000", "0200000000000000", "1000"),
+            golden_header("0d", "0300000000000000", "0200000000000000", "1400"),
             "0900000000000000".into(), // seq
             "0c00000000000000".into(), // match index
+            "2c010000".into(),         // hold 300 ms
         ]
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "590dc1e6fdc78f55e6c15065b78af38fc746f324");
+        assert_eq!(hex(trailer), "b68246a070ef86863cd340ce861c57230c1b903f");
         assert_eq!(decode(&bytes, &SECRET), Ok(ack()));
     }
 
@@ -1233,7 +1263,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "91198484968c252c041c4cc378a359a0af9e0f67");
+        assert_eq!(hex(trailer), "4fc5fe444ab5e5e3c00f89f8e51d514db9b57b98");
         assert_eq!(decode(&bytes, &SECRET), Ok(status()));
     }
 
@@ -1474,10 +1504,11 @@ mod tests {
     fn authentic_but_malformed_headers_are_rejected() {
         let bad_magic = sealed_raw(|b| b[0] = b'X');
         assert_eq!(decode(&bad_magic, &SECRET), Err(FrameError::BadMagic));
-        let bad_version = sealed_raw(|b| b[4] = 2);
+        // Version 1 is the one before Ack and Nack carried the hold.
+        let bad_version = sealed_raw(|b| b[4] = 1);
         assert_eq!(
             decode(&bad_version, &SECRET),
-            Err(FrameError::UnsupportedVersion(2))
+            Err(FrameError::UnsupportedVersion(1))
         );
         let reserved = sealed_raw(|b| b[7] = 1);
         assert_eq!(decode(&reserved, &SECRET), Err(FrameError::ReservedNonZero));
@@ -1509,9 +1540,9 @@ mod tests {
     #[test]
     fn authentic_but_malformed_payloads_are_rejected() {
         let t = |kind| FrameError::PayloadTruncated { kind };
-        assert_eq!(sealed(kind::ACK, &[0; 15]), Err(t(kind::ACK)));
+        assert_eq!(sealed(kind::ACK, &[0; 19]), Err(t(kind::ACK)));
         assert_eq!(
-            sealed(kind::ACK, &[0; 17]),
+            sealed(kind::ACK, &[0; 21]),
             Err(FrameError::TrailingBytes {
                 kind: kind::ACK,
                 extra: 1
@@ -1703,9 +1734,20 @@ mod tests {
                         }
                     }
                 ),
-            (any::<u64>(), index())
-                .prop_map(|(seq, match_index)| Message::Ack { seq, match_index }),
-            (any::<u64>(), index()).prop_map(|(seq, hint_index)| Message::Nack { seq, hint_index }),
+            (any::<u64>(), index(), any::<u32>()).prop_map(|(seq, match_index, hold_ms)| {
+                Message::Ack {
+                    seq,
+                    match_index,
+                    hold_ms,
+                }
+            }),
+            (any::<u64>(), index(), any::<u32>()).prop_map(|(seq, hint_index, hold_ms)| {
+                Message::Nack {
+                    seq,
+                    hint_index,
+                    hold_ms,
+                }
+            }),
             (
                 index(),
                 term(),

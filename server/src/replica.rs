@@ -60,6 +60,9 @@ pub struct Bugs {
     /// A follower promises a new term at once, while the leader it
     /// acknowledged may still hold a read lease on its answer.
     pub promise_during_lease: bool,
+    /// The leader takes its lease from its own setting, not from the holds
+    /// its followers declared (unsafe when theirs are shorter).
+    pub lease_ignores_holds: bool,
 }
 
 #[cfg(feature = "deliberate-bugs")]
@@ -276,6 +279,9 @@ struct Progress {
     matched: LogIndex,
     /// Highest heartbeat sequence the follower has answered.
     seq_acked: u64,
+    /// How long the follower holds its promise after an Append, as its
+    /// latest answer declared (0 until it answers).
+    hold_ms: u64,
     last_ack_ms: Option<u64>,
     retransmit_at_ms: u64,
     backoff_ms: u64,
@@ -284,6 +290,14 @@ struct Progress {
 }
 
 impl Progress {
+    /// The follower answered round `seq`, declaring `hold_ms`. The hold is
+    /// its setting, the same in every answer until it restarts; the latest
+    /// is kept.
+    fn answered(&mut self, (seq, hold_ms): (u64, u32)) {
+        self.seq_acked = self.seq_acked.max(seq);
+        self.hold_ms = u64::from(hold_ms);
+    }
+
     /// The follower answered at `now_ms` and holds our log through
     /// `matched`: sends resume just after it, with the retransmit backoff
     /// reset if that is news.
@@ -698,8 +712,16 @@ impl Replica {
                 };
                 self.on_fragment(now_ms, from, term, fragment)
             }
-            Message::Ack { seq, match_index } => self.on_ack(now_ms, from, term, seq, match_index),
-            Message::Nack { seq, hint_index } => self.on_nack(now_ms, from, term, seq, hint_index),
+            Message::Ack {
+                seq,
+                match_index,
+                hold_ms,
+            } => self.on_ack(now_ms, from, term, (seq, hold_ms), match_index),
+            Message::Nack {
+                seq,
+                hint_index,
+                hold_ms,
+            } => self.on_nack(now_ms, from, term, (seq, hold_ms), hint_index),
             Message::Reject if term > self.term => self.adopt_term(term, None),
             // Messages only the LB handles, and snapshots (the driver's).
             _ => {}
@@ -1060,6 +1082,7 @@ impl Replica {
             next,
             matched: LogIndex(0),
             seq_acked: 0,
+            hold_ms: 0,
             last_ack_ms: Some(now_ms),
             retransmit_at_ms: now_ms + RETRANSMIT_MS_MIN,
             backoff_ms: RETRANSMIT_MS_MIN,
@@ -1249,7 +1272,15 @@ impl Replica {
         }
     }
 
-    fn on_ack(&mut self, now_ms: u64, from: ServerId, term: Term, seq: u64, matched: LogIndex) {
+    /// `answer`: the round the follower answered and the hold it declared.
+    fn on_ack(
+        &mut self,
+        now_ms: u64,
+        from: ServerId,
+        term: Term,
+        answer: (u64, u32),
+        matched: LogIndex,
+    ) {
         if term > self.term {
             self.adopt_term(term, None);
             return;
@@ -1260,7 +1291,7 @@ impl Replica {
         let Some(progress) = self.progress.get_mut(&from) else {
             return;
         };
-        progress.seq_acked = progress.seq_acked.max(seq);
+        progress.answered(answer);
         progress.heard(now_ms, matched);
         self.extend_lease();
         self.advance_commit();
@@ -1269,7 +1300,14 @@ impl Replica {
         self.send_window(from, now_ms);
     }
 
-    fn on_nack(&mut self, now_ms: u64, from: ServerId, term: Term, seq: u64, hint: LogIndex) {
+    fn on_nack(
+        &mut self,
+        now_ms: u64,
+        from: ServerId,
+        term: Term,
+        answer: (u64, u32),
+        hint: LogIndex,
+    ) {
         if term > self.term {
             self.adopt_term(term, None);
             return;
@@ -1281,7 +1319,7 @@ impl Replica {
             return;
         };
         progress.last_ack_ms = Some(now_ms);
-        progress.seq_acked = progress.seq_acked.max(seq);
+        progress.answered(answer);
         // Go back to just after the follower's hint, never below what it has.
         let next = LogIndex((hint.0 + 1).max(progress.matched.0 + 1));
         let moved_back = next < progress.next;
@@ -1359,27 +1397,34 @@ impl Replica {
     }
 
     /// Leader: extends the lease from the start of the latest round a
-    /// majority of voters answered, and forgets the rounds before it.
+    /// majority of voters answered, and forgets the rounds before it. The
+    /// lease lasts as long as the shortest hold in that majority (this
+    /// leader's own setting at most), less the clock margin.
     fn extend_lease(&mut self) {
         if self.timing.lease_ms == 0 {
             return;
         }
         let membership = self.membership();
-        let mut answered: Vec<u64> = membership
+        // Each voter's (latest round answered, hold declared); this leader
+        // answers every round and holds its own lease.
+        let answers: Vec<(u64, u64)> = membership
             .voters
             .iter()
             .map(|id| {
                 if *id == self.id {
-                    u64::MAX
+                    (u64::MAX, self.timing.lease_ms)
                 } else {
-                    self.progress.get(id).map_or(0, |p| p.seq_acked)
+                    self.progress
+                        .get(id)
+                        .map_or((0, 0), |p| (p.seq_acked, p.hold_ms))
                 }
             })
             .collect();
         let quorum = membership.quorum();
-        if quorum == 0 || answered.len() < quorum {
+        if quorum == 0 || answers.len() < quorum {
             return;
         }
+        let mut answered: Vec<u64> = answers.iter().map(|(seq, _)| *seq).collect();
         answered.sort_unstable_by(|a, b| b.cmp(a));
         let confirmed = answered[quorum - 1];
         while self
@@ -1392,10 +1437,23 @@ impl Replica {
         let Some(&(seq, started_ms)) = self.round_starts.front() else {
             return;
         };
-        if seq <= confirmed {
-            let lease_ms = self.timing.lease_ms * (100 - LEASE_MARGIN_PERCENT) / 100;
-            self.lease_until_ms = self.lease_until_ms.max(started_ms + lease_ms);
+        if seq > confirmed {
+            return;
         }
+        // The longest hold a majority of the round's answerers all keep.
+        let mut holds: Vec<u64> = answers
+            .iter()
+            .filter(|(answered, _)| *answered >= seq)
+            .map(|(_, hold)| *hold)
+            .collect();
+        holds.sort_unstable_by(|a, b| b.cmp(a));
+        let hold_ms = if bug!(self, lease_ignores_holds) {
+            self.timing.lease_ms
+        } else {
+            holds[quorum - 1].min(self.timing.lease_ms)
+        };
+        let lease_ms = hold_ms * (100 - LEASE_MARGIN_PERCENT) / 100;
+        self.lease_until_ms = self.lease_until_ms.max(started_ms + lease_ms);
     }
 
     /// A majority of voters (this leader included) answered round `seq`.
@@ -1598,7 +1656,22 @@ impl Replica {
         };
         self.ack_owed = None;
         self.seq_answered = self.seq_answered.max(seq);
-        self.send(leader, addr, Message::Ack { seq, match_index });
+        let hold_ms = self.hold_ms();
+        self.send(
+            leader,
+            addr,
+            Message::Ack {
+                seq,
+                match_index,
+                hold_ms,
+            },
+        );
+    }
+
+    /// The hold this follower keeps after each Append (see `accept_leader`),
+    /// declared in every answer so the leader's lease never outlasts it.
+    fn hold_ms(&self) -> u32 {
+        u32::try_from(self.timing.lease_ms).unwrap_or(u32::MAX)
     }
 
     fn nack(&mut self, leader: ServerId, seq: u64, hint: LogIndex) {
@@ -1611,6 +1684,7 @@ impl Replica {
             Message::Nack {
                 seq,
                 hint_index: hint,
+                hold_ms: self.hold_ms(),
             },
         );
     }
@@ -1736,6 +1810,11 @@ mod tests {
     impl Group {
         /// `ids` all voters of a configuration already in their snapshot.
         fn new(ids: &[u64]) -> Group {
+            Group::with_heartbeats(ids, |_| Timing::default().heartbeat_ms)
+        }
+
+        /// As [`Group::new`], each server with its own heartbeat setting.
+        fn with_heartbeats(ids: &[u64], heartbeat_ms: impl Fn(u64) -> u64) -> Group {
             let membership = Membership {
                 voters: ids.iter().map(|i| ServerId(*i)).collect(),
                 learners: BTreeSet::new(),
@@ -1757,7 +1836,8 @@ mod tests {
                     entries: Vec::new(),
                     snapshot_membership: membership.clone(),
                 };
-                let mut replica = Replica::new(ServerId(*id), Timing::default(), durable, *id, 0);
+                let timing = Timing::new(heartbeat_ms(*id), Timing::default().election_timeout_ms);
+                let mut replica = Replica::new(ServerId(*id), timing, durable, *id, 0);
                 replica.set_lb_addr(LB_ADDR.parse().unwrap());
                 replica.receive(
                     0,
@@ -2266,6 +2346,23 @@ mod tests {
             g.node(2).replica.lease_until_ms() == 0,
             "followers hold none"
         );
+    }
+
+    #[test]
+    fn a_lease_lasts_the_shortest_hold_of_the_majority_behind_it() {
+        // Leader 1 would hold 300 ms; its followers declare 150 and 240.
+        let hold = |id| [0, 300, 150, 240][id as usize];
+        let mut g = Group::with_heartbeats(&[1, 2, 3], |id| hold(id) / LEASE_HEARTBEATS);
+        let margin = |ms: u64| ms * (100 - LEASE_MARGIN_PERCENT) / 100;
+        g.elect(1, 1);
+        let started = g.now_ms;
+        // Both answered: the best majority is the leader and server 3.
+        assert_eq!(g.node(1).replica.lease_until_ms(), started + margin(240));
+        // Only server 2 answers: its hold is the lease's.
+        g.node(3).up = false;
+        g.tick(500);
+        let started = g.now_ms;
+        assert_eq!(g.node(1).replica.lease_until_ms(), started + margin(150));
     }
 
     #[test]

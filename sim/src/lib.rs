@@ -41,13 +41,14 @@ pub struct Bugs {
 
 impl Bugs {
     /// The names the binary and the tests use.
-    pub const NAMES: [&'static str; 6] = [
+    pub const NAMES: [&'static str; 7] = [
         "commit-on-minority",
         "skip-noop",
         "accept-stale-append",
         "ack-before-fsync",
         "read-without-read-index",
         "promise-during-lease",
+        "lease-ignores-holds",
     ];
 
     /// The switch named `name` turned on, or `None` for an unknown name.
@@ -60,6 +61,7 @@ impl Bugs {
             "ack-before-fsync" => bugs.replica.ack_before_fsync = true,
             "read-without-read-index" => bugs.read_without_read_index = true,
             "promise-during-lease" => bugs.replica.promise_during_lease = true,
+            "lease-ignores-holds" => bugs.replica.lease_ignores_holds = true,
             _ => return None,
         }
         Some(bugs)

@@ -122,6 +122,9 @@ pub(crate) struct Server {
     /// How fast the monotonic clock runs against true time, in parts per
     /// million (a few hundred either way; leases allow 10%).
     pub clock_rate_ppm: i64,
+    /// Its `--heartbeat-ms`, and so its lease and promise hold: in half the
+    /// runs the servers disagree, as a misconfigured group would.
+    pub heartbeat_ms: u64,
     /// Paused (not crashed) until this global time.
     pub paused_until: u64,
     pub disk: Disk,
@@ -161,6 +164,7 @@ impl Server {
             incarnation: 0,
             clock_offset_ms: 0,
             clock_rate_ppm: clock_rate_ppm(opts.seed, id),
+            heartbeat_ms: heartbeat_ms(opts.seed, id),
             paused_until: 0,
             state: snapshot.state(),
             disk: Disk {
@@ -255,7 +259,7 @@ impl World {
             entries: s.disk.log.iter().map(|(t, p, _)| (*t, p.clone())).collect(),
             snapshot_membership: s.disk.snapshot.membership(),
         };
-        let timing = Timing::new(HEARTBEAT_MS, ELECTION_TIMEOUT_MS);
+        let timing = Timing::new(s.heartbeat_ms, ELECTION_TIMEOUT_MS);
         let mut core = Replica::new(ServerId(id), timing, durable, jitter, now);
         core.set_bugs(bugs);
         core.set_lb_addr(udp_addr(0));
@@ -887,6 +891,23 @@ impl World {
 /// run's random stream, so adding it changed no other draw): within
 /// ±500 ppm.
 fn clock_rate_ppm(seed: u64, id: u64) -> i64 {
-    let mixed = (seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    (mixed >> 33) as i64 % 1001 - 500
+    (mix(seed, id) >> 33) as i64 % 1001 - 500
+}
+
+/// A server's heartbeat setting, from the seed and its id like the clock
+/// rate: the default for every server in even runs; in odd runs half, the
+/// default or one and a half times it, per server.
+fn heartbeat_ms(seed: u64, id: u64) -> u64 {
+    if seed.is_multiple_of(2) {
+        return HEARTBEAT_MS;
+    }
+    match (mix(seed, id) >> 40) % 3 {
+        0 => HEARTBEAT_MS / 2,
+        1 => HEARTBEAT_MS,
+        _ => HEARTBEAT_MS * 3 / 2,
+    }
+}
+
+fn mix(seed: u64, id: u64) -> u64 {
+    (seed ^ id.wrapping_mul(0x9E37_79B9_7F4A_7C15)).wrapping_mul(0xBF58_476D_1CE4_E5B9)
 }

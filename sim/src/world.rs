@@ -520,6 +520,24 @@ impl World {
         self.lb_actions(actions);
     }
 
+    /// The leader loses every link to the LB and the other servers (its
+    /// clients still reach it), and the LB hears of it at once: the fastest
+    /// way a new leader can be named while the old one, unaware, may still
+    /// hold a read lease. Every lease bug shows here first.
+    fn leader_cut_off(&mut self) {
+        let Some(leader) = self.lb.core.as_ref().and_then(|core| core.leader()) else {
+            return;
+        };
+        for other in 0..=self.opts.servers as u64 {
+            if other != leader.0 {
+                self.blocked.insert((leader.0, other));
+                self.blocked.insert((other, leader.0));
+            }
+        }
+        self.trace(|| format!("FAULT n{} cut off from the LB and its peers", leader.0));
+        self.leader_refused();
+    }
+
     fn lb_tick(&mut self, incarnation: u32) {
         if incarnation != self.lb.incarnation {
             return;
@@ -652,14 +670,14 @@ impl World {
                 self.blocked.clear();
                 self.trace(|| "FAULT heal".to_string());
             }
-            5 => {
-                if self.rng.below(2) == 0 {
+            5 => match self.rng.below(3) {
+                0 => {
                     self.crash_lb();
                     self.crashes += 1;
-                } else {
-                    self.leader_refused();
                 }
-            }
+                1 => self.leader_refused(),
+                _ => self.leader_cut_off(),
+            },
             6 => {
                 let node = self.rng.range(0, n);
                 let jump = self.rng.range(0, 4_000) as i64 - 1_000;

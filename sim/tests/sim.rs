@@ -119,3 +119,8 @@ fn bug_read_without_read_index_is_caught() {
 fn bug_promise_during_lease_is_caught() {
     caught_within("promise-during-lease", 300);
 }
+
+#[test]
+fn bug_lease_ignores_holds_is_caught() {
+    caught_within("lease-ignores-holds", 300);
+}

@@ -32,7 +32,8 @@ struct Args {
     #[arg(long)]
     trace: bool,
     /// Turn on a deliberate bug: commit-on-minority, skip-noop,
-    /// accept-stale-append, ack-before-fsync, read-without-read-index.
+    /// accept-stale-append, ack-before-fsync, read-without-read-index,
+    /// promise-during-lease, lease-ignores-holds.
     #[arg(long)]
     bug: Option<String>,
     /// Start from an empty membership (the first leader bootstraps).
