@@ -8,7 +8,7 @@
 mod common;
 
 use std::net::{SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -26,6 +26,13 @@ const PHASE: Duration = Duration::from_millis(1500);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(4);
 /// Pause after an error, so one client does not pile up pending ops.
 const ERROR_BACKOFF: Duration = Duration::from_millis(50);
+/// Ops one client runs in each phase (before the kill, through the
+/// failover, after the restart) at most, so a fast cluster's history stays
+/// within what the checker searches (`check::Limits::DEFAULT`: 10,000 ops
+/// per key) whatever the machine's speed.
+const OPS_PER_PHASE_MAX: u64 = 1_500;
+/// How often a client that ran its phase's ops looks for the next phase.
+const PHASE_POLL: Duration = Duration::from_millis(5);
 
 struct Recorder {
     start: Instant,
@@ -52,12 +59,23 @@ fn client(
     servers: Vec<SocketAddr>,
     recorder: Arc<Recorder>,
     stop: Arc<AtomicBool>,
+    phase: Arc<AtomicU32>,
 ) {
     let mut rng = StdRng::seed_from_u64(seed ^ u64::from(id));
     let mut stream = None;
     let mut seen_unique = [1u64; KEYS.len()];
     let mut n = 0u64;
+    let (mut my_phase, mut in_phase) = (0, 0);
     while !stop.load(Ordering::Relaxed) {
+        let now_phase = phase.load(Ordering::Relaxed);
+        if now_phase != my_phase {
+            (my_phase, in_phase) = (now_phase, 0);
+        }
+        if in_phase >= OPS_PER_PHASE_MAX {
+            std::thread::sleep(PHASE_POLL);
+            continue;
+        }
+        in_phase += 1;
         if stream.is_none() {
             stream = connect(&servers, &mut rng);
             if stream.is_none() {
@@ -121,11 +139,16 @@ fn history_through_a_failover_is_linearizable() {
         ops: Mutex::new(Vec::new()),
     });
     let stop = Arc::new(AtomicBool::new(false));
+    let phase = Arc::new(AtomicU32::new(0));
     let clients: Vec<_> = (0..CLIENTS)
         .map(|id| {
-            let (servers, recorder, stop) =
-                (cluster.servers.clone(), recorder.clone(), stop.clone());
-            std::thread::spawn(move || client(id, seed, servers, recorder, stop))
+            let (servers, recorder, stop, phase) = (
+                cluster.servers.clone(),
+                recorder.clone(),
+                stop.clone(),
+                phase.clone(),
+            );
+            std::thread::spawn(move || client(id, seed, servers, recorder, stop, phase))
         })
         .collect();
 
@@ -135,12 +158,14 @@ fn history_through_a_failover_is_linearizable() {
         .name_of(old)
         .expect("the leader is one of the servers");
     cluster.kill(&name);
+    phase.store(1, Ordering::Relaxed);
     assert!(
         poll_until(Duration::from_secs(20), || leader(cluster.lb)
             .is_some_and(|l| l != old)),
         "no new leader"
     );
     cluster.restart(&name).expect("restart the old leader");
+    phase.store(2, Ordering::Relaxed);
     std::thread::sleep(PHASE);
     stop.store(true, Ordering::Relaxed);
     for client in clients {
