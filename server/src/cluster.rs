@@ -12,6 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -403,7 +404,10 @@ struct Transfer {
     addr: SocketAddr,
     index: u64,
     term: u64,
-    data: Bytes,
+    /// The keystore file as it was when the stream started, read a window
+    /// at a time: a newer file renamed over it leaves this one readable.
+    file: std::fs::File,
+    total: u64,
     acked: u64,
     last_progress_ms: u64,
     last_send_ms: u64,
@@ -800,14 +804,20 @@ impl Driver {
         let path = self
             .data_dir
             .join(crate::storage::keystore_file::KEYSTORE_FILE);
-        let data = match std::fs::read(&path) {
-            Ok(data) => Bytes::from(data),
+        let opened = std::fs::File::open(&path).and_then(|file| {
+            let total = file.metadata()?.len();
+            let mut head = [0u8; data::keystore::KEYSTORE_HEADER_BYTES];
+            file.read_exact_at(&mut head, 0)?;
+            Ok((file, total, head))
+        });
+        let (file, total, head) = match opened {
+            Ok(opened) => opened,
             Err(error) => {
                 tracing::warn!(%error, "cannot read the keystore file to send");
                 return;
             }
         };
-        let (index, term) = match data::keystore::header(&data) {
+        let (index, term) = match data::keystore::header(&head) {
             Ok(header) => (header.applied_index, header.applied_term),
             Err(error) => {
                 tracing::warn!(%error, "the keystore file to send is damaged");
@@ -817,7 +827,7 @@ impl Driver {
         tracing::info!(
             follower = to.0,
             index,
-            bytes = data.len(),
+            bytes = total,
             "streaming the keystore file"
         );
         let now = now_ms();
@@ -827,7 +837,8 @@ impl Driver {
                 addr,
                 index,
                 term,
-                data,
+                file,
+                total,
                 acked: 0,
                 last_progress_ms: now,
                 last_send_ms: 0,
@@ -836,31 +847,39 @@ impl Driver {
         self.send_transfer_window(to).await;
     }
 
-    /// Sends the window of chunks after what `to` acknowledged.
+    /// Sends the window of chunks after what `to` acknowledged, read from
+    /// the file now (one window, about 80 KiB, in memory at a time).
     async fn send_transfer_window(&mut self, to: ServerId) {
         let Some(transfer) = self.transfers.get_mut(&to) else {
             return;
         };
         transfer.last_send_ms = now_ms();
-        let (addr, index, term, data, acked) = (
+        let (addr, index, term, total, acked) = (
             transfer.addr,
             transfer.index,
             transfer.term,
-            transfer.data.clone(),
+            transfer.total,
             transfer.acked,
         );
         let chunk = frame::SNAPSHOT_CHUNK_BYTES_MAX as u64;
-        let total = data.len() as u64;
-        let mut offset = acked;
         let end = (acked + SNAPSHOT_WINDOW_CHUNKS * chunk).min(total);
+        let mut window = vec![0u8; (end - acked) as usize];
+        if let Err(error) = transfer.file.read_exact_at(&mut window, acked) {
+            tracing::warn!(%error, follower = to.0, "cannot read the keystore file to send; stream dropped");
+            self.transfers.remove(&to);
+            return;
+        }
+        let window = Bytes::from(window);
+        let mut offset = acked;
         loop {
             let len = chunk.min(total - offset);
+            let at = (offset - acked) as usize;
             let message = Message::SnapshotChunk {
                 snapshot_index: LogIndex(index),
                 snapshot_term: Term(term),
                 total_len: total,
                 offset,
-                bytes: data.slice(offset as usize..(offset + len) as usize),
+                bytes: window.slice(at..at + len as usize),
             };
             let my_term = self.core.term();
             self.send(to, addr, my_term, message).await;
@@ -886,9 +905,9 @@ impl Driver {
         } else if offset <= transfer.acked {
             return;
         }
-        transfer.acked = offset.min(transfer.data.len() as u64);
+        transfer.acked = offset.min(transfer.total);
         transfer.last_progress_ms = now_ms();
-        if transfer.acked == transfer.data.len() as u64 {
+        if transfer.acked == transfer.total {
             tracing::info!(
                 follower = from.0,
                 index = index.0,
