@@ -152,10 +152,12 @@ impl Seed<'_> {
             12 => Message::Ack {
                 seq: self.u64(),
                 match_index: LogIndex(self.u64()),
+                hold_ms: self.u32(),
             },
             13 => Message::Nack {
                 seq: self.u64(),
                 hint_index: LogIndex(self.u64()),
+                hold_ms: self.u32(),
             },
             14 => {
                 let (snapshot_index, snapshot_term) = (self.u64(), self.u64());
