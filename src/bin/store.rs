@@ -249,6 +249,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
+    check_timing(args.heartbeat_ms, args.election_timeout_ms)?;
     let config = store::up::UpConfig {
         servers: args.servers,
         data_dir: args.data_dir,
@@ -362,7 +363,23 @@ fn remove_server(args: &RemoveServerArgs) -> anyhow::Result<bool> {
     }
 }
 
+/// The timing flags' one rule, for servers and the LB alike: a heartbeat
+/// is due several times within an election timeout. A server holds its
+/// promise to the LB for `LEASE_HEARTBEATS` heartbeats after each Append,
+/// so a longer hold would make every election wait past the timeout.
+fn check_timing(heartbeat_ms: u64, election_timeout_ms: u64) -> anyhow::Result<()> {
+    let heartbeats = server::replica::LEASE_HEARTBEATS;
+    if heartbeat_ms == 0 || election_timeout_ms < heartbeats.saturating_mul(heartbeat_ms) {
+        bail!(
+            "--heartbeat-ms must be at least 1 and --election-timeout-ms at least {heartbeats} \
+             times it (got {heartbeat_ms} and {election_timeout_ms})"
+        );
+    }
+    Ok(())
+}
+
 fn addlb(args: AddlbArgs) -> anyhow::Result<()> {
+    check_timing(args.heartbeat_ms, args.election_timeout_ms)?;
     init_tracing(args.verbose);
     let config = lb::LbConfig {
         listen: args.listen,
@@ -404,6 +421,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
     if args.threads == 0 || args.connections_max == 0 {
         bail!("-t and -c must be at least 1");
     }
+    check_timing(args.heartbeat_ms, args.election_timeout_ms)?;
     init_tracing(args.verbose);
     let config = Config {
         listen: args.listen,
