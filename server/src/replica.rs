@@ -1272,6 +1272,20 @@ impl Replica {
         }
     }
 
+    /// The progress of follower `from`, whose Ack or Nack of `term` counts
+    /// only if it answers this leader's own term; a newer term is adopted
+    /// instead.
+    fn answerer(&mut self, from: ServerId, term: Term) -> Option<&mut Progress> {
+        if term > self.term {
+            self.adopt_term(term, None);
+            return None;
+        }
+        if self.role != Role::Leader || term < self.term {
+            return None;
+        }
+        self.progress.get_mut(&from)
+    }
+
     /// `answer`: the round the follower answered and the hold it declared.
     fn on_ack(
         &mut self,
@@ -1281,14 +1295,7 @@ impl Replica {
         answer: (u64, u32),
         matched: LogIndex,
     ) {
-        if term > self.term {
-            self.adopt_term(term, None);
-            return;
-        }
-        if self.role != Role::Leader || term < self.term {
-            return;
-        }
-        let Some(progress) = self.progress.get_mut(&from) else {
+        let Some(progress) = self.answerer(from, term) else {
             return;
         };
         progress.answered(answer);
@@ -1308,14 +1315,7 @@ impl Replica {
         answer: (u64, u32),
         hint: LogIndex,
     ) {
-        if term > self.term {
-            self.adopt_term(term, None);
-            return;
-        }
-        if self.role != Role::Leader || term < self.term {
-            return;
-        }
-        let Some(progress) = self.progress.get_mut(&from) else {
+        let Some(progress) = self.answerer(from, term) else {
             return;
         };
         progress.last_ack_ms = Some(now_ms);
