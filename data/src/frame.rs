@@ -41,10 +41,12 @@
 //! panics.
 
 use std::fmt;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
+
+use crate::wire::{self, addr_len, put_addr};
 
 /// Identifies a cluster datagram.
 pub const FRAME_MAGIC: [u8; 4] = *b"SRPL";
@@ -603,7 +605,7 @@ impl Message {
     }
 
     fn decode_payload(kind: u8, payload: &[u8]) -> Result<Message, FrameError> {
-        let mut r = Reader { buf: payload, kind };
+        let mut r = Reader::new(payload, PayloadErrors { kind });
         let message = match kind {
             kind::REGISTER => Message::Register {
                 tcp: r.addr()?,
@@ -880,23 +882,15 @@ fn mac_matches(expected: &[u8; MAC_BYTES], received: &[u8]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-fn addr_len(addr: &SocketAddr) -> usize {
-    match addr {
-        SocketAddr::V4(_) => 1 + 4 + 2,
-        SocketAddr::V6(_) => 1 + 16 + 2,
-    }
-}
-
 fn peer_len(peer: &Peer) -> usize {
     8 + addr_len(&peer.tcp) + addr_len(&peer.udp)
 }
 
 fn check_addr(addr: &SocketAddr) -> Result<(), FrameError> {
-    match addr {
-        SocketAddr::V6(v6) if v6.flowinfo() != 0 || v6.scope_id() != 0 => {
-            Err(FrameError::UnsupportedAddress(*addr))
-        }
-        _ => Ok(()),
+    if wire::addr_encodable(addr) {
+        Ok(())
+    } else {
+        Err(FrameError::UnsupportedAddress(*addr))
     }
 }
 
@@ -923,20 +917,6 @@ fn check_chunk(offset: u64, len: usize, total_len: u64) -> Result<(), FrameError
     }
 }
 
-fn put_addr(out: &mut BytesMut, addr: &SocketAddr) {
-    match addr {
-        SocketAddr::V4(v4) => {
-            out.put_u8(4);
-            out.put_slice(&v4.ip().octets());
-        }
-        SocketAddr::V6(v6) => {
-            out.put_u8(6);
-            out.put_slice(&v6.ip().octets());
-        }
-    }
-    out.put_u16_le(addr.port());
-}
-
 fn put_peer(out: &mut BytesMut, peer: &Peer) {
     out.put_u64_le(peer.id.0);
     put_addr(out, &peer.tcp);
@@ -958,67 +938,35 @@ fn put_ids(out: &mut BytesMut, ids: &[ServerId]) {
     }
 }
 
-/// Reads a payload front to back; every read checks the bytes remaining.
-struct Reader<'a> {
-    buf: &'a [u8],
+/// A payload's reader: the shared one, with this format's errors.
+type Reader<'a> = wire::Reader<'a, PayloadErrors>;
+
+/// Errors while reading the payload of a message of kind `kind`.
+struct PayloadErrors {
     kind: u8,
 }
 
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, len: usize) -> Result<&'a [u8], FrameError> {
-        if len > self.buf.len() {
-            return Err(FrameError::PayloadTruncated { kind: self.kind });
-        }
-        let (head, tail) = self.buf.split_at(len);
-        self.buf = tail;
-        Ok(head)
+impl wire::ReadErrors for PayloadErrors {
+    type Error = FrameError;
+    fn truncated(&self) -> FrameError {
+        FrameError::PayloadTruncated { kind: self.kind }
     }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
-        let mut raw = [0u8; N];
-        raw.copy_from_slice(self.bytes(N)?);
-        Ok(raw)
+    fn bad_address_family(&self, family: u8) -> FrameError {
+        FrameError::BadAddressFamily(family)
     }
+}
 
-    fn u8(&mut self) -> Result<u8, FrameError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, FrameError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
-    fn u32(&mut self) -> Result<u32, FrameError> {
-        Ok(u32::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, FrameError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
+/// The payload reads of its own that this format adds.
+impl Reader<'_> {
     /// Reads a u16 count of items of at least `item_bytes_min` bytes each and
     /// checks the payload could hold that many, so a forged or buggy count
     /// cannot make the caller reserve more than the datagram's own size.
     fn count(&mut self, item_bytes_min: usize) -> Result<usize, FrameError> {
         let count = usize::from(self.u16()?);
-        if count * item_bytes_min > self.buf.len() {
-            return Err(FrameError::PayloadTruncated { kind: self.kind });
+        if count * item_bytes_min > self.remaining() {
+            return Err(wire::ReadErrors::truncated(self.errors()));
         }
         Ok(count)
-    }
-
-    fn addr(&mut self) -> Result<SocketAddr, FrameError> {
-        match self.u8()? {
-            4 => {
-                let ip = Ipv4Addr::from(self.array::<4>()?);
-                Ok(SocketAddr::V4(SocketAddrV4::new(ip, self.u16()?)))
-            }
-            6 => {
-                let ip = Ipv6Addr::from(self.array::<16>()?);
-                Ok(SocketAddr::V6(SocketAddrV6::new(ip, self.u16()?, 0, 0)))
-            }
-            other => Err(FrameError::BadAddressFamily(other)),
-        }
     }
 
     /// A u16-counted list of server ids, the count checked before allocating.
@@ -1039,20 +987,15 @@ impl<'a> Reader<'a> {
         })
     }
 
-    /// Everything left: the bytes of a chunk, which run to the payload's end.
-    fn rest(&mut self) -> &'a [u8] {
-        std::mem::take(&mut self.buf)
-    }
-
     /// A payload is exactly its fields: trailing bytes mean the sender
     /// speaks a format this build does not.
     fn finish(&self) -> Result<(), FrameError> {
-        if self.buf.is_empty() {
+        if self.remaining() == 0 {
             Ok(())
         } else {
             Err(FrameError::TrailingBytes {
-                kind: self.kind,
-                extra: self.buf.len(),
+                kind: self.errors().kind,
+                extra: self.remaining(),
             })
         }
     }
@@ -1080,6 +1023,7 @@ fn le_u64(bytes: &[u8]) -> u64 {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::net::{SocketAddrV4, SocketAddrV6};
 
     const SECRET: [u8; SECRET_BYTES] = *b"store frame golden secret 32 B!!";
 

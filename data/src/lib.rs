@@ -14,6 +14,8 @@
 //!   of locations).
 //! - [`record`]: log segment header and record format.
 //! - [`keystore`]: the snapshot (keystore file) format.
+//! - [`frame`]: the cluster's UDP datagrams; [`wire`]: the byte reader and
+//!   address encoding it shares with the LB's registry file.
 //!
 //! Servers, clients and tests call into this crate; it never touches a socket,
 //! a file or the clock, so that the same code runs in the binaries and under
@@ -30,3 +32,4 @@ pub mod limits;
 pub mod protocol;
 pub mod record;
 pub mod state;
+pub mod wire;

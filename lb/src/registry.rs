@@ -34,10 +34,11 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use data::frame::{ServerId, Term, PAYLOAD_BYTES_MAX};
+use data::wire;
 use thiserror::Error;
 
 /// The registry's file name in the LB's data directory.
@@ -162,8 +163,12 @@ pub fn encode(state: &DurableState) -> Result<Vec<u8>, RegistryError> {
             return Err(RegistryError::BadMemberId(id.0));
         }
         out.extend_from_slice(&id.0.to_le_bytes());
-        put_addr(&mut out, &member.tcp)?;
-        put_addr(&mut out, &member.udp)?;
+        for addr in [&member.tcp, &member.udp] {
+            if !wire::addr_encodable(addr) {
+                return Err(RegistryError::UnsupportedAddress(*addr));
+            }
+            wire::put_addr(&mut out, addr);
+        }
     }
     let crc = crc32c::crc32c(&out);
     out.extend_from_slice(&crc.to_le_bytes());
@@ -190,7 +195,7 @@ pub fn decode(bytes: &[u8]) -> Result<DurableState, RegistryError> {
     if stored != computed {
         return Err(RegistryError::BadCrc { stored, computed });
     }
-    let mut r = Reader { buf: &body[8..] };
+    let mut r = wire::Reader::new(&body[8..], BodyErrors);
     let version = r.u8()?;
     if version != REGISTRY_VERSION && version != REGISTRY_VERSION_1 {
         return Err(RegistryError::UnsupportedVersion(version));
@@ -227,8 +232,8 @@ pub fn decode(bytes: &[u8]) -> Result<DurableState, RegistryError> {
         let udp = r.addr()?;
         members.insert(id, Member { tcp, udp });
     }
-    if !r.buf.is_empty() {
-        return Err(RegistryError::TrailingBytes(r.buf.len()));
+    if r.remaining() != 0 {
+        return Err(RegistryError::TrailingBytes(r.remaining()));
     }
     Ok(DurableState {
         term,
@@ -238,69 +243,16 @@ pub fn decode(bytes: &[u8]) -> Result<DurableState, RegistryError> {
     })
 }
 
-fn put_addr(out: &mut Vec<u8>, addr: &SocketAddr) -> Result<(), RegistryError> {
-    match addr {
-        SocketAddr::V4(v4) => {
-            out.push(4);
-            out.extend_from_slice(&v4.ip().octets());
-        }
-        SocketAddr::V6(v6) => {
-            if v6.flowinfo() != 0 || v6.scope_id() != 0 {
-                return Err(RegistryError::UnsupportedAddress(*addr));
-            }
-            out.push(6);
-            out.extend_from_slice(&v6.ip().octets());
-        }
+/// The registry's errors for the shared reader.
+struct BodyErrors;
+
+impl wire::ReadErrors for BodyErrors {
+    type Error = RegistryError;
+    fn truncated(&self) -> RegistryError {
+        RegistryError::Truncated
     }
-    out.extend_from_slice(&addr.port().to_le_bytes());
-    Ok(())
-}
-
-/// Reads the body front to back; every read checks the bytes remaining.
-struct Reader<'a> {
-    buf: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn bytes(&mut self, len: usize) -> Result<&'a [u8], RegistryError> {
-        if len > self.buf.len() {
-            return Err(RegistryError::Truncated);
-        }
-        let (head, tail) = self.buf.split_at(len);
-        self.buf = tail;
-        Ok(head)
-    }
-
-    fn array<const N: usize>(&mut self) -> Result<[u8; N], RegistryError> {
-        let mut raw = [0u8; N];
-        raw.copy_from_slice(self.bytes(N)?);
-        Ok(raw)
-    }
-
-    fn u8(&mut self) -> Result<u8, RegistryError> {
-        Ok(self.array::<1>()?[0])
-    }
-
-    fn u16(&mut self) -> Result<u16, RegistryError> {
-        Ok(u16::from_le_bytes(self.array()?))
-    }
-
-    fn u64(&mut self) -> Result<u64, RegistryError> {
-        Ok(u64::from_le_bytes(self.array()?))
-    }
-
-    fn addr(&mut self) -> Result<SocketAddr, RegistryError> {
-        match self.u8()? {
-            4 => {
-                let ip = Ipv4Addr::from(self.array::<4>()?);
-                Ok(SocketAddr::V4(SocketAddrV4::new(ip, self.u16()?)))
-            }
-            6 => {
-                let ip = Ipv6Addr::from(self.array::<16>()?);
-                Ok(SocketAddr::V6(SocketAddrV6::new(ip, self.u16()?, 0, 0)))
-            }
-            other => Err(RegistryError::BadAddressFamily(other)),
-        }
+    fn bad_address_family(&self, family: u8) -> RegistryError {
+        RegistryError::BadAddressFamily(family)
     }
 }
 
