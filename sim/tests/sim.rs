@@ -49,12 +49,18 @@ fn bootstrapped_group_with_faults_holds_every_invariant() {
 
 /// Seeds that once found real bugs, kept as regressions: a snapshot
 /// install that threw away log entries the follower had acknowledged (lost
-/// committed entries, and a Nack storm), found by 10,000-seed runs.
+/// committed entries, and a Nack storm), found by 10,000-seed runs, and a
+/// Nack storm from a reordered window (seed 303,090).
 #[test]
 fn seeds_that_found_real_bugs_stay_clean() {
-    for seed in [2877, 4391, 5622, 8772] {
+    for seed in [2877, 4391, 5622, 8772, 303_090] {
         assert_clean(seed..seed + 1, |_| {});
     }
+    // A window reordered on its way drew a Nack per datagram and a window
+    // per Nack (fixed), and the first fix for it ignored a forward Nack
+    // from a follower whose snapshot covered more than the leader resent.
+    let report = run(&Options::new(401_809, 5));
+    assert!(report.violation.is_none(), "{:?}", report.violation);
     assert_clean(100_373..100_374, |o| o.bootstrap = true);
 }
 
@@ -120,7 +126,10 @@ fn bug_promise_during_lease_is_caught() {
     caught_within("promise-during-lease", 300);
 }
 
+/// Rarer than the others (11 of the first 3,000 seeds; 19 while a
+/// reordered window could still set off a Nack storm): caught first at
+/// seed 371.
 #[test]
 fn bug_lease_ignores_holds_is_caught() {
-    caught_within("lease-ignores-holds", 300);
+    caught_within("lease-ignores-holds", 600);
 }
