@@ -1793,15 +1793,19 @@ mod tests {
     }
 
     fn payload(n: u64) -> Bytes {
-        let key = Bytes::from(format!("k{n}"));
+        payload_of(n, 8)
+    }
+
+    /// A Store entry whose value is `bytes` long.
+    fn payload_of(n: u64, bytes: usize) -> Bytes {
         encode_op(
             0,
             Op::Store {
                 mode: data::command::StoreMode::Set,
-                key,
+                key: Bytes::from(format!("k{n}")),
                 flags: 0,
                 exptime: 0,
-                data: Bytes::from(vec![b'v'; 8]),
+                data: Bytes::from(vec![b'v'; bytes]),
                 cas_unique: 0,
             },
         )
@@ -2430,19 +2434,13 @@ mod tests {
         assert!(promised(&replica.take_actions()));
     }
 
-    /// A Store entry whose value is `bytes` long.
-    fn payload_of(n: u64, bytes: usize) -> Bytes {
-        encode_op(
-            0,
-            Op::Store {
-                mode: data::command::StoreMode::Set,
-                key: Bytes::from(format!("k{n}")),
-                flags: 0,
-                exptime: 0,
-                data: Bytes::from(vec![b'v'; bytes]),
-                cas_unique: 0,
-            },
-        )
+    /// Hands `messages` from `from` to node `to` one at a time, each
+    /// followed by a driver turn.
+    fn deliver(g: &mut Group, from: u64, to: u64, messages: Vec<(Term, Message)>) {
+        for (term, message) in messages {
+            g.receive(to, ServerId(from), term, message);
+            g.drive(ServerId(to));
+        }
     }
 
     /// Appends from `from` to `to` on the wire.
@@ -2467,34 +2465,23 @@ mod tests {
         g.propose(1, payload_of(12, 400)).unwrap();
         g.drive(ServerId(1));
         // Its Nack brings the missing entries as one window of Appends.
-        for (term, message) in take_to(&mut g, 3) {
-            g.receive(3, ServerId(1), term, message);
-            g.drive(ServerId(3));
-        }
-        let nacks = take_to(&mut g, 1);
-        for (term, message) in nacks {
-            g.receive(1, ServerId(3), term, message);
-            g.drive(ServerId(1));
-        }
+        let append = take_to(&mut g, 3);
+        deliver(&mut g, 1, 3, append);
+        let nack = take_to(&mut g, 1);
+        deliver(&mut g, 3, 1, nack);
         let window = appends_on_wire(&g, 1, 3);
         assert!(window >= 3, "the resend takes several datagrams: {window}");
         // They arrive last first: every one but the first overtakes a gap.
         let mut resent = take_to(&mut g, 3);
         resent.reverse();
-        for (term, message) in resent {
-            g.receive(3, ServerId(1), term, message);
-            g.drive(ServerId(3));
-        }
+        deliver(&mut g, 1, 3, resent);
         let answers = take_to(&mut g, 1);
         let nacks = answers
             .iter()
             .filter(|(_, m)| matches!(m, Message::Nack { .. }))
             .count();
         assert_eq!(nacks, window - 1, "{answers:?}");
-        for (term, message) in answers {
-            g.receive(1, ServerId(3), term, message);
-            g.drive(ServerId(1));
-        }
+        deliver(&mut g, 3, 1, answers);
         // One resend answers all those Nacks, at the most; a window for
         // each would multiply with every round trip.
         let again = appends_on_wire(&g, 1, 3);
