@@ -23,7 +23,9 @@ pub struct ClusterStatus {
 impl ClusterStatus {
     /// The memcached address of the server the LB names leader. Right after
     /// a leader dies this is still the dead one, until the LB names another
-    /// (its row keeps saying `leader` too: it is its last report).
+    /// (its `role` field keeps saying `leader` too: it is its last report;
+    /// `reachable` turns 0 once the LB has not heard it for the election
+    /// timeout).
     pub fn leader_tcp(&self) -> Option<std::net::SocketAddr> {
         let id = self.cluster.get("leader")?;
         self.servers.get(id)?.get("tcp")?.parse().ok()
@@ -115,12 +117,14 @@ pub fn render_table(status: &ClusterStatus) -> String {
         .map(|(id, fields)| {
             columns
                 .iter()
-                .map(|(_, key)| {
-                    if *key == "id" {
-                        id.clone()
-                    } else {
-                        get(fields, key)
+                .map(|(_, key)| match *key {
+                    "id" => id.clone(),
+                    // A silent server's role is only its last report (a
+                    // killed leader's says leader): not shown as current.
+                    "role" if fields.get("reachable").is_some_and(|r| r == "0") => {
+                        "unreachable".into()
                     }
+                    _ => get(fields, key),
                 })
                 .collect()
         })
@@ -216,5 +220,23 @@ mod tests {
             render_json(&status),
             r#"{"cluster":{"leader":"00aa","term":3},"servers":{"00aa":{"lag":0,"role":"leader"}}}"#
         );
+    }
+
+    #[test]
+    fn a_server_the_lb_has_not_heard_shows_as_unreachable() {
+        let mut status = ClusterStatus::default();
+        status.cluster.insert("term".into(), "4".into());
+        status.cluster.insert("leader".into(), "00bb".into());
+        for (id, role, reachable) in [("00aa", "leader", "0"), ("00bb", "leader", "1")] {
+            let mut server = BTreeMap::new();
+            server.insert("role".into(), role.into());
+            server.insert("reachable".into(), reachable.into());
+            status.servers.insert(id.into(), server);
+        }
+        let table = render_table(&status);
+        assert!(table.contains("00aa  unreachable"), "{table}");
+        assert!(table.contains("00bb  leader"), "{table}");
+        // The JSON keeps the last report and says how fresh it is.
+        assert!(render_json(&status).contains(r#""00aa":{"reachable":0,"role":"leader"}"#));
     }
 }

@@ -127,6 +127,9 @@ pub struct ServerView {
     /// has it.
     pub removing: bool,
     pub last_heard_ms_ago: Option<u64>,
+    /// The LB heard from it within the election timeout. Its `status` is
+    /// its last report either way: a killed leader's still says leader.
+    pub reachable: bool,
     pub status: Option<ServerStatus>,
 }
 
@@ -358,6 +361,9 @@ impl Core {
                     udp: member.udp,
                     removing: state.removal_requested_seq.is_some(),
                     last_heard_ms_ago: state.last_heard_ms.map(|at| now_ms.saturating_sub(at)),
+                    reachable: state.last_heard_ms.is_some_and(|at| {
+                        now_ms.saturating_sub(at) <= self.config.election_timeout_ms
+                    }),
                     status: state.status.clone(),
                 }
             })

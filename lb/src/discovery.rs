@@ -181,6 +181,10 @@ pub fn encode_stats(view: &ClusterView, counters: &[(&str, u64)], out: &mut Byte
         stat(&format!("server.{id}.udp"), &server.udp);
         stat(&format!("server.{id}.removing"), &u8::from(server.removing));
         stat(
+            &format!("server.{id}.reachable"),
+            &u8::from(server.reachable),
+        );
+        stat(
             &format!("server.{id}.last_heartbeat_ms_ago"),
             &known(server.last_heard_ms_ago),
         );
@@ -299,6 +303,7 @@ mod tests {
                 .expect("literal"),
             removing: false,
             last_heard_ms_ago: last_index.map(|_| 20),
+            reachable: last_index.is_some(),
             status: last_index.map(|i| ServerStatus {
                 received_ms: 0,
                 seq: 1,

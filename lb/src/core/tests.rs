@@ -963,3 +963,24 @@ fn one_leader_per_term_under_loss_duplication_reorder_and_lb_restarts() {
     // see several elections, not just the first.
     assert!(leaders_total > 2 * SEEDS as usize, "{leaders_total}");
 }
+
+#[test]
+fn a_server_not_heard_for_the_election_timeout_is_shown_unreachable() {
+    let mut core = cluster3();
+    status(&mut core, 100, 1, leading(Term(1), 1, &[1, 2, 3], &[]));
+    status(&mut core, 100, 2, follower(Term(1), 1, 0, &[1, 2, 3]));
+    let reachable = |core: &Core, now: u64, n: u64| {
+        let view = core.view(now);
+        let server = view.servers.iter().find(|s| s.id == id(n)).expect("listed");
+        server.reachable
+    };
+    let end = 100 + ELECTION_TIMEOUT_MS;
+    assert!(reachable(&core, end, 1));
+    // Its last report still says leader; `reachable` says how old it is.
+    assert!(!reachable(&core, end + 1, 1));
+    let view = core.view(end + 1);
+    let leader = view.servers.iter().find(|s| s.id == id(1)).expect("listed");
+    assert_eq!(leader.status.as_ref().map(|s| s.role), Some(Role::Leader));
+    // Server 3 was registered (heard at 0) and has said nothing since.
+    assert!(!reachable(&core, end, 3));
+}
