@@ -160,13 +160,22 @@ impl Cluster {
             }
             if let Ok(Some(status)) = process.child.try_wait() {
                 process.exited = true;
-                let log = std::fs::read_to_string(&process.log_path).unwrap_or_default();
-                let lines: Vec<&str> = log.lines().collect();
-                let tail = &lines[lines.len().saturating_sub(LOG_TAIL_LINES)..];
-                bail!("it exited ({status}):\n{}", tail.join("\n"));
+                bail!(
+                    "it exited ({status}):\n{}",
+                    log_tail(&process.log_path, LOG_TAIL_LINES)
+                );
             }
             Ok(false)
         })
+    }
+
+    /// The last `lines` lines of every process's log, each under its name:
+    /// elections, step-downs and errors show there.
+    pub fn log_tails(&self, lines: usize) -> String {
+        self.processes
+            .iter()
+            .map(|p| format!("--- {}\n{}\n", p.name, log_tail(&p.log_path, lines)))
+            .collect()
     }
 
     pub fn pid_of(&self, name: &str) -> Option<u32> {
@@ -249,6 +258,13 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The last `lines` lines of the log at `path` (none if it cannot be read).
+fn log_tail(path: &Path, lines: usize) -> String {
+    let log = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = log.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 fn spawn_logged(exe: &Path, args: &[String], log_path: &Path) -> anyhow::Result<Child> {

@@ -16,6 +16,8 @@ use common::{memccapable_bin, poll_until, run_tool, skip};
 use store::up::Cluster;
 
 const DEADLINE: Duration = Duration::from_secs(20);
+/// Lines of each process's log in a failure message.
+const LOG_TAIL_LINES: usize = 15;
 
 fn set(addr: SocketAddr, key: &str, value: &[u8]) -> Result<Vec<u8>, String> {
     let mut bytes = format!("set {key} 0 0 {}\r\n", value.len()).into_bytes();
@@ -175,33 +177,11 @@ fn any_server_takes_any_command() {
                 "memccapable against {server} (LB term {term_before:?} before, {term_after:?} after):\n{}\n{}\n{}",
                 run.stdout,
                 run.stderr,
-                log_tails(cluster.dir.path())
+                cluster.log_tails(LOG_TAIL_LINES)
             );
             break;
         }
     }
-}
-
-/// The last lines of every log in a cluster's directory, for a failure
-/// message: elections, step-downs and errors show there.
-fn log_tails(dir: &std::path::Path) -> String {
-    const LINES: usize = 15;
-    let mut logs: Vec<_> = std::fs::read_dir(dir)
-        .map(|entries| entries.filter_map(Result::ok).map(|e| e.path()).collect())
-        .unwrap_or_default();
-    logs.retain(|path| path.extension().is_some_and(|e| e == "log"));
-    logs.sort();
-    let mut out = String::new();
-    for path in logs {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        out.push_str(&format!("--- {}\n", path.display()));
-        for line in &lines[lines.len().saturating_sub(LINES)..] {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
 }
 
 #[test]

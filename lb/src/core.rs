@@ -355,15 +355,15 @@ impl Core {
             .iter()
             .map(|(id, member)| {
                 let state = &self.servers[id];
+                let heard_ms_ago = state.last_heard_ms.map(|at| now_ms.saturating_sub(at));
                 ServerView {
                     id: *id,
                     tcp: member.tcp,
                     udp: member.udp,
                     removing: state.removal_requested_seq.is_some(),
-                    last_heard_ms_ago: state.last_heard_ms.map(|at| now_ms.saturating_sub(at)),
-                    reachable: state.last_heard_ms.is_some_and(|at| {
-                        now_ms.saturating_sub(at) <= self.config.election_timeout_ms
-                    }),
+                    last_heard_ms_ago: heard_ms_ago,
+                    reachable: heard_ms_ago
+                        .is_some_and(|ago| ago <= self.config.election_timeout_ms),
                     status: state.status.clone(),
                 }
             })
