@@ -120,6 +120,27 @@ fn any_server_takes_any_command() {
     )
     .unwrap();
     assert_eq!(reply, b"NOT_FOUND\r\nDELETED\r\n");
+    // Every server counts its own log writes: 4 writes, and the leader's
+    // no-op, each in some fsync.
+    for server in &cluster.servers {
+        let counted = |name: &str| -> u64 {
+            stats(*server)
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        assert!(
+            poll_until(DEADLINE, || counted("log_records") >= 5),
+            "{server} counted {} log records",
+            counted("log_records")
+        );
+        let syncs = counted("log_syncs");
+        assert!(
+            (1..=counted("log_records")).contains(&syncs) && counted("log_bytes") > 0,
+            "{server}: {:?}",
+            stats(*server)
+        );
+    }
     let leader_stats = stats(leader_addr);
     assert_eq!(
         leader_stats.get("repl_role").map(String::as_str),

@@ -17,7 +17,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use data::cluster_file::ClusterFile;
@@ -30,6 +30,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::commit::{self, CommitError, SharedState};
 use crate::replica::{Action, Durable, NotLeader, Replica, Timing};
 use crate::snapshot::SnapshotJob;
+use crate::stats::Stats;
 use crate::storage::{meta, Log, Meta, StorageError};
 
 /// Requests waiting for the driver at most; connections wait beyond it.
@@ -253,6 +254,9 @@ pub struct DriverStart {
     pub snapshot_index: LogIndex,
     pub snapshot_term: Term,
     pub state: SharedState,
+    /// The server's counters: the driver keeps the log's (`log_syncs`, ...)
+    /// as the single-node commit thread does.
+    pub stats: Arc<Stats>,
     pub snapshot_log_bytes: u64,
     pub item_bytes_max: usize,
 }
@@ -361,6 +365,7 @@ struct Driver {
     log: Log,
     meta: Meta,
     state: SharedState,
+    stats: Arc<Stats>,
     view: Arc<ClusterView>,
     applied: LogIndex,
     /// Proposals of this leader waiting for their entry: index → (term, reply).
@@ -457,6 +462,7 @@ impl Driver {
             log: start.log,
             meta,
             state: start.state,
+            stats: start.stats,
             view,
             applied,
             proposals: BTreeMap::new(),
@@ -700,6 +706,7 @@ impl Driver {
             }
             self.fence_lease();
             let mut appended: Option<LogIndex> = None;
+            let (mut records, mut bytes) = (0u64, 0u64);
             for action in actions {
                 match action {
                     Action::PersistTerm(term) => {
@@ -719,9 +726,12 @@ impl Driver {
                                     offset: index.0,
                                     reason: e.to_string(),
                                 })?;
-                            self.log_bytes_since_snapshot += command.encoded_len() as u64;
+                            let len = command.encoded_len() as u64;
+                            self.log_bytes_since_snapshot += len;
                             self.log.append(term.0, index.0, &command)?;
                             appended = Some(index);
+                            records += 1;
+                            bytes += len;
                         }
                     }
                     Action::Send {
@@ -746,7 +756,9 @@ impl Driver {
                 }
             }
             if let Some(index) = appended {
+                let sync_started = Instant::now();
                 self.log.sync()?;
+                self.stats.log_synced(sync_started, records, bytes);
                 self.core.persisted(now_ms(), index);
             }
         }
@@ -764,6 +776,7 @@ impl Driver {
             self.snapshot = None;
             match result {
                 Ok(taken) => {
+                    Stats::bump(&self.stats.counters.snapshots);
                     self.log.compact_through(taken.index)?;
                     self.core.compact(LogIndex(taken.index), Term(taken.term));
                 }

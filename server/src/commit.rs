@@ -185,15 +185,10 @@ impl CommitLoop {
         }
         let sync_started = Instant::now();
         self.log.sync()?;
-        Stats::add(
-            &self.stats.counters.log_sync_us,
-            sync_started.elapsed().as_micros() as u64,
-        );
+        self.stats
+            .log_synced(sync_started, batch.len() as u64, self.encoded_bytes as u64);
         self.last_index += batch.len() as u64;
         self.log_bytes_since_snapshot += self.encoded_bytes as u64;
-        Stats::bump(&self.stats.counters.log_syncs);
-        Stats::add(&self.stats.counters.log_records, batch.len() as u64);
-        Stats::add(&self.stats.counters.log_bytes, self.encoded_bytes as u64);
 
         let mut outcomes = Vec::with_capacity(batch.len());
         {

@@ -208,6 +208,7 @@ async fn start_backend(
                 snapshot_index,
                 snapshot_term: Term(unapplied.snapshot_term),
                 state: state.clone(),
+                stats: stats.clone(),
                 snapshot_log_bytes: config.snapshot_log_bytes,
                 item_bytes_max: config.item_bytes_max,
             })?;

@@ -98,6 +98,16 @@ impl Stats {
         counter.fetch_add(n, Relaxed);
     }
 
+    /// Counts one log fsync that made `records` records of `bytes` durable
+    /// and took since `started`.
+    pub fn log_synced(&self, started: Instant, records: u64, bytes: u64) {
+        let c = &self.counters;
+        Stats::add(&c.log_sync_us, started.elapsed().as_micros() as u64);
+        Stats::bump(&c.log_syncs);
+        Stats::add(&c.log_records, records);
+        Stats::add(&c.log_bytes, bytes);
+    }
+
     /// `stats reset`: zeroes the counters, not the gauges.
     pub fn reset(&self) {
         self.counters.reset();
