@@ -9,37 +9,8 @@
 
 mod common;
 
+use common::memcapable::{run_memcapable, ASCII_TESTS};
 use common::*;
-use std::process::Command;
-use std::time::Duration;
-
-/// Number of ASCII tests in libmemcached-tools' memccapable.
-const ASCII_TESTS: usize = 27;
-const MEMCAPABLE_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Runs memccapable against `port` and returns (test name, verdict) pairs.
-fn run_memcapable(port: u16) -> (Vec<(String, String)>, ToolRun) {
-    let bin = memccapable_bin().expect("checked by the caller");
-    let mut cmd = Command::new(bin);
-    // -t: per-I/O timeout in seconds, so a server that does not answer makes
-    // one test fail instead of hanging the run.
-    cmd.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-a", "-t", "5"]);
-    let run = run_tool(cmd, MEMCAPABLE_TIMEOUT);
-    let mut results = Vec::new();
-    for line in run.stdout.lines() {
-        let line = line.trim_end();
-        if let Some(open) = line.rfind('[') {
-            if line.ends_with(']') {
-                let name = line[..open].trim().to_string();
-                let verdict = line[open + 1..line.len() - 1].to_string();
-                if name.starts_with("ascii ") {
-                    results.push((name, verdict));
-                }
-            }
-        }
-    }
-    (results, run)
-}
 
 fn assert_all_pass(who: &str, results: &[(String, String)], run: &ToolRun) {
     let failed: Vec<_> = results.iter().filter(|(_, v)| v != "pass").collect();

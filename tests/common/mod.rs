@@ -19,6 +19,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod memcapable;
 pub mod pymemcache;
 
 use std::fs::File;
