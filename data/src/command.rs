@@ -113,6 +113,12 @@ pub enum Op {
         voters: Vec<u64>,
         learners: Vec<u64>,
     },
+    /// Removes those of `keys` that no reader can see at the entry's time
+    /// (expired or flushed): the leader's choice of what to reclaim, carried
+    /// in the entry so that every replica frees the same items (DESIGN §2).
+    Reclaim {
+        keys: Vec<Bytes>,
+    },
 }
 
 /// A log entry's payload: an [`Op`] and the leader's clock when it accepted it.
@@ -153,12 +159,17 @@ const TAG_TOUCH: u8 = 4;
 const TAG_GAT: u8 = 5;
 const TAG_FLUSH: u8 = 6;
 const TAG_CONFIG: u8 = 7;
+const TAG_RECLAIM: u8 = 8;
 
 /// Servers one configuration may name at most.
 pub const CONFIG_MEMBERS_MAX: usize = 64;
 
 /// Upper bound on keys in one gat; a gat line is bounded by the get line limit.
 pub const GAT_KEYS_MAX: usize = 1 << 20;
+
+/// Keys one reclaim entry names at most: its apply holds the state lock for
+/// this many removals, about 100 us (DESIGN §2).
+pub const RECLAIM_KEYS_MAX: usize = 1024;
 
 impl Command {
     /// Appends the encoding: `[time_s u64][tag u8][fields]`, little endian;
@@ -202,10 +213,11 @@ impl Command {
             Op::GetAndTouch { keys, exptime } => {
                 out.put_u8(TAG_GAT);
                 out.put_u64_le(*exptime);
-                out.put_u32_le(keys.len() as u32);
-                for key in keys {
-                    put_key(out, key);
-                }
+                put_keys(out, keys);
+            }
+            Op::Reclaim { keys } => {
+                out.put_u8(TAG_RECLAIM);
+                put_keys(out, keys);
             }
             Op::FlushAll { deadline_s } => {
                 out.put_u8(TAG_FLUSH);
@@ -232,9 +244,8 @@ impl Command {
                 Op::Delete { key } => 1 + key.len(),
                 Op::Arith { key, .. } => 1 + 1 + key.len() + 8,
                 Op::Touch { key, .. } => 1 + key.len() + 8,
-                Op::GetAndTouch { keys, .. } => {
-                    8 + 4 + keys.iter().map(|k| 1 + k.len()).sum::<usize>()
-                }
+                Op::GetAndTouch { keys, .. } => 8 + keys_len(keys),
+                Op::Reclaim { keys } => keys_len(keys),
                 Op::FlushAll { .. } => 8,
                 Op::Config { voters, learners } => 2 + 8 * voters.len() + 2 + 8 * learners.len(),
             }
@@ -289,16 +300,7 @@ impl Command {
             }
             TAG_GAT => {
                 let exptime = get_u64(&mut buf)?;
-                let count = get_u32(&mut buf)? as usize;
-                // Each key takes at least two bytes, so a count the payload
-                // cannot hold is rejected before allocating for it.
-                if count > GAT_KEYS_MAX || count * 2 > buf.remaining() {
-                    return Err(DecodeError::Truncated);
-                }
-                let mut keys = Vec::with_capacity(count);
-                for _ in 0..count {
-                    keys.push(get_key(&mut buf)?);
-                }
+                let keys = get_keys(&mut buf, GAT_KEYS_MAX)?;
                 Op::GetAndTouch { keys, exptime }
             }
             TAG_FLUSH => Op::FlushAll {
@@ -309,6 +311,9 @@ impl Command {
                 let learners = get_ids(&mut buf)?;
                 Op::Config { voters, learners }
             }
+            TAG_RECLAIM => Op::Reclaim {
+                keys: get_keys(&mut buf, RECLAIM_KEYS_MAX)?,
+            },
             other => return Err(DecodeError::UnknownTag(other)),
         };
         if buf.has_remaining() {
@@ -339,6 +344,32 @@ fn get_ids(buf: &mut Bytes) -> Result<Vec<u64>, DecodeError> {
         return Err(DecodeError::Truncated);
     }
     (0..count).map(|_| get_u64(buf)).collect()
+}
+
+/// `[count u32][key]*`.
+fn put_keys(out: &mut BytesMut, keys: &[Bytes]) {
+    out.put_u32_le(keys.len() as u32);
+    for key in keys {
+        put_key(out, key);
+    }
+}
+
+fn keys_len(keys: &[Bytes]) -> usize {
+    4 + keys.iter().map(|k| 1 + k.len()).sum::<usize>()
+}
+
+fn get_keys(buf: &mut Bytes, keys_max: usize) -> Result<Vec<Bytes>, DecodeError> {
+    let count = get_u32(buf)? as usize;
+    // Each key takes at least two bytes, so a count the payload cannot hold
+    // is rejected before allocating for it.
+    if count > keys_max || count * 2 > buf.remaining() {
+        return Err(DecodeError::Truncated);
+    }
+    let mut keys = Vec::with_capacity(count);
+    for _ in 0..count {
+        keys.push(get_key(buf)?);
+    }
+    Ok(keys)
 }
 
 fn put_key(out: &mut BytesMut, key: &[u8]) {
@@ -451,6 +482,12 @@ mod tests {
                 Op::FlushAll { deadline_s: 3 },
                 vec![6, 3, 0, 0, 0, 0, 0, 0, 0],
             ),
+            (
+                Op::Reclaim {
+                    keys: vec![Bytes::from_static(b"k"), Bytes::from_static(b"ab")],
+                },
+                vec![8, 2, 0, 0, 0, 1, b'k', 2, b'a', b'b'],
+            ),
         ];
         for (op, tail) in cases {
             let cmd = Command { time_s: 0, op };
@@ -553,6 +590,7 @@ mod tests {
                 proptest::collection::vec(any::<u64>(), 0..8)
             )
                 .prop_map(|(voters, learners)| Op::Config { voters, learners }),
+            proptest::collection::vec(key(), 0..8).prop_map(|keys| Op::Reclaim { keys }),
         ]
     }
 

@@ -28,6 +28,8 @@ use std::sync::Arc;
 
 use hashbrown::HashTable;
 
+use crate::exptime::NEVER;
+
 /// Bytes per segment; a larger item gets a segment of its own.
 pub const SEGMENT_BYTES: usize = 1024 * 1024;
 
@@ -166,6 +168,9 @@ pub struct Items {
     live_bytes: u64,
     /// Key and value bytes of the live items (memcached's `bytes`).
     kv_bytes: u64,
+    /// Items with an expiry: while there are none (and no flush is
+    /// pending) nothing can become invisible, and the reclaimer rests.
+    expiring: u64,
     /// [`SEGMENT_BYTES`] and [`COMPACT_DEAD_BYTES_MIN`], smaller in tests
     /// so that a few items exercise many segments and compaction.
     segment_bytes: usize,
@@ -204,6 +209,7 @@ impl Items {
             held_bytes: 0,
             live_bytes: 0,
             kv_bytes: 0,
+            expiring: 0,
             segment_bytes,
             compact_dead_bytes_min,
         }
@@ -220,6 +226,11 @@ impl Items {
     /// Key and value bytes of the items held.
     pub fn kv_bytes(&self) -> u64 {
         self.kv_bytes
+    }
+
+    /// Items that have an expiry time.
+    pub fn expiring(&self) -> u64 {
+        self.expiring
     }
 
     /// Bytes of segments held (live and dead records), for tests and stats.
@@ -239,6 +250,36 @@ impl Items {
     pub fn iter(&self) -> impl ExactSizeIterator<Item = ItemRef<'_>> {
         let slots = &self.slots;
         self.table.iter().map(move |loc| item_at(slots, *loc))
+    }
+
+    /// Visits the items in up to `buckets_max` of the table's buckets from
+    /// bucket `from` on, in bucket order, until `visit` returns false; returns
+    /// the bucket to go on from (the refused item's), 0 after the last. A cursor for walking the
+    /// table a bounded step at a time: a resize between steps may make a
+    /// walk skip or repeat some items, never read out of bounds.
+    pub fn scan(
+        &self,
+        from: usize,
+        buckets_max: usize,
+        mut visit: impl FnMut(ItemRef<'_>) -> bool,
+    ) -> usize {
+        let buckets = self.table.num_buckets();
+        let end = from.saturating_add(buckets_max).min(buckets);
+        let mut bucket = from;
+        while bucket < end {
+            if let Some(loc) = self.table.get_bucket(bucket) {
+                // Refused: the next step starts with this item.
+                if !visit(item_at(&self.slots, *loc)) {
+                    break;
+                }
+            }
+            bucket += 1;
+        }
+        if bucket >= buckets {
+            0
+        } else {
+            bucket
+        }
     }
 
     /// Stores `key` with the value made of `parts` joined, replacing any
@@ -279,10 +320,13 @@ impl Items {
             return false;
         };
         // In place when no keystore writer shares the segment.
+        let old = item_at(&self.slots, loc).exptime();
         let slot = &mut self.slots[loc.segment()];
         if let Some(segment) = slot.data.as_mut().and_then(Arc::get_mut) {
             let at = loc.offset() + EXPTIME_AT;
             segment[at..at + 8].copy_from_slice(&exptime.to_le_bytes());
+            self.expiring -= u64::from(old != NEVER);
+            self.expiring += u64::from(exptime != NEVER);
             return true;
         }
         let item = item_at(&self.slots, loc);
@@ -352,6 +396,7 @@ impl Items {
             |l| item_at(slots, *l).key() == key,
             |l| hasher.hash_one(item_at(slots, *l).key()),
         );
+        self.expiring += u64::from(item_at(slots, loc).exptime() != NEVER);
         let old = match entry {
             hashbrown::hash_table::Entry::Occupied(mut occupied) => {
                 Some(std::mem::replace(occupied.get_mut(), loc))
@@ -375,6 +420,7 @@ impl Items {
         );
         self.kv_bytes -= kv;
         self.live_bytes -= len;
+        self.expiring -= u64::from(item.exptime() != NEVER);
         let slot = &mut self.slots[loc.segment()];
         slot.live -= len;
         if slot.live == 0 && self.active != Some(loc.segment()) {
@@ -556,7 +602,12 @@ mod tests {
     fn meta(cas: u64) -> Meta {
         Meta {
             flags: cas as u32 ^ 0xdead_beef,
-            exptime: cas * 3,
+            // Every fourth item never expires.
+            exptime: if cas.is_multiple_of(4) {
+                NEVER
+            } else {
+                cas * 3
+            },
             updated_s: cas * 7,
             cas,
         }
@@ -578,6 +629,8 @@ mod tests {
             .map(|(k, (v, _))| (k.len() + v.len()) as u64)
             .sum();
         assert_eq!(items.kv_bytes(), kv);
+        let expiring = model.values().filter(|(_, m)| m.exptime != NEVER).count();
+        assert_eq!(items.expiring(), expiring as u64);
         let listed: BTreeMap<Vec<u8>, Vec<u8>> = items
             .iter()
             .map(|i| (i.key().to_vec(), i.data().to_vec()))
@@ -607,7 +660,7 @@ mod tests {
         prop_oneof![
             6 => (any::<u8>(), 0usize..3000).prop_map(|(k, n)| Step::Insert(k, n)),
             3 => any::<u8>().prop_map(Step::Remove),
-            1 => (any::<u8>(), any::<u64>()).prop_map(|(k, e)| Step::Touch(k, e)),
+            1 => (any::<u8>(), prop_oneof![Just(NEVER), any::<u64>()]).prop_map(|(k, e)| Step::Touch(k, e)),
             1 => Just(Step::Freeze),
             1 => Just(Step::Thaw),
         ]

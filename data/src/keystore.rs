@@ -12,6 +12,8 @@
 //! ```text
 //! header:  [magic "STOREKS\0"][version u8][reserved 7 zero bytes]
 //!          [applied_index u64][applied_term u64][flush_deadline_s u64, 0 = none][item_count u64]
+//! members: [voter count u16][voter id u64]* [learner count u16][learner id u64]*
+//! clock:   [clock_s u64] (version 3 on; the state's latest applied time)
 //! item:    [key_len u8][key][flags u32][exptime u64][cas u64][updated_s u64][value_len u32][value]
 //! trailer: [crc32c u32 of every byte before it]
 //! ```
@@ -23,14 +25,19 @@ use thiserror::Error;
 
 use crate::command::CONFIG_MEMBERS_MAX;
 use crate::limits::{ITEM_BYTES_MAX, KEY_BYTES_MAX};
-use crate::state::{Item, ItemRef, Members, State};
+use crate::state::{visible, Item, ItemRef, Members, State};
 
 /// Identifies a keystore file.
 pub const KEYSTORE_MAGIC: [u8; 8] = *b"STOREKS\0";
 
 /// Version of this format; bump it on any change.
-/// Version 2 added the replica group's membership after the header.
-pub const KEYSTORE_VERSION: u8 = 2;
+/// Version 2 added the replica group's membership after the header;
+/// version 3 the state's clock after the membership. Version 2 files are
+/// still read (as of clock 0: every item they hold is kept).
+pub const KEYSTORE_VERSION: u8 = 3;
+
+/// The oldest version this build reads.
+const KEYSTORE_VERSION_MIN: u8 = 2;
 
 /// Magic, version, reserved, applied index, applied term, flush deadline,
 /// item count.
@@ -53,6 +60,8 @@ pub struct KeystoreHeader {
     pub applied_term: u64,
     pub flush_deadline_s: Option<u64>,
     pub item_count: u64,
+    /// The format version the file was written in.
+    pub version: u8,
 }
 
 /// How a keystore file is damaged.
@@ -62,7 +71,7 @@ pub enum Corruption {
     Truncated,
     #[error("bad keystore magic")]
     BadMagic,
-    #[error("unsupported keystore version {0} (this build reads version {KEYSTORE_VERSION})")]
+    #[error("unsupported keystore version {0} (this build reads versions {KEYSTORE_VERSION_MIN} to {KEYSTORE_VERSION})")]
     UnsupportedVersion(u8),
     #[error("reserved header bytes are not zero")]
     ReservedNonZero,
@@ -152,11 +161,13 @@ impl ItemFields for (&Bytes, &Item) {
 /// `InvalidInput` if an item breaks the limits the decoder enforces, so an
 /// unreadable file is never produced. `out` should be buffered: every item is
 /// two writes.
+#[allow(clippy::too_many_arguments)]
 pub fn encode<W, I>(
     mut out: W,
     applied_index: u64,
     applied_term: u64,
     flush_deadline_s: Option<u64>,
+    clock_s: u64,
     config: &Members,
     items: I,
 ) -> io::Result<u64>
@@ -188,6 +199,7 @@ where
             out.write_all(&id.to_le_bytes())?;
         }
     }
+    out.write_all(&clock_s.to_le_bytes())?;
 
     // One fixed buffer for every item's key and fields, so the CRC and the
     // writer see two calls per item instead of seven.
@@ -226,7 +238,8 @@ where
 }
 
 /// Reads a keystore from `input` and rebuilds the state it holds; returns it
-/// with the applied term. `item_bytes_max` is the server's `-I`, passed on to
+/// with the applied term. Items no reader can see at the file's clock are
+/// left out (the writer leaves them out too; an older writer did not). `item_bytes_max` is the server's `-I`, passed on to
 /// the state; values up to [`ITEM_BYTES_MAX`] are accepted whatever it is, so
 /// a restart with a smaller `-I` does not lose items stored before.
 /// `input` should be buffered.
@@ -234,19 +247,41 @@ pub fn decode<R: Read>(input: R, item_bytes_max: usize) -> Result<(State, u64), 
     let mut input = CrcReader::new(input);
     let header = read_header(&mut input)?;
     let config = (read_ids(&mut input)?, read_ids(&mut input)?);
+    let clock_s = if header.version >= 3 {
+        let mut clock = [0u8; 8];
+        input.read_exact_or_corrupt(&mut clock)?;
+        u64::from_le_bytes(clock)
+    } else {
+        0
+    };
     let mut error = None;
+    let mut skipped = 0u64;
     let mut state = State::restore(
         item_bytes_max,
         header.applied_index,
         header.flush_deadline_s,
+        clock_s,
         ItemReader {
             input: &mut input,
             remaining: header.item_count,
             error: &mut error,
-        },
+        }
+        .filter(|(_, item)| {
+            let keep = visible(
+                header.flush_deadline_s,
+                clock_s,
+                item.exptime,
+                item.updated_s,
+            );
+            skipped += u64::from(!keep);
+            keep
+        }),
     );
     if let Some(error) = error {
         return Err(error);
+    }
+    if skipped > 0 {
+        state.shrink_to_fit();
     }
     state.set_config(config);
     let computed = input.crc;
@@ -261,9 +296,9 @@ pub fn decode<R: Read>(input: R, item_bytes_max: usize) -> Result<(State, u64), 
     }
     // Checked after the CRC: with a good CRC, duplicates mean the writer was
     // given a bad item list, which a reader must still refuse.
-    if state.len() as u64 != header.item_count {
+    if state.len() as u64 + skipped != header.item_count {
         return Err(input.corrupt(Corruption::DuplicateKeys {
-            items: state.len() as u64,
+            items: state.len() as u64 + skipped,
             count: header.item_count,
         }));
     }
@@ -282,8 +317,9 @@ fn read_header<R: Read>(input: &mut CrcReader<R>) -> Result<KeystoreHeader, Keys
     if header[..8] != KEYSTORE_MAGIC {
         return Err(corrupt_at(0, Corruption::BadMagic));
     }
-    if header[8] != KEYSTORE_VERSION {
-        return Err(corrupt_at(8, Corruption::UnsupportedVersion(header[8])));
+    let version = header[8];
+    if !(KEYSTORE_VERSION_MIN..=KEYSTORE_VERSION).contains(&version) {
+        return Err(corrupt_at(8, Corruption::UnsupportedVersion(version)));
     }
     if header[9..16].iter().any(|b| *b != 0) {
         return Err(corrupt_at(9, Corruption::ReservedNonZero));
@@ -294,6 +330,7 @@ fn read_header<R: Read>(input: &mut CrcReader<R>) -> Result<KeystoreHeader, Keys
         applied_term: le_u64(&header[24..32]),
         flush_deadline_s: (flush != 0).then_some(flush),
         item_count: le_u64(&header[40..48]),
+        version,
     })
 }
 
@@ -481,12 +518,23 @@ mod tests {
     }
 
     fn encode_vec(index: u64, term: u64, flush: Option<u64>, items: &[(Bytes, Item)]) -> Vec<u8> {
+        encode_at(index, term, flush, 0, items)
+    }
+
+    fn encode_at(
+        index: u64,
+        term: u64,
+        flush: Option<u64>,
+        clock_s: u64,
+        items: &[(Bytes, Item)],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         let len = encode(
             &mut out,
             index,
             term,
             flush,
+            clock_s,
             &(vec![], vec![]),
             items.iter().map(|(k, v)| (k, v)),
         )
@@ -517,10 +565,10 @@ mod tests {
                 updated_s: 6,
             },
         )];
-        let bytes = encode_vec(0x0102, 3, Some(0x10), &items);
+        let bytes = encode_at(0x0102, 3, Some(0x10), 4, &items);
         let body: &[u8] = &[
             b'S', b'T', b'O', b'R', b'E', b'K', b'S', 0, // magic
-            2, // version
+            3, // version
             0, 0, 0, 0, 0, 0, 0, // reserved
             0x02, 0x01, 0, 0, 0, 0, 0, 0, // applied index
             3, 0, 0, 0, 0, 0, 0, 0, // applied term
@@ -528,6 +576,7 @@ mod tests {
             1, 0, 0, 0, 0, 0, 0, 0, // item count
             0, 0, // voters
             0, 0, // learners
+            4, 0, 0, 0, 0, 0, 0, 0, // clock
             2, b'a', b'b', // key
             7, 0, 0, 0, // flags
             9, 0, 0, 0, 0, 0, 0, 0, // exptime
@@ -543,8 +592,50 @@ mod tests {
         assert_eq!(term, 3);
         assert_eq!(state.applied_index(), 0x0102);
         assert_eq!(state.flush_deadline_s(), Some(0x10));
+        assert_eq!(state.clock_s(), 4);
         assert_eq!(sorted(&state), items);
         assert_eq!(state.bytes(), 5);
+    }
+
+    /// A version 2 file (no clock) is still read, every item kept.
+    #[test]
+    fn version_2_is_read() {
+        let items = vec![(Bytes::from_static(b"ab"), item(b"xyz", 5))];
+        let v3 = encode_vec(7, 1, None, &items);
+        // Version 2 is version 3 without the clock after the membership.
+        let mut v2 = v3[..KEYSTORE_HEADER_BYTES + 4].to_vec();
+        v2[8] = 2;
+        v2.extend_from_slice(&v3[KEYSTORE_HEADER_BYTES + 4 + 8..v3.len() - 4]);
+        v2.extend_from_slice(&crc32c::crc32c(&v2).to_le_bytes());
+        let (state, _) = decode(&v2[..], ITEM_BYTES_DEFAULT).unwrap();
+        assert_eq!(state.clock_s(), 0);
+        assert_eq!(sorted(&state), items);
+        v2[8] = 1;
+        assert!(decode(&v2[..], ITEM_BYTES_DEFAULT).is_err());
+    }
+
+    /// Items no reader can see at the file's clock are not loaded, and
+    /// still count towards the item count check.
+    #[test]
+    fn invisible_items_are_not_loaded() {
+        let at = |exptime: u64, updated_s: u64| Item {
+            data: Bytes::from_static(b"v"),
+            flags: 0,
+            exptime,
+            cas: 1,
+            updated_s,
+        };
+        let items = vec![
+            (Bytes::from_static(b"expired"), at(100, 50)),
+            (Bytes::from_static(b"flushed"), at(0, 60)),
+            (Bytes::from_static(b"live"), at(0, 90)),
+            (Bytes::from_static(b"later"), at(300, 95)),
+        ];
+        let bytes = encode_at(9, 1, Some(80), 200, &items);
+        let (state, _) = decode(&bytes[..], ITEM_BYTES_DEFAULT).unwrap();
+        let keys: Vec<_> = sorted(&state).into_iter().map(|(k, _)| k).collect();
+        assert_eq!(keys, [&b"later"[..], b"live"]);
+        assert_eq!(state.clock_s(), 200);
     }
 
     #[test]
@@ -556,6 +647,7 @@ mod tests {
             4,
             1,
             None,
+            0,
             &config,
             std::iter::empty::<(&Bytes, &Item)>(),
         )
@@ -573,7 +665,7 @@ mod tests {
         let bytes = encode_vec(0, 0, None, &[]);
         assert_eq!(
             bytes.len(),
-            KEYSTORE_HEADER_BYTES + 4 + KEYSTORE_TRAILER_BYTES
+            KEYSTORE_HEADER_BYTES + 4 + 8 + KEYSTORE_TRAILER_BYTES
         );
         let (state, term) = decode(&bytes[..], ITEM_BYTES_DEFAULT).unwrap();
         assert_eq!((state.len(), state.applied_index(), term), (0, 0, 0));
@@ -616,7 +708,7 @@ mod tests {
     fn value_length_is_checked_before_allocating() {
         let items = vec![(Bytes::from_static(b"k"), item(b"v", 1))];
         let mut bytes = encode_vec(1, 1, None, &items);
-        let at = KEYSTORE_HEADER_BYTES + 4 + 1 + 1 + 28;
+        let at = KEYSTORE_HEADER_BYTES + 4 + 8 + 1 + 1 + 28;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let result = decode(&bytes[..], ITEM_BYTES_DEFAULT);
         assert!(
@@ -654,6 +746,7 @@ mod tests {
             1,
             1,
             None,
+            0,
             &config,
             items.iter().map(|(k, v)| (k, v)),
         );

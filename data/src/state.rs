@@ -7,6 +7,13 @@
 //! entry that last wrote it. Replicas that apply the same entries hold the
 //! same items. Counters that memcached reports (hits, misses, ...) are the
 //! caller's business: they follow from the [`Outcome`]s.
+//!
+//! Time never runs backwards here: the state keeps the latest time it has
+//! applied ([`State::clock_s`]) and every apply and lookup sees at least
+//! that. A new leader whose clock is behind the old one's therefore cannot
+//! bring an expired item back, which is what makes removing it safe: an item
+//! invisible at the state's clock stays invisible, so a [`Op::Reclaim`]
+//! entry, a keystore file or a restore may drop it and change no reply.
 
 use bytes::Bytes;
 
@@ -93,6 +100,8 @@ pub enum Outcome {
     Hits(Vec<Hit>),
     /// flush_all and no-ops.
     Ok,
+    /// reclaim: how many of its keys were still held and invisible.
+    Reclaimed(u64),
 }
 
 /// The key-value state at some applied log index.
@@ -107,6 +116,12 @@ pub struct State {
     /// The replica group's membership as of `applied_index` (the last
     /// configuration entry applied): voters, learners.
     config: Members,
+    /// The latest command time applied, in Unix seconds: every apply and
+    /// lookup sees at least this time (see the module doc).
+    clock_s: u64,
+    /// Items removed by [`Op::Reclaim`] since this state was built: a
+    /// counter for `stats`, not part of what replicas must agree on.
+    reclaimed: u64,
 }
 
 /// Largest up-front reservation a restore makes from an item count it has
@@ -126,21 +141,28 @@ impl State {
             applied_index: 0,
             item_bytes_max,
             config: Members::default(),
+            clock_s: 0,
+            reclaimed: 0,
         }
     }
 
-    /// Rebuilds a state from a keystore file's contents.
+    /// Rebuilds a state from a keystore file's contents, as of `clock_s`
+    /// (the caller leaves out what is invisible at it, [`visible`]).
     pub fn restore(
         item_bytes_max: usize,
         applied_index: u64,
         flush_deadline_s: Option<u64>,
+        clock_s: u64,
         items: impl IntoIterator<Item = (Bytes, Item)>,
     ) -> State {
         let mut state = State::new(item_bytes_max);
         state.applied_index = applied_index;
         state.flush_deadline_s = flush_deadline_s;
+        state.clock_s = clock_s;
         let items = items.into_iter();
-        state.reserve(items.size_hint().0.min(RESERVE_ITEMS_MAX));
+        // The upper bound: a keystore reader filters what it yields.
+        let (low, high) = items.size_hint();
+        state.reserve(high.unwrap_or(low).min(RESERVE_ITEMS_MAX));
         for (key, item) in items {
             state.items.insert(&key, &[&item.data], item.meta());
         }
@@ -176,13 +198,31 @@ impl State {
         self.flush_deadline_s
     }
 
-    /// Items held, including expired ones not yet swept (as memcached's curr_items).
+    /// The latest command time applied (Unix seconds).
+    pub fn clock_s(&self) -> u64 {
+        self.clock_s
+    }
+
+    /// Items reclaimed since this state was built.
+    pub fn reclaimed(&self) -> u64 {
+        self.reclaimed
+    }
+
+    /// Items held, including expired ones not yet reclaimed (as memcached's
+    /// curr_items).
     pub fn len(&self) -> usize {
         self.items.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.items.is_empty()
+    }
+
+    /// Whether anything held can become invisible as time passes: an item
+    /// with an expiry, or a pending flush. While not, there is nothing for
+    /// a reclaimer to look for.
+    pub fn may_expire(&self) -> bool {
+        self.items.expiring() > 0 || self.flush_deadline_s.is_some()
     }
 
     /// Key and value bytes held.
@@ -205,14 +245,27 @@ impl State {
         self.items.freeze()
     }
 
-    /// Looks `key` up as a reader at `now_s` sees it.
+    /// Looks `key` up as a reader at `now_s` sees it (or at the state's
+    /// clock, if that is later).
     pub fn lookup(&self, key: &[u8], now_s: u64) -> Lookup<'_> {
+        let now_s = now_s.max(self.clock_s);
         match self.items.get(key) {
             None => Lookup::Miss,
             Some(item) if self.is_flushed(item, now_s) => Lookup::Flushed,
             Some(item) if exptime::is_expired(item.exptime(), now_s) => Lookup::Expired,
             Some(item) => Lookup::Hit(item),
         }
+    }
+
+    /// Whether a reader at the state's clock can see `item`; what cannot be
+    /// seen now never can be again (see the module doc).
+    pub fn is_visible(&self, item: &ItemRef<'_>) -> bool {
+        visible(
+            self.flush_deadline_s,
+            self.clock_s,
+            item.exptime(),
+            item.updated_s(),
+        )
     }
 
     /// The item visible at `now_s`, if any.
@@ -223,22 +276,36 @@ impl State {
         }
     }
 
-    /// Removes items no reader can see any more at `now_s`; returns how many.
-    /// Safe to run at any time on any replica: it changes no visible state.
-    pub fn sweep(&mut self, now_s: u64, budget: usize) -> usize {
-        let dead: Vec<Vec<u8>> = self
-            .items
-            .iter()
-            .filter(|item| {
-                self.is_flushed(*item, now_s) || exptime::is_expired(item.exptime(), now_s)
-            })
-            .take(budget)
-            .map(|item| item.key().to_vec())
-            .collect();
-        for key in &dead {
-            self.items.remove(key);
-        }
-        dead.len()
+    /// Keys of items no reader can see at `now_s` (or the state's clock),
+    /// for a [`Op::Reclaim`] entry: walks at most `buckets_max` table
+    /// buckets from `cursor` and collects at most `keys_max` keys. Returns
+    /// them and the cursor to go on from (0 once the walk wrapped around).
+    /// Any replica's choice is as good as another's: the keys travel in the
+    /// entry, so every replica removes the same items.
+    pub fn reclaimable(
+        &self,
+        cursor: usize,
+        now_s: u64,
+        buckets_max: usize,
+        keys_max: usize,
+    ) -> (Vec<Bytes>, usize) {
+        let now_s = now_s.max(self.clock_s);
+        let mut keys = Vec::new();
+        let next = self.items.scan(cursor, buckets_max, |item| {
+            if keys.len() >= keys_max {
+                return false;
+            }
+            if !visible(
+                self.flush_deadline_s,
+                now_s,
+                item.exptime(),
+                item.updated_s(),
+            ) {
+                keys.push(Bytes::copy_from_slice(item.key()));
+            }
+            true
+        });
+        (keys, next)
     }
 
     /// Applies the entry at `index`. Indexes must increase by one from the
@@ -250,9 +317,21 @@ impl State {
             self.applied_index
         );
         self.applied_index = index;
-        let now_s = command.time_s;
+        let now_s = command.time_s.max(self.clock_s);
+        self.clock_s = now_s;
         match &command.op {
             Op::Noop => Outcome::Ok,
+            Op::Reclaim { keys } => {
+                let mut removed = 0;
+                for key in keys {
+                    if matches!(self.lookup(key, now_s), Lookup::Expired | Lookup::Flushed) {
+                        self.items.remove(key);
+                        removed += 1;
+                    }
+                }
+                self.reclaimed += removed;
+                Outcome::Reclaimed(removed)
+            }
             Op::Config { voters, learners } => {
                 self.config = (voters.clone(), learners.clone());
                 Outcome::Ok
@@ -419,6 +498,59 @@ impl State {
     }
 }
 
+/// The items of a frozen view that a reader at `clock_s` can see, for a
+/// keystore file, which must announce its item count first: counted in a
+/// first pass over the view.
+pub fn visible_items(
+    frozen: &Frozen,
+    flush_deadline_s: Option<u64>,
+    clock_s: u64,
+) -> VisibleItems<'_> {
+    let keep = move |item: &ItemRef<'_>| {
+        visible(flush_deadline_s, clock_s, item.exptime(), item.updated_s())
+    };
+    let remaining = frozen.iter().filter(keep).count();
+    VisibleItems {
+        inner: Box::new(frozen.iter().filter(keep)),
+        remaining,
+    }
+}
+
+/// See [`visible_items`].
+pub struct VisibleItems<'a> {
+    inner: Box<dyn Iterator<Item = ItemRef<'a>> + Send + 'a>,
+    remaining: usize,
+}
+
+impl<'a> Iterator for VisibleItems<'a> {
+    type Item = ItemRef<'a>;
+
+    fn next(&mut self) -> Option<ItemRef<'a>> {
+        let item = self.inner.next()?;
+        self.remaining -= 1;
+        Some(item)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        (self.remaining, Some(self.remaining))
+    }
+}
+
+impl ExactSizeIterator for VisibleItems<'_> {}
+
+/// Whether an item with these fields can be seen at `now_s` under a pending
+/// flush with `flush_deadline_s`.
+pub fn visible(
+    flush_deadline_s: Option<u64>,
+    now_s: u64,
+    exptime: AbsTime,
+    updated_s: u64,
+) -> bool {
+    let flushed =
+        matches!(flush_deadline_s, Some(deadline) if now_s >= deadline && updated_s <= deadline);
+    !flushed && !exptime::is_expired(exptime, now_s)
+}
+
 /// memcached's rule for a counter value: optional leading whitespace, then a
 /// decimal u64, then the end or whitespace.
 pub fn parse_counter(data: &[u8]) -> Option<u64> {
@@ -462,15 +594,19 @@ mod tests {
         Command { time_s, op }
     }
 
-    fn set(key: &str, data: &str) -> Op {
+    fn store(mode: StoreMode, key: &str, data: &str, exptime: u64) -> Op {
         Op::Store {
-            mode: StoreMode::Set,
+            mode,
             key: Bytes::copy_from_slice(key.as_bytes()),
             flags: 0,
-            exptime: 0,
+            exptime,
             data: Bytes::copy_from_slice(data.as_bytes()),
             cas_unique: 0,
         }
+    }
+
+    fn set(key: &str, data: &str) -> Op {
+        store(StoreMode::Set, key, data, exptime::NEVER)
     }
 
     #[test]
@@ -536,6 +672,94 @@ mod tests {
             ),
         );
         assert_eq!(state.bytes(), 0);
+    }
+
+    fn set_until(key: &str, exptime: u64) -> Op {
+        store(StoreMode::Set, key, "value", exptime)
+    }
+
+    fn keys(names: &[&str]) -> Vec<Bytes> {
+        names
+            .iter()
+            .map(|k| Bytes::copy_from_slice(k.as_bytes()))
+            .collect()
+    }
+
+    #[test]
+    fn reclaim_removes_only_what_no_reader_can_see() {
+        let mut state = State::new(LIMIT);
+        state.apply(1, &cmd(100, set_until("expired", 150)));
+        state.apply(2, &cmd(100, set("flushed", "v")));
+        state.apply(3, &cmd(100, Op::FlushAll { deadline_s: 120 }));
+        state.apply(4, &cmd(130, set("live", "v")));
+        state.apply(5, &cmd(130, set_until("later", 300)));
+        assert_eq!(state.len(), 4);
+        let before = state.bytes();
+        let reclaim = Op::Reclaim {
+            keys: keys(&["expired", "flushed", "live", "later", "absent"]),
+        };
+        assert_eq!(state.apply(6, &cmd(200, reclaim)), Outcome::Reclaimed(2));
+        assert_eq!(state.len(), 2);
+        assert_eq!(state.reclaimed(), 2);
+        // "expired" with "value", "flushed" with "v".
+        assert_eq!(state.bytes(), before - (7 + 5) - (7 + 1));
+        assert_eq!(state.get(b"live", 200).unwrap().cas(), 4);
+        assert_eq!(state.get(b"later", 200).unwrap().cas(), 5);
+    }
+
+    /// A leader whose clock is behind its predecessor's cannot bring an
+    /// expired item back: reclaiming it on one replica and not yet on
+    /// another must change no later outcome.
+    #[test]
+    fn the_clock_never_runs_backwards() {
+        let mut state = State::new(LIMIT);
+        state.apply(1, &cmd(100, set_until("k", 150)));
+        state.apply(2, &cmd(160, Op::Noop));
+        assert_eq!(state.clock_s(), 160);
+        let append = store(StoreMode::Append, "k", "x", exptime::NEVER);
+        assert_eq!(state.apply(3, &cmd(140, append)), Outcome::NotStored);
+        assert_eq!(state.clock_s(), 160);
+        assert!(matches!(state.lookup(b"k", 140), Lookup::Expired));
+    }
+
+    proptest! {
+        /// Walking the whole table a bounded step at a time finds exactly the
+        /// items no reader can see, whatever the step sizes.
+        #[test]
+        fn reclaimable_walk_finds_every_invisible_item(
+            exptimes in proptest::collection::vec(prop_oneof![Just(0u64), 1u64..400], 1..300),
+            buckets_max in 1usize..64,
+            keys_max in 1usize..16,
+        ) {
+            let mut state = State::new(LIMIT);
+            for (i, exptime) in exptimes.iter().enumerate() {
+                state.apply(i as u64 + 1, &cmd(100, set_until(&format!("k{i}"), *exptime)));
+            }
+            let now = 200;
+            let want: std::collections::BTreeSet<Bytes> = state
+                .items()
+                .filter(|item| exptime::is_expired(item.exptime(), now))
+                .map(|item| Bytes::copy_from_slice(item.key()))
+                .collect();
+            let mut found = std::collections::BTreeSet::new();
+            let mut cursor = 0;
+            // Every step visits at least one bucket, so this many end the walk.
+            for _ in 0..=state.len() * 16 {
+                let (keys, next) = state.reclaimable(cursor, now, buckets_max, keys_max);
+                prop_assert!(keys.len() <= keys_max);
+                found.extend(keys);
+                cursor = next;
+                if cursor == 0 {
+                    break;
+                }
+            }
+            prop_assert_eq!(cursor, 0, "the walk ends");
+            prop_assert_eq!(&found, &want);
+            let index = exptimes.len() as u64 + 1;
+            let reclaim = Op::Reclaim { keys: found.into_iter().collect() };
+            prop_assert_eq!(state.apply(index, &cmd(now, reclaim)), Outcome::Reclaimed(want.len() as u64));
+            prop_assert_eq!(state.len(), exptimes.len() - want.len());
+        }
     }
 
     /// The oracle: a plain map with memcached's rules written out the
@@ -630,7 +854,9 @@ mod tests {
                     }
                     Outcome::Touched
                 }
-                Op::GetAndTouch { .. } | Op::Config { .. } => unreachable!("not generated"),
+                Op::GetAndTouch { .. } | Op::Config { .. } | Op::Reclaim { .. } => {
+                    unreachable!("not generated")
+                }
                 Op::FlushAll { .. } => {
                     self.items.clear();
                     Outcome::Ok

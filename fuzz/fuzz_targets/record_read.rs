@@ -159,7 +159,7 @@ impl Seed<'_> {
 
     fn command(&mut self) -> Command {
         let time_s = self.u64();
-        let op = match self.u8() % 8 {
+        let op = match self.u8() % 9 {
             0 => Op::Noop,
             1 => Op::Store {
                 mode: StoreMode::ALL[usize::from(self.u8()) % StoreMode::ALL.len()],
@@ -186,9 +186,12 @@ impl Seed<'_> {
             6 => Op::FlushAll {
                 deadline_s: self.u64(),
             },
-            _ => Op::Config {
+            7 => Op::Config {
                 voters: self.ids(),
                 learners: self.ids(),
+            },
+            _ => Op::Reclaim {
+                keys: (0..self.u8() % 8).map(|_| self.key()).collect(),
             },
         };
         Command { time_s, op }

@@ -399,6 +399,7 @@ impl Connection {
                         curr_items: state.len() as u64,
                         bytes: state.bytes(),
                         applied_index: state.applied_index(),
+                        reclaimed: state.reclaimed(),
                     }
                 };
                 let mut lines = stats.general(&self.shared.config, figures);
@@ -455,11 +456,7 @@ impl Connection {
             time_s: clock::now_s(),
             op,
         };
-        let submitted = match &self.backend {
-            Backend::Single(committer) => committer.submit(command).await,
-            Backend::Cluster(cluster) => cluster.submit(command).await,
-        };
-        match submitted {
+        match self.backend.submit(command).await {
             Ok(outcome) => self.pending.push_back(PendingWrite {
                 outcome,
                 render,

@@ -5,6 +5,8 @@
 //! - [`listener`]: accepts connections, enforces `-c`, and owns shutdown.
 //! - [`connection`]: one client: bytes in, requests, replies out, in order.
 //! - [`commit`]: the thread that owns the log; group commit, then apply.
+//! - [`reclaim`]: frees the memory of expired and flushed items, through
+//!   the log so that every replica frees the same.
 //! - [`recovery`]: start-up: keystore file, then log replay.
 //! - [`storage`]: log segments, keystore file, meta file (blocking file I/O).
 //! - [`stats`], [`config`], [`clock`]: counters, settings, wall clock.
@@ -20,6 +22,7 @@ pub mod config;
 pub mod connection;
 pub mod forward;
 pub mod listener;
+pub mod reclaim;
 pub mod recovery;
 pub mod replica;
 pub mod snapshot;
@@ -40,6 +43,22 @@ use crate::stats::Stats;
 pub enum Backend {
     Single(commit::Committer),
     Cluster(cluster::ClusterHandle),
+}
+
+impl Backend {
+    /// Queues `command` on the write path; the receiver yields its outcome.
+    pub async fn submit(
+        &self,
+        command: data::command::Command,
+    ) -> Result<
+        tokio::sync::oneshot::Receiver<Result<data::state::Outcome, commit::CommitError>>,
+        commit::CommitError,
+    > {
+        match self {
+            Backend::Single(committer) => committer.submit(command).await,
+            Backend::Cluster(cluster) => cluster.submit(command).await,
+        }
+    }
 }
 
 /// What every connection of one server shares.

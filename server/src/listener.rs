@@ -69,6 +69,11 @@ pub async fn run(
     let (shared, backend, worker) = start_backend(&config, local).await?;
     ready(local);
 
+    let reclaimer = tokio::spawn(crate::reclaim::run(
+        shared.clone(),
+        backend.clone(),
+        shutdown.clone(),
+    ));
     let connections = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
@@ -118,7 +123,9 @@ pub async fn run(
         return Ok(());
     }
     // The commit thread (or replication driver) ends once every handle is
-    // gone: it drains its queue and syncs the log.
+    // gone: it drains its queue and syncs the log. The reclaimer holds one
+    // and stops on the shutdown token.
+    let _ = reclaimer.await;
     drop(backend);
     drop(shared);
     let joined = tokio::task::spawn_blocking(move || worker.join())

@@ -32,13 +32,14 @@ impl SnapshotJob {
         state: &SharedState,
         term_of: impl FnOnce(u64) -> u64,
     ) -> Option<SnapshotJob> {
-        let (index, flush, config, items) = {
+        let (index, flush, clock_s, config, items) = {
             let state = commit::read(state);
             let items = state.freeze();
             let config = state.config().clone();
             (
                 state.applied_index(),
                 state.flush_deadline_s(),
+                state.clock_s(),
                 config,
                 items,
             )
@@ -48,8 +49,11 @@ impl SnapshotJob {
         let spawned = thread::Builder::new()
             .name("keystore".into())
             .spawn(move || {
+                // What no reader can see at the state's clock stays out of
+                // the file: it never can be seen again (DESIGN §2).
+                let visible = data::state::visible_items(&items, flush, clock_s);
                 let result =
-                    keystore_file::write(&data_dir, index, term, flush, &config, items.iter())
+                    keystore_file::write(&data_dir, index, term, flush, clock_s, &config, visible)
                         .map(|_bytes| Taken { index, term });
                 let _ = done_tx.send(result);
             });

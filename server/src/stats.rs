@@ -77,6 +77,8 @@ pub struct StateFigures {
     pub curr_items: u64,
     pub bytes: u64,
     pub applied_index: u64,
+    /// Items freed after they expired or were flushed (DESIGN §2).
+    pub reclaimed: u64,
 }
 
 impl Default for Stats {
@@ -144,7 +146,7 @@ impl Stats {
             ("accepting_conns".into(), "1".into()),
             ("conn_yields".into(), "0".into()),
             ("evictions".into(), "0".into()),
-            ("reclaimed".into(), "0".into()),
+            ("reclaimed".into(), state.reclaimed.to_string()),
             ("limit_maxbytes".into(), "0".into()),
             ("curr_items".into(), state.curr_items.to_string()),
             ("bytes".into(), state.bytes.to_string()),

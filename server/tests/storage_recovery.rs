@@ -106,6 +106,7 @@ fn keystore_plus_log_replay_rebuilds_the_state() {
                 state.applied_index(),
                 3,
                 state.flush_deadline_s(),
+                state.clock_s(),
                 state.config(),
                 items.iter().map(|(k, v)| (k, v)),
             )

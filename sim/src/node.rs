@@ -37,13 +37,16 @@ pub(crate) struct Image {
     pub term: Term,
     pub items: Vec<(Bytes, Item)>,
     pub flush_deadline_s: Option<u64>,
+    pub clock_s: u64,
     pub config: (Vec<u64>, Vec<u64>),
 }
 
 impl Image {
     fn of(state: &State, term: Term) -> Image {
+        // As a keystore file: what no reader can see any more stays out.
         let mut items: Vec<(Bytes, Item)> = state
             .items()
+            .filter(|i| state.is_visible(i))
             .map(|i| (Bytes::copy_from_slice(i.key()), i.to_item()))
             .collect();
         items.sort_by(|a, b| a.0.cmp(&b.0));
@@ -52,6 +55,7 @@ impl Image {
             term,
             items,
             flush_deadline_s: state.flush_deadline_s(),
+            clock_s: state.clock_s(),
             config: state.config().clone(),
         }
     }
@@ -61,6 +65,7 @@ impl Image {
             ITEM_BYTES_MAX,
             self.index.0,
             self.flush_deadline_s,
+            self.clock_s,
             self.items.iter().cloned(),
         );
         state.set_config(self.config.clone());
@@ -156,6 +161,7 @@ impl Server {
             term: Term(0),
             items: Vec::new(),
             flush_deadline_s: None,
+            clock_s: 0,
             config,
         };
         Server {
@@ -190,14 +196,17 @@ impl Server {
     }
 }
 
-/// A hash of everything `apply` decides, to compare replicas at one index.
+/// A hash of everything `apply` decides, to compare replicas at one index:
+/// the items a reader can see (an invisible one never can be again, and a
+/// replica restored from a keystore file no longer holds it) and the clock.
 pub(crate) fn state_hash(state: &State) -> u64 {
-    let mut items: Vec<_> = state.items().collect();
+    let mut items: Vec<_> = state.items().filter(|i| state.is_visible(i)).collect();
     items.sort_by(|a, b| a.key().cmp(b.key()));
     let mut h = DefaultHasher::new();
     state.applied_index().hash(&mut h);
     state.config().hash(&mut h);
     state.flush_deadline_s().hash(&mut h);
+    state.clock_s().hash(&mut h);
     for item in items {
         item.key().hash(&mut h);
         item.data().hash(&mut h);
@@ -217,7 +226,7 @@ fn outcome_ret(outcome: Outcome) -> Option<check::Ret> {
         Outcome::Deleted => check::Ret::Deleted,
         Outcome::Number(n) => check::Ret::Number(n),
         Outcome::NonNumeric => check::Ret::NonNumeric,
-        Outcome::Touched | Outcome::Hits(_) | Outcome::Ok => return None,
+        Outcome::Touched | Outcome::Hits(_) | Outcome::Ok | Outcome::Reclaimed(_) => return None,
     })
 }
 

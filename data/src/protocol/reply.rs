@@ -60,7 +60,8 @@ impl Reply {
             Outcome::Number(n) => Reply::Number(*n),
             Outcome::NonNumeric => Reply::Error(errors::NON_NUMERIC),
             Outcome::Hits(_) => Reply::End,
-            Outcome::Ok => Reply::Ok,
+            // No client sends a reclaim; only the server's reclaimer does.
+            Outcome::Ok | Outcome::Reclaimed(_) => Reply::Ok,
         }
     }
 

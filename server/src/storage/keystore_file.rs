@@ -28,11 +28,13 @@ pub const KEYSTORE_BUFFER_BYTES: usize = 1024 * 1024;
 /// Durably replaces `data_dir/keystore` with the state described by the
 /// pieces; returns the file's size in bytes. When this returns, the log
 /// through `applied_index` may be compacted.
+#[allow(clippy::too_many_arguments)]
 pub fn write<I>(
     data_dir: &Path,
     applied_index: u64,
     applied_term: u64,
     flush_deadline_s: Option<u64>,
+    clock_s: u64,
     config: &data::state::Members,
     items: I,
 ) -> Result<u64, StorageError>
@@ -52,6 +54,7 @@ where
                 applied_index,
                 applied_term,
                 flush_deadline_s,
+                clock_s,
                 config,
                 items,
             )
@@ -126,6 +129,7 @@ mod tests {
             4242,
             7,
             Some(1_800_000_000),
+            0,
             &Default::default(),
             expected.iter().map(|(k, v)| (k, v)),
         )
@@ -148,6 +152,7 @@ mod tests {
             5000,
             8,
             None,
+            0,
             &Default::default(),
             fewer.iter().map(|(k, v)| (k, v)),
         )
@@ -166,6 +171,7 @@ mod tests {
             10,
             1,
             None,
+            0,
             &Default::default(),
             all.iter().map(|(k, v)| (k, v)),
         )
@@ -199,6 +205,7 @@ mod tests {
             10,
             1,
             None,
+            0,
             &Default::default(),
             all.iter().map(|(k, v)| (k, v)),
         )
