@@ -109,6 +109,7 @@ impl Cluster {
             args.extend(["--lb".into(), lb.to_string()]);
             args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
             args.extend(timing.iter().cloned());
+            args.extend(memory_args(config.servers, server_args));
             args.extend(server_args.iter().cloned());
             cluster.spawn(config, &name, &args)?;
             cluster
@@ -266,6 +267,25 @@ fn log_tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+/// `-m` for each server of a local cluster unless the caller gave one: the
+/// servers share this machine and each holds every item, so each gets an
+/// equal part of the half of memory one server would take by default.
+fn memory_args(servers: usize, server_args: &[String]) -> Vec<String> {
+    let given = server_args
+        .iter()
+        .any(|a| a == "-m" || a.starts_with("--memory-limit"));
+    match server::memory::default_limit_bytes() {
+        Some(half) if !given => {
+            let mb = (half / servers.max(1) as u64 / (1024 * 1024)).max(MEMORY_MB_MIN);
+            vec!["-m".into(), mb.to_string()]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// The smallest `-m` `store up` gives a server, as memcached's smallest.
+const MEMORY_MB_MIN: u64 = 8;
 
 fn spawn_logged(exe: &Path, args: &[String], log_path: &Path) -> anyhow::Result<Child> {
     let log = OpenOptions::new()

@@ -53,36 +53,6 @@ fn write_items(addr: SocketAddr, prefix: &str, count: usize, value_bytes: usize,
     }
 }
 
-/// Resident memory of a process in bytes.
-fn rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS line");
-    kib * 1024
-}
-
-fn stat_u64(stats: &std::collections::BTreeMap<String, String>, name: &str) -> u64 {
-    stats
-        .get(name)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("stat {name} in {stats:?}"))
-}
-
-fn addr_of(server: &StoreServer) -> SocketAddr {
-    SocketAddr::from(([127, 0, 0, 1], server.port))
-}
-
-fn mib(bytes: u64) -> f64 {
-    bytes as f64 / (1024.0 * 1024.0)
-}
-
-fn pid_of(server: &StoreServer) -> u32 {
-    server.proc.as_ref().and_then(|p| p.pid()).expect("pid")
-}
-
 #[test]
 fn expired_items_are_reclaimed_and_memory_stays_bounded() {
     if target() != Target::Store {
@@ -175,17 +145,7 @@ fn expired_items_are_reclaimed_and_memory_stays_bounded() {
 fn every_replica_reclaims_the_same_items() {
     const VALUE_BYTES: usize = 100;
     let cluster = cluster::start_with(3, &["--snapshot-log-bytes", SNAPSHOT_LOG_BYTES]);
-    let mut leader = None;
-    assert!(poll_until(Duration::from_secs(10), || {
-        leader = cluster::leader(cluster.lb);
-        leader.is_some()
-    }));
-    let leader = leader.expect("polled");
-    let follower = *cluster
-        .servers
-        .iter()
-        .find(|s| **s != leader)
-        .expect("three servers");
+    let (leader, follower) = cluster::leader_and_follower(&cluster);
 
     // Sessions through a follower (forwarded), live items to the leader.
     write_items(follower, "sess", ITEMS, VALUE_BYTES, TTL_S);

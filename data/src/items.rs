@@ -228,6 +228,11 @@ impl Items {
         self.kv_bytes
     }
 
+    /// Bytes of the records the table points at (header, key and value).
+    pub fn live_bytes(&self) -> u64 {
+        self.live_bytes
+    }
+
     /// Items that have an expiry time.
     pub fn expiring(&self) -> u64 {
         self.expiring

@@ -20,7 +20,7 @@ use bytes::Bytes;
 use crate::command::{Command, Op, StoreMode};
 use crate::exptime::{self, AbsTime};
 pub use crate::items::{Frozen, ItemRef};
-use crate::items::{Items, Meta};
+use crate::items::{Items, Meta, RECORD_HEADER_BYTES};
 
 /// One stored value and its metadata, owned: what a keystore file yields
 /// and [`State::restore`] takes. Inside the state items live packed (see
@@ -129,6 +129,17 @@ pub struct State {
 /// a 75 MB table. Larger states grow the table as they load.
 pub const RESERVE_ITEMS_MAX: usize = 4 << 20;
 
+/// Table bytes an item is counted for against the memory limit: an 8-byte
+/// location and a control byte per bucket, at most 7/8 of buckets in use,
+/// rounded up.
+pub const TABLE_BYTES_PER_ITEM: u64 = 16;
+
+/// What an item of these lengths counts against the memory limit: its
+/// record (header, key, value) and its share of the table.
+pub fn item_cost_bytes(key_len: usize, value_len: usize) -> u64 {
+    (RECORD_HEADER_BYTES + key_len + value_len) as u64 + TABLE_BYTES_PER_ITEM
+}
+
 /// Server ids of a configuration: voters, then learners.
 pub type Members = (Vec<u64>, Vec<u64>);
 
@@ -223,6 +234,38 @@ impl State {
     /// a reclaimer to look for.
     pub fn may_expire(&self) -> bool {
         self.items.expiring() > 0 || self.flush_deadline_s.is_some()
+    }
+
+    /// What the items held count against the memory limit (`-m`): every
+    /// record's bytes and the table's. Dead records waiting for compaction
+    /// are not counted; they stay below the live bytes (see [`crate::items`]).
+    pub fn memory_bytes(&self) -> u64 {
+        self.items.live_bytes() + self.items.len() as u64 * TABLE_BYTES_PER_ITEM
+    }
+
+    /// How much applying `op` now could add to [`State::memory_bytes`], at
+    /// most: what a leader checks against the memory limit before it
+    /// proposes the write. 0 for what frees memory or replaces in place
+    /// (a delete, a touch, a set no larger than the value it replaces), so
+    /// those keep working at the limit. A counter grows by 20 bytes at most
+    /// and is not counted.
+    pub fn growth_bytes(&self, op: &Op) -> u64 {
+        let Op::Store {
+            mode, key, data, ..
+        } = op
+        else {
+            return 0;
+        };
+        let held = self.items.get(key);
+        match mode {
+            StoreMode::Append | StoreMode::Prepend => held.map_or(0, |_| data.len() as u64),
+            StoreMode::Set | StoreMode::Add | StoreMode::Replace | StoreMode::Cas => {
+                let old = held.map_or(0, |item| {
+                    item_cost_bytes(item.key().len(), item.data().len())
+                });
+                item_cost_bytes(key.len(), data.len()).saturating_sub(old)
+            }
+        }
     }
 
     /// Key and value bytes held.
@@ -683,6 +726,29 @@ mod tests {
             .iter()
             .map(|k| Bytes::copy_from_slice(k.as_bytes()))
             .collect()
+    }
+
+    #[test]
+    fn growth_counts_what_a_write_adds() {
+        let mut state = State::new(LIMIT);
+        let cost = |value: &str| item_cost_bytes(1, value.len());
+        assert_eq!(state.growth_bytes(&set("k", "abcd")), cost("abcd"));
+        state.apply(1, &cmd(1, set("k", "abcd")));
+        assert_eq!(state.memory_bytes(), cost("abcd"));
+        // Replacing with a value no larger adds nothing; a larger one the
+        // difference.
+        assert_eq!(state.growth_bytes(&set("k", "ab")), 0);
+        assert_eq!(state.growth_bytes(&set("k", "abcdef")), 2);
+        let append = store(StoreMode::Append, "k", "xyz", exptime::NEVER);
+        assert_eq!(state.growth_bytes(&append), 3);
+        let absent = store(StoreMode::Append, "q", "xyz", exptime::NEVER);
+        assert_eq!(state.growth_bytes(&absent), 0);
+        let delete = Op::Delete {
+            key: Bytes::from_static(b"k"),
+        };
+        assert_eq!(state.growth_bytes(&delete), 0);
+        state.apply(2, &cmd(1, delete));
+        assert_eq!(state.memory_bytes(), 0);
     }
 
     #[test]

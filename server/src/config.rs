@@ -27,6 +27,9 @@ pub struct Config {
     pub verbose: u8,
     pub data_dir: PathBuf,
     pub snapshot_log_bytes: u64,
+    /// `-m`: what the items may count before writes that add to them are
+    /// refused, 0 for no limit ([`crate::memory`]).
+    pub memory_limit_bytes: u64,
     /// Set with `--lb`: the server joins a replica group.
     pub cluster: Option<crate::cluster::ClusterSettings>,
 }

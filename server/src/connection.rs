@@ -28,8 +28,15 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::cluster::ReadMode;
 use crate::commit::{self, CommitError};
+use crate::memory::Reservation;
 use crate::stats::{StateFigures, Stats, VERSION};
 use crate::{Backend, Shared};
+
+/// `cache_memlimit` below this many megabytes is refused, as by memcached.
+const MEMLIMIT_MEGABYTES_MIN: u32 = 8;
+/// `cache_memlimit` above this many megabytes is taken for bytes and
+/// refused, as by memcached.
+const MEMLIMIT_MEGABYTES_MAX: u32 = 1_000_000_000;
 
 /// Initial size of a connection's input and output buffers.
 const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
@@ -71,6 +78,9 @@ struct PendingWrite {
     outcome: oneshot::Receiver<Result<Outcome, CommitError>>,
     render: Render,
     kind: WriteKind,
+    /// What the write counts against the memory limit until its outcome
+    /// (which follows its apply) has arrived.
+    _memory: Reservation,
 }
 
 /// What the write was, for counting outcomes in stats.
@@ -375,9 +385,26 @@ impl Connection {
                 self.reply_in_order(Reply::Version(VERSION.to_string()))
                     .await;
             }
-            Request::Verbosity { noreply } | Request::CacheMemlimit { noreply } => {
+            Request::Verbosity { noreply } => {
                 if !noreply {
                     self.reply_in_order(Reply::Ok).await;
+                }
+            }
+            Request::CacheMemlimit { megabytes, noreply } => {
+                // memcached's bounds and replies; the limit is this
+                // server's, enforced while it leads.
+                let reply = if megabytes < MEMLIMIT_MEGABYTES_MIN {
+                    Reply::Error(errors::MEMLIMIT_TOO_SMALL)
+                } else if megabytes > MEMLIMIT_MEGABYTES_MAX {
+                    Reply::Error(errors::MEMLIMIT_NOT_BYTES)
+                } else {
+                    shared
+                        .memory
+                        .set_limit_bytes(u64::from(megabytes) * 1024 * 1024);
+                    Reply::Ok
+                };
+                if !noreply {
+                    self.reply_in_order(reply).await;
                 }
             }
             Request::Stats(group) => {
@@ -400,15 +427,19 @@ impl Connection {
                         bytes: state.bytes(),
                         applied_index: state.applied_index(),
                         reclaimed: state.reclaimed(),
+                        memory_bytes: state.memory_bytes(),
                     }
                 };
-                let mut lines = stats.general(&self.shared.config, figures);
+                let limit_bytes = self.shared.memory.limit_bytes();
+                let mut lines = stats.general(&self.shared.config, figures, limit_bytes);
                 if let Backend::Cluster(cluster) = &self.backend {
                     lines.extend(cluster.view.report(cluster.read_mode));
                 }
                 Reply::Stats(lines)
             }
-            StatsGroup::Settings => Reply::Stats(stats.settings(&self.shared.config)),
+            StatsGroup::Settings => {
+                Reply::Stats(stats.settings(&self.shared.config, self.shared.memory.limit_bytes()))
+            }
             StatsGroup::Reset => {
                 stats.reset();
                 Reply::Reset
@@ -452,6 +483,22 @@ impl Connection {
                 // This server became the leader meanwhile: commit it here.
             }
         }
+        // Checked here, where the write is proposed (a follower forwarded
+        // it above): apply never fails for memory on any replica.
+        let reserved = {
+            let state = commit::read(&self.shared.state);
+            self.shared
+                .memory
+                .reserve(state.memory_bytes(), state.growth_bytes(&op))
+        };
+        let Ok(reservation) = reserved else {
+            Stats::bump(&self.shared.stats.counters.store_no_memory);
+            if !noreply {
+                self.reply_in_order(Reply::Error(errors::OUT_OF_MEMORY))
+                    .await;
+            }
+            return;
+        };
         let command = Command {
             time_s: clock::now_s(),
             op,
@@ -461,6 +508,7 @@ impl Connection {
                 outcome,
                 render,
                 kind,
+                _memory: reservation,
             }),
             Err(error) => {
                 self.reply_in_order(Reply::Error(commit_error_line(error)))

@@ -5,6 +5,8 @@
 //! - [`listener`]: accepts connections, enforces `-c`, and owns shutdown.
 //! - [`connection`]: one client: bytes in, requests, replies out, in order.
 //! - [`commit`]: the thread that owns the log; group commit, then apply.
+//! - [`memory`]: the memory limit (`-m`), checked before a write is
+//!   proposed.
 //! - [`reclaim`]: frees the memory of expired and flushed items, through
 //!   the log so that every replica frees the same.
 //! - [`recovery`]: start-up: keystore file, then log replay.
@@ -22,6 +24,7 @@ pub mod config;
 pub mod connection;
 pub mod forward;
 pub mod listener;
+pub mod memory;
 pub mod reclaim;
 pub mod recovery;
 pub mod replica;
@@ -67,6 +70,8 @@ pub struct Shared {
     pub limits: Limits,
     pub state: SharedState,
     pub stats: Arc<Stats>,
+    /// The memory limit and the writes in flight counted against it.
+    pub memory: memory::MemoryLimit,
     /// Outgoing connections to the leader (cluster mode).
     pub leader_link: forward::LeaderLink,
 }

@@ -22,6 +22,7 @@ use crate::commit::{self, CommitConfig};
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::forward::LeaderLink;
+use crate::memory::MemoryLimit;
 use crate::recovery::{self, RecoveryError};
 use crate::stats::Stats;
 use crate::storage::StorageError;
@@ -184,6 +185,7 @@ async fn start_backend(
                 limits,
                 state,
                 stats,
+                memory: MemoryLimit::new(config.memory_limit_bytes),
                 leader_link: LeaderLink::default(),
             });
             Ok((shared, Backend::Single(committer), worker))
@@ -224,6 +226,7 @@ async fn start_backend(
                 limits,
                 state,
                 stats,
+                memory: MemoryLimit::new(config.memory_limit_bytes),
                 leader_link: LeaderLink::default(),
             });
             Ok((shared, Backend::Cluster(handle), worker))

@@ -79,6 +79,8 @@ pub struct StateFigures {
     pub applied_index: u64,
     /// Items freed after they expired or were flushed (DESIGN §2).
     pub reclaimed: u64,
+    /// What the items count against the memory limit.
+    pub memory_bytes: u64,
 }
 
 impl Default for Stats {
@@ -116,7 +118,12 @@ impl Stats {
     }
 
     /// `stats`: memcached's general group.
-    pub fn general(&self, config: &Config, state: StateFigures) -> Vec<(String, String)> {
+    pub fn general(
+        &self,
+        config: &Config,
+        state: StateFigures,
+        limit_bytes: u64,
+    ) -> Vec<(String, String)> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -147,18 +154,19 @@ impl Stats {
             ("conn_yields".into(), "0".into()),
             ("evictions".into(), "0".into()),
             ("reclaimed".into(), state.reclaimed.to_string()),
-            ("limit_maxbytes".into(), "0".into()),
+            ("limit_maxbytes".into(), limit_bytes.to_string()),
             ("curr_items".into(), state.curr_items.to_string()),
             ("bytes".into(), state.bytes.to_string()),
+            ("item_memory_bytes".into(), state.memory_bytes.to_string()),
             ("applied_index".into(), state.applied_index.to_string()),
         ]);
         out
     }
 
     /// `stats settings`.
-    pub fn settings(&self, config: &Config) -> Vec<(String, String)> {
+    pub fn settings(&self, config: &Config, limit_bytes: u64) -> Vec<(String, String)> {
         [
-            ("maxbytes", "0".to_string()),
+            ("maxbytes", limit_bytes.to_string()),
             ("maxconns", config.connections_max.to_string()),
             ("tcpport", config.port.to_string()),
             ("udpport", "0".to_string()),

@@ -155,6 +155,12 @@ struct AddsrvArgs {
     /// Worker threads serving connections.
     #[arg(short = 't', long = "threads", default_value_t = THREADS_DEFAULT)]
     threads: usize,
+    /// Memory for items, in megabytes (as memcached's -m): a write that
+    /// would take them over it is answered `SERVER_ERROR out of memory
+    /// storing object` and stores nothing. 0: no limit
+    /// [default: half of the machine's memory].
+    #[arg(short = 'm', long = "memory-limit", value_name = "MEGABYTES")]
+    memory_limit_mb: Option<u64>,
     /// Verbose logging; repeat for more.
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -423,6 +429,15 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
     }
     check_timing(args.heartbeat_ms, args.election_timeout_ms)?;
     init_tracing(args.verbose);
+    let memory_limit_bytes = match args.memory_limit_mb {
+        Some(mb) => mb
+            .checked_mul(1024 * 1024)
+            .context("-m is in megabytes and too large")?,
+        None => server::memory::default_limit_bytes().unwrap_or_else(|| {
+            eprintln!("store: cannot read the machine's memory size; no memory limit (set -m)");
+            server::memory::MEMORY_UNLIMITED
+        }),
+    };
     let config = Config {
         listen: args.listen,
         port: args.port,
@@ -434,6 +449,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
             .data_dir
             .unwrap_or_else(|| PathBuf::from("store-data").join(format!("server-{}", args.port))),
         snapshot_log_bytes: args.snapshot_log_bytes,
+        memory_limit_bytes,
         cluster: match args.lb {
             None => None,
             Some(lb) => {
@@ -473,9 +489,13 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let data_dir = config.data_dir.clone();
+        let memory = match memory_limit_bytes {
+            server::memory::MEMORY_UNLIMITED => "no memory limit".to_string(),
+            bytes => format!("memory limit {} MiB", bytes / (1024 * 1024)),
+        };
         server::run(config, shutdown, |addr| {
             eprintln!(
-                "store server listening on {addr}, data in {}",
+                "store server listening on {addr}, data in {}, {memory}",
                 data_dir.display()
             );
         })

@@ -64,6 +64,23 @@ pub fn leader(lb: SocketAddr) -> Option<SocketAddr> {
     lb_status(lb).leader_tcp()
 }
 
+/// The leader once the LB names one, and a follower (polled for 10 s).
+pub fn leader_and_follower(cluster: &TestCluster) -> (SocketAddr, SocketAddr) {
+    let mut leader = None;
+    let named = super::poll_until(Duration::from_secs(10), || {
+        leader = self::leader(cluster.lb);
+        leader.is_some()
+    });
+    assert!(named, "no leader named\n{}", cluster.log_tails(20));
+    let leader = leader.expect("polled");
+    let follower = *cluster
+        .servers
+        .iter()
+        .find(|s| **s != leader)
+        .expect("a follower");
+    (leader, follower)
+}
+
 /// One request, one reply: read until `terminator`, an error line, or the
 /// deadline.
 pub fn request(addr: SocketAddr, bytes: &[u8], terminator: &[u8]) -> Result<Vec<u8>, String> {

@@ -749,3 +749,37 @@ pub fn run_tool(cmd: Command, timeout: Duration) -> ToolRun {
         ),
     }
 }
+
+/// Resident memory of a process in bytes.
+pub fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS line");
+    kib * 1024
+}
+
+/// A numeric stat from a parsed `stats` reply.
+pub fn stat_u64(stats: &std::collections::BTreeMap<String, String>, name: &str) -> u64 {
+    stats
+        .get(name)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("stat {name} in {stats:?}"))
+}
+
+/// The server's memcached address.
+pub fn addr_of(server: &StoreServer) -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], server.port))
+}
+
+/// Bytes in MiB, for messages.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The server's process id.
+pub fn pid_of(server: &StoreServer) -> u32 {
+    server.proc.as_ref().and_then(|p| p.pid()).expect("pid")
+}

@@ -35,6 +35,15 @@ pub mod errors {
     pub const NON_NUMERIC: &str =
         "CLIENT_ERROR cannot increment or decrement non-numeric value\r\n";
     pub const TOO_LARGE: &str = "SERVER_ERROR object too large for cache\r\n";
+    /// A write that would take the items over the memory limit (`-m`), as
+    /// memcached answers with `-M`.
+    pub const OUT_OF_MEMORY: &str = "SERVER_ERROR out of memory storing object\r\n";
+    /// `cache_memlimit` below memcached's smallest limit.
+    pub const MEMLIMIT_TOO_SMALL: &str =
+        "MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n";
+    /// `cache_memlimit` with a value that looks like bytes.
+    pub const MEMLIMIT_NOT_BYTES: &str =
+        "MEMLIMIT_ADJUST_FAILED input value is megabytes not bytes\r\n";
     pub const TOO_MANY_CONNECTIONS: &str = "ERROR Too many open connections\r\n";
     pub const SHUTTING_DOWN: &str = "SERVER_ERROR shutting down\r\n";
     pub const STORAGE_FAILED: &str = "SERVER_ERROR log write failed\r\n";

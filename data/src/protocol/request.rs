@@ -96,8 +96,9 @@ pub enum Request {
         noreply: bool,
     },
     Stats(StatsGroup),
-    /// `cache_memlimit <mb> [noreply]`: accepted and answered `OK`.
+    /// `cache_memlimit <mb> [noreply]`: sets the memory limit (`-m`).
     CacheMemlimit {
+        megabytes: u32,
         noreply: bool,
     },
     Quit,
@@ -281,8 +282,10 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
         b"cache_memlimit" => {
             let noreply = ends_with_noreply(args, 1);
             match args.first() {
-                Some(mb) if parse_u32(mb).is_some() => Request::CacheMemlimit { noreply },
-                Some(_) => return Err(quiet_reply(BAD_FORMAT, noreply, line_bytes)),
+                Some(mb) => match parse_u32(mb) {
+                    Some(megabytes) => Request::CacheMemlimit { megabytes, noreply },
+                    None => return Err(quiet_reply(BAD_FORMAT, noreply, line_bytes)),
+                },
                 None => return Err(reply(BAD_FORMAT)),
             }
         }
@@ -797,7 +800,10 @@ mod tests {
         assert_eq!(error_line(b"stats noreply\r\n"), Some(ERROR));
         assert_eq!(
             request(b"cache_memlimit 50\r\n"),
-            Request::CacheMemlimit { noreply: false }
+            Request::CacheMemlimit {
+                megabytes: 50,
+                noreply: false
+            }
         );
         assert_eq!(request(b"quit\r\n"), Request::Quit);
         assert_eq!(

@@ -1,0 +1,153 @@
+//! The memory limit (`-m`, `cache_memlimit`): what the items may count
+//! (`State::memory_bytes`) before the leader refuses writes that would add
+//! to it with `SERVER_ERROR out of memory storing object`.
+//!
+//! The check is made where a write is proposed, never where it is applied:
+//! apply on any replica must not fail, or replicas would differ. Writes
+//! already proposed but not yet applied are counted too, through a
+//! [`Reservation`] each holds until its outcome arrives; so many
+//! connections writing at once cannot together overshoot the limit.
+//! Nothing here allocates or reads the clock; the caller passes the state's
+//! figures in.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
+use std::sync::Arc;
+
+/// 0: no limit.
+pub const MEMORY_UNLIMITED: u64 = 0;
+
+/// The limit and the bytes reserved by writes in flight.
+#[derive(Debug)]
+pub struct MemoryLimit {
+    limit_bytes: AtomicU64,
+    in_flight_bytes: Arc<AtomicU64>,
+}
+
+/// The write would take the items over the limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OutOfMemory;
+
+/// Bytes counted for one write until it is applied (or abandoned): dropped
+/// when its outcome has arrived.
+#[derive(Debug)]
+pub struct Reservation {
+    bytes: u64,
+    in_flight_bytes: Option<Arc<AtomicU64>>,
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if let Some(in_flight) = self.in_flight_bytes.take() {
+            let before = in_flight.fetch_sub(self.bytes, AcqRel);
+            debug_assert!(before >= self.bytes, "reservations balance");
+        }
+    }
+}
+
+impl MemoryLimit {
+    pub fn new(limit_bytes: u64) -> MemoryLimit {
+        MemoryLimit {
+            limit_bytes: AtomicU64::new(limit_bytes),
+            in_flight_bytes: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// The limit in bytes, [`MEMORY_UNLIMITED`] for none.
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit_bytes.load(Relaxed)
+    }
+
+    /// `cache_memlimit`: a new limit from now on. Items held over it stay;
+    /// writes that add to them are refused until enough are deleted.
+    pub fn set_limit_bytes(&self, limit_bytes: u64) {
+        self.limit_bytes.store(limit_bytes, Relaxed);
+    }
+
+    /// Reserves `growth_bytes` for a write about to be proposed, if the
+    /// items (`held_bytes`), the writes in flight and it stay within the
+    /// limit. A write that adds nothing always passes.
+    pub fn reserve(&self, held_bytes: u64, growth_bytes: u64) -> Result<Reservation, OutOfMemory> {
+        let limit = self.limit_bytes();
+        if growth_bytes == 0 || limit == MEMORY_UNLIMITED {
+            return Ok(Reservation {
+                bytes: 0,
+                in_flight_bytes: None,
+            });
+        }
+        let mut in_flight = self.in_flight_bytes.load(Acquire);
+        loop {
+            let total = held_bytes
+                .saturating_add(in_flight)
+                .saturating_add(growth_bytes);
+            if total > limit {
+                return Err(OutOfMemory);
+            }
+            match self.in_flight_bytes.compare_exchange_weak(
+                in_flight,
+                in_flight + growth_bytes,
+                AcqRel,
+                Acquire,
+            ) {
+                Ok(_) => {
+                    return Ok(Reservation {
+                        bytes: growth_bytes,
+                        in_flight_bytes: Some(self.in_flight_bytes.clone()),
+                    })
+                }
+                Err(now) => in_flight = now,
+            }
+        }
+    }
+}
+
+/// Half of the machine's physical memory (`MemTotal` in /proc/meminfo), the
+/// default limit: enough that a store never refuses writes early, small
+/// enough that it refuses them before the kernel kills it. `None` where
+/// /proc/meminfo cannot be read.
+pub fn default_limit_bytes() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemTotal:"))?
+        .trim()
+        .strip_suffix("kB")?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024 / 2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_in_flight_count_until_their_reservation_drops() {
+        let limit = MemoryLimit::new(100);
+        let first = limit.reserve(50, 30).expect("80 of 100");
+        assert_eq!(limit.reserve(50, 30).err(), Some(OutOfMemory));
+        // Adding nothing passes even at the limit.
+        let none = limit.reserve(100, 0).expect("nothing added");
+        drop(none);
+        drop(first);
+        let again = limit.reserve(50, 50).expect("the first was applied");
+        drop(again);
+        assert_eq!(limit.reserve(60, 50).err(), Some(OutOfMemory));
+    }
+
+    #[test]
+    fn zero_means_no_limit_and_the_limit_can_change() {
+        let limit = MemoryLimit::new(MEMORY_UNLIMITED);
+        let _big = limit.reserve(u64::MAX / 2, u64::MAX / 2).expect("no limit");
+        limit.set_limit_bytes(10);
+        assert_eq!(limit.reserve(0, 11).err(), Some(OutOfMemory));
+        assert!(limit.reserve(0, 10).is_ok());
+    }
+
+    #[test]
+    fn the_default_is_half_of_physical_memory() {
+        let half = default_limit_bytes().expect("Linux has /proc/meminfo");
+        assert!(half > 0);
+    }
+}

@@ -1,0 +1,157 @@
+//! The memory limit (issue 13, Deliver 2): `-m 64`, then 200 MB of 1 KB
+//! values. The replies switch from `STORED` to `SERVER_ERROR out of memory
+//! storing object`, the process stays up with its memory bounded, what was
+//! stored reads back, and a delete makes room for a set of the same size.
+//! The same on a 3-server cluster, writing through a follower.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::cluster::{self, server_stats};
+use common::*;
+
+const LIMIT_MB: u64 = 64;
+const LIMIT_BYTES: u64 = LIMIT_MB * 1024 * 1024;
+const VALUE_BYTES: usize = 1024;
+/// 200 MB of values.
+const ITEMS: usize = 200 * 1024;
+const PIPELINE: usize = 256;
+const OUT_OF_MEMORY: &[u8] = b"SERVER_ERROR out of memory storing object\r\n";
+/// What a server holds besides the items, as measured: an empty server's
+/// RSS (5-10 MiB), the runtime's and the log's buffers, the connection
+/// buffers. The issue asks for RSS under 2x the limit plus a stated
+/// overhead; this is that overhead.
+const RSS_OVERHEAD_BYTES: u64 = 48 * 1024 * 1024;
+
+/// Writes `ITEMS` items `k{i}` pipelined and returns the replies in order.
+fn write_all(addr: SocketAddr) -> Vec<Vec<u8>> {
+    let mut conn = Conn::connect(addr.port());
+    let value = vec![b'v'; VALUE_BYTES];
+    let mut replies = Vec::with_capacity(ITEMS);
+    let mut sent = 0;
+    while sent < ITEMS {
+        let batch = PIPELINE.min(ITEMS - sent);
+        let mut out = Vec::with_capacity(batch * (VALUE_BYTES + 32));
+        for i in sent..sent + batch {
+            out.extend_from_slice(format!("set k{i} 0 0 {VALUE_BYTES}\r\n").as_bytes());
+            out.extend_from_slice(&value);
+            out.extend_from_slice(b"\r\n");
+        }
+        conn.send(&out);
+        for _ in 0..batch {
+            replies.push(conn.read_line());
+        }
+        sent += batch;
+    }
+    replies
+}
+
+/// Checks the replies and the server at `addr` afterwards; `pids` are the
+/// processes whose memory must stay bounded, `leader` the server that
+/// checks the limit (and counts `store_no_memory`). The keys written after
+/// the limit are as long as the first refused one (`k` and five digits),
+/// so that each needs the same room.
+fn check_at_the_limit(addr: SocketAddr, leader: SocketAddr, replies: &[Vec<u8>], pids: &[u32]) {
+    let stored = replies
+        .iter()
+        .take_while(|r| r.as_slice() == b"STORED\r\n")
+        .count();
+    assert!(stored > 0, "nothing stored");
+    assert!(
+        replies[stored..]
+            .iter()
+            .all(|r| r.as_slice() == OUT_OF_MEMORY),
+        "after {stored} STORED: {}",
+        esc(&replies[stored])
+    );
+    assert!(stored < ITEMS, "the limit never refused a write");
+    assert!((10_000..100_000).contains(&stored), "{stored} stored");
+    let stats = server_stats(addr);
+    println!(
+        "memory limit {LIMIT_MB} MiB: {stored} of {ITEMS} items of {VALUE_BYTES} bytes stored, \
+         item memory {:.1} MiB",
+        mib(stat_u64(&stats, "item_memory_bytes"))
+    );
+    assert!(stat_u64(&stats, "item_memory_bytes") <= LIMIT_BYTES);
+    for pid in pids {
+        let rss = rss_bytes(*pid);
+        println!("  pid {pid}: RSS {:.1} MiB", mib(rss));
+        assert!(
+            rss <= 2 * LIMIT_BYTES + RSS_OVERHEAD_BYTES,
+            "RSS {:.1} MiB over 2 x {LIMIT_MB} MiB + {:.0} MiB",
+            mib(rss),
+            mib(RSS_OVERHEAD_BYTES)
+        );
+    }
+
+    let mut conn = Conn::connect(addr.port());
+    let value = String::from_utf8(vec![b'w'; VALUE_BYTES]).expect("ascii");
+    // What was stored first reads back.
+    conn.send(b"get k0\r\n");
+    let reply = conn
+        .read_until(b"END\r\n", Duration::from_secs(5))
+        .unwrap_or_else(|p| panic!("{}", esc(&p)));
+    assert!(reply.starts_with(b"VALUE k0 0 1024\r\n"), "{}", esc(&reply));
+    // A new key does not fit; replacing a key with a value of the same size
+    // does.
+    conn.request(
+        format!("set newkey 0 0 {VALUE_BYTES}\r\n{value}\r\n").as_bytes(),
+        OUT_OF_MEMORY,
+    );
+    conn.request(
+        format!("set k1 0 0 {VALUE_BYTES}\r\n{value}\r\n").as_bytes(),
+        b"STORED\r\n",
+    );
+    // A delete makes room for a set of the same size.
+    conn.request(b"delete k10000\r\n", b"DELETED\r\n");
+    conn.request(
+        format!("set newkey 0 0 {VALUE_BYTES}\r\n{value}\r\n").as_bytes(),
+        b"STORED\r\n",
+    );
+    // noreply hides the error as it hides STORED; the next request answers.
+    conn.send(format!("set other1 0 0 {VALUE_BYTES} noreply\r\n{value}\r\n").as_bytes());
+    conn.request(b"get other1\r\n", b"END\r\n");
+    assert!(stat_u64(&server_stats(leader), "store_no_memory") > 0);
+}
+
+#[test]
+fn writes_past_the_limit_are_refused_and_the_server_keeps_serving() {
+    if target() != Target::Store {
+        return skip("memory_limit", "memcached evicts instead");
+    }
+    let server = StoreServer::start(&["-m", &LIMIT_MB.to_string()]);
+    let addr = addr_of(&server);
+    let stats = server_stats(addr);
+    assert_eq!(stat_u64(&stats, "limit_maxbytes"), LIMIT_BYTES);
+    let replies = write_all(addr);
+    check_at_the_limit(addr, addr, &replies, &[pid_of(&server)]);
+
+    // cache_memlimit raises the limit at run time, with memcached's bounds.
+    let mut conn = Conn::connect(server.port);
+    conn.request(
+        b"cache_memlimit 4\r\n",
+        b"MEMLIMIT_TOO_SMALL cannot set maxbytes to less than 8m\r\n",
+    );
+    conn.request(b"cache_memlimit 128\r\n", b"OK\r\n");
+    conn.request(b"set grown 0 0 1\r\nx\r\n", b"STORED\r\n");
+    let settings = cluster::request(addr, b"stats settings\r\n", b"END\r\n").expect("stats");
+    let maxbytes = parse_stats(&settings)
+        .into_iter()
+        .find(|(name, _)| name == "maxbytes");
+    assert_eq!(maxbytes, Some(("maxbytes".into(), "134217728".into())));
+}
+
+#[test]
+fn a_cluster_refuses_at_the_limit_through_a_follower() {
+    let cluster = cluster::start_with(3, &["-m", &LIMIT_MB.to_string()]);
+    let (leader, follower) = cluster::leader_and_follower(&cluster);
+    let replies = write_all(follower);
+    let pids: Vec<u32> = cluster
+        .servers
+        .iter()
+        .map(|s| stat_u64(&server_stats(*s), "pid") as u32)
+        .collect();
+    check_at_the_limit(follower, leader, &replies, &pids);
+}
