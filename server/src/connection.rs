@@ -16,13 +16,13 @@ use bytes::{Buf, Bytes, BytesMut};
 use data::command::{Command, Op, StoreMode};
 use data::exptime;
 use data::frame::Role;
-use data::protocol::client::Expect;
+use data::protocol::client::{encode_gat, encode_get, EncodeError, Expect};
 use data::protocol::reply::{encode_value, errors, Reply};
 use data::protocol::request::{parse_request, ParseError, Request, StatsGroup, Storage};
 use data::state::{Lookup, Outcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
@@ -49,11 +49,72 @@ const OUTPUT_BYTES_FLUSH: usize = 1024 * 1024;
 /// oldest, bounding a connection's share of the commit queue.
 const PENDING_WRITES_MAX: usize = 1024;
 
+/// Values one piece of a multi-get or gat may hold, at most, in bytes: a
+/// get of more keys than this allows at the item size limit (`-I`) is
+/// served a piece at a time, each piece's values written to the client
+/// before the next piece is read, so a connection never holds more than
+/// about this much of them (plus [`OUTPUT_BYTES_FLUSH`]). 64 keys at the
+/// default 1 MiB: most multi-gets are one piece.
+const GET_PIECE_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// How long a follower waits for a reachable leader before it answers
 /// `SERVER_ERROR no leader available`: a failover takes about a second.
 const FORWARD_FAILOVER_WAIT_MS: u64 = 3_000;
 /// How often it looks for the next leader meanwhile.
 const FORWARD_RETRY_MS: u64 = 20;
+
+/// One piece of a multi-key retrieval (see [`GET_PIECE_BYTES_MAX`]).
+struct Piece<'k> {
+    keys: &'k [Bytes],
+    /// The request for just these keys: the client's own when there is
+    /// one piece (a follower forwards it).
+    raw: Bytes,
+    last: bool,
+}
+
+/// Cuts `keys` into pieces of `per_piece`; `line` writes the request for
+/// one piece's keys.
+fn pieces<'k>(
+    keys: &'k [Bytes],
+    per_piece: usize,
+    raw: &Bytes,
+    line: impl Fn(&mut BytesMut, &[Bytes]) -> Result<(), EncodeError>,
+) -> Vec<Piece<'k>> {
+    let count = keys.len().div_ceil(per_piece);
+    let mut pieces = Vec::with_capacity(count);
+    for (i, keys) in keys.chunks(per_piece).enumerate() {
+        let raw = if count == 1 {
+            raw.clone()
+        } else {
+            let mut buf = BytesMut::new();
+            // The keys were parsed from a request, so they encode; were one
+            // not to, the reply would end before it.
+            if line(&mut buf, keys).is_err() {
+                break;
+            }
+            buf.freeze()
+        };
+        pieces.push(Piece {
+            keys,
+            raw,
+            last: i + 1 == count,
+        });
+    }
+    pieces
+}
+
+/// Removes the `END` line that closes a forwarded retrieval reply, so that
+/// the next piece's values follow; false if the reply did not end with one
+/// (an error line ended it).
+fn strip_end(output: &mut BytesMut) -> bool {
+    const END: &[u8] = b"END\r\n";
+    if output.ends_with(END) {
+        output.truncate(output.len() - END.len());
+        true
+    } else {
+        false
+    }
+}
 
 /// What became of a request a follower tried to forward.
 #[derive(Debug, PartialEq, Eq)]
@@ -68,8 +129,8 @@ enum Forwarded {
 enum Render {
     /// The usual reply for the outcome, or nothing under noreply.
     Outcome { noreply: bool },
-    /// gat/gats: VALUE blocks then END.
-    Values { with_cas: bool },
+    /// gat/gats: VALUE blocks, then END after the last piece.
+    Values { with_cas: bool, end: bool },
     /// A fixed reply whatever the outcome (the delete behind a too-large set).
     Fixed(Option<&'static str>),
 }
@@ -81,6 +142,8 @@ struct PendingWrite {
     /// What the write counts against the memory limit until its outcome
     /// (which follows its apply) has arrived.
     _memory: Reservation,
+    /// Its share of the bound on writes in flight, held as long.
+    _room: OwnedSemaphorePermit,
 }
 
 /// What the write was, for counting outcomes in stats.
@@ -123,6 +186,11 @@ pub struct Connection {
     /// instead of one each.
     socket_reads: u64,
     barrier_at_socket_read: Option<u64>,
+    /// Keys of the gat pieces queued since the last [`Self::finish_pending`]:
+    /// their values wait in the outcomes until rendered.
+    pending_hit_keys: usize,
+    /// A write to the client failed: the connection is done.
+    broken: bool,
 }
 
 impl Connection {
@@ -137,6 +205,8 @@ impl Connection {
             pending: VecDeque::new(),
             socket_reads: 0,
             barrier_at_socket_read: None,
+            pending_hit_keys: 0,
+            broken: false,
         }
     }
 
@@ -146,15 +216,9 @@ impl Connection {
         loop {
             let next = self.process_input().await;
             self.finish_pending().await;
-            if !self.output.is_empty() {
-                Stats::add(
-                    &self.shared.stats.counters.bytes_written,
-                    self.output.len() as u64,
-                );
-                if self.stream.write_all(&self.output).await.is_err() {
-                    return;
-                }
-                self.output.clear();
+            self.flush_output().await;
+            if self.broken {
+                return;
             }
             match next {
                 Next::Close => {
@@ -182,6 +246,9 @@ impl Connection {
     async fn process_input(&mut self) -> Next {
         let limits = self.shared.limits;
         loop {
+            if self.broken {
+                return Next::Close;
+            }
             if self.discard_bytes > 0 {
                 let n = self.discard_bytes.min(self.input.len() as u64);
                 self.input.advance(n as usize);
@@ -255,43 +322,53 @@ impl Connection {
         match request {
             Request::Get { keys, with_cas } => {
                 self.finish_pending().await;
-                if !self.read_allowed(&raw).await {
-                    return Next::Continue;
-                }
-                let now_s = clock::now_s();
-                let state = commit::read(&shared.state);
-                for key in &keys {
-                    Stats::bump(&counters.cmd_get);
-                    match state.lookup(key, now_s) {
-                        Lookup::Hit(item) => {
-                            Stats::bump(&counters.get_hits);
-                            let cas = with_cas.then_some(item.cas());
-                            encode_value(&mut self.output, key, item.flags(), item.data(), cas);
+                let pieces = pieces(&keys, self.keys_per_piece(), &raw, |line, piece| {
+                    encode_get(line, piece, with_cas)
+                });
+                for Piece { keys, raw, last } in pieces {
+                    if self.read_allowed(&raw).await {
+                        self.serve_get(keys, with_cas);
+                        if last {
+                            Reply::End.encode(&mut self.output);
                         }
-                        Lookup::Miss => Stats::bump(&counters.get_misses),
-                        Lookup::Expired => {
-                            Stats::bump(&counters.get_misses);
-                            Stats::bump(&counters.get_expired);
-                        }
-                        Lookup::Flushed => {
-                            Stats::bump(&counters.get_misses);
-                            Stats::bump(&counters.get_flushed);
-                        }
+                    } else if !last && !strip_end(&mut self.output) {
+                        // An error line ended the reply.
+                        break;
+                    }
+                    if self.output.len() >= OUTPUT_BYTES_FLUSH {
+                        self.flush_output().await;
                     }
                 }
-                drop(state);
-                Reply::End.encode(&mut self.output);
             }
             Request::GetAndTouch {
                 exptime,
                 keys,
                 with_cas,
             } => {
-                let exptime = exptime::resolve(exptime, clock::now_s());
-                let kind = WriteKind::GetAndTouch(keys.len() as u64);
-                let op = Op::GetAndTouch { keys, exptime };
-                self.queue_write(op, Render::Values { with_cas }, kind, raw, false)
-                    .await;
+                let resolved = exptime::resolve(exptime, clock::now_s());
+                let per_piece = self.keys_per_piece();
+                let pieces = pieces(&keys, per_piece, &raw, |line, piece| {
+                    encode_gat(line, exptime, piece, with_cas)
+                });
+                for Piece { keys, raw, last } in pieces {
+                    let kind = WriteKind::GetAndTouch(keys.len() as u64);
+                    let op = Op::GetAndTouch {
+                        keys: keys.to_vec(),
+                        exptime: resolved,
+                    };
+                    let render = Render::Values {
+                        with_cas,
+                        end: last,
+                    };
+                    self.queue_write(op, render, kind, raw, false).await;
+                    // The values of queued gats wait in their outcomes: at
+                    // most about one piece's worth before they go out.
+                    self.pending_hit_keys += keys.len();
+                    if self.pending_hit_keys >= per_piece {
+                        self.finish_pending().await;
+                        self.flush_output().await;
+                    }
+                }
             }
             Request::Store(storage) => {
                 Stats::bump(&counters.cmd_set);
@@ -475,8 +552,13 @@ impl Connection {
                 if self.forward(&raw, expect, noreply, false).await == Forwarded::Done {
                     // The delete behind a too-large set is forwarded
                     // silently; the client still gets its error line.
-                    if let Render::Fixed(Some(line)) = render {
-                        Reply::Error(line).encode(&mut self.output);
+                    match render {
+                        Render::Fixed(Some(line)) => Reply::Error(line).encode(&mut self.output),
+                        // A gat piece before the last: the next one's values follow.
+                        Render::Values { end: false, .. } => {
+                            strip_end(&mut self.output);
+                        }
+                        _ => {}
                     }
                     return;
                 }
@@ -503,12 +585,23 @@ impl Connection {
             time_s: clock::now_s(),
             op,
         };
+        let bytes = command.encoded_len();
+        let room = match self.shared.write_budget.try_take(bytes) {
+            Some(room) => room,
+            None => {
+                // Give back this connection's own room first (its queued
+                // writes' replies), so that it never waits for itself.
+                self.finish_pending().await;
+                self.shared.write_budget.take(bytes).await
+            }
+        };
         match self.backend.submit(command).await {
             Ok(outcome) => self.pending.push_back(PendingWrite {
                 outcome,
                 render,
                 kind,
                 _memory: reservation,
+                _room: room,
             }),
             Err(error) => {
                 self.reply_in_order(Reply::Error(commit_error_line(error)))
@@ -611,6 +704,57 @@ impl Connection {
         Forwarded::Done
     }
 
+    /// Keys of a multi-get or gat served as one piece (see
+    /// [`GET_PIECE_BYTES_MAX`]).
+    fn keys_per_piece(&self) -> usize {
+        (GET_PIECE_BYTES_MAX / self.shared.limits.item_bytes_max.max(1)).max(1)
+    }
+
+    /// Appends the VALUE blocks of the visible items among `keys`, counting
+    /// hits and misses; the caller checked that the state may be read.
+    fn serve_get(&mut self, keys: &[Bytes], with_cas: bool) {
+        let shared = self.shared.clone();
+        let counters = &shared.stats.counters;
+        let now_s = clock::now_s();
+        let state = commit::read(&shared.state);
+        for key in keys {
+            Stats::bump(&counters.cmd_get);
+            match state.lookup(key, now_s) {
+                Lookup::Hit(item) => {
+                    Stats::bump(&counters.get_hits);
+                    let cas = with_cas.then_some(item.cas());
+                    encode_value(&mut self.output, key, item.flags(), item.data(), cas);
+                }
+                Lookup::Miss => Stats::bump(&counters.get_misses),
+                Lookup::Expired => {
+                    Stats::bump(&counters.get_misses);
+                    Stats::bump(&counters.get_expired);
+                }
+                Lookup::Flushed => {
+                    Stats::bump(&counters.get_misses);
+                    Stats::bump(&counters.get_flushed);
+                }
+            }
+        }
+    }
+
+    /// Writes the buffered replies to the client. A failed write marks the
+    /// connection broken (its output is dropped; `run` then ends it).
+    async fn flush_output(&mut self) {
+        if self.output.is_empty() || self.broken {
+            self.output.clear();
+            return;
+        }
+        Stats::add(
+            &self.shared.stats.counters.bytes_written,
+            self.output.len() as u64,
+        );
+        if self.stream.write_all(&self.output).await.is_err() {
+            self.broken = true;
+        }
+        self.output.clear();
+    }
+
     /// Appends a reply that needs no commit, after the writes queued before it.
     async fn reply_in_order(&mut self, reply: Reply) {
         self.finish_pending().await;
@@ -619,6 +763,7 @@ impl Connection {
 
     /// Waits for every queued write, in order, and renders its reply.
     async fn finish_pending(&mut self) {
+        self.pending_hit_keys = 0;
         while let Some(write) = self.pending.pop_front() {
             let outcome = write.outcome.await.unwrap_or(Err(CommitError::Storage));
             let outcome = match outcome {
@@ -635,14 +780,20 @@ impl Connection {
                     Reply::from_outcome(&outcome).encode(&mut self.output);
                 }
                 Render::Fixed(Some(reply)) => Reply::Error(reply).encode(&mut self.output),
-                Render::Values { with_cas } => {
+                Render::Values { with_cas, end } => {
                     if let Outcome::Hits(hits) = &outcome {
                         for hit in hits {
                             let cas = with_cas.then_some(hit.cas);
                             encode_value(&mut self.output, &hit.key, hit.flags, &hit.data, cas);
                         }
                     }
-                    Reply::End.encode(&mut self.output);
+                    if end {
+                        Reply::End.encode(&mut self.output);
+                    }
+                    // A piece of a large gat: out before the next is rendered.
+                    if self.output.len() >= OUTPUT_BYTES_FLUSH {
+                        self.flush_output().await;
+                    }
                 }
             }
         }

@@ -72,6 +72,8 @@ pub struct Shared {
     pub stats: Arc<Stats>,
     /// The memory limit and the writes in flight counted against it.
     pub memory: memory::MemoryLimit,
+    /// The bound on the bytes of writes in flight.
+    pub write_budget: memory::WriteBudget,
     /// Outgoing connections to the leader (cluster mode).
     pub leader_link: forward::LeaderLink,
 }

@@ -22,7 +22,7 @@ use crate::commit::{self, CommitConfig};
 use crate::config::Config;
 use crate::connection::Connection;
 use crate::forward::LeaderLink;
-use crate::memory::MemoryLimit;
+use crate::memory::{MemoryLimit, WriteBudget};
 use crate::recovery::{self, RecoveryError};
 use crate::stats::Stats;
 use crate::storage::StorageError;
@@ -186,6 +186,7 @@ async fn start_backend(
                 state,
                 stats,
                 memory: MemoryLimit::new(config.memory_limit_bytes),
+                write_budget: WriteBudget::default(),
                 leader_link: LeaderLink::default(),
             });
             Ok((shared, Backend::Single(committer), worker))
@@ -227,6 +228,7 @@ async fn start_backend(
                 state,
                 stats,
                 memory: MemoryLimit::new(config.memory_limit_bytes),
+                write_budget: WriteBudget::default(),
                 leader_link: LeaderLink::default(),
             });
             Ok((shared, Backend::Cluster(handle), worker))

@@ -9,10 +9,18 @@
 //! connections writing at once cannot together overshoot the limit.
 //! Nothing here allocates or reads the clock; the caller passes the state's
 //! figures in.
+//!
+//! It also owns the bound on writes in flight ([`WriteBudget`]): the bytes of
+//! the commands proposed and not yet answered, whatever they add to the
+//! items (an overwrite adds nothing but is a log entry all the same). A
+//! connection that would exceed it waits, which pushes back on its client
+//! through TCP instead of growing the leader's backlog.
 
 use std::sync::atomic::AtomicU64;
 use std::sync::atomic::Ordering::{AcqRel, Acquire, Relaxed};
 use std::sync::Arc;
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// 0: no limit.
 pub const MEMORY_UNLIMITED: u64 = 0;
@@ -101,6 +109,63 @@ impl MemoryLimit {
     }
 }
 
+/// Bytes of commands proposed and not yet answered, on one server at most
+/// (the leader's backlog of uncommitted entries comes from them).
+pub const WRITES_IN_FLIGHT_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+/// The budget counts in units of this many bytes (a semaphore's permits).
+const BUDGET_UNIT_BYTES: usize = 1024;
+
+/// The bound on writes in flight: [`WRITES_IN_FLIGHT_BYTES_MAX`].
+#[derive(Debug)]
+pub struct WriteBudget {
+    permits: Arc<Semaphore>,
+    units_max: usize,
+}
+
+impl Default for WriteBudget {
+    fn default() -> Self {
+        WriteBudget::new(WRITES_IN_FLIGHT_BYTES_MAX)
+    }
+}
+
+impl WriteBudget {
+    pub fn new(bytes_max: usize) -> WriteBudget {
+        let units_max = (bytes_max / BUDGET_UNIT_BYTES).max(1);
+        WriteBudget {
+            permits: Arc::new(Semaphore::new(units_max)),
+            units_max,
+        }
+    }
+
+    /// Units for a command of `bytes`; one larger than the whole budget
+    /// takes all of it (it waits until nothing else is in flight).
+    fn units(&self, bytes: usize) -> u32 {
+        let units = bytes.div_ceil(BUDGET_UNIT_BYTES).clamp(1, self.units_max);
+        u32::try_from(units).unwrap_or(u32::MAX)
+    }
+
+    /// Room for a command of `bytes` now, if there is any.
+    pub fn try_take(&self, bytes: usize) -> Option<OwnedSemaphorePermit> {
+        self.permits
+            .clone()
+            .try_acquire_many_owned(self.units(bytes))
+            .ok()
+    }
+
+    /// Room for a command of `bytes`, once writes in flight have made it.
+    /// The caller must hold no room of its own while it waits, or it could
+    /// wait for itself.
+    pub async fn take(&self, bytes: usize) -> OwnedSemaphorePermit {
+        self.permits
+            .clone()
+            .acquire_many_owned(self.units(bytes))
+            .await
+            // The semaphore is never closed.
+            .expect("the write budget is never closed")
+    }
+}
+
 /// Half of the machine's physical memory (`MemTotal` in /proc/meminfo), the
 /// default limit: enough that a store never refuses writes early, small
 /// enough that it refuses them before the kernel kills it. `None` where
@@ -143,6 +208,20 @@ mod tests {
         limit.set_limit_bytes(10);
         assert_eq!(limit.reserve(0, 11).err(), Some(OutOfMemory));
         assert!(limit.reserve(0, 10).is_ok());
+    }
+
+    #[test]
+    fn the_write_budget_counts_bytes_until_the_permit_drops() {
+        let budget = WriteBudget::new(4 * BUDGET_UNIT_BYTES);
+        let first = budget.try_take(3 * BUDGET_UNIT_BYTES).expect("3 of 4");
+        assert!(budget.try_take(2 * BUDGET_UNIT_BYTES).is_none());
+        let small = budget.try_take(1).expect("one unit left");
+        drop(first);
+        drop(small);
+        // Larger than the whole budget: takes all of it.
+        let all = budget.try_take(100 * BUDGET_UNIT_BYTES).expect("all");
+        assert!(budget.try_take(1).is_none());
+        drop(all);
     }
 
     #[test]
