@@ -347,23 +347,6 @@ fn storage_commands_semantics() {
     );
 }
 
-/// Reads a `gets` reply for one key and returns its CAS unique.
-fn gets_unique(c: &mut Conn, key: &str) -> u64 {
-    c.send(format!("gets {key}\r\n").as_bytes());
-    let line = c.read_line();
-    let text = String::from_utf8(line.clone()).expect("ascii VALUE line");
-    let parts: Vec<&str> = text.trim_end().split(' ').collect();
-    assert!(
-        parts.len() == 5 && parts[0] == "VALUE" && parts[1] == key,
-        "bad gets line {}",
-        esc(&line)
-    );
-    let bytes: usize = parts[3].parse().expect("bytes");
-    c.read_n(bytes + 2, REPLY_TIMEOUT).expect("gets data");
-    c.read_exact_reply(b"END\r\n");
-    parts[4].parse().expect("cas unique is a u64")
-}
-
 #[test]
 fn cas_uniques_and_exists_not_found() {
     let s = start();

@@ -16,7 +16,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use data::command::{Command, Op, StoreMode};
 use data::exptime;
 use data::frame::Role;
-use data::protocol::client::{encode_gat, encode_get, EncodeError, Expect};
+use data::protocol::client::{encode_gat, encode_get, scan_response, EncodeError, Expect, Status};
 use data::protocol::reply::{encode_value, errors, Reply};
 use data::protocol::request::{parse_request, ParseError, Request, StatsGroup, Storage};
 use data::state::{Lookup, Outcome};
@@ -144,6 +144,8 @@ struct PendingWrite {
     _memory: Reservation,
     /// Its share of the bound on writes in flight, held as long.
     _room: OwnedSemaphorePermit,
+    /// Whether its outcome is counted in this server's `stats`.
+    counted: bool,
 }
 
 /// What the write was, for counting outcomes in stats.
@@ -191,6 +193,10 @@ pub struct Connection {
     pending_hit_keys: usize,
     /// A write to the client failed: the connection is done.
     broken: bool,
+    /// A follower's forwarding link (it sent `forwarder`): the follower
+    /// counts these requests in its own `stats`, so this server does not,
+    /// except what only it can see (below, [`Self::counts_here`]).
+    forwarded_link: bool,
 }
 
 impl Connection {
@@ -207,6 +213,7 @@ impl Connection {
             barrier_at_socket_read: None,
             pending_hit_keys: 0,
             broken: false,
+            forwarded_link: false,
         }
     }
 
@@ -326,14 +333,19 @@ impl Connection {
                     encode_get(line, piece, with_cas)
                 });
                 for Piece { keys, raw, last } in pieces {
+                    let before = self.output.len();
                     if self.read_allowed(&raw).await {
                         self.serve_get(keys, with_cas);
                         if last {
                             Reply::End.encode(&mut self.output);
                         }
-                    } else if !last && !strip_end(&mut self.output) {
-                        // An error line ended the reply.
-                        break;
+                    } else {
+                        // Forwarded (the leader's reply) or an error line.
+                        self.count_forwarded_get(keys.len(), &self.output[before..]);
+                        if !last && !strip_end(&mut self.output) {
+                            // An error line ended the reply.
+                            break;
+                        }
                     }
                     if self.output.len() >= OUTPUT_BYTES_FLUSH {
                         self.flush_output().await;
@@ -371,7 +383,9 @@ impl Connection {
                 }
             }
             Request::Store(storage) => {
-                Stats::bump(&counters.cmd_set);
+                if !self.forwarded_link {
+                    Stats::bump(&counters.cmd_set);
+                }
                 let Storage {
                     mode,
                     key,
@@ -429,7 +443,9 @@ impl Connection {
                 exptime,
                 noreply,
             } => {
-                Stats::bump(&counters.cmd_touch);
+                if !self.forwarded_link {
+                    Stats::bump(&counters.cmd_touch);
+                }
                 let exptime = exptime::resolve(exptime, clock::now_s());
                 self.queue_write(
                     Op::Touch { key, exptime },
@@ -441,7 +457,9 @@ impl Connection {
                 .await;
             }
             Request::FlushAll { delay, noreply } => {
-                Stats::bump(&counters.cmd_flush);
+                if !self.forwarded_link {
+                    Stats::bump(&counters.cmd_flush);
+                }
                 // A negative or zero delay flushes now; otherwise the delay
                 // follows the exptime rules (relative or absolute).
                 let deadline_s = if delay <= 0 {
@@ -487,6 +505,10 @@ impl Connection {
             Request::Stats(group) => {
                 let reply = self.stats_reply(group);
                 self.reply_in_order(reply).await;
+            }
+            Request::Forwarder => {
+                self.forwarded_link = true;
+                self.reply_in_order(Reply::Ok).await;
             }
             Request::Quit => return Next::Close,
         }
@@ -549,7 +571,11 @@ impl Connection {
                     _ => Expect::Line,
                 };
                 self.finish_pending().await;
+                let before = self.output.len();
                 if self.forward(&raw, expect, noreply, false).await == Forwarded::Done {
+                    if !noreply {
+                        self.count_forwarded(kind, &self.output[before..]);
+                    }
                     // The delete behind a too-large set is forwarded
                     // silently; the client still gets its error line.
                     match render {
@@ -574,7 +600,9 @@ impl Connection {
                 .reserve(state.memory_bytes(), state.growth_bytes(&op))
         };
         let Ok(reservation) = reserved else {
-            Stats::bump(&self.shared.stats.counters.store_no_memory);
+            if self.counts_here(noreply) {
+                Stats::bump(&self.shared.stats.counters.store_no_memory);
+            }
             if !noreply {
                 self.reply_in_order(Reply::Error(errors::OUT_OF_MEMORY))
                     .await;
@@ -602,6 +630,7 @@ impl Connection {
                 kind,
                 _memory: reservation,
                 _room: room,
+                counted: self.counts_here(noreply),
             }),
             Err(error) => {
                 self.reply_in_order(Reply::Error(commit_error_line(error)))
@@ -716,22 +745,30 @@ impl Connection {
         let shared = self.shared.clone();
         let counters = &shared.stats.counters;
         let now_s = clock::now_s();
+        // A forwarded get is counted by the follower, from the reply; why a
+        // key missed only this server can tell (get_expired, get_flushed).
+        let counted = self.counts_here(false);
+        let bump = |counter: &std::sync::atomic::AtomicU64| {
+            if counted {
+                Stats::bump(counter);
+            }
+        };
         let state = commit::read(&shared.state);
         for key in keys {
-            Stats::bump(&counters.cmd_get);
+            bump(&counters.cmd_get);
             match state.lookup(key, now_s) {
                 Lookup::Hit(item) => {
-                    Stats::bump(&counters.get_hits);
+                    bump(&counters.get_hits);
                     let cas = with_cas.then_some(item.cas());
                     encode_value(&mut self.output, key, item.flags(), item.data(), cas);
                 }
-                Lookup::Miss => Stats::bump(&counters.get_misses),
+                Lookup::Miss => bump(&counters.get_misses),
                 Lookup::Expired => {
-                    Stats::bump(&counters.get_misses);
+                    bump(&counters.get_misses);
                     Stats::bump(&counters.get_expired);
                 }
                 Lookup::Flushed => {
-                    Stats::bump(&counters.get_misses);
+                    bump(&counters.get_misses);
                     Stats::bump(&counters.get_flushed);
                 }
             }
@@ -773,7 +810,9 @@ impl Connection {
                     continue;
                 }
             };
-            self.count(write.kind, &outcome);
+            if write.counted {
+                self.count(write.kind, Counted::from(&outcome));
+            }
             match write.render {
                 Render::Outcome { noreply: true } | Render::Fixed(None) => {}
                 Render::Outcome { noreply: false } => {
@@ -799,11 +838,19 @@ impl Connection {
         }
     }
 
-    fn count(&self, kind: WriteKind, outcome: &Outcome) {
+    /// Whether this server counts the outcome of a request it serves:
+    /// always, unless a follower forwarded it and reads the reply (then the
+    /// follower counts it); a noreply request's outcome the follower never
+    /// sees, so that is counted here.
+    fn counts_here(&self, noreply: bool) -> bool {
+        !self.forwarded_link || noreply
+    }
+
+    fn count(&self, kind: WriteKind, counted: Counted) {
         let c = &self.shared.stats.counters;
-        let counter = match (kind, outcome) {
-            (WriteKind::Store(_), Outcome::Stored)
-            | (WriteKind::Incr | WriteKind::Decr, Outcome::Number(_)) => {
+        let counter = match (kind, counted) {
+            (WriteKind::Store(_), Counted::Stored)
+            | (WriteKind::Incr | WriteKind::Decr, Counted::Number) => {
                 Stats::bump(&c.total_items);
                 match kind {
                     WriteKind::Store(StoreMode::Cas) => &c.cas_hits,
@@ -812,25 +859,101 @@ impl Connection {
                     _ => return,
                 }
             }
-            (WriteKind::Store(StoreMode::Cas), Outcome::Exists) => &c.cas_badval,
-            (WriteKind::Store(StoreMode::Cas), Outcome::NotFound) => &c.cas_misses,
-            (WriteKind::Delete, Outcome::Deleted) => &c.delete_hits,
+            (WriteKind::Store(StoreMode::Cas), Counted::Exists) => &c.cas_badval,
+            (WriteKind::Store(StoreMode::Cas), Counted::NotFound) => &c.cas_misses,
+            (WriteKind::Delete, Counted::Deleted) => &c.delete_hits,
             (WriteKind::Delete, _) => &c.delete_misses,
-            (WriteKind::Incr, Outcome::NotFound) => &c.incr_misses,
-            (WriteKind::Decr, Outcome::NotFound) => &c.decr_misses,
-            (WriteKind::Touch, Outcome::Touched) => &c.touch_hits,
+            (WriteKind::Incr, Counted::NotFound) => &c.incr_misses,
+            (WriteKind::Decr, Counted::NotFound) => &c.decr_misses,
+            (WriteKind::Touch, Counted::Touched) => &c.touch_hits,
             (WriteKind::Touch, _) => &c.touch_misses,
-            (WriteKind::GetAndTouch(keys), Outcome::Hits(hits)) => {
+            (WriteKind::GetAndTouch(keys), Counted::Hits(hits)) => {
                 // gat counts as memcached does: in the touch counters, per key.
-                let hits = hits.len() as u64;
                 Stats::add(&c.cmd_touch, keys);
                 Stats::add(&c.touch_hits, hits);
                 Stats::add(&c.touch_misses, keys.saturating_sub(hits));
                 return;
             }
+            (_, Counted::OutOfMemory) => &c.store_no_memory,
             _ => return,
         };
         Stats::bump(counter);
+    }
+
+    /// Counts a request this follower forwarded, from the leader's `reply`
+    /// to it (the leader left the counting to this server).
+    fn count_forwarded(&self, kind: WriteKind, reply: &[u8]) {
+        let expect = match kind {
+            WriteKind::GetAndTouch(_) => Expect::Retrieval,
+            _ => Expect::Line,
+        };
+        self.count(kind, Counted::from_reply(reply, expect));
+    }
+
+    /// Counts a forwarded get of `keys` keys from the leader's `reply`.
+    fn count_forwarded_get(&self, keys: usize, reply: &[u8]) {
+        let Counted::Hits(hits) = Counted::from_reply(reply, Expect::Retrieval) else {
+            return; // An error line: nothing was looked up.
+        };
+        let c = &self.shared.stats.counters;
+        let keys = keys as u64;
+        Stats::add(&c.cmd_get, keys);
+        Stats::add(&c.get_hits, hits);
+        Stats::add(&c.get_misses, keys.saturating_sub(hits));
+    }
+}
+
+/// What a request's reply says, for the counters: from its outcome on this
+/// server, or from the leader's reply to a forwarded request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Counted {
+    Stored,
+    Exists,
+    NotFound,
+    Deleted,
+    Touched,
+    Number,
+    /// A retrieval's hits.
+    Hits(u64),
+    OutOfMemory,
+    Other,
+}
+
+impl From<&Outcome> for Counted {
+    fn from(outcome: &Outcome) -> Counted {
+        match outcome {
+            Outcome::Stored => Counted::Stored,
+            Outcome::Exists => Counted::Exists,
+            Outcome::NotFound => Counted::NotFound,
+            Outcome::Deleted => Counted::Deleted,
+            Outcome::Touched => Counted::Touched,
+            Outcome::Number(_) => Counted::Number,
+            Outcome::Hits(hits) => Counted::Hits(hits.len() as u64),
+            Outcome::NotStored | Outcome::NonNumeric | Outcome::Ok | Outcome::Reclaimed(_) => {
+                Counted::Other
+            }
+        }
+    }
+}
+
+impl Counted {
+    fn from_reply(reply: &[u8], expect: Expect) -> Counted {
+        if reply == errors::OUT_OF_MEMORY.as_bytes() {
+            return Counted::OutOfMemory;
+        }
+        match scan_response(reply, expect) {
+            Ok(Some((status, _))) => match status {
+                Status::Stored => Counted::Stored,
+                Status::Exists => Counted::Exists,
+                Status::NotFound => Counted::NotFound,
+                Status::Deleted => Counted::Deleted,
+                Status::Touched => Counted::Touched,
+                Status::Number(_) => Counted::Number,
+                Status::Values(hits) => Counted::Hits(hits as u64),
+                _ => Counted::Other,
+            },
+            _ => Counted::Other,
+        }
     }
 }
 

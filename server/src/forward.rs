@@ -5,14 +5,16 @@
 //! The one owner of the server's outgoing memcached connections. Requests
 //! go out as the client sent them; a `noreply` request is followed by a
 //! `version` so that the follower knows when the leader has executed it (the
-//! next request on the client's connection must see its effect).
+//! next request on the client's connection must see its effect). A new
+//! connection starts with `forwarder`, so that the leader leaves counting
+//! these requests in `stats` to this server, which received them.
 
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use data::protocol::client::{scan_response, Expect};
+use data::protocol::client::{encode_forwarder, scan_response, Expect, Status};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -63,15 +65,21 @@ impl LeaderLink {
         expect: Expect,
         noreply: bool,
     ) -> Result<Bytes, ForwardError> {
-        let mut stream = match self.take(leader) {
-            Some(stream) => stream,
-            None => TcpStream::connect(leader)
-                .await
-                .map_err(|e| ForwardError::Connect(leader, e))?,
+        let (mut stream, mut hello) = match self.take(leader) {
+            Some(stream) => (stream, false),
+            None => {
+                let stream = TcpStream::connect(leader)
+                    .await
+                    .map_err(|e| ForwardError::Connect(leader, e))?;
+                (stream, true)
+            }
         };
         let _ = stream.set_nodelay(true);
         let exchange = async {
-            let mut request = Vec::with_capacity(raw.len() + BARRIER.len());
+            let mut request = BytesMut::with_capacity(raw.len() + BARRIER.len() + 16);
+            if hello {
+                encode_forwarder(&mut request);
+            }
             request.extend_from_slice(raw);
             if noreply {
                 request.extend_from_slice(BARRIER);
@@ -82,7 +90,22 @@ impl LeaderLink {
                 .map_err(|e| ForwardError::Io(leader, e))?;
             let mut buf = BytesMut::with_capacity(1024);
             loop {
-                let done = if noreply {
+                if hello {
+                    match scan_response(&buf, Expect::Line)
+                        .map_err(|_| ForwardError::BadReply(leader))?
+                    {
+                        Some((Status::Ok, len)) => {
+                            let _ = buf.split_to(len);
+                            hello = false;
+                            continue;
+                        }
+                        Some(_) => return Err(ForwardError::BadReply(leader)),
+                        None => {}
+                    }
+                }
+                let done = if hello {
+                    None
+                } else if noreply {
                     scan_response(&buf, Expect::Line)
                         .map_err(|_| ForwardError::BadReply(leader))?
                         .map(|(_, len)| (0, len))

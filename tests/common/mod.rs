@@ -792,3 +792,20 @@ pub fn mib(bytes: u64) -> f64 {
 pub fn pid_of(server: &StoreServer) -> u32 {
     server.proc.as_ref().and_then(|p| p.pid()).expect("pid")
 }
+
+/// Reads a `gets` reply for one key and returns its CAS unique.
+pub fn gets_unique(c: &mut Conn, key: &str) -> u64 {
+    c.send(format!("gets {key}\r\n").as_bytes());
+    let line = c.read_line();
+    let text = String::from_utf8(line.clone()).expect("ascii VALUE line");
+    let parts: Vec<&str> = text.trim_end().split(' ').collect();
+    assert!(
+        parts.len() == 5 && parts[0] == "VALUE" && parts[1] == key,
+        "bad gets line {}",
+        esc(&line)
+    );
+    let bytes: usize = parts[3].parse().expect("bytes");
+    c.read_n(bytes + 2, REPLY_TIMEOUT).expect("gets data");
+    c.read_exact_reply(b"END\r\n");
+    parts[4].parse().expect("cas unique is a u64")
+}

@@ -404,6 +404,12 @@ pub fn encode_stats(buf: &mut BytesMut, group: Option<&str>) -> Result<(), Encod
     }
 }
 
+/// `forwarder`: marks a connection as a follower's forwarding link (its
+/// requests are counted by the follower). Reply: [`Expect::Line`] (`OK`).
+pub fn encode_forwarder(buf: &mut BytesMut) {
+    buf.put_slice(b"forwarder\r\n");
+}
+
 /// `quit`. No reply: the server closes the connection.
 pub fn encode_quit(buf: &mut BytesMut) {
     buf.put_slice(b"quit\r\n");
@@ -463,6 +469,7 @@ pub fn encode_request(buf: &mut BytesMut, request: &Request) -> Result<bool, Enc
             encode_stats(buf, group)?
         }
         Request::CacheMemlimit { .. } => return Ok(false),
+        Request::Forwarder => encode_forwarder(buf),
         Request::Quit => encode_quit(buf),
     }
     Ok(true)

@@ -96,6 +96,10 @@ pub enum Request {
         noreply: bool,
     },
     Stats(StatsGroup),
+    /// `forwarder`: sent by a follower on each connection it forwards
+    /// client requests over, so that the leader leaves the counting of
+    /// them to the follower (DESIGN §2). Answered `OK`.
+    Forwarder,
     /// `cache_memlimit <mb> [noreply]`: sets the memory limit (`-m`).
     CacheMemlimit {
         megabytes: u32,
@@ -290,6 +294,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
             }
         }
         b"quit" => Request::Quit,
+        b"forwarder" if args.is_empty() => Request::Forwarder,
         _ => {
             // A web client that found the port: memcached hangs up on it.
             if tokens.last().is_some_and(|t| t.starts_with(b"HTTP/")) {
@@ -806,6 +811,8 @@ mod tests {
             }
         );
         assert_eq!(request(b"quit\r\n"), Request::Quit);
+        assert_eq!(request(b"forwarder\r\n"), Request::Forwarder);
+        assert_eq!(error_line(b"forwarder x\r\n"), Some(ERROR));
         assert_eq!(
             request(b"gats 10 a b\r\n"),
             Request::GetAndTouch {
