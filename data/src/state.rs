@@ -319,6 +319,19 @@ impl State {
         }
     }
 
+    /// Visits the items in up to `buckets_max` buckets of the table from
+    /// `cursor` on, as [`Items::scan`]; returns the cursor to go on from,
+    /// 0 once the walk wrapped around. For listing every item a bounded
+    /// step at a time (`lru_crawler metadump`).
+    pub fn scan(
+        &self,
+        cursor: usize,
+        buckets_max: usize,
+        visit: impl FnMut(ItemRef<'_>) -> bool,
+    ) -> usize {
+        self.items.scan(cursor, buckets_max, visit)
+    }
+
     /// Keys of items no reader can see at `now_s` (or the state's clock),
     /// for a [`Op::Reclaim`] entry: walks at most `buckets_max` table
     /// buckets from `cursor` and collects at most `keys_max` keys. Returns

@@ -30,6 +30,8 @@ pub struct Config {
     /// `-m`: what the items may count before writes that add to them are
     /// refused, 0 for no limit ([`crate::memory`]).
     pub memory_limit_bytes: u64,
+    /// `-A`: the `shutdown` command stops the server (memcached's flag).
+    pub shutdown_enabled: bool,
     /// Set with `--lb`: the server joins a replica group.
     pub cluster: Option<crate::cluster::ClusterSettings>,
 }

@@ -18,8 +18,10 @@ use data::exptime;
 use data::frame::Role;
 use data::protocol::client::{encode_gat, encode_get, scan_response, EncodeError, Expect, Status};
 use data::protocol::reply::{encode_value, errors, Reply};
-use data::protocol::request::{parse_request, ParseError, Request, StatsGroup, Storage};
-use data::state::{Lookup, Outcome};
+use data::protocol::request::{
+    admin_replies, parse_request, Admin, ParseError, Request, StatsGroup, Storage,
+};
+use data::state::{item_cost_bytes, ItemRef, Lookup, Outcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
@@ -62,6 +64,36 @@ const GET_PIECE_BYTES_MAX: usize = 64 * 1024 * 1024;
 const FORWARD_FAILOVER_WAIT_MS: u64 = 3_000;
 /// How often it looks for the next leader meanwhile.
 const FORWARD_RETRY_MS: u64 = 20;
+
+/// Table buckets one step of `lru_crawler metadump` walks under the state
+/// lock (about 100 KiB of lines at a time for small items).
+const METADUMP_BUCKETS_PER_STEP: usize = 1024;
+
+/// Appends one `lru_crawler metadump` line for `item`.
+fn metadump_line(out: &mut BytesMut, item: &ItemRef<'_>) {
+    use std::fmt::Write as _;
+    out.extend_from_slice(b"key=");
+    for &b in item.key() {
+        // memcached's uriencode: unreserved characters as they are.
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.extend_from_slice(&[b]);
+        } else {
+            let _ = write!(out, "%{b:02X}");
+        }
+    }
+    let exp = match item.exptime() {
+        exptime::NEVER => -1,
+        at => i64::try_from(at).unwrap_or(i64::MAX),
+    };
+    let size = item_cost_bytes(item.key().len(), item.data().len());
+    // memcached ends these lines with a bare newline (and END with \r\n).
+    let _ = writeln!(
+        out,
+        " exp={exp} la={} cas={} fetch=no cls=1 size={size}",
+        item.updated_s(),
+        item.cas()
+    );
+}
 
 /// One piece of a multi-key retrieval (see [`GET_PIECE_BYTES_MAX`]).
 struct Piece<'k> {
@@ -197,6 +229,8 @@ pub struct Connection {
     /// counts these requests in its own `stats`, so this server does not,
     /// except what only it can see (below, [`Self::counts_here`]).
     forwarded_link: bool,
+    /// The server's shutdown token, for `shutdown` under `-A`.
+    server_shutdown: CancellationToken,
 }
 
 impl Connection {
@@ -214,12 +248,14 @@ impl Connection {
             pending_hit_keys: 0,
             broken: false,
             forwarded_link: false,
+            server_shutdown: CancellationToken::new(),
         }
     }
 
     /// Serves the connection until the client leaves, sends `quit`, or the
     /// server shuts down (then requests already received are still answered).
     pub async fn run(mut self, shutdown: CancellationToken) {
+        self.server_shutdown = shutdown.clone();
         loop {
             let next = self.process_input().await;
             self.finish_pending().await;
@@ -506,6 +542,27 @@ impl Connection {
                 let reply = self.stats_reply(group);
                 self.reply_in_order(reply).await;
             }
+            Request::Admin(Admin::Noted(reply)) => {
+                self.reply_in_order(Reply::Error(reply)).await;
+            }
+            Request::Admin(Admin::MetaDump) => {
+                self.finish_pending().await;
+                self.metadump().await;
+            }
+            Request::Admin(Admin::Shutdown { mode_ok }) => {
+                let reply = if !shared.config.shutdown_enabled {
+                    admin_replies::SHUTDOWN_DISABLED
+                } else if !mode_ok {
+                    admin_replies::SHUTDOWN_BAD_MODE
+                } else {
+                    // memcached closes the connection without a reply; the
+                    // one shutdown path finishes what others sent.
+                    tracing::info!("shutdown requested by a client");
+                    self.server_shutdown.cancel();
+                    return Next::Close;
+                };
+                self.reply_in_order(Reply::Error(reply)).await;
+            }
             Request::Forwarder => {
                 self.forwarded_link = true;
                 self.reply_in_order(Reply::Ok).await;
@@ -731,6 +788,39 @@ impl Connection {
             Reply::Error(error).encode(&mut self.output);
         }
         Forwarded::Done
+    }
+
+    /// `lru_crawler metadump`: a line per visible item of this server's
+    /// state, as memcached's (`key=<uri-encoded> exp=<-1 or unix time>
+    /// la=<last write> cas=<unique> fetch=no cls=1 size=<record bytes>`),
+    /// then `END`. The table is walked a bounded step at a time, the lines
+    /// written out between steps, so a large state streams; like memcached's
+    /// crawler it is not a snapshot (a write between steps may or may not
+    /// show). Served by any server from its own applied state.
+    async fn metadump(&mut self) {
+        let mut cursor = 0;
+        loop {
+            {
+                let state = commit::read(&self.shared.state);
+                let output = &mut self.output;
+                cursor = state.scan(cursor, METADUMP_BUCKETS_PER_STEP, |item| {
+                    if state.is_visible(&item) {
+                        metadump_line(output, &item);
+                    }
+                    true
+                });
+            }
+            if cursor == 0 {
+                break;
+            }
+            if self.output.len() >= OUTPUT_BYTES_FLUSH {
+                self.flush_output().await;
+                if self.broken {
+                    return;
+                }
+            }
+        }
+        Reply::End.encode(&mut self.output);
     }
 
     /// Keys of a multi-get or gat served as one piece (see

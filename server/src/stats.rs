@@ -10,9 +10,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use crate::config::Config;
 
-/// The version the server reports. memcapable and some clients parse it, so
-/// it starts with the memcached protocol version we implement.
-pub const VERSION: &str = concat!("1.6.0-store-", env!("CARGO_PKG_VERSION"));
+/// The version `version` reports: the memcached protocol level this server
+/// follows (DESIGN §5a), as three numbers, since clients parse it
+/// (async-memcached wants 1.6.40 or later, Dalli's and libmemcached's test
+/// harnesses match `\d+\.\d+\.\d+`).
+pub const VERSION: &str = "1.6.45";
+
+/// This server's own version, in `stats` as `store_version` (as Valkey
+/// reports a `redis_version` beside its own).
+pub const STORE_VERSION: &str = env!("CARGO_PKG_VERSION");
 
 macro_rules! counters {
     ($($name:ident),* $(,)?) => {
@@ -135,6 +141,7 @@ impl Stats {
             ),
             ("time".into(), now.to_string()),
             ("version".into(), VERSION.into()),
+            ("store_version".into(), STORE_VERSION.into()),
             ("libevent".into(), "tokio".into()),
             ("pointer_size".into(), (usize::BITS).to_string()),
             ("max_connections".into(), config.connections_max.to_string()),

@@ -161,6 +161,10 @@ struct AddsrvArgs {
     /// [default: half of the machine's memory].
     #[arg(short = 'm', long = "memory-limit", value_name = "MEGABYTES")]
     memory_limit_mb: Option<u64>,
+    /// Let the `shutdown` command stop the server (as memcached's -A);
+    /// without it `shutdown` is answered `ERROR: shutdown not enabled`.
+    #[arg(short = 'A', long = "enable-shutdown")]
+    shutdown_enabled: bool,
     /// Verbose logging; repeat for more.
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -450,6 +454,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| PathBuf::from("store-data").join(format!("server-{}", args.port))),
         snapshot_log_bytes: args.snapshot_log_bytes,
         memory_limit_bytes,
+        shutdown_enabled: args.shutdown_enabled,
         cluster: match args.lb {
             None => None,
             Some(lb) => {

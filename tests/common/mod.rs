@@ -91,6 +91,35 @@ pub fn memccapable_bin() -> Option<PathBuf> {
     tool("MEMCCAPABLE_BIN", "memccapable")
 }
 
+/// A tool of Debian's libmemcached-tools (memcstat, memcdump, memcflush).
+pub fn libmemcached_tool(name: &str) -> Option<PathBuf> {
+    find_in_path(name)
+}
+
+/// memcached's own `memcached-tool` script (Debian ships it in the memcached
+/// package) and the perl that runs it.
+pub fn memcached_tool() -> Option<(PathBuf, PathBuf)> {
+    let script = find_in_path(
+        &std::env::var("MEMCACHED_TOOL")
+            .unwrap_or_else(|_| "/usr/share/memcached/scripts/memcached-tool".into()),
+    )?;
+    Some((find_in_path("perl")?, script))
+}
+
+/// Sends `request` followed by `version` and returns exactly what the server
+/// answered to `request` (everything before the `VERSION` line).
+pub fn reply_to(conn: &mut Conn, request: &[u8]) -> Vec<u8> {
+    conn.send(request);
+    conn.send(b"version\r\n");
+    let mut head = conn
+        .read_until(b"VERSION ", REPLY_TIMEOUT)
+        .unwrap_or_else(|p| panic!("no reply to {}: {}", esc(request), esc(&p)));
+    conn.read_until(b"\r\n", REPLY_TIMEOUT)
+        .unwrap_or_else(|p| panic!("VERSION line cut: {}", esc(&p)));
+    head.truncate(head.len() - b"VERSION ".len());
+    head
+}
+
 /// python3 with pymemcache and pytest importable.
 pub fn python_with_pymemcache() -> Option<PathBuf> {
     let py = tool("PYTHON_BIN", "python3")?;

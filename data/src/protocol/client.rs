@@ -417,7 +417,8 @@ pub fn encode_quit(buf: &mut BytesMut) {
 
 /// Writes a parsed request back in its wire form, through the functions
 /// above, so that parsing the bytes gives the same request. Returns false,
-/// writing nothing, for `cache_memlimit`, which clients do not send. The
+/// writing nothing, for `cache_memlimit` and the administrative commands,
+/// which clients do not send. The
 /// verbosity level is not kept by the parser; any level gives the same
 /// request, and 1 is written.
 pub fn encode_request(buf: &mut BytesMut, request: &Request) -> Result<bool, EncodeError> {
@@ -468,7 +469,7 @@ pub fn encode_request(buf: &mut BytesMut, request: &Request) -> Result<bool, Enc
             };
             encode_stats(buf, group)?
         }
-        Request::CacheMemlimit { .. } => return Ok(false),
+        Request::CacheMemlimit { .. } | Request::Admin(_) => return Ok(false),
         Request::Forwarder => encode_forwarder(buf),
         Request::Quit => encode_quit(buf),
     }

@@ -13,6 +13,10 @@
 //! touch <key> <exptime> [noreply]\r\n
 //! flush_all [delay] [noreply]\r\n
 //! version | verbosity <n> [noreply] | stats [group] | quit\r\n
+//! stats cachedump <class> <limit> | stats detail on|off|dump\r\n
+//! lru_crawler metadump|enable|disable|sleep|tocrawl|crawl [arg]\r\n
+//! slabs reassign <src> <dst> | slabs automove <0|1|2>\r\n
+//! shutdown [graceful] | cache_memlimit <mb> [noreply]\r\n
 //! ```
 //!
 //! [`parse_request`] never allocates for a payload before the limits allow it:
@@ -55,6 +59,41 @@ pub enum StatsGroup {
     CacheDump,
 }
 
+/// Administrative commands: what memcached-tool, libmemcached's tools and
+/// client test suites send besides the data commands.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Admin {
+    /// `lru_crawler metadump <all|hash|classes>`: a `key=... exp=...` line
+    /// per item, then `END`.
+    MetaDump,
+    /// `shutdown [graceful]`; `mode_ok` is false for any other mode.
+    Shutdown { mode_ok: bool },
+    /// A command this server accepts and has nothing to do for (it has no
+    /// slab classes to move, no LRU to tune, no per-prefix stats to keep),
+    /// answered with memcached's own reply.
+    Noted(&'static str),
+}
+
+/// Replies of the administrative commands, as memcached words them.
+pub mod admin_replies {
+    pub const OK: &str = "OK\r\n";
+    pub const END: &str = "END\r\n";
+    pub const DETAIL_USAGE: &str = "CLIENT_ERROR usage: stats detail on|off|dump\r\n";
+    pub const BAD_COMMAND_LINE: &str = "CLIENT_ERROR bad command line\r\n";
+    pub const SHUTDOWN_DISABLED: &str = "ERROR: shutdown not enabled\r\n";
+    pub const SHUTDOWN_BAD_MODE: &str = "CLIENT_ERROR invalid shutdown mode\r\n";
+    pub const CRAWLER_SLEEP_MAX: &str = "CLIENT_ERROR sleep must be one second or less\r\n";
+    pub const SLABS_SAME: &str = "SAME src and dst class are identical\r\n";
+    pub const SLABS_NOSPARE: &str = "NOSPARE source class has no spare pages\r\n";
+}
+
+fn admin(reply: &'static str) -> Request {
+    Request::Admin(Admin::Noted(reply))
+}
+
+/// `lru_crawler sleep` takes microseconds up to one second, as memcached.
+const CRAWLER_SLEEP_US_MAX: u32 = 1_000_000;
+
 /// One parsed client request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
@@ -96,6 +135,8 @@ pub enum Request {
         noreply: bool,
     },
     Stats(StatsGroup),
+    /// An administrative command memcached's tools send.
+    Admin(Admin),
     /// `forwarder`: sent by a follower on each connection it forwards
     /// client requests over, so that the leader leaves the counting of
     /// them to the follower (DESIGN §2). Answered `OK`.
@@ -280,9 +321,42 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
             [b"sizes"] => StatsGroup::Sizes,
             [b"conns"] => StatsGroup::Conns,
             [b"reset"] => StatsGroup::Reset,
-            [b"cachedump", _, _] => StatsGroup::CacheDump,
+            [b"cachedump", class, limit, ..] => {
+                if parse_u32(class).is_none() || parse_u32(limit).is_none() {
+                    return Err(reply(BAD_FORMAT));
+                }
+                StatsGroup::CacheDump
+            }
+            [b"cachedump", ..] => return Err(reply(admin_replies::BAD_COMMAND_LINE)),
+            [b"detail", b"on" | b"off"] => return Ok(Some((admin(admin_replies::OK), line_bytes))),
+            [b"detail", b"dump"] => return Ok(Some((admin(admin_replies::END), line_bytes))),
+            [b"detail", ..] => return Err(reply(admin_replies::DETAIL_USAGE)),
             _ => return Err(reply(ERROR)),
         }),
+        b"shutdown" => Request::Admin(Admin::Shutdown {
+            mode_ok: matches!(args, [] | [b"graceful"]),
+        }),
+        b"lru_crawler" => match args {
+            [b"metadump", _, ..] => Request::Admin(Admin::MetaDump),
+            [b"enable" | b"disable"] | [b"crawl", _] => admin(admin_replies::OK),
+            [b"sleep", us] => match parse_u32(us) {
+                Some(us) if us <= CRAWLER_SLEEP_US_MAX => admin(admin_replies::OK),
+                Some(_) => return Err(reply(admin_replies::CRAWLER_SLEEP_MAX)),
+                None => return Err(reply(BAD_FORMAT)),
+            },
+            [b"tocrawl", n] => match parse_u32(n) {
+                Some(_) => admin(admin_replies::OK),
+                None => return Err(reply(BAD_FORMAT)),
+            },
+            _ => return Err(reply(ERROR)),
+        },
+        b"slabs" => match args {
+            [b"reassign", src, dst] if src == dst => admin(admin_replies::SLABS_SAME),
+            // One class and no pages to move: memcached's answer for that.
+            [b"reassign", _, _] => admin(admin_replies::SLABS_NOSPARE),
+            [b"automove", b"0" | b"1" | b"2"] => admin(admin_replies::OK),
+            _ => return Err(reply(ERROR)),
+        },
         b"cache_memlimit" => {
             let noreply = ends_with_noreply(args, 1);
             match args.first() {
