@@ -10,8 +10,9 @@
 //! itself is the leader's own business (DESIGN §2, "Reclaiming").
 //!
 //! Bounded work: one entry in flight at a time, its apply holds the write
-//! lock for at most [`RECLAIM_KEYS_MAX`] removals, and a step that found
-//! less than a full entry waits [`RECLAIM_IDLE_MS`] before the next. While
+//! lock for at most [`RECLAIM_KEYS_MAX`] removals, a full entry is followed
+//! by a rest of [`RECLAIM_FULL_REST_MS`], and a step that found less than a
+//! full entry waits [`RECLAIM_IDLE_MS`] before the next. While
 //! nothing held can expire (no item has an expiry, no flush is pending) the
 //! task only looks at that every [`RECLAIM_IDLE_MS`].
 //!
@@ -38,6 +39,12 @@ pub const RECLAIM_SCAN_BUCKETS_MAX: usize = 16 * 1024;
 /// items a walk over the whole table takes about 128 steps, 6 s.
 pub const RECLAIM_IDLE_MS: u64 = 50;
 
+/// Rest after a full entry before the next step. Measured on 2 cores with
+/// 1 M expired items and a SET load of 50 connections: without it the sweep
+/// took 0.9 s and SETs ran at 0.53-0.64x meanwhile; with it 3.8-4.4 s at
+/// 0.75-0.81x.
+pub const RECLAIM_FULL_REST_MS: u64 = 2;
+
 /// Runs until `shutdown` is cancelled.
 pub async fn run(shared: Arc<Shared>, backend: Backend, shutdown: CancellationToken) {
     let mut cursor = 0;
@@ -47,9 +54,12 @@ pub async fn run(shared: Arc<Shared>, backend: Backend, shutdown: CancellationTo
             None => return,
         };
         if full {
-            // A full entry: there is likely more right behind it. Let the
-            // other tasks run, then go on.
-            tokio::task::yield_now().await;
+            // A full entry: there is likely more right behind it. A short
+            // rest leaves the clients' writes most of the log and the lock.
+            tokio::select! {
+                () = tokio::time::sleep(Duration::from_millis(RECLAIM_FULL_REST_MS)) => {}
+                () = shutdown.cancelled() => return,
+            }
             continue;
         }
         tokio::select! {
