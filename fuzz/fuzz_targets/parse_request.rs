@@ -32,8 +32,9 @@ use data::limits::{
 };
 use data::protocol::client::{self, check_key, EncodeError};
 use data::protocol::request::{
-    parse_request, ParseError, Request, StatsGroup, Storage, BAD_DATA_CHUNK, BAD_DELTA,
-    BAD_EXPTIME, BAD_FORMAT, BINARY_UNSUPPORTED, DELETE_USAGE, ERROR, LINE_TOKENS_MAX,
+    admin_replies, parse_request, ParseError, Request, StatsGroup, Storage, BAD_DATA_CHUNK,
+    BAD_DELTA, BAD_EXPTIME, BAD_FORMAT, BINARY_UNSUPPORTED, DELETE_USAGE, ERROR,
+    LINE_TOKENS_MAX,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -168,7 +169,11 @@ fn check_raw(input: &[u8]) {
                         BAD_DATA_CHUNK,
                         BAD_EXPTIME,
                         BAD_DELTA,
-                        DELETE_USAGE
+                        DELETE_USAGE,
+                        // The administrative commands' own errors.
+                        admin_replies::BAD_COMMAND_LINE,
+                        admin_replies::DETAIL_USAGE,
+                        admin_replies::CRAWLER_SLEEP_MAX,
                     ]
                     .contains(&reply),
                     "unexpected reply {reply:?}"
