@@ -277,15 +277,13 @@ fn memory_args(servers: usize, server_args: &[String]) -> Vec<String> {
         .any(|a| a == "-m" || a.starts_with("--memory-limit"));
     match server::memory::default_limit_bytes() {
         Some(half) if !given => {
-            let mb = (half / servers.max(1) as u64 / (1024 * 1024)).max(MEMORY_MB_MIN);
+            let mb = (half / servers.max(1) as u64 / (1024 * 1024))
+                .max(server::memory::MEMORY_LIMIT_MB_MIN);
             vec!["-m".into(), mb.to_string()]
         }
         _ => Vec::new(),
     }
 }
-
-/// The smallest `-m` `store up` gives a server, as memcached's smallest.
-const MEMORY_MB_MIN: u64 = 8;
 
 fn spawn_logged(exe: &Path, args: &[String], log_path: &Path) -> anyhow::Result<Child> {
     let log = OpenOptions::new()

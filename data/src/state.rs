@@ -538,7 +538,7 @@ impl State {
     }
 
     fn is_flushed(&self, item: ItemRef<'_>, now_s: u64) -> bool {
-        matches!(self.flush_deadline_s, Some(deadline) if now_s >= deadline && item.updated_s() <= deadline)
+        flushed(self.flush_deadline_s, now_s, item.updated_s())
     }
 
     fn remove_where(&mut self, dead: impl Fn(ItemRef<'_>) -> bool) {
@@ -602,9 +602,13 @@ pub fn visible(
     exptime: AbsTime,
     updated_s: u64,
 ) -> bool {
-    let flushed =
-        matches!(flush_deadline_s, Some(deadline) if now_s >= deadline && updated_s <= deadline);
-    !flushed && !exptime::is_expired(exptime, now_s)
+    !flushed(flush_deadline_s, now_s, updated_s) && !exptime::is_expired(exptime, now_s)
+}
+
+/// Whether a pending flush with `flush_deadline_s` hides an item last
+/// written at `updated_s` from a reader at `now_s`.
+fn flushed(flush_deadline_s: Option<u64>, now_s: u64, updated_s: u64) -> bool {
+    matches!(flush_deadline_s, Some(deadline) if now_s >= deadline && updated_s <= deadline)
 }
 
 /// memcached's rule for a counter value: optional leading whitespace, then a

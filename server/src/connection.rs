@@ -30,15 +30,9 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::cluster::ReadMode;
 use crate::commit::{self, CommitError};
-use crate::memory::Reservation;
+use crate::memory::{Reservation, MEMORY_LIMIT_MB_MAX, MEMORY_LIMIT_MB_MIN, MEMORY_UNLIMITED};
 use crate::stats::{StateFigures, Stats, VERSION};
 use crate::{Backend, Shared};
-
-/// `cache_memlimit` below this many megabytes is refused, as by memcached.
-const MEMLIMIT_MEGABYTES_MIN: u32 = 8;
-/// `cache_memlimit` above this many megabytes is taken for bytes and
-/// refused, as by memcached.
-const MEMLIMIT_MEGABYTES_MAX: u32 = 1_000_000_000;
 
 /// Initial size of a connection's input and output buffers.
 const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
@@ -524,14 +518,13 @@ impl Connection {
             Request::CacheMemlimit { megabytes, noreply } => {
                 // memcached's bounds and replies; the limit is this
                 // server's, enforced while it leads.
-                let reply = if megabytes < MEMLIMIT_MEGABYTES_MIN {
+                let megabytes = u64::from(megabytes);
+                let reply = if megabytes < MEMORY_LIMIT_MB_MIN {
                     Reply::Error(errors::MEMLIMIT_TOO_SMALL)
-                } else if megabytes > MEMLIMIT_MEGABYTES_MAX {
+                } else if megabytes > MEMORY_LIMIT_MB_MAX {
                     Reply::Error(errors::MEMLIMIT_NOT_BYTES)
                 } else {
-                    shared
-                        .memory
-                        .set_limit_bytes(u64::from(megabytes) * 1024 * 1024);
+                    shared.memory.set_limit_bytes(megabytes * 1024 * 1024);
                     Reply::Ok
                 };
                 if !noreply {
@@ -650,11 +643,16 @@ impl Connection {
         }
         // Checked here, where the write is proposed (a follower forwarded
         // it above): apply never fails for memory on any replica.
-        let reserved = {
-            let state = commit::read(&self.shared.state);
-            self.shared
-                .memory
-                .reserve(state.memory_bytes(), state.growth_bytes(&op))
+        // Only a store can add to the items; the state lock is not taken
+        // for anything else, nor without a limit.
+        let reserved = match &op {
+            Op::Store { .. } if self.shared.memory.limit_bytes() != MEMORY_UNLIMITED => {
+                let state = commit::read(&self.shared.state);
+                self.shared
+                    .memory
+                    .reserve(state.memory_bytes(), state.growth_bytes(&op))
+            }
+            _ => Ok(Reservation::none()),
         };
         let Ok(reservation) = reserved else {
             if self.counts_here(noreply) {
@@ -977,12 +975,14 @@ impl Connection {
             WriteKind::GetAndTouch(_) => Expect::Retrieval,
             _ => Expect::Line,
         };
-        self.count(kind, Counted::from_reply(reply, expect));
+        if let Some(counted) = Counted::from_reply(reply, expect) {
+            self.count(kind, counted);
+        }
     }
 
     /// Counts a forwarded get of `keys` keys from the leader's `reply`.
     fn count_forwarded_get(&self, keys: usize, reply: &[u8]) {
-        let Counted::Hits(hits) = Counted::from_reply(reply, Expect::Retrieval) else {
+        let Some(Counted::Hits(hits)) = Counted::from_reply(reply, Expect::Retrieval) else {
             return; // An error line: nothing was looked up.
         };
         let c = &self.shared.stats.counters;
@@ -1027,23 +1027,25 @@ impl From<&Outcome> for Counted {
 }
 
 impl Counted {
-    fn from_reply(reply: &[u8], expect: Expect) -> Counted {
+    /// `None` for an error line other than out-of-memory: the request got
+    /// no outcome (no leader, leadership lost, a non-numeric counter), and
+    /// an outcome that was not reached is not counted, as on the leader.
+    fn from_reply(reply: &[u8], expect: Expect) -> Option<Counted> {
         if reply == errors::OUT_OF_MEMORY.as_bytes() {
-            return Counted::OutOfMemory;
+            return Some(Counted::OutOfMemory);
         }
-        match scan_response(reply, expect) {
-            Ok(Some((status, _))) => match status {
-                Status::Stored => Counted::Stored,
-                Status::Exists => Counted::Exists,
-                Status::NotFound => Counted::NotFound,
-                Status::Deleted => Counted::Deleted,
-                Status::Touched => Counted::Touched,
-                Status::Number(_) => Counted::Number,
-                Status::Values(hits) => Counted::Hits(hits as u64),
-                _ => Counted::Other,
-            },
+        let (status, _) = scan_response(reply, expect).ok()??;
+        Some(match status {
+            _ if status.is_error() => return None,
+            Status::Stored => Counted::Stored,
+            Status::Exists => Counted::Exists,
+            Status::NotFound => Counted::NotFound,
+            Status::Deleted => Counted::Deleted,
+            Status::Touched => Counted::Touched,
+            Status::Number(_) => Counted::Number,
+            Status::Values(hits) => Counted::Hits(hits as u64),
             _ => Counted::Other,
-        }
+        })
     }
 }
 
@@ -1054,5 +1056,30 @@ fn commit_error_line(error: CommitError) -> &'static str {
         CommitError::NotLeader => errors::NO_LEADER,
         CommitError::NotReady => errors::NOT_READY,
         CommitError::Unknown => errors::OUTCOME_UNKNOWN,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A follower counts a forwarded request from the leader's reply; an
+    /// error line means no outcome was reached and counts nothing (a
+    /// forwarded delete that found no leader is not a delete miss).
+    #[test]
+    fn forwarded_replies_count_only_reached_outcomes() {
+        let line = |reply: &str| Counted::from_reply(reply.as_bytes(), Expect::Line);
+        assert_eq!(line("DELETED\r\n"), Some(Counted::Deleted));
+        assert_eq!(line("NOT_FOUND\r\n"), Some(Counted::NotFound));
+        assert_eq!(line("42\r\n"), Some(Counted::Number));
+        assert_eq!(line(errors::OUT_OF_MEMORY), Some(Counted::OutOfMemory));
+        assert_eq!(line(errors::NO_LEADER), None);
+        assert_eq!(line(errors::OUTCOME_UNKNOWN), None);
+        assert_eq!(line(errors::NON_NUMERIC), None);
+        let values = b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nEND\r\n";
+        assert_eq!(
+            Counted::from_reply(values, Expect::Retrieval),
+            Some(Counted::Hits(2))
+        );
     }
 }

@@ -25,6 +25,14 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 /// 0: no limit.
 pub const MEMORY_UNLIMITED: u64 = 0;
 
+/// The smallest limit `cache_memlimit` takes and `store up` gives a server,
+/// in megabytes, as memcached's smallest.
+pub const MEMORY_LIMIT_MB_MIN: u64 = 8;
+
+/// A `cache_memlimit` over this many megabytes was meant as bytes: refused,
+/// as by memcached.
+pub const MEMORY_LIMIT_MB_MAX: u64 = 1_000_000_000;
+
 /// The limit and the bytes reserved by writes in flight.
 #[derive(Debug)]
 pub struct MemoryLimit {
@@ -42,6 +50,16 @@ pub struct OutOfMemory;
 pub struct Reservation {
     bytes: u64,
     in_flight_bytes: Option<Arc<AtomicU64>>,
+}
+
+impl Reservation {
+    /// A write that adds nothing: no bytes reserved.
+    pub fn none() -> Reservation {
+        Reservation {
+            bytes: 0,
+            in_flight_bytes: None,
+        }
+    }
 }
 
 impl Drop for Reservation {
@@ -78,10 +96,7 @@ impl MemoryLimit {
     pub fn reserve(&self, held_bytes: u64, growth_bytes: u64) -> Result<Reservation, OutOfMemory> {
         let limit = self.limit_bytes();
         if growth_bytes == 0 || limit == MEMORY_UNLIMITED {
-            return Ok(Reservation {
-                bytes: 0,
-                in_flight_bytes: None,
-            });
+            return Ok(Reservation::none());
         }
         let mut in_flight = self.in_flight_bytes.load(Acquire);
         loop {
