@@ -48,17 +48,15 @@ fn write_all(addr: SocketAddr) -> Vec<Vec<u8>> {
     replies
 }
 
-/// Checks the replies and the server at `addr` afterwards; `pids` are the
-/// processes whose memory must stay bounded, `leader` the server that
-/// checks the limit (and counts `store_no_memory`). The keys written after
-/// the limit are as long as the first refused one (`k` and five digits),
-/// so that each needs the same room.
-fn check_at_the_limit(addr: SocketAddr, leader: SocketAddr, replies: &[Vec<u8>], pids: &[u32]) {
+/// How many writes were stored before the first refusal, checking that the
+/// replies are `STORED` up to it and `OUT_OF_MEMORY` from it on.
+fn stored_until_refused(replies: &[Vec<u8>]) -> usize {
     let stored = replies
         .iter()
         .take_while(|r| r.as_slice() == b"STORED\r\n")
         .count();
     assert!(stored > 0, "nothing stored");
+    assert!(stored < replies.len(), "the limit never refused a write");
     assert!(
         replies[stored..]
             .iter()
@@ -66,7 +64,16 @@ fn check_at_the_limit(addr: SocketAddr, leader: SocketAddr, replies: &[Vec<u8>],
         "after {stored} STORED: {}",
         esc(&replies[stored])
     );
-    assert!(stored < ITEMS, "the limit never refused a write");
+    stored
+}
+
+/// Checks the replies and the server at `addr` afterwards; `pids` are the
+/// processes whose memory must stay bounded, `leader` the server that
+/// checks the limit (and counts `store_no_memory`). The keys written after
+/// the limit are as long as the first refused one (`k` and five digits),
+/// so that each needs the same room.
+fn check_at_the_limit(addr: SocketAddr, leader: SocketAddr, replies: &[Vec<u8>], pids: &[u32]) {
+    let stored = stored_until_refused(replies);
     assert!((10_000..100_000).contains(&stored), "{stored} stored");
     let stats = server_stats(addr);
     println!(
@@ -154,4 +161,58 @@ fn a_cluster_refuses_at_the_limit_through_a_follower() {
         .map(|s| stat_u64(&server_stats(*s), "pid") as u32)
         .collect();
     check_at_the_limit(follower, leader, &replies, &pids);
+}
+
+/// The limit is the group's: a follower whose own limit is lowered with
+/// `cache_memlimit` declares it in its next answer, and the leader refuses
+/// writes over it, so the follower never holds more than its own limit.
+/// Raising it again lifts the refusal.
+#[test]
+fn a_follower_with_a_smaller_limit_bounds_the_group() {
+    const SMALL_MB: u64 = 16;
+    const SMALL_BYTES: u64 = SMALL_MB * 1024 * 1024;
+    let cluster = cluster::start_with(3, &["-m", &LIMIT_MB.to_string()]);
+    let (leader, follower) = cluster::leader_and_follower(&cluster);
+    let group_limit = |addr| stat_u64(&server_stats(addr), "repl_group_limit_maxbytes");
+    assert_eq!(group_limit(leader), LIMIT_BYTES);
+
+    // Sets the follower's own limit and waits until the leader checks
+    // writes against `group_bytes`.
+    let set_follower_limit = |megabytes: u64, group_bytes: u64| {
+        let command = format!("cache_memlimit {megabytes}\r\n");
+        let reply = cluster::request(follower, command.as_bytes(), b"\r\n").expect("reply");
+        assert_eq!(reply, b"OK\r\n");
+        assert!(
+            poll_until(Duration::from_secs(10), || group_limit(leader)
+                == group_bytes),
+            "the leader's group limit stayed {}",
+            group_limit(leader)
+        );
+    };
+    set_follower_limit(SMALL_MB, SMALL_BYTES);
+    let follower_stats = server_stats(follower);
+    assert_eq!(stat_u64(&follower_stats, "limit_maxbytes"), SMALL_BYTES);
+
+    let stored = stored_until_refused(&write_all(leader));
+    // 16 MiB of 1 KiB values and their keys: about 15,000.
+    assert!(
+        (5_000..SMALL_BYTES as usize / VALUE_BYTES).contains(&stored),
+        "{stored} stored"
+    );
+    // Every replica holds what was stored, each within the smallest limit.
+    for server in &cluster.servers {
+        assert!(
+            poll_until(Duration::from_secs(10), || {
+                stat_u64(&server_stats(*server), "curr_items") == stored as u64
+            }),
+            "{server} did not catch up"
+        );
+        assert!(stat_u64(&server_stats(*server), "item_memory_bytes") <= SMALL_BYTES);
+    }
+
+    set_follower_limit(LIMIT_MB, LIMIT_BYTES);
+    let value = "w".repeat(VALUE_BYTES);
+    let set = format!("set after 0 0 {VALUE_BYTES}\r\n{value}\r\n");
+    let reply = cluster::request(follower, set.as_bytes(), b"\r\n").expect("reply");
+    assert_eq!(reply, b"STORED\r\n");
 }

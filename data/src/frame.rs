@@ -15,7 +15,7 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic b"SRPL"
-//! 4       1     version = 2 (FRAME_VERSION)
+//! 4       1     version = 3 (FRAME_VERSION)
 //! 5       1     kind (message tag, 1..=16 in Message's order)
 //! 6       2     reserved, 0
 //! 8       8     cluster id
@@ -54,7 +54,8 @@ pub const FRAME_MAGIC: [u8; 4] = *b"SRPL";
 /// Version of the header and every payload encoding. Bump it on any change.
 ///
 /// Version 2: Ack carries the follower's promise hold (`hold_ms`).
-pub const FRAME_VERSION: u8 = 2;
+/// Version 3: Ack and Nack carry the follower's memory limit.
+pub const FRAME_VERSION: u8 = 3;
 
 /// Largest datagram sent or accepted: under the common 1,500-byte Ethernet
 /// MTU with room for IP and UDP headers (and tunnels), so real networks do
@@ -315,22 +316,26 @@ pub enum Message {
         offset: u32,
         bytes: Bytes,
     },
-    /// Follower→leader. `[seq u64][match_index u64][hold_ms u32]`: the
-    /// follower promises no new leader for `hold_ms` after it received the
-    /// Append it answers (its own lease setting); the leader's read lease
-    /// rests on the holds of a majority, so servers need not share the
-    /// setting.
+    /// Follower→leader. `[seq u64][match_index u64][hold_ms u32]
+    /// [memory_limit_bytes u64]`: the follower promises no new leader for
+    /// `hold_ms` after it received the Append it answers (its own lease
+    /// setting); the leader's read lease rests on the holds of a majority,
+    /// so servers need not share the setting. `memory_limit_bytes` is the
+    /// follower's `-m` (0: none): the leader refuses writes over the
+    /// smallest limit in its group, so no replica holds more than its own.
     Ack {
         seq: u64,
         match_index: LogIndex,
         hold_ms: u32,
+        memory_limit_bytes: u64,
     },
-    /// Follower→leader. `[seq u64][hint_index u64][hold_ms u32]`, the hold
-    /// as in Ack.
+    /// Follower→leader. `[seq u64][hint_index u64][hold_ms u32]
+    /// [memory_limit_bytes u64]`, the hold and limit as in Ack.
     Nack {
         seq: u64,
         hint_index: LogIndex,
         hold_ms: u32,
+        memory_limit_bytes: u64,
     },
     /// Leader→follower: bytes [offset, offset + bytes.len()) of the snapshot.
     /// `[snapshot_index u64][snapshot_term u64][total_len u64][offset u64][bytes: the rest]`
@@ -445,7 +450,7 @@ impl Message {
                         .sum::<usize>()
             }
             Message::AppendFragment { bytes, .. } => FRAGMENT_FIXED_BYTES + bytes.len(),
-            Message::Ack { .. } | Message::Nack { .. } => 20,
+            Message::Ack { .. } | Message::Nack { .. } => 28,
             Message::SnapshotAck { .. } => 16,
             Message::SnapshotChunk { bytes, .. } => SNAPSHOT_CHUNK_FIXED_BYTES + bytes.len(),
         }
@@ -567,19 +572,23 @@ impl Message {
                 seq,
                 match_index,
                 hold_ms,
+                memory_limit_bytes,
             } => {
                 out.put_u64_le(*seq);
                 out.put_u64_le(match_index.0);
                 out.put_u32_le(*hold_ms);
+                out.put_u64_le(*memory_limit_bytes);
             }
             Message::Nack {
                 seq,
                 hint_index,
                 hold_ms,
+                memory_limit_bytes,
             } => {
                 out.put_u64_le(*seq);
                 out.put_u64_le(hint_index.0);
                 out.put_u32_le(*hold_ms);
+                out.put_u64_le(*memory_limit_bytes);
             }
             Message::SnapshotChunk {
                 snapshot_index,
@@ -697,11 +706,13 @@ impl Message {
                 seq: r.u64()?,
                 match_index: LogIndex(r.u64()?),
                 hold_ms: r.u32()?,
+                memory_limit_bytes: r.u64()?,
             },
             kind::NACK => Message::Nack {
                 seq: r.u64()?,
                 hint_index: LogIndex(r.u64()?),
                 hold_ms: r.u32()?,
+                memory_limit_bytes: r.u64()?,
             },
             kind::SNAPSHOT_CHUNK => {
                 let snapshot_index = LogIndex(r.u64()?);
@@ -1093,6 +1104,7 @@ mod tests {
                 seq: 9,
                 match_index: LogIndex(12),
                 hold_ms: 300,
+                memory_limit_bytes: 64 << 20,
             },
         }
     }
@@ -1102,7 +1114,7 @@ mod tests {
     fn golden_header(kind: &str, from: &str, to: &str, payload_len: &str) -> String {
         [
             "5352504c",         // magic "SRPL"
-            "02",               // version
+            "03",               // version
             kind,               // kind
             "0000",             // reserved
             "0807060504030201", // cluster id
@@ -1126,7 +1138,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "8d2bf5e950017203d182ded27c4dae1d762a1f59");
+        assert_eq!(hex(trailer), "8fc4fb9dd0988203d45e81e9a79f43903534c85c");
         assert_eq!(decode(&bytes, &SECRET), Ok(register()));
     }
 
@@ -1146,7 +1158,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "0d26e8cd1deec8cb29b0e993f0ff8312bdedd41e");
+        assert_eq!(hex(trailer), "a735ec4bc0adceea89b5e73c8a13aed7fd5870e3");
         assert_eq!(decode(&bytes, &SECRET), Ok(append_two()));
     }
 
@@ -1154,15 +1166,16 @@ mod tests {
     fn golden_bytes_ack() {
         let bytes = encoded(&ack());
         let expected_prefix = [
-            golden_header("0d", "0300000000000000", "0200000000000000", "1400"),
+            golden_header("0d", "0300000000000000", "0200000000000000", "1c00"),
             "0900000000000000".into(), // seq
             "0c00000000000000".into(), // match index
             "2c010000".into(),         // hold 300 ms
+            "0000000400000000".into(), // memory limit 64 MiB
         ]
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "b68246a070ef86863cd340ce861c57230c1b903f");
+        assert_eq!(hex(trailer), "f6addc621314dac4fdc60b0ee5641a76512ebd2b");
         assert_eq!(decode(&bytes, &SECRET), Ok(ack()));
     }
 
@@ -1207,7 +1220,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "4fc5fe444ab5e5e3c00f89f8e51d514db9b57b98");
+        assert_eq!(hex(trailer), "0571d704f81070cc6b50aa834d4e1ce77e4124e7");
         assert_eq!(decode(&bytes, &SECRET), Ok(status()));
     }
 
@@ -1448,11 +1461,11 @@ mod tests {
     fn authentic_but_malformed_headers_are_rejected() {
         let bad_magic = sealed_raw(|b| b[0] = b'X');
         assert_eq!(decode(&bad_magic, &SECRET), Err(FrameError::BadMagic));
-        // Version 1 is the one before Ack and Nack carried the hold.
-        let bad_version = sealed_raw(|b| b[4] = 1);
+        // Version 2 is the one before Ack and Nack carried the limit.
+        let bad_version = sealed_raw(|b| b[4] = 2);
         assert_eq!(
             decode(&bad_version, &SECRET),
-            Err(FrameError::UnsupportedVersion(1))
+            Err(FrameError::UnsupportedVersion(2))
         );
         let reserved = sealed_raw(|b| b[7] = 1);
         assert_eq!(decode(&reserved, &SECRET), Err(FrameError::ReservedNonZero));
@@ -1484,9 +1497,9 @@ mod tests {
     #[test]
     fn authentic_but_malformed_payloads_are_rejected() {
         let t = |kind| FrameError::PayloadTruncated { kind };
-        assert_eq!(sealed(kind::ACK, &[0; 19]), Err(t(kind::ACK)));
+        assert_eq!(sealed(kind::ACK, &[0; 27]), Err(t(kind::ACK)));
         assert_eq!(
-            sealed(kind::ACK, &[0; 21]),
+            sealed(kind::ACK, &[0; 29]),
             Err(FrameError::TrailingBytes {
                 kind: kind::ACK,
                 extra: 1
@@ -1678,20 +1691,22 @@ mod tests {
                         }
                     }
                 ),
-            (any::<u64>(), index(), any::<u32>()).prop_map(|(seq, match_index, hold_ms)| {
-                Message::Ack {
+            (any::<u64>(), index(), any::<u32>(), any::<u64>()).prop_map(
+                |(seq, match_index, hold_ms, memory_limit_bytes)| Message::Ack {
                     seq,
                     match_index,
                     hold_ms,
+                    memory_limit_bytes,
                 }
-            }),
-            (any::<u64>(), index(), any::<u32>()).prop_map(|(seq, hint_index, hold_ms)| {
-                Message::Nack {
+            ),
+            (any::<u64>(), index(), any::<u32>(), any::<u64>()).prop_map(
+                |(seq, hint_index, hold_ms, memory_limit_bytes)| Message::Nack {
                     seq,
                     hint_index,
                     hold_ms,
+                    memory_limit_bytes,
                 }
-            }),
+            ),
             (
                 index(),
                 term(),

@@ -153,11 +153,13 @@ impl Seed<'_> {
                 seq: self.u64(),
                 match_index: LogIndex(self.u64()),
                 hold_ms: self.u32(),
+                memory_limit_bytes: self.u64(),
             },
             13 => Message::Nack {
                 seq: self.u64(),
                 hint_index: LogIndex(self.u64()),
                 hold_ms: self.u32(),
+                memory_limit_bytes: self.u64(),
             },
             14 => {
                 let (snapshot_index, snapshot_term) = (self.u64(), self.u64());

@@ -28,6 +28,7 @@ use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::commit::{self, CommitError, SharedState};
+use crate::memory::MemoryLimit;
 use crate::replica::{Action, Durable, NotLeader, Replica, Timing};
 use crate::snapshot::SnapshotJob;
 use crate::stats::Stats;
@@ -257,6 +258,9 @@ pub struct DriverStart {
     /// The server's counters: the driver keeps the log's (`log_syncs`, ...)
     /// as the single-node commit thread does.
     pub stats: Arc<Stats>,
+    /// This server's memory limit, which the driver declares to its leader,
+    /// and the group's, which it sets while leading.
+    pub memory: Arc<MemoryLimit>,
     pub snapshot_log_bytes: u64,
     pub item_bytes_max: usize,
 }
@@ -366,6 +370,7 @@ struct Driver {
     meta: Meta,
     state: SharedState,
     stats: Arc<Stats>,
+    memory: Arc<MemoryLimit>,
     view: Arc<ClusterView>,
     applied: LogIndex,
     /// Proposals of this leader waiting for their entry: index → (term, reply).
@@ -463,6 +468,7 @@ impl Driver {
             meta,
             state: start.state,
             stats: start.stats,
+            memory: start.memory,
             view,
             applied,
             proposals: BTreeMap::new(),
@@ -490,6 +496,8 @@ impl Driver {
         let mut buf = vec![0u8; RECV_BUFFER_BYTES];
         loop {
             let mut ticked = false;
+            // `cache_memlimit` may have changed it: the next answer says so.
+            self.core.set_memory_limit(self.memory.limit_bytes());
             tokio::select! {
                 request = rx.recv() => match request {
                     Some(request) => self.handle_request(request),
@@ -1180,6 +1188,8 @@ impl Driver {
         view.commit_index.store(self.core.commit_index().0, Relaxed);
         view.applied_index.store(self.applied.0, Relaxed);
         view.last_index.store(self.core.last_index().0, Relaxed);
+        self.memory
+            .set_group_limit_bytes(self.core.group_memory_limit_bytes());
         let tcp = leader.and_then(|l| {
             if l == self.core.id() {
                 Some(self.tcp_advertise)

@@ -583,6 +583,12 @@ impl Connection {
                 let mut lines = stats.general(&self.shared.config, figures, limit_bytes);
                 if let Backend::Cluster(cluster) = &self.backend {
                     lines.extend(cluster.view.report(cluster.read_mode));
+                    // The limit this server checks writes against: on the
+                    // leader the smallest in its group (see memory.rs).
+                    lines.push((
+                        "repl_group_limit_maxbytes".into(),
+                        self.shared.memory.effective_limit_bytes().to_string(),
+                    ));
                 }
                 Reply::Stats(lines)
             }

@@ -71,7 +71,8 @@ pub struct Shared {
     pub state: SharedState,
     pub stats: Arc<Stats>,
     /// The memory limit and the writes in flight counted against it.
-    pub memory: memory::MemoryLimit,
+    /// Shared with the replication driver, which sets the group's limit.
+    pub memory: Arc<memory::MemoryLimit>,
     /// The bound on the bytes of writes in flight.
     pub write_budget: memory::WriteBudget,
     /// Outgoing connections to the leader (cluster mode).

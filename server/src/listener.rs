@@ -171,6 +171,7 @@ async fn start_backend(
             .await
             .map_err(|_| ServerError::CommitPanicked)??;
             let state = Arc::new(RwLock::new(recovered.state));
+            let memory = Arc::new(MemoryLimit::new(config.memory_limit_bytes));
             let (committer, worker) = commit::start(
                 recovered.log,
                 state.clone(),
@@ -185,7 +186,7 @@ async fn start_backend(
                 limits,
                 state,
                 stats,
-                memory: MemoryLimit::new(config.memory_limit_bytes),
+                memory,
                 write_budget: WriteBudget::default(),
                 leader_link: LeaderLink::default(),
             });
@@ -209,6 +210,7 @@ async fn start_backend(
                 })
                 .collect();
             let state = Arc::new(RwLock::new(unapplied.state));
+            let memory = Arc::new(MemoryLimit::new(config.memory_limit_bytes));
             let (handle, worker) = cluster::start(DriverStart {
                 settings,
                 data_dir: config.data_dir.clone(),
@@ -219,6 +221,7 @@ async fn start_backend(
                 snapshot_term: Term(unapplied.snapshot_term),
                 state: state.clone(),
                 stats: stats.clone(),
+                memory: memory.clone(),
                 snapshot_log_bytes: config.snapshot_log_bytes,
                 item_bytes_max: config.item_bytes_max,
             })?;
@@ -227,7 +230,7 @@ async fn start_backend(
                 limits,
                 state,
                 stats,
-                memory: MemoryLimit::new(config.memory_limit_bytes),
+                memory,
                 write_budget: WriteBudget::default(),
                 leader_link: LeaderLink::default(),
             });

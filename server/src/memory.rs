@@ -10,6 +10,12 @@
 //! Nothing here allocates or reads the clock; the caller passes the state's
 //! figures in.
 //!
+//! In a group the limit is the group's: every replica applies every write,
+//! so the leader refuses writes over the smallest limit any member declared
+//! (its own `-m` and the followers', which each Ack carries). A follower
+//! with a smaller `-m` than its leader is therefore never asked to hold
+//! more than its own limit by writes made after it answered.
+//!
 //! It also owns the bound on writes in flight ([`WriteBudget`]): the bytes of
 //! the commands proposed and not yet answered, whatever they add to the
 //! items (an overwrite adds nothing but is a log entry all the same). A
@@ -36,7 +42,11 @@ pub const MEMORY_LIMIT_MB_MAX: u64 = 1_000_000_000;
 /// The limit and the bytes reserved by writes in flight.
 #[derive(Debug)]
 pub struct MemoryLimit {
+    /// This server's own (`-m`, `cache_memlimit`).
     limit_bytes: AtomicU64,
+    /// Leader: the smallest limit the group's other members declared
+    /// ([`MEMORY_UNLIMITED`] for none, and on a follower).
+    group_limit_bytes: AtomicU64,
     in_flight_bytes: Arc<AtomicU64>,
 }
 
@@ -75,6 +85,7 @@ impl MemoryLimit {
     pub fn new(limit_bytes: u64) -> MemoryLimit {
         MemoryLimit {
             limit_bytes: AtomicU64::new(limit_bytes),
+            group_limit_bytes: AtomicU64::new(MEMORY_UNLIMITED),
             in_flight_bytes: Arc::new(AtomicU64::new(0)),
         }
     }
@@ -90,11 +101,23 @@ impl MemoryLimit {
         self.limit_bytes.store(limit_bytes, Relaxed);
     }
 
+    /// Leader: the smallest limit the other members declared (written by
+    /// the replication driver).
+    pub fn set_group_limit_bytes(&self, limit_bytes: u64) {
+        self.group_limit_bytes.store(limit_bytes, Relaxed);
+    }
+
+    /// The limit writes are checked against: the smaller of this server's
+    /// own and the group's, [`MEMORY_UNLIMITED`] when neither is set.
+    pub fn effective_limit_bytes(&self) -> u64 {
+        smaller_limit(self.limit_bytes(), self.group_limit_bytes.load(Relaxed))
+    }
+
     /// Reserves `growth_bytes` for a write about to be proposed, if the
     /// items (`held_bytes`), the writes in flight and it stay within the
     /// limit. A write that adds nothing always passes.
     pub fn reserve(&self, held_bytes: u64, growth_bytes: u64) -> Result<Reservation, OutOfMemory> {
-        let limit = self.limit_bytes();
+        let limit = self.effective_limit_bytes();
         if growth_bytes == 0 || limit == MEMORY_UNLIMITED {
             return Ok(Reservation::none());
         }
@@ -121,6 +144,14 @@ impl MemoryLimit {
                 Err(now) => in_flight = now,
             }
         }
+    }
+}
+
+/// The tighter of two limits, either of which may be [`MEMORY_UNLIMITED`].
+fn smaller_limit(a: u64, b: u64) -> u64 {
+    match (a, b) {
+        (MEMORY_UNLIMITED, other) | (other, MEMORY_UNLIMITED) => other,
+        (a, b) => a.min(b),
     }
 }
 
@@ -223,6 +254,23 @@ mod tests {
         limit.set_limit_bytes(10);
         assert_eq!(limit.reserve(0, 11).err(), Some(OutOfMemory));
         assert!(limit.reserve(0, 10).is_ok());
+    }
+
+    #[test]
+    fn the_group_limit_binds_when_it_is_the_smaller() {
+        let limit = MemoryLimit::new(100);
+        limit.set_group_limit_bytes(50);
+        assert_eq!(limit.effective_limit_bytes(), 50);
+        assert_eq!(limit.limit_bytes(), 100, "stats report the own limit");
+        assert_eq!(limit.reserve(40, 11).err(), Some(OutOfMemory));
+        limit.set_group_limit_bytes(MEMORY_UNLIMITED);
+        assert!(limit.reserve(40, 11).is_ok());
+        // A leader without a limit of its own takes the group's.
+        let unlimited = MemoryLimit::new(MEMORY_UNLIMITED);
+        unlimited.set_group_limit_bytes(10);
+        assert_eq!(unlimited.reserve(0, 11).err(), Some(OutOfMemory));
+        unlimited.set_group_limit_bytes(1000);
+        assert_eq!(unlimited.effective_limit_bytes(), 1000);
     }
 
     #[test]

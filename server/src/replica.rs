@@ -270,6 +270,27 @@ impl LogView {
     }
 }
 
+/// What every Ack and Nack declares besides its position in the log.
+#[derive(Clone, Copy, Debug)]
+struct Answer {
+    /// The heartbeat round answered.
+    seq: u64,
+    /// How long the follower holds its promise after an Append.
+    hold_ms: u32,
+    /// The follower's memory limit (0: none).
+    memory_limit_bytes: u64,
+}
+
+impl Answer {
+    fn new(seq: u64, hold_ms: u32, memory_limit_bytes: u64) -> Answer {
+        Answer {
+            seq,
+            hold_ms,
+            memory_limit_bytes,
+        }
+    }
+}
+
 /// The leader's view of one follower.
 #[derive(Clone, Debug)]
 struct Progress {
@@ -282,6 +303,9 @@ struct Progress {
     /// How long the follower holds its promise after an Append, as its
     /// latest answer declared (0 until it answers).
     hold_ms: u64,
+    /// The follower's memory limit as its latest answer declared (0: none,
+    /// or not heard yet).
+    memory_limit_bytes: u64,
     last_ack_ms: Option<u64>,
     retransmit_at_ms: u64,
     backoff_ms: u64,
@@ -294,12 +318,13 @@ struct Progress {
 }
 
 impl Progress {
-    /// The follower answered round `seq`, declaring `hold_ms`. The hold is
-    /// its setting, the same in every answer until it restarts; the latest
-    /// is kept.
-    fn answered(&mut self, (seq, hold_ms): (u64, u32)) {
-        self.seq_acked = self.seq_acked.max(seq);
-        self.hold_ms = u64::from(hold_ms);
+    /// The follower answered round `seq`, declaring its settings. The hold
+    /// is the same in every answer until it restarts, the memory limit
+    /// changes with `cache_memlimit`; the latest of each is kept.
+    fn answered(&mut self, answer: Answer) {
+        self.seq_acked = self.seq_acked.max(answer.seq);
+        self.hold_ms = u64::from(answer.hold_ms);
+        self.memory_limit_bytes = answer.memory_limit_bytes;
     }
 
     /// The follower answered at `now_ms` and holds our log through
@@ -390,6 +415,8 @@ pub struct Replica {
     round_starts: VecDeque<(u64, u64)>,
     /// Leader: reads may be served without a round until then.
     lease_until_ms: u64,
+    /// This server's memory limit (0: none), declared in every Ack and Nack.
+    memory_limit_bytes: u64,
     /// Follower: no promise to a new term before then: the leader it last
     /// acknowledged may hold a lease until then. At start it covers Acks
     /// sent before a crash.
@@ -439,6 +466,7 @@ impl Replica {
             jitter: jitter_seed | 1,
             round_starts: VecDeque::new(),
             lease_until_ms: 0,
+            memory_limit_bytes: 0,
             promise_not_before_ms: now_ms + timing.lease_ms,
             promise_held: None,
             start_term: durable.term,
@@ -451,6 +479,32 @@ impl Replica {
         replica.persisted = replica.log.last_index();
         replica.role = replica.idle_role();
         replica
+    }
+
+    /// This server's memory limit (`-m`, `cache_memlimit`; 0: none), which
+    /// it declares to its leader in every answer.
+    pub fn set_memory_limit(&mut self, limit_bytes: u64) {
+        self.memory_limit_bytes = limit_bytes;
+    }
+
+    /// Leader: the smallest memory limit its group's other members declared
+    /// (0: none, or none declared yet). Every replica applies every write,
+    /// so the leader refuses writes over the smallest of these and its own:
+    /// the limit is the group's, and no replica holds more than its `-m`.
+    pub fn group_memory_limit_bytes(&self) -> u64 {
+        if self.role != Role::Leader {
+            return 0;
+        }
+        let membership = self.membership();
+        membership
+            .voters
+            .iter()
+            .chain(&membership.learners)
+            .filter_map(|id| self.progress.get(id))
+            .map(|p| p.memory_limit_bytes)
+            .filter(|limit| *limit != 0)
+            .min()
+            .unwrap_or(0)
     }
 
     /// Switches deliberate bugs on (simulator only).
@@ -722,12 +776,20 @@ impl Replica {
                 seq,
                 match_index,
                 hold_ms,
-            } => self.on_ack(now_ms, from, term, (seq, hold_ms), match_index),
+                memory_limit_bytes: limit,
+            } => {
+                let answer = Answer::new(seq, hold_ms, limit);
+                self.on_ack(now_ms, from, term, answer, match_index)
+            }
             Message::Nack {
                 seq,
                 hint_index,
                 hold_ms,
-            } => self.on_nack(now_ms, from, term, (seq, hold_ms), hint_index),
+                memory_limit_bytes: limit,
+            } => {
+                let answer = Answer::new(seq, hold_ms, limit);
+                self.on_nack(now_ms, from, term, answer, hint_index)
+            }
             Message::Reject if term > self.term => self.adopt_term(term, None),
             // Messages only the LB handles, and snapshots (the driver's).
             _ => {}
@@ -1089,6 +1151,7 @@ impl Replica {
             matched: LogIndex(0),
             seq_acked: 0,
             hold_ms: 0,
+            memory_limit_bytes: 0,
             last_ack_ms: Some(now_ms),
             retransmit_at_ms: now_ms + RETRANSMIT_MS_MIN,
             backoff_ms: RETRANSMIT_MS_MIN,
@@ -1293,13 +1356,13 @@ impl Replica {
         self.progress.get_mut(&from)
     }
 
-    /// `answer`: the round the follower answered and the hold it declared.
+    /// `answer`: the round the follower answered and what it declared.
     fn on_ack(
         &mut self,
         now_ms: u64,
         from: ServerId,
         term: Term,
-        answer: (u64, u32),
+        answer: Answer,
         matched: LogIndex,
     ) {
         let Some(progress) = self.answerer(from, term) else {
@@ -1314,14 +1377,7 @@ impl Replica {
         self.send_window(from, now_ms);
     }
 
-    fn on_nack(
-        &mut self,
-        now_ms: u64,
-        from: ServerId,
-        term: Term,
-        answer: (u64, u32),
-        hint: LogIndex,
-    ) {
+    fn on_nack(&mut self, now_ms: u64, from: ServerId, term: Term, answer: Answer, hint: LogIndex) {
         let Some(progress) = self.answerer(from, term) else {
             return;
         };
@@ -1684,6 +1740,7 @@ impl Replica {
                 seq,
                 match_index,
                 hold_ms,
+                memory_limit_bytes: self.memory_limit_bytes,
             },
         );
     }
@@ -1705,6 +1762,7 @@ impl Replica {
                 seq,
                 hint_index: hint,
                 hold_ms: self.hold_ms(),
+                memory_limit_bytes: self.memory_limit_bytes,
             },
         );
     }
@@ -2306,6 +2364,24 @@ mod tests {
         follower.receive(now, ServerId(1), term, round);
         follower.flush(now);
         assert_eq!(acked(&follower.take_actions()), Some(round_seq));
+    }
+
+    #[test]
+    fn the_leader_learns_the_smallest_memory_limit_from_the_answers() {
+        let mut g = Group::new(&[1, 2, 3]);
+        g.elect(1, 1);
+        assert_eq!(g.node(1).replica.group_memory_limit_bytes(), 0);
+        g.node(2).replica.set_memory_limit(300);
+        g.node(3).replica.set_memory_limit(200);
+        g.propose(1, payload(1)).unwrap();
+        g.settle();
+        assert_eq!(g.node(1).replica.group_memory_limit_bytes(), 200);
+        // No limit is no constraint; a follower's is not the group's.
+        g.node(3).replica.set_memory_limit(0);
+        g.propose(1, payload(2)).unwrap();
+        g.settle();
+        assert_eq!(g.node(1).replica.group_memory_limit_bytes(), 300);
+        assert_eq!(g.node(2).replica.group_memory_limit_bytes(), 0);
     }
 
     #[test]
