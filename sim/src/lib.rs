@@ -32,7 +32,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 /// Known-wrong behaviours the simulator must catch (all off by default).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Bugs {
-    /// The replica core's switches (`server/src/replica.rs`).
+    /// The replica core's switches (`server/src/replica/mod.rs`).
     pub replica: server::replica::Bugs,
     /// The driver's: the leader answers reads at once from its applied
     /// state, without a ReadIndex round.
