@@ -14,15 +14,16 @@
 //! log before it is deleted.
 
 use std::path::PathBuf;
-use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::sync::Arc;
 use std::thread;
 use std::time::Instant;
 
 use data::command::Command;
-use data::state::{Outcome, State};
+use data::state::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::snapshot::SnapshotJob;
+use crate::state::{self, SharedState};
 use crate::stats::Stats;
 use crate::storage::{Log, StorageError};
 
@@ -61,11 +62,6 @@ pub struct Proposal {
     pub command: Command,
     pub reply: oneshot::Sender<Result<Outcome, CommitError>>,
 }
-
-/// The state shared by the connections (reads) and the commit thread or
-/// replication driver (writes). A read-write lock: gets on every connection
-/// proceed together and wait only while a batch of entries is applied.
-pub type SharedState = Arc<RwLock<State>>;
 
 /// Handle to submit proposals to the commit thread.
 #[derive(Clone)]
@@ -128,7 +124,7 @@ struct CommitLoop {
 impl CommitLoop {
     fn new(log: Log, state: SharedState, stats: Arc<Stats>, config: CommitConfig) -> CommitLoop {
         // After a keystore file the log may hold nothing newer than it.
-        let last_index = log.last_index().max(read(&state).applied_index());
+        let last_index = log.last_index().max(state::read(&state).applied_index());
         CommitLoop {
             log,
             state,
@@ -192,7 +188,7 @@ impl CommitLoop {
 
         let mut outcomes = Vec::with_capacity(batch.len());
         {
-            let mut state = write(&self.state);
+            let mut state = state::write(&self.state);
             for (offset, proposal) in batch.iter().enumerate() {
                 outcomes.push(state.apply(first_index + offset as u64, &proposal.command));
             }
@@ -230,20 +226,4 @@ impl CommitLoop {
         }
         Ok(())
     }
-}
-
-/// Locks the state for reading. A panic while holding the lock for writing
-/// leaves the state possibly half-applied, which no later reader may see:
-/// poisoning is fatal.
-pub fn read(state: &SharedState) -> RwLockReadGuard<'_, State> {
-    state
-        .read()
-        .expect("state lock poisoned by a panic in apply")
-}
-
-/// Locks the state for applying entries (see [`read`] on poisoning).
-pub fn write(state: &SharedState) -> RwLockWriteGuard<'_, State> {
-    state
-        .write()
-        .expect("state lock poisoned by a panic in apply")
 }

@@ -2,8 +2,12 @@
 //! everything that needs a setting; nothing reads flags or the environment
 //! behind its back.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+
+use data::cluster_file::ClusterFile;
+
+use crate::replica::Timing;
 
 /// Default port, as memcached's.
 pub const PORT_DEFAULT: u16 = 11211;
@@ -33,13 +37,80 @@ pub struct Config {
     /// `-A`: the `shutdown` command stops the server (memcached's flag).
     pub shutdown_enabled: bool,
     /// Set with `--lb`: the server joins a replica group.
-    pub cluster: Option<crate::cluster::ClusterSettings>,
+    pub cluster: Option<ClusterSettings>,
 }
 
 impl Config {
+    /// `stats settings`: memcached's names where it has the setting.
+    pub fn stats_settings(&self, limit_bytes: u64) -> Vec<(String, String)> {
+        [
+            ("maxbytes", limit_bytes.to_string()),
+            ("maxconns", self.connections_max.to_string()),
+            ("tcpport", self.port.to_string()),
+            ("udpport", "0".to_string()),
+            ("inter", self.listen.to_string()),
+            ("verbosity", self.verbose.to_string()),
+            ("evictions", "off".to_string()),
+            ("num_threads", self.threads.to_string()),
+            ("cas_enabled", "yes".to_string()),
+            ("item_size_max", self.item_bytes_max.to_string()),
+            ("flush_enabled", "yes".to_string()),
+            ("binding_protocol", "ascii".to_string()),
+            ("client_flags_size", "4".to_string()),
+            ("data_dir", self.data_dir.display().to_string()),
+            ("snapshot_log_bytes", self.snapshot_log_bytes.to_string()),
+            (
+                "read_mode",
+                self.cluster
+                    .as_ref()
+                    .map_or("linearizable", |c| c.read_mode.name())
+                    .to_string(),
+            ),
+        ]
+        .into_iter()
+        .map(|(name, value)| (name.to_string(), value))
+        .collect()
+    }
+
     /// Segments are kept well below the snapshot threshold so that a
     /// snapshot can delete most of the log.
     pub fn segment_bytes_max(&self) -> u64 {
         (self.snapshot_log_bytes / 4).clamp(4096, SEGMENT_BYTES_MAX_DEFAULT)
     }
+}
+
+/// How reads are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReadMode {
+    /// The leader's lease, else ReadIndex; followers forward reads (DESIGN
+    /// §2, §4a).
+    Linearizable,
+    /// ReadIndex on the leader for every read, lease or not.
+    ReadIndex,
+    /// Every server answers from its own state: fast, possibly stale.
+    Local,
+}
+
+impl ReadMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            ReadMode::Linearizable => "linearizable",
+            ReadMode::ReadIndex => "read-index",
+            ReadMode::Local => "local",
+        }
+    }
+}
+
+/// Cluster settings from `store addsrv --lb`.
+#[derive(Clone, Debug)]
+pub struct ClusterSettings {
+    pub lb: SocketAddr,
+    pub cluster: ClusterFile,
+    /// Where the UDP socket binds.
+    pub udp_listen: SocketAddr,
+    /// The UDP address registered with the LB, which peers send to, when it
+    /// is not the bound one (a relay or NAT in between); `None`: the bound.
+    pub udp_advertise: Option<SocketAddr>,
+    pub timing: Timing,
+    pub read_mode: ReadMode,
 }

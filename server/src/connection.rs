@@ -28,10 +28,11 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::cluster::ReadMode;
-use crate::commit::{self, CommitError};
+use crate::commit::CommitError;
+use crate::config::ReadMode;
 use crate::memory::{Reservation, MEMORY_LIMIT_MB_MAX, MEMORY_LIMIT_MB_MIN, MEMORY_UNLIMITED};
-use crate::stats::{StateFigures, Stats, VERSION};
+use crate::state;
+use crate::stats::{GeneralSettings, StateFigures, Stats, VERSION};
 use crate::{Backend, Shared};
 
 /// Initial size of a connection's input and output buffers.
@@ -570,7 +571,7 @@ impl Connection {
         match group {
             StatsGroup::General => {
                 let figures = {
-                    let state = commit::read(&self.shared.state);
+                    let state = state::read(&self.shared.state);
                     StateFigures {
                         curr_items: state.len() as u64,
                         bytes: state.bytes(),
@@ -579,8 +580,13 @@ impl Connection {
                         memory_bytes: state.memory_bytes(),
                     }
                 };
-                let limit_bytes = self.shared.memory.limit_bytes();
-                let mut lines = stats.general(&self.shared.config, figures, limit_bytes);
+                let config = &self.shared.config;
+                let settings = GeneralSettings {
+                    connections_max: config.connections_max,
+                    threads: config.threads,
+                    limit_bytes: self.shared.memory.limit_bytes(),
+                };
+                let mut lines = stats.general(settings, figures);
                 if let Backend::Cluster(cluster) = &self.backend {
                     lines.extend(cluster.view.report(cluster.read_mode));
                     // The limit this server checks writes against: on the
@@ -592,9 +598,11 @@ impl Connection {
                 }
                 Reply::Stats(lines)
             }
-            StatsGroup::Settings => {
-                Reply::Stats(stats.settings(&self.shared.config, self.shared.memory.limit_bytes()))
-            }
+            StatsGroup::Settings => Reply::Stats(
+                self.shared
+                    .config
+                    .stats_settings(self.shared.memory.limit_bytes()),
+            ),
             StatsGroup::Reset => {
                 stats.reset();
                 Reply::Reset
@@ -653,7 +661,7 @@ impl Connection {
         // for anything else, nor without a limit.
         let reserved = match &op {
             Op::Store { .. } if self.shared.memory.limit_bytes() != MEMORY_UNLIMITED => {
-                let state = commit::read(&self.shared.state);
+                let state = state::read(&self.shared.state);
                 self.shared
                     .memory
                     .reserve(state.memory_bytes(), state.growth_bytes(&op))
@@ -805,7 +813,7 @@ impl Connection {
         let mut cursor = 0;
         loop {
             {
-                let state = commit::read(&self.shared.state);
+                let state = state::read(&self.shared.state);
                 let output = &mut self.output;
                 cursor = state.scan(cursor, METADUMP_BUCKETS_PER_STEP, |item| {
                     if state.is_visible(&item) {
@@ -847,7 +855,7 @@ impl Connection {
                 Stats::bump(counter);
             }
         };
-        let state = commit::read(&shared.state);
+        let state = state::read(&shared.state);
         for key in keys {
             bump(&counters.cmd_get);
             match state.lookup(key, now_s) {

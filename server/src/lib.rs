@@ -4,24 +4,38 @@
 //! Layout, following the data path:
 //! - [`listener`]: accepts connections, enforces `-c`, and owns shutdown.
 //! - [`connection`]: one client: bytes in, requests, replies out, in order.
-//! - [`commit`]: the thread that owns the log; group commit, then apply.
+//! - [`forward`]: a follower's pooled connections to its leader.
+//! - [`commit`]: a single server's write path: the thread that owns the
+//!   log; group commit, then apply.
+//! - [`driver`]: a group member's write path: runs the [`replica`] core on
+//!   its own thread with the UDP socket, the log, the timer and keystore
+//!   streams; [`driver::ClusterHandle`] is how connections reach it.
+//! - [`replica`]: the replication core, sans-IO (elections, log shipping,
+//!   commit, membership, read leases).
+//! - [`state`]: the state machine behind its one lock.
+//! - [`snapshot`]: keystore files written in the background.
 //! - [`memory`]: the memory limit (`-m`), checked before a write is
-//!   proposed.
+//!   proposed, and the bound on writes in flight.
 //! - [`reclaim`]: frees the memory of expired and flushed items, through
 //!   the log so that every replica frees the same.
 //! - [`recovery`]: start-up: keystore file, then log replay.
 //! - [`storage`]: log segments, keystore file, meta file (blocking file I/O).
 //! - [`stats`], [`config`], [`clock`]: counters, settings, wall clock.
 //!
+//! Dependencies point one way, down this list's lower half: `stats`,
+//! `state`, `memory`, `clock` and `storage` import no other module;
+//! `config` only the replica's timing; nothing imports `listener` or
+//! `connection`.
+//!
 //! The protocol, the state machine and the formats are pure code in the
 //! `data` crate.
 #![forbid(unsafe_code)]
 
 pub mod clock;
-pub mod cluster;
 pub mod commit;
 pub mod config;
 pub mod connection;
+pub mod driver;
 pub mod forward;
 pub mod listener;
 pub mod memory;
@@ -29,6 +43,7 @@ pub mod reclaim;
 pub mod recovery;
 pub mod replica;
 pub mod snapshot;
+pub mod state;
 pub mod stats;
 pub mod storage;
 
@@ -36,8 +51,8 @@ use std::sync::Arc;
 
 use data::limits::Limits;
 
-use crate::commit::SharedState;
 use crate::config::Config;
+use crate::state::SharedState;
 use crate::stats::Stats;
 
 /// Where writes and linearizable reads go: the server's own commit pipeline
@@ -45,7 +60,7 @@ use crate::stats::Stats;
 #[derive(Clone)]
 pub enum Backend {
     Single(commit::Committer),
-    Cluster(cluster::ClusterHandle),
+    Cluster(driver::ClusterHandle),
 }
 
 impl Backend {

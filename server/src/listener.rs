@@ -17,10 +17,10 @@ use tokio_util::task::TaskTracker;
 use bytes::BytesMut;
 use data::frame::{LogIndex, Term};
 
-use crate::cluster::{self, DriverStart};
 use crate::commit::{self, CommitConfig};
 use crate::config::Config;
 use crate::connection::Connection;
+use crate::driver::{self, DriverStart};
 use crate::forward::LeaderLink;
 use crate::memory::{MemoryLimit, WriteBudget};
 use crate::recovery::{self, RecoveryError};
@@ -46,7 +46,7 @@ pub enum ServerError {
     #[error("the commit thread panicked")]
     CommitPanicked,
     #[error(transparent)]
-    Cluster(#[from] cluster::ClusterError),
+    Cluster(#[from] driver::ClusterError),
     #[error(transparent)]
     DataDir(#[from] crate::storage::DirLockError),
 }
@@ -211,7 +211,7 @@ async fn start_backend(
                 .collect();
             let state = Arc::new(RwLock::new(unapplied.state));
             let memory = Arc::new(MemoryLimit::new(config.memory_limit_bytes));
-            let (handle, worker) = cluster::start(DriverStart {
+            let (handle, worker) = driver::start(DriverStart {
                 settings,
                 data_dir: config.data_dir.clone(),
                 tcp_advertise: local,

@@ -27,7 +27,7 @@ use data::command::{Command, Op, RECLAIM_KEYS_MAX};
 use data::frame::Role;
 use tokio_util::sync::CancellationToken;
 
-use crate::commit;
+use crate::state;
 use crate::{clock, Backend, Shared};
 
 /// Table buckets one step looks at, at most: about a millisecond of the
@@ -84,7 +84,7 @@ async fn step(
     }
     let now_s = clock::now_s();
     let keys = {
-        let state = commit::read(&shared.state);
+        let state = state::read(&shared.state);
         if !state.may_expire() {
             return Some(false);
         }

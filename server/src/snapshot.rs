@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::mpsc;
 use std::thread;
 
-use crate::commit::{self, SharedState};
+use crate::state::{self, SharedState};
 use crate::storage::{keystore_file, StorageError};
 
 /// A keystore file being written.
@@ -33,7 +33,7 @@ impl SnapshotJob {
         term_of: impl FnOnce(u64) -> u64,
     ) -> Option<SnapshotJob> {
         let (index, flush, clock_s, config, items) = {
-            let state = commit::read(state);
+            let state = state::read(state);
             let items = state.freeze();
             let config = state.config().clone();
             (

@@ -8,8 +8,6 @@
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use crate::config::Config;
-
 /// The version `version` reports: the memcached protocol level this server
 /// follows (DESIGN §5a), as three numbers, since clients parse it
 /// (async-memcached wants 1.6.40 or later, Dalli's and libmemcached's test
@@ -89,6 +87,15 @@ pub struct StateFigures {
     pub memory_bytes: u64,
 }
 
+/// The settings `stats` reports in its general group.
+#[derive(Debug, Clone, Copy)]
+pub struct GeneralSettings {
+    pub connections_max: usize,
+    pub threads: usize,
+    /// The memory limit now (`cache_memlimit` changes it).
+    pub limit_bytes: u64,
+}
+
 impl Default for Stats {
     fn default() -> Self {
         Stats {
@@ -124,12 +131,7 @@ impl Stats {
     }
 
     /// `stats`: memcached's general group.
-    pub fn general(
-        &self,
-        config: &Config,
-        state: StateFigures,
-        limit_bytes: u64,
-    ) -> Vec<(String, String)> {
+    pub fn general(&self, settings: GeneralSettings, state: StateFigures) -> Vec<(String, String)> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -144,7 +146,10 @@ impl Stats {
             ("store_version".into(), STORE_VERSION.into()),
             ("libevent".into(), "tokio".into()),
             ("pointer_size".into(), (usize::BITS).to_string()),
-            ("max_connections".into(), config.connections_max.to_string()),
+            (
+                "max_connections".into(),
+                settings.connections_max.to_string(),
+            ),
             (
                 "curr_connections".into(),
                 self.curr_connections.load(Relaxed).to_string(),
@@ -156,49 +161,17 @@ impl Stats {
         ];
         self.counters.report(&mut out);
         out.extend([
-            ("threads".into(), config.threads.to_string()),
+            ("threads".into(), settings.threads.to_string()),
             ("accepting_conns".into(), "1".into()),
             ("conn_yields".into(), "0".into()),
             ("evictions".into(), "0".into()),
             ("reclaimed".into(), state.reclaimed.to_string()),
-            ("limit_maxbytes".into(), limit_bytes.to_string()),
+            ("limit_maxbytes".into(), settings.limit_bytes.to_string()),
             ("curr_items".into(), state.curr_items.to_string()),
             ("bytes".into(), state.bytes.to_string()),
             ("item_memory_bytes".into(), state.memory_bytes.to_string()),
             ("applied_index".into(), state.applied_index.to_string()),
         ]);
         out
-    }
-
-    /// `stats settings`.
-    pub fn settings(&self, config: &Config, limit_bytes: u64) -> Vec<(String, String)> {
-        [
-            ("maxbytes", limit_bytes.to_string()),
-            ("maxconns", config.connections_max.to_string()),
-            ("tcpport", config.port.to_string()),
-            ("udpport", "0".to_string()),
-            ("inter", config.listen.to_string()),
-            ("verbosity", config.verbose.to_string()),
-            ("evictions", "off".to_string()),
-            ("num_threads", config.threads.to_string()),
-            ("cas_enabled", "yes".to_string()),
-            ("item_size_max", config.item_bytes_max.to_string()),
-            ("flush_enabled", "yes".to_string()),
-            ("binding_protocol", "ascii".to_string()),
-            ("client_flags_size", "4".to_string()),
-            ("data_dir", config.data_dir.display().to_string()),
-            ("snapshot_log_bytes", config.snapshot_log_bytes.to_string()),
-            (
-                "read_mode",
-                config
-                    .cluster
-                    .as_ref()
-                    .map_or("linearizable", |c| c.read_mode.name())
-                    .to_string(),
-            ),
-        ]
-        .into_iter()
-        .map(|(name, value)| (name.to_string(), value))
-        .collect()
     }
 }

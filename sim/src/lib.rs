@@ -9,7 +9,7 @@
 //! - `world`: the event queue, virtual time, the network (loss,
 //!   duplication, delay, reordering, partitions), the LB's driver and the
 //!   fault scheduler.
-//! - `node`: one server's driver, doing what `server::cluster` does:
+//! - `node`: one server's driver, doing what `server::driver` does:
 //!   the disk (a fsynced prefix and an unsynced tail), applying committed
 //!   entries, answering proposals and ReadIndex reads, keystore snapshots.
 //! - `client`: clients issuing get/gets/set/add/cas/incr/decr/delete to the

@@ -1,5 +1,5 @@
 //! One simulated server: the real [`Replica`] core and a driver that does
-//! what `server::cluster` does, on virtual time.
+//! what `server::driver` does, on virtual time.
 //!
 //! The driver carries out the core's actions in order: a term is durable
 //! the moment it is persisted (the real driver writes `meta` before going

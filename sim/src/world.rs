@@ -26,7 +26,7 @@ use crate::{Options, Report, Violation};
 /// Virtual time at the start: far from 0, so `now / 1000` is a plausible
 /// Unix second and nothing underflows.
 pub(crate) const START_MS: u64 = 1_000_000;
-/// How often each server's driver ticks its core (as `server::cluster`).
+/// How often each server's driver ticks its core (as `server::driver`).
 pub(crate) const SERVER_TICK_MS: u64 = 10;
 /// How often the LB's driver ticks its core.
 const LB_TICK_MS: u64 = 10;

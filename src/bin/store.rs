@@ -467,7 +467,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
                     .with_context(|| format!("read the cluster file {}", path.display()))?;
                 let cluster = data::cluster_file::ClusterFile::parse(&text)
                     .with_context(|| format!("parse the cluster file {}", path.display()))?;
-                Some(server::cluster::ClusterSettings {
+                Some(server::config::ClusterSettings {
                     lb,
                     cluster,
                     udp_listen: std::net::SocketAddr::new(args.listen, args.udp_port),
@@ -477,9 +477,9 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
                         args.election_timeout_ms,
                     ),
                     read_mode: match args.read_mode.as_str() {
-                        "local" => server::cluster::ReadMode::Local,
-                        "read-index" => server::cluster::ReadMode::ReadIndex,
-                        _ => server::cluster::ReadMode::Linearizable,
+                        "local" => server::config::ReadMode::Local,
+                        "read-index" => server::config::ReadMode::ReadIndex,
+                        _ => server::config::ReadMode::Linearizable,
                     },
                 })
             }

@@ -14,25 +14,32 @@ use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{Ordering, Ordering::Relaxed};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use data::cluster_file::ClusterFile;
 use data::command::Command;
 use data::frame::{self, Frame, FrameError, Header, LogIndex, Message, Role, ServerId, Term};
 use data::state::Outcome;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::commit::{self, CommitError, SharedState};
+use crate::commit::CommitError;
+use crate::config::ClusterSettings;
 use crate::memory::MemoryLimit;
-use crate::replica::{Action, Durable, NotLeader, Replica, Timing};
+use crate::replica::{Action, Durable, NotLeader, Replica};
 use crate::snapshot::SnapshotJob;
+use crate::state::{self, SharedState};
 use crate::stats::Stats;
 use crate::storage::{meta, Log, Meta, StorageError};
+
+mod transfer;
+mod view;
+
+use transfer::{Incoming, Transfer};
+pub use view::{ClusterHandle, ClusterView, DriverRequest};
 
 /// Requests waiting for the driver at most; connections wait beyond it.
 pub const REQUESTS_QUEUED_MAX: usize = 16 * 1024;
@@ -50,197 +57,6 @@ const RECV_BUFFER_BYTES: usize = frame::DATAGRAM_BYTES_MAX + 64;
 /// room for several followers' windows ([`crate::replica::WINDOW_BYTES_MAX`]
 /// of payload, about 1.7x that in kernel accounting).
 const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
-
-/// Snapshot chunks in flight to one follower at most.
-const SNAPSHOT_WINDOW_CHUNKS: u64 = 64;
-/// Resend unacknowledged snapshot chunks after this long.
-const SNAPSHOT_RESEND_MS: u64 = 200;
-/// A snapshot stream gives up after this long without progress.
-const SNAPSHOT_STALL_MS: u64 = 10_000;
-/// Largest keystore file accepted from a leader.
-pub const SNAPSHOT_BYTES_MAX: u64 = 64 * 1024 * 1024 * 1024;
-/// The file a follower receives a leader's keystore into.
-const INCOMING_FILE: &str = "keystore.incoming";
-
-/// How reads are served.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ReadMode {
-    /// The leader's lease, else ReadIndex; followers forward reads (DESIGN
-    /// §2, §4a).
-    Linearizable,
-    /// ReadIndex on the leader for every read, lease or not.
-    ReadIndex,
-    /// Every server answers from its own state: fast, possibly stale.
-    Local,
-}
-
-impl ReadMode {
-    pub fn name(self) -> &'static str {
-        match self {
-            ReadMode::Linearizable => "linearizable",
-            ReadMode::ReadIndex => "read-index",
-            ReadMode::Local => "local",
-        }
-    }
-}
-
-/// Cluster settings from `store addsrv --lb`.
-#[derive(Clone, Debug)]
-pub struct ClusterSettings {
-    pub lb: SocketAddr,
-    pub cluster: ClusterFile,
-    /// Where the UDP socket binds.
-    pub udp_listen: SocketAddr,
-    /// The UDP address registered with the LB, which peers send to, when it
-    /// is not the bound one (a relay or NAT in between); `None`: the bound.
-    pub udp_advertise: Option<SocketAddr>,
-    pub timing: Timing,
-    pub read_mode: ReadMode,
-}
-
-/// What connections and `stats` see of the replication state; written by
-/// the driver only.
-#[derive(Debug, Default)]
-pub struct ClusterView {
-    pub id: AtomicU64,
-    pub role: AtomicU64,
-    pub term: AtomicU64,
-    pub leader: AtomicU64,
-    pub commit_index: AtomicU64,
-    pub applied_index: AtomicU64,
-    pub last_index: AtomicU64,
-    pub frames_sent: AtomicU64,
-    pub frames_received: AtomicU64,
-    pub frames_dropped: AtomicU64,
-    pub bad_mac: AtomicU64,
-    /// Leader: reads may be answered without a round until then
-    /// ([`crate::clock::mono_ms`]); 0 when not.
-    pub lease_until_ms: AtomicU64,
-    /// The leader's memcached address, when known.
-    pub leader_tcp: Mutex<Option<SocketAddr>>,
-}
-
-impl ClusterView {
-    pub fn role(&self) -> Role {
-        match self.role.load(Relaxed) {
-            1 => Role::Leader,
-            2 => Role::Learner,
-            _ => Role::Follower,
-        }
-    }
-
-    /// Whether this server, the leader, holds a read lease now.
-    pub fn holds_lease(&self) -> bool {
-        self.lease_until_ms.load(Ordering::Acquire) > crate::clock::mono_ms()
-    }
-
-    pub fn leader_tcp(&self) -> Option<SocketAddr> {
-        *self
-            .leader_tcp
-            .lock()
-            .expect("view lock is never held across a panic")
-    }
-
-    /// `repl_` lines for `stats`.
-    pub fn report(&self, read_mode: ReadMode) -> Vec<(String, String)> {
-        let role = match self.role() {
-            Role::Leader => "leader",
-            Role::Learner => "learner",
-            Role::Follower => "follower",
-        };
-        let commit = self.commit_index.load(Relaxed);
-        let applied = self.applied_index.load(Relaxed);
-        vec![
-            ("repl_id".into(), self.id.load(Relaxed).to_string()),
-            ("repl_role".into(), role.into()),
-            ("repl_term".into(), self.term.load(Relaxed).to_string()),
-            (
-                "repl_leader".into(),
-                format!("{:016x}", self.leader.load(Relaxed)),
-            ),
-            ("repl_commit_index".into(), commit.to_string()),
-            ("repl_applied_index".into(), applied.to_string()),
-            (
-                "repl_last_index".into(),
-                self.last_index.load(Relaxed).to_string(),
-            ),
-            (
-                "repl_lag".into(),
-                commit.saturating_sub(applied).to_string(),
-            ),
-            (
-                "repl_frames_sent".into(),
-                self.frames_sent.load(Relaxed).to_string(),
-            ),
-            (
-                "repl_frames_received".into(),
-                self.frames_received.load(Relaxed).to_string(),
-            ),
-            (
-                "repl_frames_dropped".into(),
-                self.frames_dropped.load(Relaxed).to_string(),
-            ),
-            (
-                "repl_bad_mac".into(),
-                self.bad_mac.load(Relaxed).to_string(),
-            ),
-            ("repl_read_mode".into(), read_mode.name().into()),
-            (
-                // Milliseconds of read lease left (leader): 0 means reads
-                // take a majority round now.
-                "repl_lease_ms_left".into(),
-                self.lease_until_ms
-                    .load(Relaxed)
-                    .saturating_sub(crate::clock::mono_ms())
-                    .to_string(),
-            ),
-        ]
-    }
-}
-
-/// A request from a connection to the driver.
-pub enum DriverRequest {
-    Propose {
-        command: Command,
-        reply: oneshot::Sender<Result<Outcome, CommitError>>,
-    },
-    /// A linearizable read barrier: answered once the state may be read.
-    Read {
-        reply: oneshot::Sender<Result<(), CommitError>>,
-    },
-}
-
-/// The connections' handle on the driver.
-#[derive(Clone)]
-pub struct ClusterHandle {
-    tx: mpsc::Sender<DriverRequest>,
-    pub view: Arc<ClusterView>,
-    pub read_mode: ReadMode,
-}
-
-impl ClusterHandle {
-    pub async fn submit(
-        &self,
-        command: Command,
-    ) -> Result<oneshot::Receiver<Result<Outcome, CommitError>>, CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(DriverRequest::Propose { command, reply })
-            .await
-            .map_err(|_| CommitError::Storage)?;
-        Ok(rx)
-    }
-
-    /// Waits until a linearizable read may be served from the local state.
-    pub async fn read_barrier(&self) -> Result<(), CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(DriverRequest::Read { reply })
-            .await
-            .map_err(|_| CommitError::Storage)?;
-        rx.await.unwrap_or(Err(CommitError::Storage))
-    }
-}
 
 /// Everything the driver needs at start.
 pub struct DriverStart {
@@ -409,29 +225,6 @@ impl Drop for Driver {
     }
 }
 
-/// A keystore file streaming to one follower.
-struct Transfer {
-    addr: SocketAddr,
-    index: u64,
-    term: u64,
-    /// The keystore file as it was when the stream started, read a window
-    /// at a time: a newer file renamed over it leaves this one readable.
-    file: std::fs::File,
-    total: u64,
-    acked: u64,
-    last_progress_ms: u64,
-    last_send_ms: u64,
-}
-
-/// A keystore file arriving from the leader.
-struct Incoming {
-    index: u64,
-    term: u64,
-    total: u64,
-    received: u64,
-    file: std::fs::File,
-}
-
 impl Driver {
     fn new(
         start: DriverStart,
@@ -445,7 +238,7 @@ impl Driver {
             snapshot_index: start.snapshot_index,
             snapshot_term: start.snapshot_term,
             entries: start.entries,
-            snapshot_membership: membership_of(commit::read(&start.state).config()),
+            snapshot_membership: membership_of(state::read(&start.state).config()),
         };
         let id = ServerId(meta.server_id);
         let mut core = Replica::new(
@@ -456,7 +249,7 @@ impl Driver {
             now_ms(),
         );
         core.set_lb_addr(start.settings.lb);
-        let applied = LogIndex(commit::read(&start.state).applied_index());
+        let applied = LogIndex(state::read(&start.state).applied_index());
         Driver {
             core,
             settings: start.settings,
@@ -805,313 +598,12 @@ impl Driver {
         Ok(())
     }
 
-    /// Leader: starts streaming the current keystore file to `to`, unless a
-    /// stream of it is already under way.
-    async fn start_transfer(&mut self, to: ServerId, addr: SocketAddr) {
-        let (snapshot_index, _) = self.core.snapshot_position();
-        if let Some(transfer) = self.transfers.get_mut(&to) {
-            if transfer.index >= snapshot_index.0 {
-                if transfer.addr != addr {
-                    // The follower restarted on a new address: whatever it
-                    // had received is gone with its old process.
-                    transfer.addr = addr;
-                    transfer.acked = 0;
-                    transfer.last_progress_ms = now_ms();
-                    self.send_transfer_window(to).await;
-                }
-                return;
-            }
-        }
-        let path = self
-            .data_dir
-            .join(crate::storage::keystore_file::KEYSTORE_FILE);
-        let opened = std::fs::File::open(&path).and_then(|file| {
-            let total = file.metadata()?.len();
-            let mut head = [0u8; data::keystore::KEYSTORE_HEADER_BYTES];
-            file.read_exact_at(&mut head, 0)?;
-            Ok((file, total, head))
-        });
-        let (file, total, head) = match opened {
-            Ok(opened) => opened,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the keystore file to send");
-                return;
-            }
-        };
-        let (index, term) = match data::keystore::header(&head) {
-            Ok(header) => (header.applied_index, header.applied_term),
-            Err(error) => {
-                tracing::warn!(%error, "the keystore file to send is damaged");
-                return;
-            }
-        };
-        tracing::info!(
-            follower = to.0,
-            index,
-            bytes = total,
-            "streaming the keystore file"
-        );
-        let now = now_ms();
-        self.transfers.insert(
-            to,
-            Transfer {
-                addr,
-                index,
-                term,
-                file,
-                total,
-                acked: 0,
-                last_progress_ms: now,
-                last_send_ms: 0,
-            },
-        );
-        self.send_transfer_window(to).await;
-    }
-
-    /// Sends the window of chunks after what `to` acknowledged, read from
-    /// the file now (one window, about 80 KiB, in memory at a time).
-    async fn send_transfer_window(&mut self, to: ServerId) {
-        let Some(transfer) = self.transfers.get_mut(&to) else {
-            return;
-        };
-        transfer.last_send_ms = now_ms();
-        let (addr, index, term, total, acked) = (
-            transfer.addr,
-            transfer.index,
-            transfer.term,
-            transfer.total,
-            transfer.acked,
-        );
-        let chunk = frame::SNAPSHOT_CHUNK_BYTES_MAX as u64;
-        let end = (acked + SNAPSHOT_WINDOW_CHUNKS * chunk).min(total);
-        let mut window = vec![0u8; (end - acked) as usize];
-        if let Err(error) = transfer.file.read_exact_at(&mut window, acked) {
-            tracing::warn!(%error, follower = to.0, "cannot read the keystore file to send; stream dropped");
-            self.transfers.remove(&to);
-            return;
-        }
-        let window = Bytes::from(window);
-        let mut offset = acked;
-        loop {
-            let len = chunk.min(total - offset);
-            let at = (offset - acked) as usize;
-            let message = Message::SnapshotChunk {
-                snapshot_index: LogIndex(index),
-                snapshot_term: Term(term),
-                total_len: total,
-                offset,
-                bytes: window.slice(at..at + len as usize),
-            };
-            let my_term = self.core.term();
-            self.send(to, addr, my_term, message).await;
-            offset += len;
-            if offset >= end {
-                break;
-            }
-        }
-    }
-
-    /// Leader: a follower acknowledged snapshot bytes.
-    async fn on_snapshot_ack(&mut self, from: ServerId, index: LogIndex, offset: u64) {
-        let Some(transfer) = self.transfers.get_mut(&from) else {
-            return;
-        };
-        if transfer.index != index.0 {
-            return;
-        }
-        if offset == 0 && transfer.acked > 0 {
-            // The follower lost what it had received (it restarted): start
-            // over rather than wait for the stream to stall.
-            transfer.acked = 0;
-        } else if offset <= transfer.acked {
-            return;
-        }
-        transfer.acked = offset.min(transfer.total);
-        transfer.last_progress_ms = now_ms();
-        if transfer.acked == transfer.total {
-            tracing::info!(
-                follower = from.0,
-                index = index.0,
-                "keystore file delivered"
-            );
-            self.transfers.remove(&from);
-            // The follower acknowledges the whole file only once it holds it
-            // durably; replication resumes after it even if the follower's
-            // own Ack is lost (the leader sends nothing else to a follower
-            // behind its log, so nothing else would bring another Ack).
-            self.core.snapshot_delivered(now_ms(), from, index);
-            return;
-        }
-        self.send_transfer_window(from).await;
-    }
-
-    /// Leader: resends stalled streams, drops dead ones.
-    async fn tick_transfers(&mut self, now: u64) {
-        self.transfers
-            .retain(|_, t| now.saturating_sub(t.last_progress_ms) < SNAPSHOT_STALL_MS);
-        let due: Vec<ServerId> = self
-            .transfers
-            .iter()
-            .filter(|(_, t)| now >= t.last_send_ms + SNAPSHOT_RESEND_MS)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in due {
-            self.send_transfer_window(id).await;
-        }
-    }
-
-    /// Follower: one chunk of the leader's keystore file.
-    #[allow(clippy::too_many_arguments)]
-    async fn on_snapshot_chunk(
-        &mut self,
-        from: ServerId,
-        term: Term,
-        index: LogIndex,
-        snapshot_term: Term,
-        total: u64,
-        offset: u64,
-        bytes: Bytes,
-    ) -> Result<(), StorageError> {
-        if !self.core.accept_snapshot_chunk(now_ms(), from, term) || total > SNAPSHOT_BYTES_MAX {
-            return Ok(());
-        }
-        if index <= LogIndex(self.applied.0.max(self.core.snapshot_position().0 .0)) {
-            // Already have it: tell the leader so it stops.
-            return self.ack_snapshot(from, index, total).await;
-        }
-        let path = self.data_dir.join(INCOMING_FILE);
-        if self
-            .incoming
-            .as_ref()
-            .is_none_or(|i| i.index != index.0 || i.total != total)
-        {
-            let file = std::fs::File::create(&path).map_err(|e| StorageError::Io {
-                op: "create",
-                path: path.clone(),
-                source: e,
-            })?;
-            self.incoming = Some(Incoming {
-                index: index.0,
-                term: snapshot_term.0,
-                total,
-                received: 0,
-                file,
-            });
-        }
-        let Some(incoming) = self.incoming.as_mut() else {
-            return Ok(());
-        };
-        if offset == incoming.received {
-            use std::io::Write as _;
-            incoming
-                .file
-                .write_all(&bytes)
-                .map_err(|e| StorageError::Io {
-                    op: "write",
-                    path: path.clone(),
-                    source: e,
-                })?;
-            incoming.received += bytes.len() as u64;
-        }
-        let received = incoming.received;
-        if received == total {
-            self.install_incoming()?;
-        }
-        self.ack_snapshot(from, index, received).await
-    }
-
-    async fn ack_snapshot(
-        &mut self,
-        leader: ServerId,
-        index: LogIndex,
-        offset: u64,
-    ) -> Result<(), StorageError> {
-        if let Some(addr) = self.core.peer_addr(leader) {
-            let term = self.core.term();
-            let message = Message::SnapshotAck {
-                snapshot_index: index,
-                offset,
-            };
-            self.send(leader, addr, term, message).await;
-        }
-        Ok(())
-    }
-
-    /// Follower: the whole keystore file arrived. Checks it, makes it the
-    /// server's keystore durably, replaces the state and empties the log.
-    fn install_incoming(&mut self) -> Result<(), StorageError> {
-        let Some(incoming) = self.incoming.take() else {
-            return Ok(());
-        };
-        let incoming_path = self.data_dir.join(INCOMING_FILE);
-        incoming.file.sync_all().map_err(|e| StorageError::Io {
-            op: "fsync",
-            path: incoming_path.clone(),
-            source: e,
-        })?;
-        drop(incoming.file);
-        // A keystore file of our own being written would race the rename.
-        if let Some(job) = self.snapshot.take() {
-            let _ = job.poll(true);
-        }
-        let file = std::fs::File::open(&incoming_path).map_err(|e| StorageError::Io {
-            op: "open",
-            path: incoming_path.clone(),
-            source: e,
-        })?;
-        let state = match data::keystore::decode(std::io::BufReader::new(file), self.item_bytes_max)
-        {
-            Ok((state, _)) => state,
-            Err(error) => {
-                // A damaged stream: drop it; the leader sends it again.
-                tracing::warn!(%error, "received keystore file does not decode");
-                let _ = std::fs::remove_file(&incoming_path);
-                return Ok(());
-            }
-        };
-        let keystore_path = self
-            .data_dir
-            .join(crate::storage::keystore_file::KEYSTORE_FILE);
-        std::fs::rename(&incoming_path, &keystore_path).map_err(|e| StorageError::Io {
-            op: "rename",
-            path: keystore_path.clone(),
-            source: e,
-        })?;
-        std::fs::File::open(&self.data_dir)
-            .and_then(|dir| dir.sync_all())
-            .map_err(|e| StorageError::Io {
-                op: "fsync",
-                path: self.data_dir.clone(),
-                source: e,
-            })?;
-        // The keystore now covers the log through its index. If the log
-        // holds that very entry it matches the leader's through it, and what
-        // follows (maybe acknowledged already) stays; otherwise the log
-        // restarts after the keystore.
-        let (index, term) = (LogIndex(incoming.index), Term(incoming.term));
-        if self.core.keeps_log_after_snapshot(index, term) {
-            self.log.compact_through(index.0)?;
-        } else {
-            self.log.truncate_after(0)?;
-        }
-        let membership = membership_of(state.config());
-        *commit::write(&self.state) = state;
-        self.applied = index;
-        self.log_bytes_since_snapshot = 0;
-        tracing::info!(
-            index = incoming.index,
-            "installed the leader's keystore file"
-        );
-        self.core.install_snapshot(index, term, membership);
-        Ok(())
-    }
-
     /// Applies committed entries in order and answers their proposers.
     fn apply_through(&mut self, commit: LogIndex) -> Result<(), StorageError> {
         if commit <= self.applied {
             return Ok(());
         }
-        let mut state = commit::write(&self.state);
+        let mut state = state::write(&self.state);
         while self.applied < commit {
             let index = LogIndex(self.applied.0 + 1);
             let Some(payload) = self.core.entry(index).cloned() else {

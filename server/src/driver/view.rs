@@ -1,0 +1,159 @@
+//! What the rest of the server sees of the driver: the published
+//! replication state ([`ClusterView`]) and the handle connections send
+//! proposals and read barriers through ([`ClusterHandle`]).
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
+
+use data::command::Command;
+use data::frame::Role;
+use data::state::Outcome;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::commit::CommitError;
+use crate::config::ReadMode;
+
+/// What connections and `stats` see of the replication state; written by
+/// the driver only.
+#[derive(Debug, Default)]
+pub struct ClusterView {
+    pub id: AtomicU64,
+    pub role: AtomicU64,
+    pub term: AtomicU64,
+    pub leader: AtomicU64,
+    pub commit_index: AtomicU64,
+    pub applied_index: AtomicU64,
+    pub last_index: AtomicU64,
+    pub frames_sent: AtomicU64,
+    pub frames_received: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    pub bad_mac: AtomicU64,
+    /// Leader: reads may be answered without a round until then
+    /// ([`crate::clock::mono_ms`]); 0 when not.
+    pub lease_until_ms: AtomicU64,
+    /// The leader's memcached address, when known.
+    pub leader_tcp: Mutex<Option<SocketAddr>>,
+}
+
+impl ClusterView {
+    pub fn role(&self) -> Role {
+        match self.role.load(Relaxed) {
+            1 => Role::Leader,
+            2 => Role::Learner,
+            _ => Role::Follower,
+        }
+    }
+
+    /// Whether this server, the leader, holds a read lease now.
+    pub fn holds_lease(&self) -> bool {
+        self.lease_until_ms.load(Ordering::Acquire) > crate::clock::mono_ms()
+    }
+
+    pub fn leader_tcp(&self) -> Option<SocketAddr> {
+        *self
+            .leader_tcp
+            .lock()
+            .expect("view lock is never held across a panic")
+    }
+
+    /// `repl_` lines for `stats`.
+    pub fn report(&self, read_mode: ReadMode) -> Vec<(String, String)> {
+        let role = match self.role() {
+            Role::Leader => "leader",
+            Role::Learner => "learner",
+            Role::Follower => "follower",
+        };
+        let commit = self.commit_index.load(Relaxed);
+        let applied = self.applied_index.load(Relaxed);
+        vec![
+            ("repl_id".into(), self.id.load(Relaxed).to_string()),
+            ("repl_role".into(), role.into()),
+            ("repl_term".into(), self.term.load(Relaxed).to_string()),
+            (
+                "repl_leader".into(),
+                format!("{:016x}", self.leader.load(Relaxed)),
+            ),
+            ("repl_commit_index".into(), commit.to_string()),
+            ("repl_applied_index".into(), applied.to_string()),
+            (
+                "repl_last_index".into(),
+                self.last_index.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_lag".into(),
+                commit.saturating_sub(applied).to_string(),
+            ),
+            (
+                "repl_frames_sent".into(),
+                self.frames_sent.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_frames_received".into(),
+                self.frames_received.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_frames_dropped".into(),
+                self.frames_dropped.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_bad_mac".into(),
+                self.bad_mac.load(Relaxed).to_string(),
+            ),
+            ("repl_read_mode".into(), read_mode.name().into()),
+            (
+                // Milliseconds of read lease left (leader): 0 means reads
+                // take a majority round now.
+                "repl_lease_ms_left".into(),
+                self.lease_until_ms
+                    .load(Relaxed)
+                    .saturating_sub(crate::clock::mono_ms())
+                    .to_string(),
+            ),
+        ]
+    }
+}
+
+/// A request from a connection to the driver.
+pub enum DriverRequest {
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Outcome, CommitError>>,
+    },
+    /// A linearizable read barrier: answered once the state may be read.
+    Read {
+        reply: oneshot::Sender<Result<(), CommitError>>,
+    },
+}
+
+/// The connections' handle on the driver.
+#[derive(Clone)]
+pub struct ClusterHandle {
+    pub(super) tx: mpsc::Sender<DriverRequest>,
+    pub view: Arc<ClusterView>,
+    pub read_mode: ReadMode,
+}
+
+impl ClusterHandle {
+    pub async fn submit(
+        &self,
+        command: Command,
+    ) -> Result<oneshot::Receiver<Result<Outcome, CommitError>>, CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(DriverRequest::Propose { command, reply })
+            .await
+            .map_err(|_| CommitError::Storage)?;
+        Ok(rx)
+    }
+
+    /// Waits until a linearizable read may be served from the local state.
+    pub async fn read_barrier(&self) -> Result<(), CommitError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(DriverRequest::Read { reply })
+            .await
+            .map_err(|_| CommitError::Storage)?;
+        rx.await.unwrap_or(Err(CommitError::Storage))
+    }
+}
