@@ -78,6 +78,9 @@ pub const FRAME_OVERHEAD_BYTES: usize = HEADER_BYTES + CRC_BYTES + MAC_BYTES;
 /// Largest payload of one datagram.
 pub const PAYLOAD_BYTES_MAX: usize = DATAGRAM_BYTES_MAX - FRAME_OVERHEAD_BYTES;
 
+// The payload length is a u16 in the header.
+const _: () = assert!(PAYLOAD_BYTES_MAX <= u16::MAX as usize);
+
 /// Length of the cluster secret, the BLAKE3 key.
 pub const SECRET_BYTES: usize = 32;
 

@@ -373,13 +373,12 @@ fn remove_server(args: &RemoveServerArgs) -> anyhow::Result<bool> {
     }
 }
 
-/// The timing flags' one rule, for servers and the LB alike: a heartbeat
-/// is due several times within an election timeout. A server holds its
-/// promise to the LB for `LEASE_HEARTBEATS` heartbeats after each Append,
-/// so a longer hold would make every election wait past the timeout.
+/// The timing flags' one rule, for servers and the LB alike
+/// ([`server::replica::Timing::validate`]).
 fn check_timing(heartbeat_ms: u64, election_timeout_ms: u64) -> anyhow::Result<()> {
-    let heartbeats = server::replica::LEASE_HEARTBEATS;
-    if heartbeat_ms == 0 || election_timeout_ms < heartbeats.saturating_mul(heartbeat_ms) {
+    let timing = server::replica::Timing::new(heartbeat_ms, election_timeout_ms);
+    if timing.validate().is_err() {
+        let heartbeats = server::replica::LEASE_HEARTBEATS;
         bail!(
             "--heartbeat-ms must be at least 1 and --election-timeout-ms at least {heartbeats} \
              times it (got {heartbeat_ms} and {election_timeout_ms})"

@@ -58,6 +58,12 @@ const RECV_BUFFER_BYTES: usize = frame::DATAGRAM_BYTES_MAX + 64;
 /// of payload, about 1.7x that in kernel accounting).
 const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 
+// The timer must resolve the shortest retransmit, and the socket buffers
+// hold at least two full windows.
+const _: () = assert!(TICK_MS < crate::replica::RETRANSMIT_MS_MIN);
+const _: () = assert!(UDP_BUFFER_BYTES >= 2 * crate::replica::WINDOW_BYTES_MAX);
+const _: () = assert!(RECV_BUFFER_BYTES > frame::DATAGRAM_BYTES_MAX);
+
 /// Everything the driver needs at start.
 pub struct DriverStart {
     pub settings: ClusterSettings,

@@ -134,7 +134,7 @@ impl Replica {
     }
 
     pub(super) fn adopt_term(&mut self, term: Term, leader: Option<ServerId>) {
-        debug_assert!(term > self.term);
+        assert!(term > self.term, "terms only go up");
         self.step_down(leader);
         self.term = term;
         self.verified = LogIndex(0);

@@ -43,9 +43,13 @@ impl Replica {
             self.adopt_term(term, Some(from));
         }
         if self.role == Role::Leader {
-            // Two leaders in one term cannot happen (the LB names one).
-            debug_assert!(false, "append from {from:?} in our own term");
-            return false;
+            // Two leaders in one term cannot happen: the LB names one per
+            // term, and a term is issued once. If it did, both could commit
+            // different entries at one index; stop rather than serve.
+            panic!(
+                "two leaders in term {:?}: {:?} and {from:?}",
+                self.term, self.id
+            );
         }
         self.leader = Some(from);
         self.last_leader_contact_ms = Some(now_ms);
@@ -101,7 +105,7 @@ impl Replica {
                 None => {}
             }
             let pushed = self.push_entry(entry.term, entry.payload.clone());
-            debug_assert_eq!(pushed, index);
+            assert_eq!(pushed, index, "entries are appended in order");
             new_entries.push((index, entry.term, entry.payload));
         }
         self.verified = self.verified.max(index);
@@ -185,7 +189,7 @@ impl Replica {
     }
 
     pub(super) fn truncate_after(&mut self, index: LogIndex) {
-        debug_assert!(index >= self.commit, "never truncate committed entries");
+        assert!(index >= self.commit, "never truncate committed entries");
         self.log.truncate_after(index);
         self.configs.retain(|i, _| *i <= index);
         self.persisted = self.persisted.min(index);

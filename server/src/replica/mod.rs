@@ -116,7 +116,47 @@ pub struct Timing {
     pub lease_ms: u64,
 }
 
+/// Timing a group cannot run with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum TimingError {
+    #[error(
+        "the heartbeat must be at least 1 ms and the election timeout at least \
+         {LEASE_HEARTBEATS} heartbeats (got {heartbeat_ms} ms and {election_timeout_ms} ms)"
+    )]
+    HeartbeatVsElectionTimeout {
+        heartbeat_ms: u64,
+        election_timeout_ms: u64,
+    },
+    #[error("the read lease ({lease_ms} ms) must not outlast the election timeout ({election_timeout_ms} ms)")]
+    LeaseOutlastsElection {
+        lease_ms: u64,
+        election_timeout_ms: u64,
+    },
+}
+
 impl Timing {
+    /// The timing rule, for servers and the LB alike: a heartbeat is due
+    /// several times within an election timeout. A follower holds its
+    /// promise to the LB for the lease after each Append, so a lease longer
+    /// than the election timeout would make every election wait past it.
+    pub fn validate(&self) -> Result<(), TimingError> {
+        if self.heartbeat_ms == 0
+            || self.election_timeout_ms < LEASE_HEARTBEATS.saturating_mul(self.heartbeat_ms)
+        {
+            return Err(TimingError::HeartbeatVsElectionTimeout {
+                heartbeat_ms: self.heartbeat_ms,
+                election_timeout_ms: self.election_timeout_ms,
+            });
+        }
+        if self.lease_ms > self.election_timeout_ms {
+            return Err(TimingError::LeaseOutlastsElection {
+                lease_ms: self.lease_ms,
+                election_timeout_ms: self.election_timeout_ms,
+            });
+        }
+        Ok(())
+    }
+
     /// The lease is [`LEASE_HEARTBEATS`] heartbeats long. Every server of a
     /// group must run with the same timing: a follower holds its promise
     /// for its own lease length, which must cover the leader's.
@@ -144,6 +184,11 @@ pub const LEASE_HEARTBEATS: u64 = 3;
 pub const LEASE_MARGIN_PERCENT: u64 = 10;
 /// Round start times kept for lease bookkeeping at most.
 const ROUND_STARTS_MAX: usize = 1024;
+
+const _: () = assert!(RETRANSMIT_MS_MIN <= RETRANSMIT_MS_MAX);
+const _: () = assert!(LEASE_MARGIN_PERCENT < 100);
+// A window holds at least one entry of the largest size a fragment carries.
+const _: () = assert!(WINDOW_BYTES_MAX >= data::frame::FRAGMENT_CHUNK_BYTES_MAX);
 
 /// What the driver must do, in the order given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -286,6 +331,11 @@ impl Replica {
         jitter_seed: u64,
         now_ms: u64,
     ) -> Replica {
+        // The command line refuses bad timing with a message; a host that
+        // gets here with it has a bug.
+        if let Err(error) = timing.validate() {
+            panic!("replica started with invalid timing: {error}");
+        }
         let mut replica = Replica {
             id,
             timing,
@@ -449,6 +499,7 @@ impl Replica {
 
     /// Takes the actions produced so far.
     pub fn take_actions(&mut self) -> Vec<Action> {
+        self.assert_invariants();
         std::mem::take(&mut self.actions)
     }
 
@@ -532,6 +583,44 @@ impl Replica {
         (self.log.snapshot_index, self.log.snapshot_term)
     }
     // ---- helpers ----
+
+    /// What holds between any two events, checked each time the host takes
+    /// the actions (after every event it fed): cheap, and always on, since a
+    /// core that broke one must stop rather than answer clients.
+    fn assert_invariants(&self) {
+        let last = self.log.last_index();
+        assert!(
+            self.commit <= last,
+            "commit {:?} beyond the log's last index {last:?}",
+            self.commit
+        );
+        assert!(
+            self.log.snapshot_index <= self.commit,
+            "snapshot {:?} beyond commit {:?}",
+            self.log.snapshot_index,
+            self.commit
+        );
+        assert!(
+            self.persisted <= last,
+            "persisted {:?} beyond the log's last index {last:?}",
+            self.persisted
+        );
+        if self.role == Role::Leader {
+            assert_eq!(self.leader, Some(self.id), "a leader names itself");
+        } else {
+            assert!(self.progress.is_empty(), "progress kept while not leading");
+            assert!(self.reads.is_empty(), "reads held while not leading");
+            assert!(self.noop_index.is_none(), "a no-op kept while not leading");
+        }
+        assert!(
+            self.reads.len() <= READS_WAITING_MAX,
+            "reads over their bound"
+        );
+        assert!(
+            self.round_starts.len() <= ROUND_STARTS_MAX,
+            "rounds over their bound"
+        );
+    }
 
     fn lb_addr(&self) -> Option<SocketAddr> {
         self.addrs.get(&ServerId::LB).copied()

@@ -100,3 +100,28 @@ fn restarted_leader_does_not_take_office_again_in_its_old_term() {
     g.elect(1, 2);
     assert_eq!(g.node(1).replica.role(), Role::Leader);
 }
+
+#[test]
+fn timing_that_would_outlast_an_election_is_invalid() {
+    assert_eq!(Timing::new(100, 1000).validate(), Ok(()));
+    assert_eq!(Timing::new(100, 300).validate(), Ok(()));
+    assert!(matches!(
+        Timing::new(500, 1000).validate(),
+        Err(TimingError::HeartbeatVsElectionTimeout { .. })
+    ));
+    assert!(Timing::new(0, 1000).validate().is_err());
+    let long_lease = Timing {
+        lease_ms: 2000,
+        ..Timing::new(100, 1000)
+    };
+    assert!(matches!(
+        long_lease.validate(),
+        Err(TimingError::LeaseOutlastsElection { .. })
+    ));
+    // No lease at all is valid.
+    let no_lease = Timing {
+        lease_ms: 0,
+        ..Timing::new(100, 1000)
+    };
+    assert_eq!(no_lease.validate(), Ok(()));
+}
