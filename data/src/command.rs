@@ -121,6 +121,22 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// The key a client's operation is routed by: its key, or a multi-key
+    /// operation's first; `None` for what concerns no one key (flush_all,
+    /// and what the core and the reclaimer write).
+    pub fn first_key(&self) -> Option<&Bytes> {
+        match self {
+            Op::Store { key, .. }
+            | Op::Delete { key }
+            | Op::Arith { key, .. }
+            | Op::Touch { key, .. } => Some(key),
+            Op::GetAndTouch { keys, .. } => keys.first(),
+            Op::Noop | Op::FlushAll { .. } | Op::Config { .. } | Op::Reclaim { .. } => None,
+        }
+    }
+}
+
 /// A log entry's payload: an [`Op`] and the leader's clock when it accepted it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Command {

@@ -14,10 +14,14 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use data::frame::Role;
 use data::protocol::client::{encode_forwarder, scan_response, Expect, Status};
+use data::protocol::reply::errors;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+
+use crate::driver::ClusterView;
 
 /// Idle connections kept to the leader at most.
 pub const POOL_CONNECTIONS_MAX: usize = 64;
@@ -27,7 +31,25 @@ pub const FORWARD_TIMEOUT_MS: u64 = 5_000;
 /// can be big; beyond this the follower gives up rather than buffer it).
 pub const FORWARD_REPLY_BYTES_MAX: usize = 256 * 1024 * 1024;
 
+/// How long a follower waits for a reachable leader before it answers
+/// `SERVER_ERROR no leader available`: a failover takes about a second.
+pub const FORWARD_FAILOVER_WAIT_MS: u64 = 3_000;
+/// How often it looks for the next leader meanwhile.
+const FORWARD_RETRY_MS: u64 = 20;
+
 const BARRIER: &[u8] = b"version\r\n";
+
+/// What became of a request relayed to the leader.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Relayed {
+    /// The leader's reply (empty for a `noreply` request).
+    Reply(Bytes),
+    /// No leader answered in time, or the one that had it failed: the
+    /// error line for the client.
+    Failed(&'static str),
+    /// This server was named leader meanwhile: it serves the request.
+    BecameLeader,
+}
 
 #[derive(Debug, Error)]
 pub enum ForwardError {
@@ -56,6 +78,45 @@ pub struct LeaderLink {
 }
 
 impl LeaderLink {
+    /// Relays one request to the group's leader as `view` knows it. During
+    /// a failover it waits (bounded, [`FORWARD_FAILOVER_WAIT_MS`]) for the
+    /// next leader rather than failing at once, so plain memcached clients
+    /// ride through it: a request that never reached a leader is sent again,
+    /// and a read (`read_only`) is repeated even if it did.
+    pub async fn relay(
+        &self,
+        view: &ClusterView,
+        raw: &[u8],
+        expect: Expect,
+        noreply: bool,
+        read_only: bool,
+    ) -> Relayed {
+        let deadline =
+            tokio::time::Instant::now() + Duration::from_millis(FORWARD_FAILOVER_WAIT_MS);
+        let mut failed_leader = None;
+        loop {
+            if view.role() == Role::Leader {
+                return Relayed::BecameLeader;
+            }
+            let leader = view.leader_tcp().filter(|l| Some(*l) != failed_leader);
+            if let Some(leader) = leader {
+                match self.forward(leader, raw, expect, noreply).await {
+                    Ok(reply) => return Relayed::Reply(reply),
+                    Err(error) if read_only || error.never_sent() => {
+                        tracing::debug!(%error, "forwarding failed; waiting for a leader");
+                        failed_leader = Some(leader);
+                    }
+                    // It may have been executed before the leader failed.
+                    Err(_) => return Relayed::Failed(errors::OUTCOME_UNKNOWN),
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Relayed::Failed(errors::NO_LEADER);
+            }
+            tokio::time::sleep(Duration::from_millis(FORWARD_RETRY_MS)).await;
+        }
+    }
+
     /// Sends `raw` (one complete request) to `leader` and returns its reply:
     /// what the leader wrote for it, or nothing for a `noreply` request.
     pub async fn forward(

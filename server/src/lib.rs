@@ -4,6 +4,9 @@
 //! Layout, following the data path:
 //! - [`listener`]: accepts connections, enforces `-c`, and owns shutdown.
 //! - [`connection`]: one client: bytes in, requests, replies out, in order.
+//! - [`route`]: which group serves a request's key, and whether this server
+//!   serves it or that group's leader does: the one decision every request
+//!   passes.
 //! - [`forward`]: a follower's pooled connections to its leader.
 //! - [`commit`]: a single server's write path: the thread that owns the
 //!   log; group commit, then apply.
@@ -42,6 +45,7 @@ pub mod memory;
 pub mod reclaim;
 pub mod recovery;
 pub mod replica;
+pub mod route;
 pub mod snapshot;
 pub mod state;
 pub mod stats;

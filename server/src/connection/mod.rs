@@ -7,10 +7,15 @@
 //! Writes are queued to the commit thread as they are parsed and awaited in
 //! order, so a pipeline of sets shares one fsync; a read waits for the writes
 //! queued before it on the same connection, so it sees them.
+//!
+//! Where a request is served is not decided here: every request that
+//! touches the state passes [`route`], and a request for the leader goes
+//! through [`crate::forward`]. This module keeps bytes, pipelining and reply
+//! order; `retrieval` cuts multi-key reads into bounded pieces, `counting`
+//! moves the `stats` counters, `admin` answers `stats` and `metadump`.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use data::command::{Command, Op, StoreMode};
@@ -30,10 +35,19 @@ use tokio_util::sync::CancellationToken;
 use crate::clock;
 use crate::commit::CommitError;
 use crate::config::ReadMode;
+use crate::forward::Relayed;
 use crate::memory::{Reservation, MEMORY_LIMIT_MB_MAX, MEMORY_LIMIT_MB_MIN, MEMORY_UNLIMITED};
+use crate::route::{route, Access, Membership, Route};
 use crate::state;
 use crate::stats::{GeneralSettings, StateFigures, Stats, VERSION};
 use crate::{Backend, Shared};
+
+mod admin;
+mod counting;
+mod retrieval;
+
+use counting::Counted;
+use retrieval::{pieces, strip_end, Piece};
 
 /// Initial size of a connection's input and output buffers.
 const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
@@ -45,103 +59,6 @@ const OUTPUT_BYTES_FLUSH: usize = 1024 * 1024;
 /// Writes queued on one connection before it stops parsing and waits for the
 /// oldest, bounding a connection's share of the commit queue.
 const PENDING_WRITES_MAX: usize = 1024;
-
-/// Values one piece of a multi-get or gat may hold, at most, in bytes: a
-/// get of more keys than this allows at the item size limit (`-I`) is
-/// served a piece at a time, each piece's values written to the client
-/// before the next piece is read, so a connection never holds more than
-/// about this much of them (plus [`OUTPUT_BYTES_FLUSH`]). 64 keys at the
-/// default 1 MiB: most multi-gets are one piece.
-const GET_PIECE_BYTES_MAX: usize = 64 * 1024 * 1024;
-
-/// How long a follower waits for a reachable leader before it answers
-/// `SERVER_ERROR no leader available`: a failover takes about a second.
-const FORWARD_FAILOVER_WAIT_MS: u64 = 3_000;
-/// How often it looks for the next leader meanwhile.
-const FORWARD_RETRY_MS: u64 = 20;
-
-/// Table buckets one step of `lru_crawler metadump` walks under the state
-/// lock (about 100 KiB of lines at a time for small items).
-const METADUMP_BUCKETS_PER_STEP: usize = 1024;
-
-/// Appends one `lru_crawler metadump` line for `item`.
-fn metadump_line(out: &mut BytesMut, item: &ItemRef<'_>) {
-    use std::fmt::Write as _;
-    out.extend_from_slice(b"key=");
-    for &b in item.key() {
-        // memcached's uriencode: unreserved characters as they are.
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.extend_from_slice(&[b]);
-        } else {
-            let _ = write!(out, "%{b:02X}");
-        }
-    }
-    let exp = match item.exptime() {
-        exptime::NEVER => -1,
-        at => i64::try_from(at).unwrap_or(i64::MAX),
-    };
-    let size = item_cost_bytes(item.key().len(), item.data().len());
-    // memcached ends these lines with a bare newline (and END with \r\n).
-    let _ = writeln!(
-        out,
-        " exp={exp} la={} cas={} fetch=no cls=1 size={size}",
-        item.updated_s(),
-        item.cas()
-    );
-}
-
-/// One piece of a multi-key retrieval (see [`GET_PIECE_BYTES_MAX`]).
-struct Piece<'k> {
-    keys: &'k [Bytes],
-    /// The request for just these keys: the client's own when there is
-    /// one piece (a follower forwards it).
-    raw: Bytes,
-    last: bool,
-}
-
-/// Cuts `keys` into pieces of `per_piece`; `line` writes the request for
-/// one piece's keys.
-fn pieces<'k>(
-    keys: &'k [Bytes],
-    per_piece: usize,
-    raw: &Bytes,
-    line: impl Fn(&mut BytesMut, &[Bytes]) -> Result<(), EncodeError>,
-) -> Vec<Piece<'k>> {
-    let count = keys.len().div_ceil(per_piece);
-    let mut pieces = Vec::with_capacity(count);
-    for (i, keys) in keys.chunks(per_piece).enumerate() {
-        let raw = if count == 1 {
-            raw.clone()
-        } else {
-            let mut buf = BytesMut::new();
-            // The keys were parsed from a request, so they encode; were one
-            // not to, the reply would end before it.
-            if line(&mut buf, keys).is_err() {
-                break;
-            }
-            buf.freeze()
-        };
-        pieces.push(Piece {
-            keys,
-            raw,
-            last: i + 1 == count,
-        });
-    }
-    pieces
-}
-
-/// Removes the `END` line that closes a forwarded retrieval reply, so that
-/// the next piece's values follow; false if the reply did not end with one
-/// (an error line ended it).
-fn strip_end(output: &mut BytesMut) -> bool {
-    const END: &[u8] = b"END\r\n";
-    if output.ends_with(END) {
-        output.truncate(output.len() - END.len());
-        true
-    } else {
-        false
-    }
-}
 
 /// What became of a request a follower tried to forward.
 #[derive(Debug, PartialEq, Eq)]
@@ -365,7 +282,7 @@ impl Connection {
                 });
                 for Piece { keys, raw, last } in pieces {
                     let before = self.output.len();
-                    if self.read_allowed(&raw).await {
+                    if self.read_allowed(keys.first(), &raw).await {
                         self.serve_get(keys, with_cas);
                         if last {
                             Reply::End.encode(&mut self.output);
@@ -518,7 +435,7 @@ impl Connection {
             }
             Request::CacheMemlimit { megabytes, noreply } => {
                 // memcached's bounds and replies; the limit is this
-                // server's, enforced while it leads.
+                // server's, and the group's is the smallest (memory.rs).
                 let megabytes = u64::from(megabytes);
                 let reply = if megabytes < MEMORY_LIMIT_MB_MIN {
                     Reply::Error(errors::MEMLIMIT_TOO_SMALL)
@@ -566,57 +483,6 @@ impl Connection {
         Next::Continue
     }
 
-    fn stats_reply(&self, group: StatsGroup) -> Reply {
-        let stats = &self.shared.stats;
-        match group {
-            StatsGroup::General => {
-                let figures = {
-                    let state = state::read(&self.shared.state);
-                    StateFigures {
-                        curr_items: state.len() as u64,
-                        bytes: state.bytes(),
-                        applied_index: state.applied_index(),
-                        reclaimed: state.reclaimed(),
-                        memory_bytes: state.memory_bytes(),
-                    }
-                };
-                let config = &self.shared.config;
-                let settings = GeneralSettings {
-                    connections_max: config.connections_max,
-                    threads: config.threads,
-                    limit_bytes: self.shared.memory.limit_bytes(),
-                };
-                let mut lines = stats.general(settings, figures);
-                if let Backend::Cluster(cluster) = &self.backend {
-                    lines.extend(cluster.view.report(cluster.read_mode));
-                    // The limit this server checks writes against: on the
-                    // leader the smallest in its group (see memory.rs).
-                    lines.push((
-                        "repl_group_limit_maxbytes".into(),
-                        self.shared.memory.effective_limit_bytes().to_string(),
-                    ));
-                }
-                Reply::Stats(lines)
-            }
-            StatsGroup::Settings => Reply::Stats(
-                self.shared
-                    .config
-                    .stats_settings(self.shared.memory.limit_bytes()),
-            ),
-            StatsGroup::Reset => {
-                stats.reset();
-                Reply::Reset
-            }
-            // memcached's slab and connection internals have no equivalent
-            // here: answer with an empty group, which every client accepts.
-            StatsGroup::Items
-            | StatsGroup::Slabs
-            | StatsGroup::Sizes
-            | StatsGroup::Conns
-            | StatsGroup::CacheDump => Reply::Stats(Vec::new()),
-        }
-    }
-
     /// Queues a write with the commit pipeline; its reply is rendered in
     /// order by [`Self::finish_pending`]. A follower forwards it to the leader
     /// instead (after the writes queued before it).
@@ -628,32 +494,31 @@ impl Connection {
         raw: Bytes,
         noreply: bool,
     ) {
-        if let Backend::Cluster(cluster) = &self.backend {
-            if cluster.view.role() != Role::Leader {
-                let expect = match render {
-                    Render::Values { .. } => Expect::Retrieval,
-                    _ => Expect::Line,
-                };
-                self.finish_pending().await;
-                let before = self.output.len();
-                if self.forward(&raw, expect, noreply, false).await == Forwarded::Done {
-                    if !noreply {
-                        self.count_forwarded(kind, &self.output[before..]);
-                    }
-                    // The delete behind a too-large set is forwarded
-                    // silently; the client still gets its error line.
-                    match render {
-                        Render::Fixed(Some(line)) => Reply::Error(line).encode(&mut self.output),
-                        // A gat piece before the last: the next one's values follow.
-                        Render::Values { end: false, .. } => {
-                            strip_end(&mut self.output);
-                        }
-                        _ => {}
-                    }
-                    return;
+        let key = op.first_key().map(|k| k.as_ref());
+        if let Route::Leader(_) = route(key, Access::Write, self.membership()) {
+            let expect = match render {
+                Render::Values { .. } => Expect::Retrieval,
+                _ => Expect::Line,
+            };
+            self.finish_pending().await;
+            let before = self.output.len();
+            if self.forward(&raw, expect, noreply, false).await == Forwarded::Done {
+                if !noreply {
+                    self.count_forwarded(kind, &self.output[before..]);
                 }
-                // This server became the leader meanwhile: commit it here.
+                // The delete behind a too-large set is forwarded
+                // silently; the client still gets its error line.
+                match render {
+                    Render::Fixed(Some(line)) => Reply::Error(line).encode(&mut self.output),
+                    // A gat piece before the last: the next one's values follow.
+                    Render::Values { end: false, .. } => {
+                        strip_end(&mut self.output);
+                    }
+                    _ => {}
+                }
+                return;
             }
+            // This server became the leader meanwhile: commit it here.
         }
         // Checked here, where the write is proposed (a follower forwarded
         // it above): apply never fails for memory on any replica.
@@ -708,28 +573,46 @@ impl Connection {
         }
     }
 
-    /// Whether a read may be served from the local state now. In cluster
-    /// mode with linearizable reads, the leader answers at once under its
-    /// lease, and otherwise first confirms it still leads (ReadIndex); a
-    /// follower forwards the read and returns false.
-    async fn read_allowed(&mut self, raw: &Bytes) -> bool {
+    /// What this server knows of its group now, for [`route`].
+    fn membership(&self) -> Membership {
+        match &self.backend {
+            Backend::Single(_) => Membership::Alone,
+            Backend::Cluster(cluster) => {
+                let role = cluster.view.role();
+                Membership::Replica {
+                    role,
+                    read_mode: cluster.read_mode,
+                    // The clock is read only where the lease can matter.
+                    holds_lease: role == Role::Leader
+                        && cluster.read_mode == ReadMode::Linearizable
+                        && cluster.view.holds_lease(),
+                }
+            }
+        }
+    }
+
+    /// Whether a read of `key` may be served from the local state now
+    /// ([`route`]): at once, or after a read barrier; otherwise the read is
+    /// forwarded to the leader (its reply or an error line appended) and
+    /// this returns false.
+    async fn read_allowed(&mut self, key: Option<&Bytes>, raw: &Bytes) -> bool {
+        let key = key.map(|k| k.as_ref());
+        let mut routed = route(key, Access::Read, self.membership());
+        if let Route::Leader(_) = routed {
+            if self.forward(raw, Expect::Retrieval, false, true).await == Forwarded::Done {
+                return false;
+            }
+            // This server was named leader meanwhile.
+            routed = route(key, Access::Read, self.membership());
+        }
+        if routed == Route::Here {
+            return true;
+        }
+        // A barrier; were this server no longer leading, it fails and the
+        // error is the reply.
         let Backend::Cluster(cluster) = &self.backend else {
             return true;
         };
-        if cluster.read_mode == ReadMode::Local {
-            return true;
-        }
-        if cluster.view.role() != Role::Leader
-            && self.forward(raw, Expect::Retrieval, false, true).await == Forwarded::Done
-        {
-            return false;
-        }
-        let Backend::Cluster(cluster) = &self.backend else {
-            return true;
-        };
-        if cluster.read_mode == ReadMode::Linearizable && cluster.view.holds_lease() {
-            return true;
-        }
         if self.barrier_at_socket_read == Some(self.socket_reads) {
             // This request was in the buffer before the last round started.
             return true;
@@ -747,12 +630,12 @@ impl Connection {
         }
     }
 
-    /// Relays one request to the leader and appends its reply. During a
-    /// failover it waits (bounded) for the next leader rather than failing
-    /// at once, so plain memcached clients ride through it: a request that
-    /// never reached a leader is sent again, and a read is repeated even if
-    /// it did. Returns [`Forwarded::BecameLeader`] when this server was named
-    /// leader meanwhile; the caller then serves the request itself.
+    /// Relays one request to the leader ([`LeaderLink::relay`]) and appends
+    /// its reply, or the error line when no leader answered. Returns
+    /// [`Forwarded::BecameLeader`] when this server was named leader
+    /// meanwhile; the caller then serves the request itself.
+    ///
+    /// [`LeaderLink::relay`]: crate::forward::LeaderLink::relay
     async fn forward(
         &mut self,
         raw: &[u8],
@@ -764,117 +647,21 @@ impl Connection {
             return Forwarded::Done;
         };
         let view = cluster.view.clone();
-        let deadline =
-            tokio::time::Instant::now() + Duration::from_millis(FORWARD_FAILOVER_WAIT_MS);
-        let mut failed_leader = None;
-        let error = loop {
-            if view.role() == Role::Leader {
-                return Forwarded::BecameLeader;
-            }
-            let leader = view.leader_tcp().filter(|l| Some(*l) != failed_leader);
-            if let Some(leader) = leader {
-                match self
-                    .shared
-                    .leader_link
-                    .forward(leader, raw, expect, noreply)
-                    .await
-                {
-                    Ok(reply) => {
-                        self.output.extend_from_slice(&reply);
-                        return Forwarded::Done;
-                    }
-                    Err(error) if read_only || error.never_sent() => {
-                        tracing::debug!(%error, "forwarding failed; waiting for a leader");
-                        failed_leader = Some(leader);
-                    }
-                    // It may have been executed before the leader failed.
-                    Err(_) => break errors::OUTCOME_UNKNOWN,
+        let relayed = self
+            .shared
+            .leader_link
+            .relay(&view, raw, expect, noreply, read_only)
+            .await;
+        match relayed {
+            Relayed::Reply(reply) => self.output.extend_from_slice(&reply),
+            Relayed::Failed(line) => {
+                if !noreply {
+                    Reply::Error(line).encode(&mut self.output);
                 }
             }
-            if tokio::time::Instant::now() >= deadline {
-                break errors::NO_LEADER;
-            }
-            tokio::time::sleep(Duration::from_millis(FORWARD_RETRY_MS)).await;
-        };
-        if !noreply {
-            Reply::Error(error).encode(&mut self.output);
+            Relayed::BecameLeader => return Forwarded::BecameLeader,
         }
         Forwarded::Done
-    }
-
-    /// `lru_crawler metadump`: a line per visible item of this server's
-    /// state, as memcached's (`key=<uri-encoded> exp=<-1 or unix time>
-    /// la=<last write> cas=<unique> fetch=no cls=1 size=<record bytes>`),
-    /// then `END`. The table is walked a bounded step at a time, the lines
-    /// written out between steps, so a large state streams; like memcached's
-    /// crawler it is not a snapshot (a write between steps may or may not
-    /// show). Served by any server from its own applied state.
-    async fn metadump(&mut self) {
-        let mut cursor = 0;
-        loop {
-            {
-                let state = state::read(&self.shared.state);
-                let output = &mut self.output;
-                cursor = state.scan(cursor, METADUMP_BUCKETS_PER_STEP, |item| {
-                    if state.is_visible(&item) {
-                        metadump_line(output, &item);
-                    }
-                    true
-                });
-            }
-            if cursor == 0 {
-                break;
-            }
-            if self.output.len() >= OUTPUT_BYTES_FLUSH {
-                self.flush_output().await;
-                if self.broken {
-                    return;
-                }
-            }
-        }
-        Reply::End.encode(&mut self.output);
-    }
-
-    /// Keys of a multi-get or gat served as one piece (see
-    /// [`GET_PIECE_BYTES_MAX`]).
-    fn keys_per_piece(&self) -> usize {
-        (GET_PIECE_BYTES_MAX / self.shared.limits.item_bytes_max.max(1)).max(1)
-    }
-
-    /// Appends the VALUE blocks of the visible items among `keys`, counting
-    /// hits and misses; the caller checked that the state may be read.
-    fn serve_get(&mut self, keys: &[Bytes], with_cas: bool) {
-        let shared = self.shared.clone();
-        let counters = &shared.stats.counters;
-        let now_s = clock::now_s();
-        // A forwarded get is counted by the follower, from the reply; why a
-        // key missed only this server can tell (get_expired, get_flushed).
-        let counted = self.counts_here(false);
-        let bump = |counter: &std::sync::atomic::AtomicU64| {
-            if counted {
-                Stats::bump(counter);
-            }
-        };
-        let state = state::read(&shared.state);
-        for key in keys {
-            bump(&counters.cmd_get);
-            match state.lookup(key, now_s) {
-                Lookup::Hit(item) => {
-                    bump(&counters.get_hits);
-                    let cas = with_cas.then_some(item.cas());
-                    encode_value(&mut self.output, key, item.flags(), item.data(), cas);
-                }
-                Lookup::Miss => bump(&counters.get_misses),
-                Lookup::Expired => {
-                    bump(&counters.get_misses);
-                    Stats::bump(&counters.get_expired);
-                }
-                Lookup::Flushed => {
-                    bump(&counters.get_misses);
-                    Stats::bump(&counters.get_flushed);
-                }
-            }
-        }
     }
 
     /// Writes the buffered replies to the client. A failed write marks the
@@ -939,128 +726,6 @@ impl Connection {
             }
         }
     }
-
-    /// Whether this server counts the outcome of a request it serves:
-    /// always, unless a follower forwarded it and reads the reply (then the
-    /// follower counts it); a noreply request's outcome the follower never
-    /// sees, so that is counted here.
-    fn counts_here(&self, noreply: bool) -> bool {
-        !self.forwarded_link || noreply
-    }
-
-    fn count(&self, kind: WriteKind, counted: Counted) {
-        let c = &self.shared.stats.counters;
-        let counter = match (kind, counted) {
-            (WriteKind::Store(_), Counted::Stored)
-            | (WriteKind::Incr | WriteKind::Decr, Counted::Number) => {
-                Stats::bump(&c.total_items);
-                match kind {
-                    WriteKind::Store(StoreMode::Cas) => &c.cas_hits,
-                    WriteKind::Incr => &c.incr_hits,
-                    WriteKind::Decr => &c.decr_hits,
-                    _ => return,
-                }
-            }
-            (WriteKind::Store(StoreMode::Cas), Counted::Exists) => &c.cas_badval,
-            (WriteKind::Store(StoreMode::Cas), Counted::NotFound) => &c.cas_misses,
-            (WriteKind::Delete, Counted::Deleted) => &c.delete_hits,
-            (WriteKind::Delete, _) => &c.delete_misses,
-            (WriteKind::Incr, Counted::NotFound) => &c.incr_misses,
-            (WriteKind::Decr, Counted::NotFound) => &c.decr_misses,
-            (WriteKind::Touch, Counted::Touched) => &c.touch_hits,
-            (WriteKind::Touch, _) => &c.touch_misses,
-            (WriteKind::GetAndTouch(keys), Counted::Hits(hits)) => {
-                // gat counts as memcached does: in the touch counters, per key.
-                Stats::add(&c.cmd_touch, keys);
-                Stats::add(&c.touch_hits, hits);
-                Stats::add(&c.touch_misses, keys.saturating_sub(hits));
-                return;
-            }
-            (_, Counted::OutOfMemory) => &c.store_no_memory,
-            _ => return,
-        };
-        Stats::bump(counter);
-    }
-
-    /// Counts a request this follower forwarded, from the leader's `reply`
-    /// to it (the leader left the counting to this server).
-    fn count_forwarded(&self, kind: WriteKind, reply: &[u8]) {
-        let expect = match kind {
-            WriteKind::GetAndTouch(_) => Expect::Retrieval,
-            _ => Expect::Line,
-        };
-        if let Some(counted) = Counted::from_reply(reply, expect) {
-            self.count(kind, counted);
-        }
-    }
-
-    /// Counts a forwarded get of `keys` keys from the leader's `reply`.
-    fn count_forwarded_get(&self, keys: usize, reply: &[u8]) {
-        let Some(Counted::Hits(hits)) = Counted::from_reply(reply, Expect::Retrieval) else {
-            return; // An error line: nothing was looked up.
-        };
-        let c = &self.shared.stats.counters;
-        let keys = keys as u64;
-        Stats::add(&c.cmd_get, keys);
-        Stats::add(&c.get_hits, hits);
-        Stats::add(&c.get_misses, keys.saturating_sub(hits));
-    }
-}
-
-/// What a request's reply says, for the counters: from its outcome on this
-/// server, or from the leader's reply to a forwarded request.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Counted {
-    Stored,
-    Exists,
-    NotFound,
-    Deleted,
-    Touched,
-    Number,
-    /// A retrieval's hits.
-    Hits(u64),
-    OutOfMemory,
-    Other,
-}
-
-impl From<&Outcome> for Counted {
-    fn from(outcome: &Outcome) -> Counted {
-        match outcome {
-            Outcome::Stored => Counted::Stored,
-            Outcome::Exists => Counted::Exists,
-            Outcome::NotFound => Counted::NotFound,
-            Outcome::Deleted => Counted::Deleted,
-            Outcome::Touched => Counted::Touched,
-            Outcome::Number(_) => Counted::Number,
-            Outcome::Hits(hits) => Counted::Hits(hits.len() as u64),
-            Outcome::NotStored | Outcome::NonNumeric | Outcome::Ok | Outcome::Reclaimed(_) => {
-                Counted::Other
-            }
-        }
-    }
-}
-
-impl Counted {
-    /// `None` for an error line other than out-of-memory: the request got
-    /// no outcome (no leader, leadership lost, a non-numeric counter), and
-    /// an outcome that was not reached is not counted, as on the leader.
-    fn from_reply(reply: &[u8], expect: Expect) -> Option<Counted> {
-        if reply == errors::OUT_OF_MEMORY.as_bytes() {
-            return Some(Counted::OutOfMemory);
-        }
-        let (status, _) = scan_response(reply, expect).ok()??;
-        Some(match status {
-            _ if status.is_error() => return None,
-            Status::Stored => Counted::Stored,
-            Status::Exists => Counted::Exists,
-            Status::NotFound => Counted::NotFound,
-            Status::Deleted => Counted::Deleted,
-            Status::Touched => Counted::Touched,
-            Status::Number(_) => Counted::Number,
-            Status::Values(hits) => Counted::Hits(hits as u64),
-            _ => Counted::Other,
-        })
-    }
 }
 
 /// The error line a client gets when its write could not be committed.
@@ -1070,30 +735,5 @@ fn commit_error_line(error: CommitError) -> &'static str {
         CommitError::NotLeader => errors::NO_LEADER,
         CommitError::NotReady => errors::NOT_READY,
         CommitError::Unknown => errors::OUTCOME_UNKNOWN,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A follower counts a forwarded request from the leader's reply; an
-    /// error line means no outcome was reached and counts nothing (a
-    /// forwarded delete that found no leader is not a delete miss).
-    #[test]
-    fn forwarded_replies_count_only_reached_outcomes() {
-        let line = |reply: &str| Counted::from_reply(reply.as_bytes(), Expect::Line);
-        assert_eq!(line("DELETED\r\n"), Some(Counted::Deleted));
-        assert_eq!(line("NOT_FOUND\r\n"), Some(Counted::NotFound));
-        assert_eq!(line("42\r\n"), Some(Counted::Number));
-        assert_eq!(line(errors::OUT_OF_MEMORY), Some(Counted::OutOfMemory));
-        assert_eq!(line(errors::NO_LEADER), None);
-        assert_eq!(line(errors::OUTCOME_UNKNOWN), None);
-        assert_eq!(line(errors::NON_NUMERIC), None);
-        let values = b"VALUE a 0 1\r\nx\r\nVALUE b 0 1\r\ny\r\nEND\r\n";
-        assert_eq!(
-            Counted::from_reply(values, Expect::Retrieval),
-            Some(Counted::Hits(2))
-        );
     }
 }
