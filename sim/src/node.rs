@@ -9,11 +9,11 @@
 //! Committed entries are applied to a real [`State`]; a proposal is
 //! answered when its index is applied and still holds an entry of the
 //! proposal's term; a ReadIndex read is answered once the state has applied
-//! the read's index. Keystore snapshots, compaction and snapshot transfer
+//! the read's index: both decided by [`Waiters`], the code the real driver
+//! runs. Keystore snapshots, compaction and snapshot transfer
 //! are modelled with the keystore as an in-memory image.
 
 use std::collections::hash_map::DefaultHasher;
-use std::collections::BTreeMap;
 use std::hash::{Hash, Hasher};
 use std::rc::Rc;
 
@@ -22,7 +22,7 @@ use data::command::Command;
 use data::frame::{LogIndex, Message, Role, ServerId, Term};
 use data::limits::ITEM_BYTES_MAX;
 use data::state::{Item, Outcome, State};
-use server::replica::{Action, Durable, Membership, NotLeader, Replica, Timing, READS_WAITING_MAX};
+use server::replica::{Action, Applied, Durable, Membership, NotLeader, Replica, Timing, Waiters};
 
 use crate::client::{Reply, Request};
 use crate::world::{
@@ -136,12 +136,9 @@ pub(crate) struct Server {
     pub core: Option<Replica>,
     pub state: State,
     pub applied: LogIndex,
-    /// Index → (term proposed in, client, request id, payload).
-    proposals: BTreeMap<u64, (Term, usize, u64, Bytes)>,
-    reads: BTreeMap<u64, PendingRead>,
-    reads_ready: Vec<(LogIndex, PendingRead)>,
-    reads_not_ready: Vec<PendingRead>,
-    next_token: u64,
+    /// Proposals (client, request id, payload) and reads waiting, kept by
+    /// the same code the real driver keeps them with.
+    waiters: Waiters<(usize, u64, Bytes), PendingRead>,
     registered: bool,
     last_register_ms: u64,
     reported_silence: bool,
@@ -183,11 +180,7 @@ impl Server {
             },
             core: None,
             applied: LogIndex(0),
-            proposals: BTreeMap::new(),
-            reads: BTreeMap::new(),
-            reads_ready: Vec::new(),
-            reads_not_ready: Vec::new(),
-            next_token: 0,
+            waiters: Waiters::default(),
             registered: false,
             last_register_ms: 0,
             reported_silence: false,
@@ -278,10 +271,7 @@ impl World {
         s.core = Some(core);
         s.up = true;
         s.incarnation += 1;
-        s.proposals.clear();
-        s.reads.clear();
-        s.reads_ready.clear();
-        s.reads_not_ready.clear();
+        s.waiters = Waiters::default();
         s.registered = false;
         s.last_register_ms = 0;
         s.reported_silence = false;
@@ -483,15 +473,17 @@ impl World {
                 let Some(core) = s.core.as_mut() else {
                     return;
                 };
-                match core.propose(payload.clone()) {
+                match s
+                    .waiters
+                    .propose(core, payload.clone(), (client, req, payload))
+                {
                     Ok(index) => {
                         let term = core.term();
-                        s.proposals.insert(index.0, (term, client, req, payload));
                         self.trace(|| {
                             format!("n{id}  proposed c{client}/{req} at {index} in t{term}")
                         });
                     }
-                    Err(refused) => {
+                    Err((refused, _)) => {
                         let hint = match refused {
                             NotLeader::Follower(leader) => leader,
                             NotLeader::NotReady => None,
@@ -528,44 +520,23 @@ impl World {
         let Some(core) = s.core.as_mut() else {
             return;
         };
-        s.next_token += 1;
-        let token = s.next_token;
-        match core.read(now, token) {
-            Ok(()) => {
-                s.reads.insert(token, read);
-            }
-            Err(NotLeader::NotReady)
-                if core.role() == Role::Leader && s.reads_not_ready.len() < READS_WAITING_MAX =>
-            {
-                s.reads_not_ready.push(read);
-            }
-            Err(refused) => {
-                let hint = match refused {
-                    NotLeader::Follower(leader) => leader,
-                    NotLeader::NotReady => None,
-                };
-                self.reply(id, read.client, read.req, Reply::NotLeader(hint));
-            }
+        if let Err((refused, read)) = s.waiters.read(core, now, read) {
+            let hint = match refused {
+                NotLeader::Follower(leader) => leader,
+                NotLeader::NotReady => None,
+            };
+            self.reply(id, read.client, read.req, Reply::NotLeader(hint));
         }
     }
 
     fn retry_held_reads(&mut self, id: u64) {
         let now = self.server_now(id);
         let s = self.server(id);
-        if s.reads_not_ready.is_empty() {
-            return;
-        }
-        let Some(core) = s.core.as_ref() else {
+        let Some(core) = s.core.as_mut() else {
             return;
         };
-        if core.role() != Role::Leader {
-            for read in std::mem::take(&mut s.reads_not_ready) {
-                self.reply(id, read.client, read.req, Reply::NotLeader(None));
-            }
-        } else if core.is_serving() {
-            for read in std::mem::take(&mut s.reads_not_ready) {
-                self.start_read(id, now, read);
-            }
+        for read in s.waiters.retry_held_reads(core, now) {
+            self.reply(id, read.client, read.req, Reply::NotLeader(None));
         }
     }
 
@@ -725,14 +696,9 @@ impl World {
                 self.send(id, to.0, Packet::Frame { term, message });
             }
             Action::Commit(index) => self.commit(id, index),
-            Action::ReadReady { token, index } => {
-                let s = self.server(id);
-                if let Some(read) = s.reads.remove(&token) {
-                    s.reads_ready.push((index, read));
-                }
-            }
+            Action::ReadReady { token, index } => self.server(id).waiters.read_ready(token, index),
             Action::ReadFailed { token } => {
-                if let Some(read) = self.server(id).reads.remove(&token) {
+                if let Some(read) = self.server(id).waiters.read_failed(token) {
                     self.reply(id, read.client, read.req, Reply::NotLeader(None));
                 }
             }
@@ -813,57 +779,52 @@ impl World {
             let outcome = s.state.apply(index.0, &command);
             s.applied = index;
             let hash = state_hash(&s.state);
-            let proposal = s.proposals.remove(&index.0);
+            let proposal = s.waiters.applied(core, index);
             if let Err((inv, detail)) = self.checker.applied(id, index, hash) {
                 self.fail(inv, detail);
                 return;
             }
-            let Some((term, client, req, proposed)) = proposal else {
-                continue;
-            };
-            // The entry at our index may be another leader's by now.
-            if entry_term == Some(term) {
-                if payload != proposed {
-                    self.fail(
-                        "driver contract",
-                        format!("n{id} entry {index} of t{term} is not what was proposed"),
-                    );
-                    return;
+            match proposal {
+                None => continue,
+                // The entry at our index is another leader's by now.
+                Some(Applied::Replaced((client, req, _))) => {
+                    self.reply(id, client, req, Reply::Unknown);
                 }
-                if let Err((inv, detail)) = self.checker.acked(index, term, &payload) {
-                    self.fail(inv, detail);
-                    return;
+                Some(Applied::Ours((client, req, proposed))) => {
+                    let term = entry_term.expect("an applied entry has a term");
+                    if payload != proposed {
+                        self.fail(
+                            "driver contract",
+                            format!("n{id} entry {index} of t{term} is not what was proposed"),
+                        );
+                        return;
+                    }
+                    if let Err((inv, detail)) = self.checker.acked(index, term, &payload) {
+                        self.fail(inv, detail);
+                        return;
+                    }
+                    self.writes_acked += 1;
+                    let reply = match outcome_ret(outcome) {
+                        Some(ret) => Reply::Done(ret),
+                        None => Reply::Unknown,
+                    };
+                    self.reply(id, client, req, reply);
                 }
-                self.writes_acked += 1;
-                let reply = match outcome_ret(outcome) {
-                    Some(ret) => Reply::Done(ret),
-                    None => Reply::Unknown,
-                };
-                self.reply(id, client, req, reply);
-            } else {
-                self.reply(id, client, req, Reply::Unknown);
             }
         }
     }
 
     fn fail_proposals_after(&mut self, id: u64, after: LogIndex) {
-        let lost = self.server(id).proposals.split_off(&(after.0 + 1));
-        for (_, (_, client, req, _)) in lost {
+        let lost = self.server(id).waiters.lost_after(after);
+        for (client, req, _) in lost {
             self.reply(id, client, req, Reply::Unknown);
         }
     }
 
     fn answer_reads(&mut self, id: u64) {
         let s = self.server(id);
-        if s.reads_ready.is_empty() {
-            return;
-        }
         let applied = s.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut s.reads_ready)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        s.reads_ready = waiting;
-        for (_, read) in ready {
+        for read in s.waiters.reads_served(applied) {
             self.answer_read(id, read);
         }
     }

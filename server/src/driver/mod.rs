@@ -10,7 +10,7 @@
 //! and Appends to followers leave before the leader's own fsync, so the two
 //! overlap (DESIGN §4).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::commit::CommitError;
 use crate::config::ClusterSettings;
 use crate::memory::MemoryLimit;
-use crate::replica::{Action, Durable, NotLeader, Replica};
+use crate::replica::{Action, Applied, Durable, NotLeader, Replica, Waiters};
 use crate::snapshot::SnapshotJob;
 use crate::state::{self, SharedState};
 use crate::stats::Stats;
@@ -181,6 +181,11 @@ pub fn start(
     Ok((handle, thread))
 }
 
+/// How a proposal's outcome reaches its connection.
+type ProposalReply = oneshot::Sender<Result<Outcome, CommitError>>;
+/// How a read barrier's answer reaches its connection.
+type ReadReply = oneshot::Sender<Result<(), CommitError>>;
+
 struct Driver {
     core: Replica,
     settings: ClusterSettings,
@@ -195,15 +200,9 @@ struct Driver {
     memory: Arc<MemoryLimit>,
     view: Arc<ClusterView>,
     applied: LogIndex,
-    /// Proposals of this leader waiting for their entry: index → (term, reply).
-    proposals: BTreeMap<u64, (Term, oneshot::Sender<Result<Outcome, CommitError>>)>,
-    /// Reads whose round is confirmed, waiting for the state to reach `index`.
-    reads_ready: Vec<(LogIndex, oneshot::Sender<Result<(), CommitError>>)>,
-    /// Reads waiting for their heartbeat round: token → reply.
-    reads: HashMap<u64, oneshot::Sender<Result<(), CommitError>>>,
-    /// Reads that arrived before this leader could serve.
-    reads_not_ready: Vec<oneshot::Sender<Result<(), CommitError>>>,
-    next_read_token: u64,
+    /// Proposals waiting for their entry, reads for their round and the
+    /// state (the core's contract, kept as every host keeps it).
+    waiters: Waiters<ProposalReply, ReadReply>,
     peers_tcp: HashMap<ServerId, SocketAddr>,
     registered: bool,
     last_register_ms: u64,
@@ -270,11 +269,7 @@ impl Driver {
             memory: start.memory,
             view,
             applied,
-            proposals: BTreeMap::new(),
-            reads_ready: Vec::new(),
-            reads: HashMap::new(),
-            reads_not_ready: Vec::new(),
-            next_read_token: 0,
+            waiters: Waiters::default(),
             peers_tcp: HashMap::new(),
             registered: false,
             last_register_ms: 0,
@@ -335,42 +330,21 @@ impl Driver {
     }
 
     fn handle_request(&mut self, request: DriverRequest) {
-        let now = now_ms();
         match request {
             DriverRequest::Propose { command, reply } => {
                 let mut payload = BytesMut::with_capacity(command.encoded_len());
                 command.encode(&mut payload);
-                match self.core.propose(payload.freeze()) {
-                    Ok(index) => {
-                        self.proposals.insert(index.0, (self.core.term(), reply));
-                    }
-                    Err(refused) => {
-                        let _ = reply.send(Err(refusal(refused)));
-                    }
+                let proposed = self
+                    .waiters
+                    .propose(&mut self.core, payload.freeze(), reply);
+                if let Err((refused, reply)) = proposed {
+                    let _ = reply.send(Err(refusal(refused)));
                 }
             }
-            DriverRequest::Read { reply } => self.start_read(now, reply),
-        }
-    }
-
-    /// Starts a ReadIndex round for a read. A leader that cannot serve yet
-    /// (its no-op is not committed) holds the read until it can, rather than
-    /// failing it: that lasts one round trip after an election.
-    fn start_read(&mut self, now: u64, reply: oneshot::Sender<Result<(), CommitError>>) {
-        self.next_read_token += 1;
-        let token = self.next_read_token;
-        match self.core.read(now, token) {
-            Ok(()) => {
-                self.reads.insert(token, reply);
-            }
-            Err(NotLeader::NotReady)
-                if self.core.role() == Role::Leader
-                    && self.reads_not_ready.len() < crate::replica::READS_WAITING_MAX =>
-            {
-                self.reads_not_ready.push(reply);
-            }
-            Err(refused) => {
-                let _ = reply.send(Err(refusal(refused)));
+            DriverRequest::Read { reply } => {
+                if let Err((refused, reply)) = self.waiters.read(&mut self.core, now_ms(), reply) {
+                    let _ = reply.send(Err(refusal(refused)));
+                }
             }
         }
     }
@@ -378,18 +352,8 @@ impl Driver {
     /// Retries reads held while the leader was not ready; fails them if it
     /// is no longer the leader.
     fn retry_held_reads(&mut self) {
-        if self.reads_not_ready.is_empty() {
-            return;
-        }
-        if self.core.role() != Role::Leader {
-            for reply in self.reads_not_ready.drain(..) {
-                let _ = reply.send(Err(CommitError::NotLeader));
-            }
-        } else if self.core.is_serving() {
-            let now = now_ms();
-            for reply in std::mem::take(&mut self.reads_not_ready) {
-                self.start_read(now, reply);
-            }
+        for reply in self.waiters.retry_held_reads(&mut self.core, now_ms()) {
+            let _ = reply.send(Err(CommitError::NotLeader));
         }
     }
 
@@ -548,13 +512,9 @@ impl Driver {
                         message,
                     } => self.send(to, addr, term, message).await,
                     Action::Commit(index) => self.apply_through(index)?,
-                    Action::ReadReady { token, index } => {
-                        if let Some(reply) = self.reads.remove(&token) {
-                            self.reads_ready.push((index, reply));
-                        }
-                    }
+                    Action::ReadReady { token, index } => self.waiters.read_ready(token, index),
                     Action::ReadFailed { token } => {
-                        if let Some(reply) = self.reads.remove(&token) {
+                        if let Some(reply) = self.waiters.read_failed(token) {
                             let _ = reply.send(Err(CommitError::NotLeader));
                         }
                     }
@@ -624,33 +584,28 @@ impl Driver {
             })?;
             let outcome = state.apply(index.0, &command);
             self.applied = index;
-            if let Some((term, reply)) = self.proposals.remove(&index.0) {
-                // The entry at our index may be another leader's by now.
-                let ours = self.core.term_at(index) == Some(term);
-                let _ = reply.send(if ours {
-                    Ok(outcome)
-                } else {
-                    Err(CommitError::Unknown)
-                });
+            match self.waiters.applied(&self.core, index) {
+                Some(Applied::Ours(reply)) => {
+                    let _ = reply.send(Ok(outcome));
+                }
+                // The entry at our index is another leader's.
+                Some(Applied::Replaced(reply)) => {
+                    let _ = reply.send(Err(CommitError::Unknown));
+                }
+                None => {}
             }
         }
         Ok(())
     }
 
     fn fail_proposals_after(&mut self, after: LogIndex) {
-        let lost = self.proposals.split_off(&(after.0 + 1));
-        for (_, (_, reply)) in lost {
+        for reply in self.waiters.lost_after(after) {
             let _ = reply.send(Err(CommitError::Unknown));
         }
     }
 
     fn answer_reads(&mut self) {
-        let applied = self.applied;
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
-            .into_iter()
-            .partition(|(index, _)| *index <= applied);
-        self.reads_ready = waiting;
-        for (_, reply) in ready {
+        for reply in self.waiters.reads_served(self.applied) {
             let _ = reply.send(Ok(()));
         }
     }

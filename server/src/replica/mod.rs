@@ -21,7 +21,9 @@
 //! - `leader`: each follower's progress, windows, Acks and Nacks, commit;
 //! - `lease`: read rounds and the read lease (§4a);
 //! - `follower`: the consistency check, fragments, Acks after the fsync;
-//! - `log_view`: the in-memory log since the snapshot.
+//! - `log_view`: the in-memory log since the snapshot;
+//! - `waiters`: the host's half, written once for every host: proposals
+//!   and reads waiting to be answered.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -98,6 +100,9 @@ mod log_view;
 mod membership;
 #[cfg(test)]
 mod tests;
+mod waiters;
+
+pub use waiters::{Applied, Waiters};
 
 use follower::{Fragment, Reassembly};
 use leader::{Answer, Progress};

@@ -6,6 +6,7 @@ mod lease;
 mod membership;
 mod replication;
 mod snapshot;
+mod waiters;
 
 use std::collections::BTreeMap;
 

@@ -1,0 +1,79 @@
+//! The host's waiters: who is answered, when, and with what.
+
+use super::*;
+
+#[test]
+fn a_proposal_is_answered_once_and_as_ours_while_its_entry_holds_its_term() {
+    let mut g = Group::new(&[1, 2, 3]);
+    g.elect(1, 1);
+    let mut waiters: Waiters<&str, &str> = Waiters::default();
+    let index = waiters
+        .propose(&mut g.node(1).replica, payload(1), "first")
+        .expect("the leader takes it");
+    g.settle();
+    let leader = &g.node(1).replica;
+    assert_eq!(waiters.applied(leader, index), Some(Applied::Ours("first")));
+    assert_eq!(waiters.applied(leader, index), None, "answered once");
+
+    // A follower refuses and gives the waiter back.
+    let refused = waiters.propose(&mut g.node(2).replica, payload(2), "second");
+    assert!(matches!(refused, Err((NotLeader::Follower(_), "second"))));
+
+    // Proposals after a lost point are returned as unknown.
+    let later = waiters
+        .propose(&mut g.node(1).replica, payload(3), "third")
+        .expect("the leader takes it");
+    assert_eq!(waiters.lost_after(LogIndex(later.0 - 1)), vec!["third"]);
+    assert!(waiters.lost_after(LogIndex(0)).is_empty());
+}
+
+#[test]
+fn a_proposal_whose_index_another_leader_filled_is_replaced() {
+    let mut g = Group::new(&[1, 2, 3]);
+    g.elect(1, 1);
+    let mut waiters: Waiters<&str, &str> = Waiters::default();
+    // Proposed in term 1; the core is then in term 2 with another entry
+    // at that index (a truncation the driver would report).
+    let index = waiters
+        .propose(&mut g.node(1).replica, payload(1), "mine")
+        .expect("the leader takes it");
+    g.node(1).up = false;
+    g.elect(2, 2);
+    g.node(2).replica.propose(payload(9)).expect("leads term 2");
+    g.settle();
+    let new_leader = &g.node(2).replica;
+    assert_ne!(new_leader.term_at(index), Some(Term(1)));
+    assert_eq!(
+        waiters.applied(new_leader, index),
+        Some(Applied::Replaced("mine"))
+    );
+}
+
+#[test]
+fn a_read_is_served_once_its_round_is_confirmed_and_the_state_caught_up() {
+    let mut g = Group::new(&[1, 2, 3]);
+    g.elect(1, 1);
+    let mut waiters: Waiters<&str, &str> = Waiters::default();
+    let now = g.now_ms;
+    let refused = waiters.read(&mut g.node(2).replica, now, "on a follower");
+    assert!(matches!(refused, Err((NotLeader::Follower(_), _))));
+    waiters
+        .read(&mut g.node(1).replica, now, "read")
+        .expect("the leader starts a round");
+    // Round confirmed at index 5 (tokens count every read asked for: the
+    // refused one took 1).
+    waiters.read_ready(2, LogIndex(5));
+    assert!(waiters.reads_served(LogIndex(4)).is_empty());
+    assert_eq!(waiters.reads_served(LogIndex(5)), vec!["read"]);
+    assert!(waiters.reads_served(LogIndex(9)).is_empty(), "served once");
+    // A failed round gives the waiter back once.
+    waiters
+        .read(&mut g.node(1).replica, now, "failed")
+        .expect("the leader starts a round");
+    assert_eq!(waiters.read_failed(3), Some("failed"));
+    assert_eq!(waiters.read_failed(3), None);
+    // Held reads of a server that stopped leading are returned.
+    assert!(waiters
+        .retry_held_reads(&mut g.node(2).replica, now)
+        .is_empty());
+}
