@@ -22,7 +22,9 @@ use data::command::Command;
 use data::frame::{LogIndex, Message, Role, ServerId, Term};
 use data::limits::ITEM_BYTES_MAX;
 use data::state::{Item, Outcome, State};
-use server::replica::{Action, Applied, Durable, Membership, NotLeader, Replica, Timing, Waiters};
+use server::replica::{
+    Action, Advertised, Applied, Durable, LbLink, Membership, NotLeader, Replica, Timing, Waiters,
+};
 
 use crate::client::{Reply, Request};
 use crate::world::{
@@ -139,9 +141,8 @@ pub(crate) struct Server {
     /// Proposals (client, request id, payload) and reads waiting, kept by
     /// the same code the real driver keeps them with.
     waiters: Waiters<(usize, u64, Bytes), PendingRead>,
-    registered: bool,
-    last_register_ms: u64,
-    reported_silence: bool,
+    /// Registration and silence reports, as the real driver keeps them.
+    lb_link: LbLink,
     /// Commit index reported by the current incarnation's core.
     pub commit_seen: LogIndex,
 }
@@ -181,9 +182,7 @@ impl Server {
             core: None,
             applied: LogIndex(0),
             waiters: Waiters::default(),
-            registered: false,
-            last_register_ms: 0,
-            reported_silence: false,
+            lb_link: LbLink::default(),
             commit_seen: LogIndex(0),
         }
     }
@@ -272,9 +271,7 @@ impl World {
         s.up = true;
         s.incarnation += 1;
         s.waiters = Waiters::default();
-        s.registered = false;
-        s.last_register_ms = 0;
-        s.reported_silence = false;
+        s.lb_link = LbLink::default();
         s.disk.fsync_free_at = 0;
         let incarnation = s.incarnation;
         let (last, synced) = (s.disk.last_index(), s.disk.synced);
@@ -309,25 +306,20 @@ impl World {
             return;
         };
         core.tick(now);
-        // As the real driver: tell the LB the moment the leader has been
-        // silent for the election timeout.
-        let silent = u64::from(core.leader_contact_ms(now)) > ELECTION_TIMEOUT_MS;
-        let mut to_lb = Vec::new();
-        if silent && !s.reported_silence && core.role() != Role::Leader {
-            s.reported_silence = true;
-            to_lb.push((core.term(), core.status(now, s.applied)));
-        } else if !silent {
-            s.reported_silence = false;
-        }
-        if !s.registered && now >= s.last_register_ms + HEARTBEAT_MS {
-            s.last_register_ms = now;
-            let register = Message::Register {
-                tcp: tcp_addr(id),
-                udp: udp_addr(id),
-            };
-            to_lb.push((core.term(), register));
-        }
-        for (term, message) in to_lb {
+        let advertised = Advertised {
+            tcp: tcp_addr(id),
+            udp: udp_addr(id),
+        };
+        let to_lb = s.lb_link.on_tick(
+            core,
+            now,
+            s.applied,
+            ELECTION_TIMEOUT_MS,
+            HEARTBEAT_MS,
+            advertised,
+        );
+        let term = core.term();
+        for message in to_lb {
             self.send(id, 0, Packet::Frame { term, message });
         }
         self.process_actions(id);
@@ -347,10 +339,7 @@ impl World {
         match packet {
             Packet::Frame { term, message } => {
                 let s = self.server(id);
-                if from == 0 && matches!(message, Message::Registered | Message::Heartbeat { .. }) {
-                    s.registered = true;
-                }
-                let is_lb_heartbeat = from == 0 && matches!(message, Message::Heartbeat { .. });
+                let is_lb_heartbeat = s.lb_link.received(ServerId(from), &message);
                 let Some(core) = s.core.as_mut() else {
                     return;
                 };

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::commit::CommitError;
 use crate::config::ClusterSettings;
 use crate::memory::MemoryLimit;
-use crate::replica::{Action, Applied, Durable, NotLeader, Replica, Waiters};
+use crate::replica::{Action, Advertised, Applied, Durable, LbLink, NotLeader, Replica, Waiters};
 use crate::snapshot::SnapshotJob;
 use crate::state::{self, SharedState};
 use crate::stats::Stats;
@@ -204,10 +204,7 @@ struct Driver {
     /// state (the core's contract, kept as every host keeps it).
     waiters: Waiters<ProposalReply, ReadReply>,
     peers_tcp: HashMap<ServerId, SocketAddr>,
-    registered: bool,
-    last_register_ms: u64,
-    /// The leader's silence was reported to the LB already.
-    reported_silence: bool,
+    lb_link: LbLink,
     out: BytesMut,
     snapshot_log_bytes: u64,
     item_bytes_max: usize,
@@ -271,9 +268,7 @@ impl Driver {
             applied,
             waiters: Waiters::default(),
             peers_tcp: HashMap::new(),
-            registered: false,
-            last_register_ms: 0,
-            reported_silence: false,
+            lb_link: LbLink::default(),
             out: BytesMut::with_capacity(frame::DATAGRAM_BYTES_MAX),
             snapshot_log_bytes: start.snapshot_log_bytes,
             item_bytes_max: start.item_bytes_max,
@@ -376,15 +371,11 @@ impl Driver {
         }
         self.view.frames_received.fetch_add(1, Relaxed);
         let now = now_ms();
-        match &message {
-            Message::Registered if header.from == ServerId::LB => self.registered = true,
-            Message::Heartbeat { peers, .. } if header.from == ServerId::LB => {
-                self.registered = true;
-                for peer in peers {
-                    self.peers_tcp.insert(peer.id, peer.tcp);
-                }
+        let is_lb_heartbeat = self.lb_link.received(header.from, &message);
+        if let (true, Message::Heartbeat { peers, .. }) = (is_lb_heartbeat, &message) {
+            for peer in peers {
+                self.peers_tcp.insert(peer.id, peer.tcp);
             }
-            _ => {}
         }
         match message {
             Message::SnapshotChunk {
@@ -423,8 +414,6 @@ impl Driver {
             }
             _ => {}
         }
-        let is_lb_heartbeat =
-            header.from == ServerId::LB && matches!(message, Message::Heartbeat { .. });
         self.core.receive(now, header.from, header.term, message);
         self.fence_lease();
         if is_lb_heartbeat {
@@ -439,26 +428,22 @@ impl Driver {
         self.core.tick(now);
         self.fence_lease();
         self.tick_transfers(now).await;
-        // Tell the LB the moment the leader has been silent for the election
-        // timeout, rather than at its next heartbeat: failover starts sooner.
-        let silent =
-            u64::from(self.core.leader_contact_ms(now)) > self.settings.timing.election_timeout_ms;
-        if silent && !self.reported_silence && self.core.role() != Role::Leader {
-            self.reported_silence = true;
-            let status = self.core.status(now, self.applied);
-            let (lb, term) = (self.settings.lb, self.core.term());
-            self.send(ServerId::LB, lb, term, status).await;
-        } else if !silent {
-            self.reported_silence = false;
-        }
-        if !self.registered && now >= self.last_register_ms + self.settings.timing.heartbeat_ms {
-            self.last_register_ms = now;
-            let register = Message::Register {
-                tcp: self.tcp_advertise,
-                udp: self.udp_advertise,
-            };
-            let (lb, term) = (self.settings.lb, self.core.term());
-            self.send(ServerId::LB, lb, term, register).await;
+        let timing = self.settings.timing;
+        let advertised = Advertised {
+            tcp: self.tcp_advertise,
+            udp: self.udp_advertise,
+        };
+        let to_lb = self.lb_link.on_tick(
+            &self.core,
+            now,
+            self.applied,
+            timing.election_timeout_ms,
+            timing.heartbeat_ms,
+            advertised,
+        );
+        let (lb, term) = (self.settings.lb, self.core.term());
+        for message in to_lb {
+            self.send(ServerId::LB, lb, term, message).await;
         }
     }
 

@@ -22,8 +22,9 @@
 //! - `lease`: read rounds and the read lease (§4a);
 //! - `follower`: the consistency check, fragments, Acks after the fsync;
 //! - `log_view`: the in-memory log since the snapshot;
-//! - `waiters`: the host's half, written once for every host: proposals
-//!   and reads waiting to be answered.
+//! - `waiters` and `lb_link`: the host's half, written once for every
+//!   host: proposals and reads waiting to be answered; registration and
+//!   silence reports to the LB.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -94,6 +95,7 @@ macro_rules! bug {
 mod election;
 mod events;
 mod follower;
+mod lb_link;
 mod leader;
 mod lease;
 mod log_view;
@@ -102,6 +104,7 @@ mod membership;
 mod tests;
 mod waiters;
 
+pub use lb_link::{Advertised, LbLink};
 pub use waiters::{Applied, Waiters};
 
 use follower::{Fragment, Reassembly};

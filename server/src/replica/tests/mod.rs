@@ -2,6 +2,7 @@
 //! complete when the test says so. Test names cite the rule they check.
 
 mod election;
+mod lb_link;
 mod lease;
 mod membership;
 mod replication;
