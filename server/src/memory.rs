@@ -162,6 +162,13 @@ pub const WRITES_IN_FLIGHT_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// The budget counts in units of this many bytes (a semaphore's permits).
 const BUDGET_UNIT_BYTES: usize = 1024;
 
+// Every command takes at least one unit, so the budget also bounds the
+// leader's uncommitted entries, below the core's own bound.
+const _: () = assert!(
+    (WRITES_IN_FLIGHT_BYTES_MAX / BUDGET_UNIT_BYTES) as u64
+        <= crate::replica::UNCOMMITTED_ENTRIES_MAX
+);
+
 /// The bound on writes in flight: [`WRITES_IN_FLIGHT_BYTES_MAX`].
 #[derive(Debug)]
 pub struct WriteBudget {

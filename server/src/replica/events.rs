@@ -120,6 +120,9 @@ impl Replica {
         if self.role != Role::Leader {
             return Err(NotLeader::Follower(self.leader));
         }
+        if self.log.last_index().0 - self.commit.0 >= UNCOMMITTED_ENTRIES_MAX {
+            return Err(NotLeader::NotReady);
+        }
         Ok(self.append_local(payload))
     }
 

@@ -47,6 +47,12 @@ pub const RETRANSMIT_MS_MIN: u64 = 20;
 pub const RETRANSMIT_MS_MAX: u64 = 640;
 /// Reads waiting for a heartbeat round at most; more are refused.
 pub const READS_WAITING_MAX: usize = 64 * 1024;
+/// Entries a leader holds beyond its commit index at most; more proposals
+/// are refused as not ready until commits catch up. Hosts bound their own
+/// writes in flight well below it (the server: `memory::WriteBudget`, at
+/// most one entry per KiB of its 256 MiB); this bounds the core's memory
+/// whatever the host does.
+pub const UNCOMMITTED_ENTRIES_MAX: u64 = 512 * 1024;
 /// How often the leader repeats its request to stream a snapshot to a
 /// follower that is still behind its compacted log.
 pub const SNAPSHOT_ASK_MS: u64 = 1_000;
@@ -236,7 +242,8 @@ pub enum NotLeader {
     /// Another server leads (if known).
     Follower(Option<ServerId>),
     /// This server leads but cannot serve yet: its no-op is not committed,
-    /// or it has lost contact with a majority.
+    /// it has lost contact with a majority, or it holds
+    /// [`UNCOMMITTED_ENTRIES_MAX`] entries past its commit index.
     NotReady,
 }
 

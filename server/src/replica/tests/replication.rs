@@ -210,3 +210,20 @@ fn lost_messages_are_retransmitted() {
     g.tick(100);
     assert!(g.node(1).committed >= index);
 }
+
+#[test]
+fn a_leader_refuses_proposals_past_its_bound_on_uncommitted_entries() {
+    let mut g = Group::new(&[1, 2, 3]);
+    g.elect(1, 1);
+    // Followers away: nothing more commits.
+    g.node(2).up = false;
+    g.node(3).up = false;
+    let leader = &mut g.node(1).replica;
+    let commit = leader.commit_index();
+    let entry = payload(1);
+    for _ in 0..UNCOMMITTED_ENTRIES_MAX {
+        leader.propose(entry.clone()).expect("within the bound");
+    }
+    assert_eq!(leader.last_index().0 - commit.0, UNCOMMITTED_ENTRIES_MAX);
+    assert_eq!(leader.propose(entry), Err(NotLeader::NotReady));
+}
