@@ -15,9 +15,9 @@
 //! ```text
 //! offset  size  field
 //! 0       4     magic b"SRPL"
-//! 4       1     version = 3 (FRAME_VERSION)
+//! 4       1     version = 4 (FRAME_VERSION)
 //! 5       1     kind (message tag, 1..=16 in Message's order)
-//! 6       2     reserved, 0
+//! 6       2     replica group id
 //! 8       8     cluster id
 //! 16      8     from (server id; 0 = the LB)
 //! 24      8     to   (server id; 0 = the LB)
@@ -34,7 +34,7 @@
 //!
 //! Length sanity first (it needs no trust and bounds everything after), then
 //! the MAC in constant time, and only for an authentic datagram magic,
-//! version, reserved bytes, CRC and the payload. So nothing an unkeyed sender
+//! version, CRC and the payload. So nothing an unkeyed sender
 //! writes is ever parsed, and [`FrameError::BadMac`] is one variant the
 //! driver can count. Every count and length inside the payload is checked
 //! against the bytes remaining before anything is allocated, and no input
@@ -55,7 +55,8 @@ pub const FRAME_MAGIC: [u8; 4] = *b"SRPL";
 ///
 /// Version 2: Ack carries the follower's promise hold (`hold_ms`).
 /// Version 3: Ack and Nack carry the follower's memory limit.
-pub const FRAME_VERSION: u8 = 3;
+/// Version 4: the header's two reserved bytes carry the replica group id.
+pub const FRAME_VERSION: u8 = 4;
 
 /// Largest datagram sent or accepted: under the common 1,500-byte Ethernet
 /// MTU with room for IP and UDP headers (and tunnels), so real networks do
@@ -188,10 +189,28 @@ impl ServerId {
     pub const LB: ServerId = ServerId(0);
 }
 
+/// A replica group: every frame names the group it belongs to, so that one
+/// process may host several (sharding). A server hosts one today, the first.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct GroupId(pub u16);
+
+impl GroupId {
+    /// The group every server belongs to while each hosts one.
+    pub const FIRST: GroupId = GroupId(0);
+}
+
+impl fmt::Display for GroupId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "g{}", self.0)
+    }
+}
+
 /// The fields every datagram carries besides its message.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Header {
     pub cluster: ClusterId,
+    /// The replica group the message is about.
+    pub group: GroupId,
     pub from: ServerId,
     pub to: ServerId,
     pub term: Term,
@@ -380,8 +399,6 @@ pub enum FrameError {
     BadMagic,
     #[error("unsupported frame version {0} (this build speaks version {FRAME_VERSION})")]
     UnsupportedVersion(u8),
-    #[error("reserved header bytes are not zero")]
-    ReservedNonZero,
     #[error("crc mismatch: stored {stored:#010x}, computed {computed:#010x}")]
     BadCrc { stored: u32, computed: u32 },
     #[error("unknown message kind {0}")]
@@ -834,9 +851,6 @@ pub fn decode(datagram: &[u8], secret: &[u8; SECRET_BYTES]) -> Result<Frame, Fra
         return Err(FrameError::UnsupportedVersion(datagram[4]));
     }
     let kind = datagram[5];
-    if datagram[6..8] != [0, 0] {
-        return Err(FrameError::ReservedNonZero);
-    }
     let crc_start = HEADER_BYTES + payload_len;
     let stored = le_u32(&datagram[crc_start..mac_start]);
     let computed = crc32c::crc32c(&datagram[CRC_START_BYTES..crc_start]);
@@ -845,6 +859,7 @@ pub fn decode(datagram: &[u8], secret: &[u8; SECRET_BYTES]) -> Result<Frame, Fra
     }
     let header = Header {
         cluster: ClusterId(le_u64(&datagram[8..16])),
+        group: GroupId(u16::from_le_bytes([datagram[6], datagram[7]])),
         from: ServerId(le_u64(&datagram[16..24])),
         to: ServerId(le_u64(&datagram[24..32])),
         term: Term(le_u64(&datagram[32..40])),
@@ -857,7 +872,7 @@ fn put_header(out: &mut BytesMut, header: &Header, kind: u8, payload_len: usize)
     out.put_slice(&FRAME_MAGIC);
     out.put_u8(FRAME_VERSION);
     out.put_u8(kind);
-    out.put_u16_le(0); // reserved for a later version
+    out.put_u16_le(header.group.0);
     out.put_u64_le(header.cluster.0);
     out.put_u64_le(header.from.0);
     out.put_u64_le(header.to.0);
@@ -1044,6 +1059,7 @@ mod tests {
     fn header() -> Header {
         Header {
             cluster: ClusterId(0x0102_0304_0506_0708),
+            group: GroupId(0x0a0b),
             from: ServerId(2),
             to: ServerId(3),
             term: Term(5),
@@ -1117,9 +1133,9 @@ mod tests {
     fn golden_header(kind: &str, from: &str, to: &str, payload_len: &str) -> String {
         [
             "5352504c",         // magic "SRPL"
-            "03",               // version
+            "04",               // version
             kind,               // kind
-            "0000",             // reserved
+            "0b0a",             // group 0x0a0b
             "0807060504030201", // cluster id
             from,
             to,
@@ -1141,7 +1157,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "8fc4fb9dd0988203d45e81e9a79f43903534c85c");
+        assert_eq!(hex(trailer), "85f85768b390701a5907b3655f1d2afd45c49398");
         assert_eq!(decode(&bytes, &SECRET), Ok(register()));
     }
 
@@ -1161,7 +1177,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "a735ec4bc0adceea89b5e73c8a13aed7fd5870e3");
+        assert_eq!(hex(trailer), "7d552f042fb6e94241b2d7d4812f01f6de4a0250");
         assert_eq!(decode(&bytes, &SECRET), Ok(append_two()));
     }
 
@@ -1178,7 +1194,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "f6addc621314dac4fdc60b0ee5641a76512ebd2b");
+        assert_eq!(hex(trailer), "6d2d2da589459614e97e801c6f4523c34653a952");
         assert_eq!(decode(&bytes, &SECRET), Ok(ack()));
     }
 
@@ -1223,7 +1239,7 @@ mod tests {
         .concat();
         let (body, trailer) = bytes.split_at(bytes.len() - CRC_BYTES - MAC_BYTES);
         assert_eq!(hex(body), expected_prefix);
-        assert_eq!(hex(trailer), "0571d704f81070cc6b50aa834d4e1ce77e4124e7");
+        assert_eq!(hex(trailer), "fcaece25c13ead9778bd88c7c6b31838a7200a5d");
         assert_eq!(decode(&bytes, &SECRET), Ok(status()));
     }
 
@@ -1464,14 +1480,17 @@ mod tests {
     fn authentic_but_malformed_headers_are_rejected() {
         let bad_magic = sealed_raw(|b| b[0] = b'X');
         assert_eq!(decode(&bad_magic, &SECRET), Err(FrameError::BadMagic));
-        // Version 2 is the one before Ack and Nack carried the limit.
-        let bad_version = sealed_raw(|b| b[4] = 2);
+        // Version 3 is the one before frames carried the group.
+        let bad_version = sealed_raw(|b| b[4] = 3);
         assert_eq!(
             decode(&bad_version, &SECRET),
-            Err(FrameError::UnsupportedVersion(2))
+            Err(FrameError::UnsupportedVersion(3))
         );
-        let reserved = sealed_raw(|b| b[7] = 1);
-        assert_eq!(decode(&reserved, &SECRET), Err(FrameError::ReservedNonZero));
+        let group = sealed_raw(|b| b[7] = 1);
+        assert_eq!(
+            decode(&group, &SECRET).map(|f| f.header.group),
+            Ok(GroupId(0x010b))
+        );
         let unknown = sealed_raw(|b| b[5] = 17);
         assert_eq!(decode(&unknown, &SECRET), Err(FrameError::UnknownKind(17)));
         let zero = sealed_raw(|b| b[5] = 0);
@@ -1737,15 +1756,18 @@ mod tests {
     }
 
     fn arb_frame() -> impl Strategy<Value = Frame> {
-        (any::<[u64; 4]>(), arb_message()).prop_map(|([cluster, from, to, term], message)| Frame {
-            header: Header {
-                cluster: ClusterId(cluster),
-                from: ServerId(from),
-                to: ServerId(to),
-                term: Term(term),
+        (any::<[u64; 4]>(), any::<u16>(), arb_message()).prop_map(
+            |([cluster, from, to, term], group, message)| Frame {
+                header: Header {
+                    cluster: ClusterId(cluster),
+                    group: GroupId(group),
+                    from: ServerId(from),
+                    to: ServerId(to),
+                    term: Term(term),
+                },
+                message,
             },
-            message,
-        })
+        )
     }
 
     proptest! {

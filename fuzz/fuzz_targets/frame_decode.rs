@@ -18,8 +18,8 @@
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use data::frame::{
-    decode, encode, seal, ClusterId, Entry, Frame, FrameError, Header, LogIndex, Message, Peer,
-    Role, ServerId, Term, DATAGRAM_BYTES_MAX, FRAME_OVERHEAD_BYTES, PAYLOAD_BYTES_MAX,
+    decode, encode, seal, ClusterId, Entry, Frame, FrameError, GroupId, Header, LogIndex, Message,
+    Peer, Role, ServerId, Term, DATAGRAM_BYTES_MAX, FRAME_OVERHEAD_BYTES, PAYLOAD_BYTES_MAX,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -189,6 +189,7 @@ impl Seed<'_> {
     fn header(&mut self) -> Header {
         Header {
             cluster: ClusterId(self.u64()),
+            group: GroupId(self.u16()),
             from: ServerId(self.u64()),
             to: ServerId(self.u64()),
             term: Term(self.u64()),

@@ -29,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use data::frame::{self, Frame, FrameError, Header, ServerId, DATAGRAM_BYTES_MAX};
+use data::frame::{self, Frame, FrameError, GroupId, Header, ServerId, DATAGRAM_BYTES_MAX};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -277,6 +277,7 @@ pub async fn run(
         start,
         out: BytesMut::with_capacity(DATAGRAM_BYTES_MAX),
         probe: None,
+        version_warned: None,
     };
     let result = control.run(&shutdown, requests_rx).await;
     if let Err(e) = &result {
@@ -306,6 +307,8 @@ struct Control {
     out: BytesMut,
     /// The socket frames to the leader leave from, connected to it.
     probe: Option<Probe>,
+    /// The frame version of another release last warned about.
+    version_warned: Option<u8>,
 }
 
 /// A UDP socket connected to one server's registered address.
@@ -397,7 +400,17 @@ impl Control {
             }
             Err(e) => {
                 Counters::bump(&counters.frames_malformed);
-                tracing::debug!(error = %e, "dropped a malformed datagram");
+                if let FrameError::UnsupportedVersion(version) = e {
+                    if self.version_warned != Some(version) {
+                        self.version_warned = Some(version);
+                        tracing::warn!(
+                            error = %e,
+                            "a server runs another release: upgrade the LB and every server of a group together"
+                        );
+                    }
+                } else {
+                    tracing::debug!(error = %e, "dropped a malformed datagram");
+                }
                 return Vec::new();
             }
         };
@@ -405,7 +418,8 @@ impl Control {
             Counters::bump(&counters.frames_other_cluster);
             return Vec::new();
         }
-        if frame.header.to != ServerId::LB {
+        // The LB elects the first group's leader only.
+        if frame.header.to != ServerId::LB || frame.header.group != GroupId::FIRST {
             Counters::bump(&counters.frames_not_for_lb);
             return Vec::new();
         }
@@ -458,6 +472,8 @@ impl Control {
                     let frame = Frame {
                         header: Header {
                             cluster: self.cluster.id,
+                            // The LB elects the first group's leader.
+                            group: GroupId::FIRST,
                             from: ServerId::LB,
                             to,
                             term,

@@ -10,7 +10,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::BytesMut;
-use data::frame::{self, ClusterId, Frame, Header, LogIndex, Message, Peer, Role, ServerId, Term};
+use data::frame::{
+    self, ClusterId, Frame, GroupId, Header, LogIndex, Message, Peer, Role, ServerId, Term,
+};
 use lb::cluster_file::{self, ClusterFile};
 use lb::{LbConfig, LbError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,13 +109,14 @@ impl FakeServer {
     }
 
     async fn send(&self, term: Term, message: Message) {
-        self.send_keyed(self.cluster.id, &self.cluster.secret, term, message)
+        let (cluster, group) = (self.cluster.id, GroupId::FIRST);
+        self.send_keyed((cluster, group), &self.cluster.secret, term, message)
             .await;
     }
 
     async fn send_keyed(
         &self,
-        cluster: ClusterId,
+        (cluster, group): (ClusterId, GroupId),
         secret: &[u8; 32],
         term: Term,
         message: Message,
@@ -121,6 +124,7 @@ impl FakeServer {
         let frame = Frame {
             header: Header {
                 cluster,
+                group,
                 from: self.id,
                 to: ServerId::LB,
                 term,
@@ -337,8 +341,8 @@ async fn elects_the_most_up_to_date_server_and_survives_a_restart() {
         "ERROR\r\n"
     );
 
-    // A frame with a wrong MAC, and one of another cluster, from a stranger:
-    // dropped, counted, never answered.
+    // A frame with a wrong MAC, one of another cluster and one of another
+    // replica group, from a stranger: dropped, counted, never answered.
     let stranger = FakeServer::new(99, &cluster, lb.udp).await;
     let mut wrong_secret = cluster.secret;
     wrong_secret[0] ^= 1;
@@ -347,18 +351,29 @@ async fn elects_the_most_up_to_date_server_and_survives_a_restart() {
         udp: stranger.udp(),
     };
     stranger
-        .send_keyed(cluster.id, &wrong_secret, Term(0), register.clone())
+        .send_keyed(
+            (cluster.id, GroupId::FIRST),
+            &wrong_secret,
+            Term(0),
+            register.clone(),
+        )
         .await;
     stranger
         .send_keyed(
-            ClusterId(cluster.id.0 ^ 1),
+            (ClusterId(cluster.id.0 ^ 1), GroupId::FIRST),
             &cluster.secret,
             Term(0),
-            register,
+            register.clone(),
         )
         .await;
-    let stats = poll_stats(lb.tcp, "both dropped frames", |s| {
-        stat_u64(s, "frames_bad_mac") >= 1 && stat_u64(s, "frames_other_cluster") >= 1
+    let not_for_lb = stat_u64(&stats, "frames_not_for_lb");
+    stranger
+        .send_keyed((cluster.id, GroupId(1)), &cluster.secret, Term(0), register)
+        .await;
+    let stats = poll_stats(lb.tcp, "the three dropped frames", |s| {
+        stat_u64(s, "frames_bad_mac") >= 1
+            && stat_u64(s, "frames_other_cluster") >= 1
+            && stat_u64(s, "frames_not_for_lb") > not_for_lb
     })
     .await;
     assert_eq!(stat_u64(&stats, "servers"), 3);

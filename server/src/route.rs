@@ -8,16 +8,13 @@
 //! sharding changes [`group_of`] and what a server knows of each group, not
 //! the connection. Pure: the caller passes what it knows of the group.
 
+pub use data::frame::GroupId;
 use data::frame::Role;
 
 use crate::config::ReadMode;
 
-/// A replica group's id.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct GroupId(pub u32);
-
 /// The group every key belongs to while a server hosts one.
-pub const FIRST_GROUP: GroupId = GroupId(0);
+pub const FIRST_GROUP: GroupId = GroupId::FIRST;
 
 /// The group that owns `key`; `None` for a request that concerns no one
 /// key (flush_all), which goes to the first group while there is one.

@@ -13,7 +13,7 @@ use std::hash::Hasher;
 use std::net::SocketAddr;
 use std::rc::Rc;
 
-use data::frame::{ClusterId, Header, LogIndex, Message, ServerId, Term};
+use data::frame::{ClusterId, GroupId, Header, LogIndex, Message, ServerId, Term};
 use lb::core::{Action as LbAction, Core, CoreConfig};
 use lb::registry::DurableState;
 
@@ -562,6 +562,7 @@ impl World {
         self.trace(|| format!("recv {from}->lb t{term} {message:?}"));
         let header = Header {
             cluster: ClusterId(1),
+            group: GroupId::FIRST,
             from: ServerId(from),
             to: ServerId::LB,
             term,

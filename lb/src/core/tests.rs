@@ -2,7 +2,7 @@
 //! they check; time is a plain number and nothing sleeps.
 
 use super::*;
-use data::frame::ClusterId;
+use data::frame::{ClusterId, GroupId};
 
 const HEARTBEAT_MS: u64 = 100;
 const ELECTION_TIMEOUT_MS: u64 = 1000;
@@ -29,6 +29,7 @@ fn udp(n: u64) -> SocketAddr {
 fn header(from: u64, term: Term) -> Header {
     Header {
         cluster: ClusterId(1),
+        group: GroupId::FIRST,
         from: id(from),
         to: ServerId::LB,
         term,

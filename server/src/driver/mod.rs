@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use data::command::Command;
-use data::frame::{self, Frame, FrameError, Header, LogIndex, Message, Role, ServerId, Term};
+use data::frame::{
+    self, Frame, FrameError, GroupId, Header, LogIndex, Message, Role, ServerId, Term,
+};
 use data::state::Outcome;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -205,6 +207,8 @@ struct Driver {
     waiters: Waiters<ProposalReply, ReadReply>,
     peers_tcp: HashMap<ServerId, SocketAddr>,
     lb_link: LbLink,
+    /// The frame version of another release last warned about.
+    version_warned: Option<u8>,
     out: BytesMut,
     snapshot_log_bytes: u64,
     item_bytes_max: usize,
@@ -269,6 +273,7 @@ impl Driver {
             waiters: Waiters::default(),
             peers_tcp: HashMap::new(),
             lb_link: LbLink::default(),
+            version_warned: None,
             out: BytesMut::with_capacity(frame::DATAGRAM_BYTES_MAX),
             snapshot_log_bytes: start.snapshot_log_bytes,
             item_bytes_max: start.item_bytes_max,
@@ -359,13 +364,26 @@ impl Driver {
                 self.view.bad_mac.fetch_add(1, Relaxed);
                 return;
             }
-            Err(_) => {
+            Err(error) => {
+                if let FrameError::UnsupportedVersion(version) = error {
+                    if self.version_warned != Some(version) {
+                        self.version_warned = Some(version);
+                        tracing::warn!(
+                            %error,
+                            "a peer runs another release: upgrade the LB and every server of a group together"
+                        );
+                    }
+                }
                 self.view.frames_dropped.fetch_add(1, Relaxed);
                 return;
             }
         };
         let Frame { header, message } = frame;
-        if header.cluster != self.settings.cluster.id || header.to != self.core.id() {
+        // This server hosts the first group only (route::group_of).
+        if header.cluster != self.settings.cluster.id
+            || header.group != GroupId::FIRST
+            || header.to != self.core.id()
+        {
             self.view.frames_dropped.fetch_add(1, Relaxed);
             return;
         }
@@ -645,6 +663,7 @@ impl Driver {
         let frame = Frame {
             header: Header {
                 cluster: self.settings.cluster.id,
+                group: GroupId::FIRST,
                 from: self.core.id(),
                 to,
                 term,
