@@ -113,7 +113,7 @@ fn torn_last_record_is_truncated_and_earlier_writes_are_served() {
     // SIGKILL rather than SIGTERM, so no shutdown-time snapshot replaces the log.
     server.kill9();
 
-    let segs = segments(server.data_dir());
+    let segs = segments(&server.group_dir());
     let last = segs.last().expect("at least one segment").clone();
     let recs = records(&last);
     let rec = recs.last().expect("the last segment holds a record");
@@ -155,7 +155,7 @@ fn damaged_early_record_stops_the_server_naming_file_and_offset() {
     fill(&server, 50, "k");
     server.kill9();
 
-    let seg = segments(server.data_dir())
+    let seg = segments(&server.group_dir())
         .into_iter()
         .find(|p| records(p).len() >= 10)
         .expect("a segment with at least 10 records");

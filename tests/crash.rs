@@ -267,7 +267,7 @@ fn sigkill_at_random_moments_loses_no_acknowledged_write() {
         if compacting {
             // With 64 KiB between snapshots, the chain must have written a keystore.
             assert!(
-                server.data_dir().join("keystore").exists(),
+                server.group_dir().join("keystore").exists(),
                 "chain {chain}: no keystore after {ROUNDS_PER_CHAIN} rounds with --snapshot-log-bytes {SNAPSHOT_LOG_BYTES}"
             );
         }

@@ -161,7 +161,18 @@ async fn start_backend(
     let limits = Limits {
         item_bytes_max: config.item_bytes_max,
     };
-    let blocking_config = config.clone();
+    // This server hosts the first group (route::group_of); its files live
+    // in its own directory, moved there from the layout before groups.
+    let group_dir = {
+        let data_dir = config.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            crate::storage::layout::open_group(&data_dir, crate::route::FIRST_GROUP)
+        })
+        .await
+        .map_err(|_| ServerError::CommitPanicked)??
+    };
+    let mut blocking_config = config.clone();
+    blocking_config.data_dir = group_dir.clone();
     match config.cluster.clone() {
         None => {
             let recovered = tokio::task::spawn_blocking(move || {
@@ -177,7 +188,7 @@ async fn start_backend(
                 state.clone(),
                 stats.clone(),
                 CommitConfig {
-                    data_dir: config.data_dir.clone(),
+                    data_dir: group_dir.clone(),
                     snapshot_log_bytes: config.snapshot_log_bytes,
                 },
             );
@@ -213,7 +224,7 @@ async fn start_backend(
             let memory = Arc::new(MemoryLimit::new(config.memory_limit_bytes));
             let (handle, worker) = driver::start(DriverStart {
                 settings,
-                data_dir: config.data_dir.clone(),
+                data_dir: group_dir.clone(),
                 tcp_advertise: local,
                 log: unapplied.log,
                 entries,

@@ -422,8 +422,13 @@ impl StoreServer {
         &self.data_dir
     }
 
+    /// The directory of the server's (first) replica group's files.
+    pub fn group_dir(&self) -> PathBuf {
+        self.data_dir.join("groups").join("0")
+    }
+
     pub fn log_dir(&self) -> PathBuf {
-        self.data_dir.join("log")
+        self.group_dir().join("log")
     }
 
     fn command(&self, port: u16) -> Command {

@@ -2,6 +2,8 @@
 //! file and the meta file, each owned by exactly one type or module here.
 //!
 //! Layout of a data directory and who owns what:
+//! - `lock`: the process's lock on the directory ([`lock_dir`]).
+//! - `groups/<id>/`: one replica group's files ([`layout`]), which are:
 //! - `log/<first index, 20 digits>.log`: [`log::Log`], the segment files.
 //! - `keystore` (and a transient `keystore.tmp`): [`keystore_file`].
 //! - `meta` (and a transient `meta.tmp`): [`meta`], server id and current term.
@@ -14,6 +16,7 @@
 
 mod fsutil;
 pub mod keystore_file;
+pub mod layout;
 pub mod log;
 pub mod meta;
 
