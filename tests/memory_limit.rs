@@ -216,3 +216,25 @@ fn a_follower_with_a_smaller_limit_bounds_the_group() {
     let reply = cluster::request(follower, set.as_bytes(), b"\r\n").expect("reply");
     assert_eq!(reply, b"STORED\r\n");
 }
+
+/// A leader without a limit of its own (`-m 0`) still checks writes
+/// against a follower's: the group's limit is the smallest one declared.
+#[test]
+fn an_unlimited_leader_refuses_at_a_followers_limit() {
+    const SMALL_BYTES: u64 = 16 * 1024 * 1024;
+    let cluster = cluster::start_with(3, &["-m", "0"]);
+    let (leader, follower) = cluster::leader_and_follower(&cluster);
+    let reply = cluster::request(follower, b"cache_memlimit 16\r\n", b"\r\n").expect("reply");
+    assert_eq!(reply, b"OK\r\n");
+    let group_limit = || stat_u64(&server_stats(leader), "repl_group_limit_maxbytes");
+    assert!(
+        poll_until(Duration::from_secs(10), || group_limit() == SMALL_BYTES),
+        "the leader's group limit stayed {}",
+        group_limit()
+    );
+    let stored = stored_until_refused(&write_all(leader));
+    assert!(
+        (5_000..SMALL_BYTES as usize / VALUE_BYTES).contains(&stored),
+        "{stored} stored"
+    );
+}

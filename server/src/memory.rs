@@ -113,6 +113,13 @@ impl MemoryLimit {
         smaller_limit(self.limit_bytes(), self.group_limit_bytes.load(Relaxed))
     }
 
+    /// Whether writes are checked against any limit now (this server's or
+    /// the group's): while not, the caller need not work out what a write
+    /// adds.
+    pub fn is_limited(&self) -> bool {
+        self.effective_limit_bytes() != MEMORY_UNLIMITED
+    }
+
     /// Reserves `growth_bytes` for a write about to be proposed, if the
     /// items (`held_bytes`), the writes in flight and it stay within the
     /// limit. A write that adds nothing always passes.
@@ -274,7 +281,9 @@ mod tests {
         assert!(limit.reserve(40, 11).is_ok());
         // A leader without a limit of its own takes the group's.
         let unlimited = MemoryLimit::new(MEMORY_UNLIMITED);
+        assert!(!unlimited.is_limited());
         unlimited.set_group_limit_bytes(10);
+        assert!(unlimited.is_limited());
         assert_eq!(unlimited.reserve(0, 11).err(), Some(OutOfMemory));
         unlimited.set_group_limit_bytes(1000);
         assert_eq!(unlimited.effective_limit_bytes(), 1000);

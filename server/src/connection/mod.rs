@@ -36,7 +36,7 @@ use crate::clock;
 use crate::commit::CommitError;
 use crate::config::ReadMode;
 use crate::forward::Relayed;
-use crate::memory::{Reservation, MEMORY_LIMIT_MB_MAX, MEMORY_LIMIT_MB_MIN, MEMORY_UNLIMITED};
+use crate::memory::{Reservation, MEMORY_LIMIT_MB_MAX, MEMORY_LIMIT_MB_MIN};
 use crate::route::{route, Access, Membership, Route};
 use crate::state;
 use crate::stats::{GeneralSettings, StateFigures, Stats, VERSION};
@@ -525,7 +525,7 @@ impl Connection {
         // Only a store can add to the items; the state lock is not taken
         // for anything else, nor without a limit.
         let reserved = match &op {
-            Op::Store { .. } if self.shared.memory.limit_bytes() != MEMORY_UNLIMITED => {
+            Op::Store { .. } if self.shared.memory.is_limited() => {
                 let state = state::read(&self.shared.state);
                 self.shared
                     .memory
