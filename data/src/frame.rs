@@ -216,6 +216,27 @@ pub struct Header {
     pub term: Term,
 }
 
+/// Remembers the frame version of another release last seen, so that a
+/// peer of another release is reported once, not at every datagram it
+/// sends (the LB and the servers both keep one).
+#[derive(Debug, Default)]
+pub struct OtherVersions {
+    last: Option<u8>,
+}
+
+impl OtherVersions {
+    /// Whether `error` is a frame of another version not reported yet: the
+    /// caller then says so once.
+    pub fn first_sight(&mut self, error: &FrameError) -> bool {
+        let FrameError::UnsupportedVersion(version) = *error else {
+            return false;
+        };
+        let first = self.last != Some(version);
+        self.last = Some(version);
+        first
+    }
+}
+
 /// One datagram, decoded.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Frame {
@@ -1474,6 +1495,17 @@ mod tests {
         let mut out = BytesMut::from(&body[..]);
         put_trailer(&mut out, 0, &SECRET);
         out.to_vec()
+    }
+
+    #[test]
+    fn another_version_is_reported_once_per_version() {
+        let mut seen = OtherVersions::default();
+        let v3 = FrameError::UnsupportedVersion(3);
+        assert!(seen.first_sight(&v3));
+        assert!(!seen.first_sight(&v3));
+        assert!(!seen.first_sight(&FrameError::BadMagic));
+        assert!(seen.first_sight(&FrameError::UnsupportedVersion(5)));
+        assert!(seen.first_sight(&v3));
     }
 
     #[test]

@@ -29,7 +29,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use data::frame::{self, Frame, FrameError, GroupId, Header, ServerId, DATAGRAM_BYTES_MAX};
+use data::frame::{
+    self, Frame, FrameError, GroupId, Header, OtherVersions, ServerId, DATAGRAM_BYTES_MAX,
+};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -277,7 +279,7 @@ pub async fn run(
         start,
         out: BytesMut::with_capacity(DATAGRAM_BYTES_MAX),
         probe: None,
-        version_warned: None,
+        other_versions: OtherVersions::default(),
     };
     let result = control.run(&shutdown, requests_rx).await;
     if let Err(e) = &result {
@@ -307,8 +309,8 @@ struct Control {
     out: BytesMut,
     /// The socket frames to the leader leave from, connected to it.
     probe: Option<Probe>,
-    /// The frame version of another release last warned about.
-    version_warned: Option<u8>,
+    /// Frames of another release, reported once per version.
+    other_versions: OtherVersions,
 }
 
 /// A UDP socket connected to one server's registered address.
@@ -400,15 +402,12 @@ impl Control {
             }
             Err(e) => {
                 Counters::bump(&counters.frames_malformed);
-                if let FrameError::UnsupportedVersion(version) = e {
-                    if self.version_warned != Some(version) {
-                        self.version_warned = Some(version);
-                        tracing::warn!(
-                            error = %e,
-                            "a server runs another release: upgrade the LB and every server of a group together"
-                        );
-                    }
-                } else {
+                if self.other_versions.first_sight(&e) {
+                    tracing::warn!(
+                        error = %e,
+                        "a server runs another release: upgrade the LB and every server of a group together"
+                    );
+                } else if !matches!(e, FrameError::UnsupportedVersion(_)) {
                     tracing::debug!(error = %e, "dropped a malformed datagram");
                 }
                 return Vec::new();

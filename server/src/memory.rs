@@ -169,12 +169,9 @@ pub const WRITES_IN_FLIGHT_BYTES_MAX: usize = 256 * 1024 * 1024;
 /// The budget counts in units of this many bytes (a semaphore's permits).
 const BUDGET_UNIT_BYTES: usize = 1024;
 
-// Every command takes at least one unit, so the budget also bounds the
-// leader's uncommitted entries, below the core's own bound.
-const _: () = assert!(
-    (WRITES_IN_FLIGHT_BYTES_MAX / BUDGET_UNIT_BYTES) as u64
-        <= crate::replica::UNCOMMITTED_ENTRIES_MAX
-);
+/// Commands in flight on one server at most: each takes at least one unit
+/// of the budget, so this also bounds the leader's uncommitted entries.
+pub const WRITES_IN_FLIGHT_MAX: usize = WRITES_IN_FLIGHT_BYTES_MAX / BUDGET_UNIT_BYTES;
 
 /// The bound on writes in flight: [`WRITES_IN_FLIGHT_BYTES_MAX`].
 #[derive(Debug)]

@@ -22,7 +22,8 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use data::command::Command;
 use data::frame::{
-    self, Frame, FrameError, GroupId, Header, LogIndex, Message, Role, ServerId, Term,
+    self, Frame, FrameError, GroupId, Header, LogIndex, Message, OtherVersions, Role, ServerId,
+    Term,
 };
 use data::state::Outcome;
 use tokio::net::UdpSocket;
@@ -65,6 +66,10 @@ const UDP_BUFFER_BYTES: usize = 4 * 1024 * 1024;
 const _: () = assert!(TICK_MS < crate::replica::RETRANSMIT_MS_MIN);
 const _: () = assert!(UDP_BUFFER_BYTES >= 2 * crate::replica::WINDOW_BYTES_MAX);
 const _: () = assert!(RECV_BUFFER_BYTES > frame::DATAGRAM_BYTES_MAX);
+// The write budget pushes back on clients before the core refuses
+// proposals for its bound on uncommitted entries.
+const _: () =
+    assert!(crate::memory::WRITES_IN_FLIGHT_MAX as u64 <= crate::replica::UNCOMMITTED_ENTRIES_MAX);
 
 /// Everything the driver needs at start.
 pub struct DriverStart {
@@ -207,8 +212,8 @@ struct Driver {
     waiters: Waiters<ProposalReply, ReadReply>,
     peers_tcp: HashMap<ServerId, SocketAddr>,
     lb_link: LbLink,
-    /// The frame version of another release last warned about.
-    version_warned: Option<u8>,
+    /// Frames of another release, reported once per version.
+    other_versions: OtherVersions,
     out: BytesMut,
     snapshot_log_bytes: u64,
     item_bytes_max: usize,
@@ -273,7 +278,7 @@ impl Driver {
             waiters: Waiters::default(),
             peers_tcp: HashMap::new(),
             lb_link: LbLink::default(),
-            version_warned: None,
+            other_versions: OtherVersions::default(),
             out: BytesMut::with_capacity(frame::DATAGRAM_BYTES_MAX),
             snapshot_log_bytes: start.snapshot_log_bytes,
             item_bytes_max: start.item_bytes_max,
@@ -365,14 +370,11 @@ impl Driver {
                 return;
             }
             Err(error) => {
-                if let FrameError::UnsupportedVersion(version) = error {
-                    if self.version_warned != Some(version) {
-                        self.version_warned = Some(version);
-                        tracing::warn!(
-                            %error,
-                            "a peer runs another release: upgrade the LB and every server of a group together"
-                        );
-                    }
+                if self.other_versions.first_sight(&error) {
+                    tracing::warn!(
+                        %error,
+                        "a peer runs another release: upgrade the LB and every server of a group together"
+                    );
                 }
                 self.view.frames_dropped.fetch_add(1, Relaxed);
                 return;
