@@ -11,7 +11,8 @@
 //!   fault scheduler.
 //! - `node`: one server's driver, doing what `server::driver` does:
 //!   the disk (a fsynced prefix and an unsynced tail), applying committed
-//!   entries, answering proposals and ReadIndex reads, keystore snapshots.
+//!   entries, answering proposals and ReadIndex reads, keystore snapshots
+//!   streamed by the server's own stream code.
 //! - `client`: clients issuing get/gets/set/add/cas/incr/decr/delete to the
 //!   server they believe leads, recording the history for `check`.
 //! - `checker`: the invariants, checked after every step.
@@ -37,11 +38,15 @@ pub struct Bugs {
     /// The driver's: the leader answers reads at once from its applied
     /// state, without a ReadIndex round.
     pub read_without_read_index: bool,
+    /// The keystore stream's (`server::replica::snapshot_stream`): the
+    /// follower installs the file under the term of the frame that
+    /// carried it, not the term of the file's last entry.
+    pub frame_term_as_snapshot_term: bool,
 }
 
 impl Bugs {
     /// The names the binary and the tests use.
-    pub const NAMES: [&'static str; 7] = [
+    pub const NAMES: [&'static str; 8] = [
         "commit-on-minority",
         "skip-noop",
         "accept-stale-append",
@@ -49,6 +54,7 @@ impl Bugs {
         "read-without-read-index",
         "promise-during-lease",
         "lease-ignores-holds",
+        "snapshot-frame-term",
     ];
 
     /// The switch named `name` turned on, or `None` for an unknown name.
@@ -62,6 +68,7 @@ impl Bugs {
             "read-without-read-index" => bugs.read_without_read_index = true,
             "promise-during-lease" => bugs.replica.promise_during_lease = true,
             "lease-ignores-holds" => bugs.replica.lease_ignores_holds = true,
+            "snapshot-frame-term" => bugs.frame_term_as_snapshot_term = true,
             _ => return None,
         }
         Some(bugs)

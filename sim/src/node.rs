@@ -10,8 +10,9 @@
 //! answered when its index is applied and still holds an entry of the
 //! proposal's term; a ReadIndex read is answered once the state has applied
 //! the read's index: both decided by [`Waiters`], the code the real driver
-//! runs. Keystore snapshots, compaction and snapshot transfer
-//! are modelled with the keystore as an in-memory image.
+//! runs. Keystore files are the real codec's bytes, in memory; they are
+//! streamed to a follower behind the compacted log by the real stream code
+//! (`server::replica::snapshot_stream`), in small chunks.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -21,7 +22,10 @@ use bytes::{Bytes, BytesMut};
 use data::command::Command;
 use data::frame::{LogIndex, Message, Role, ServerId, Term};
 use data::limits::ITEM_BYTES_MAX;
-use data::state::{Item, Outcome, State};
+use data::state::{Outcome, State};
+use server::replica::snapshot_stream::{
+    Chunk, FileAt, Outgoing, Received, Receiver, Senders, StreamShape,
+};
 use server::replica::{
     Action, Advertised, Applied, Durable, LbLink, Membership, NotLeader, Replica, Timing, Waiters,
 };
@@ -32,53 +36,54 @@ use crate::world::{
 };
 use crate::Options;
 
-/// A keystore file: the state at `index` (of `term`) and the membership.
+/// A keystore file at `index` (of `term`): the bytes a server writes,
+/// made and read by the real keystore codec, and streamed by the real
+/// stream code.
 #[derive(Clone, Debug)]
 pub(crate) struct Image {
     pub index: LogIndex,
     pub term: Term,
-    pub items: Vec<(Bytes, Item)>,
-    pub flush_deadline_s: Option<u64>,
-    pub clock_s: u64,
-    pub config: (Vec<u64>, Vec<u64>),
+    pub file: Bytes,
 }
 
 impl Image {
     fn of(state: &State, term: Term) -> Image {
         // As a keystore file: what no reader can see any more stays out.
-        let mut items: Vec<(Bytes, Item)> = state
-            .items()
-            .filter(|i| state.is_visible(i))
-            .map(|i| (Bytes::copy_from_slice(i.key()), i.to_item()))
-            .collect();
-        items.sort_by(|a, b| a.0.cmp(&b.0));
+        let items: Vec<_> = state.items().filter(|i| state.is_visible(i)).collect();
+        let mut file = Vec::new();
+        data::keystore::encode(
+            &mut file,
+            state.applied_index(),
+            term.0,
+            state.flush_deadline_s(),
+            state.clock_s(),
+            state.config(),
+            items,
+        )
+        .expect("a state the simulator applied encodes");
         Image {
             index: LogIndex(state.applied_index()),
             term,
-            items,
-            flush_deadline_s: state.flush_deadline_s(),
-            clock_s: state.clock_s(),
-            config: state.config().clone(),
+            file: Bytes::from(file),
         }
     }
 
     fn state(&self) -> State {
-        let mut state = State::restore(
-            ITEM_BYTES_MAX,
-            self.index.0,
-            self.flush_deadline_s,
-            self.clock_s,
-            self.items.iter().cloned(),
-        );
-        state.set_config(self.config.clone());
+        let (state, _) = data::keystore::decode(&self.file[..], ITEM_BYTES_MAX)
+            .expect("a keystore file the simulator wrote decodes");
         state
     }
 
     fn membership(&self) -> Membership {
-        Membership {
-            voters: self.config.0.iter().map(|id| ServerId(*id)).collect(),
-            learners: self.config.1.iter().map(|id| ServerId(*id)).collect(),
-        }
+        membership_of(&self.state())
+    }
+}
+
+fn membership_of(state: &State) -> Membership {
+    let config = state.config();
+    Membership {
+        voters: config.0.iter().map(|id| ServerId(*id)).collect(),
+        learners: config.1.iter().map(|id| ServerId(*id)).collect(),
     }
 }
 
@@ -143,6 +148,9 @@ pub(crate) struct Server {
     waiters: Waiters<(usize, u64, Bytes), PendingRead>,
     /// Registration and silence reports, as the real driver keeps them.
     lb_link: LbLink,
+    /// Keystore streams, both ends, by the real driver's code.
+    senders: Senders<Bytes>,
+    receiver: Receiver<Vec<u8>>,
     /// Commit index reported by the current incarnation's core.
     pub commit_seen: LogIndex,
 }
@@ -154,14 +162,9 @@ impl Server {
         } else {
             ((1..=servers).collect(), Vec::new())
         };
-        let snapshot = Image {
-            index: LogIndex(0),
-            term: Term(0),
-            items: Vec::new(),
-            flush_deadline_s: None,
-            clock_s: 0,
-            config,
-        };
+        let mut empty = State::restore(ITEM_BYTES_MAX, 0, None, 0, std::iter::empty());
+        empty.set_config(config);
+        let snapshot = Image::of(&empty, Term(0));
         Server {
             id,
             up: false,
@@ -183,6 +186,8 @@ impl Server {
             applied: LogIndex(0),
             waiters: Waiters::default(),
             lb_link: LbLink::default(),
+            senders: Senders::new(stream_shape(opts.seed)),
+            receiver: Receiver::default(),
             commit_seen: LogIndex(0),
         }
     }
@@ -250,7 +255,8 @@ impl World {
     /// Starts (or restarts) a server from what its disk holds.
     pub(crate) fn boot_server(&mut self, id: u64) {
         let jitter = self.rng.next_u64();
-        let bugs = self.opts.bugs.replica;
+        let bugs = self.opts.bugs;
+        let shape = stream_shape(self.opts.seed);
         let now = self.server_now(id);
         let s = self.server(id);
         let durable = Durable {
@@ -262,7 +268,7 @@ impl World {
         };
         let timing = Timing::new(s.heartbeat_ms, ELECTION_TIMEOUT_MS);
         let mut core = Replica::new(ServerId(id), timing, durable, jitter, now);
-        core.set_bugs(bugs);
+        core.set_bugs(bugs.replica);
         core.set_lb_addr(udp_addr(0));
         s.state = s.disk.snapshot.state();
         s.applied = s.disk.snapshot.index;
@@ -272,6 +278,9 @@ impl World {
         s.incarnation += 1;
         s.waiters = Waiters::default();
         s.lb_link = LbLink::default();
+        s.senders = Senders::new(shape);
+        s.receiver = Receiver::default();
+        s.receiver.bug_frame_term_as_snapshot_term = bugs.frame_term_as_snapshot_term;
         s.disk.fsync_free_at = 0;
         let incarnation = s.incarnation;
         let (last, synced) = (s.disk.last_index(), s.disk.synced);
@@ -306,6 +315,13 @@ impl World {
             return;
         };
         core.tick(now);
+        // As the real driver: stalled keystore streams resend first.
+        let out = s.senders.tick(core, now);
+        self.send_stream(id, out);
+        let s = self.server(id);
+        let Some(core) = s.core.as_mut() else {
+            return;
+        };
         let advertised = Advertised {
             tcp: tcp_addr(id),
             udp: udp_addr(id),
@@ -336,8 +352,30 @@ impl World {
         let line = crate::world::short(&packet);
         self.trace(|| format!("recv {from}->{id} {line}"));
         let now = self.server_now(id);
-        match packet {
-            Packet::Frame { term, message } => {
+        let Packet::Frame { term, message } = packet;
+        let message = match Chunk::of(ServerId(from), term, message) {
+            Ok(chunk) => {
+                self.on_snapshot_chunk(id, now, chunk);
+                self.process_actions(id);
+                return;
+            }
+            Err(message) => message,
+        };
+        match message {
+            Message::SnapshotAck {
+                snapshot_index,
+                offset,
+            } => {
+                let s = self.server(id);
+                let Some(core) = s.core.as_mut() else {
+                    return;
+                };
+                let out = s
+                    .senders
+                    .acked(core, now, ServerId(from), term, snapshot_index, offset);
+                self.send_stream(id, out);
+            }
+            message => {
                 let s = self.server(id);
                 let is_lb_heartbeat = s.lb_link.received(ServerId(from), &message);
                 let Some(core) = s.core.as_mut() else {
@@ -359,61 +397,91 @@ impl World {
                     );
                 }
             }
-            Packet::Snapshot { term, image } => self.on_snapshot(id, now, from, term, image),
-            Packet::SnapshotDone { term, index } => {
-                let Some(core) = self.server(id).core.as_mut() else {
-                    return;
-                };
-                if term == core.term() {
-                    core.snapshot_delivered(now, ServerId(from), index);
-                }
-            }
         }
         self.process_actions(id);
     }
 
-    /// Follower: the leader's keystore file arrived whole.
-    fn on_snapshot(&mut self, id: u64, now: u64, from: u64, term: Term, image: Rc<Image>) {
+    /// Sends what the keystore stream asked for, in the current term.
+    fn send_stream(&mut self, id: u64, out: Vec<Outgoing>) {
+        let Some(term) = self.server(id).core.as_ref().map(|c| c.term()) else {
+            return;
+        };
+        for Outgoing { to, message, .. } in out {
+            self.send(id, to.0, Packet::Frame { term, message });
+        }
+    }
+
+    /// Follower: a chunk of the leader's keystore file, received by the
+    /// real stream code into memory.
+    fn on_snapshot_chunk(&mut self, id: u64, now: u64, chunk: Chunk) {
         let s = self.server(id);
         let Some(core) = s.core.as_mut() else {
             return;
         };
-        if !core.accept_snapshot_chunk(now, ServerId(from), term) {
-            return;
-        }
-        let have = s.applied.max(core.snapshot_position().0);
-        if image.index > have {
-            let state = image.state();
-            // As the real driver: keep the log after the snapshot when the
-            // log holds the snapshot's last entry (Raft §7), else drop it.
-            if core.keeps_log_after_snapshot(image.index, image.term) {
-                let drop = (image.index.0 - s.disk.snapshot.index.0) as usize;
-                s.disk.log.drain(..drop.min(s.disk.log.len()));
-                s.disk.synced = s.disk.synced.saturating_sub(drop);
-            } else {
-                s.disk.log.clear();
-                s.disk.synced = 0;
+        let received = s
+            .receiver
+            .chunk(core, now, s.applied, chunk, || Ok(Vec::new()))
+            .expect("memory takes every chunk");
+        let ack = match received {
+            Received::Nothing => None,
+            Received::Ack(ack) => Some(ack),
+            Received::Whole { from, file, sink } => {
+                if self.install_snapshot(id, file, sink) {
+                    self.server(id)
+                        .core
+                        .as_ref()
+                        .and_then(|core| Receiver::<Vec<u8>>::installed(core, from, file))
+                } else {
+                    self.server(id)
+                        .core
+                        .as_ref()
+                        .and_then(|core| Receiver::<Vec<u8>>::rejected(core, from, file))
+                }
             }
-            s.disk.snapshot = image.clone();
-            s.state = state;
-            s.applied = image.index;
-            core.install_snapshot(image.index, image.term, image.membership());
-            let hash = state_hash(&s.state);
-            let index = image.index;
-            self.trace(|| format!("n{id}  installed keystore through {index}"));
-            if let Err((invariant, detail)) = self.checker.applied(id, index, hash) {
-                self.fail(invariant, detail);
+        };
+        self.send_stream(id, ack.into_iter().collect());
+    }
+
+    /// Follower: the whole keystore file arrived; installs it as the real
+    /// driver does. False if it does not decode.
+    fn install_snapshot(&mut self, id: u64, at: FileAt, file: Vec<u8>) -> bool {
+        let state = match data::keystore::decode(&file[..], ITEM_BYTES_MAX) {
+            Ok((state, _)) => state,
+            Err(error) => {
+                self.trace(|| format!("n{id}  received keystore does not decode: {error}"));
+                return false;
             }
-        }
+        };
         let s = self.server(id);
         let Some(core) = s.core.as_mut() else {
-            return;
+            return false;
         };
-        let term = core.term();
-        if core.peer_addr(ServerId(from)).is_some() {
-            let index = image.index;
-            self.send(id, from, Packet::SnapshotDone { term, index });
+        // As the real driver: keep the log after the snapshot when the
+        // log holds the snapshot's last entry (Raft §7), else drop it.
+        if core.keeps_log_after_snapshot(at.index, at.term) {
+            let drop = (at.index.0 - s.disk.snapshot.index.0) as usize;
+            s.disk.log.drain(..drop.min(s.disk.log.len()));
+            s.disk.synced = s.disk.synced.saturating_sub(drop);
+        } else {
+            s.disk.log.clear();
+            s.disk.synced = 0;
         }
+        let membership = membership_of(&state);
+        s.disk.snapshot = Rc::new(Image {
+            index: at.index,
+            term: at.term,
+            file: Bytes::from(file),
+        });
+        s.state = state;
+        s.applied = at.index;
+        core.install_snapshot(at.index, at.term, membership);
+        let hash = state_hash(&s.state);
+        let index = at.index;
+        self.trace(|| format!("n{id}  installed keystore through {index}"));
+        if let Err((invariant, detail)) = self.checker.applied(id, index, hash) {
+            self.fail(invariant, detail);
+        }
+        true
     }
 
     pub(crate) fn server_fsync(
@@ -692,15 +760,27 @@ impl World {
                 }
             }
             Action::ProposalsLost { after } => self.fail_proposals_after(id, after),
-            Action::SendSnapshot { to, .. } => {
+            Action::SendSnapshot { to, addr } => {
+                let now = self.server_now(id);
                 let s = self.server(id);
-                let image = s.disk.snapshot.clone();
-                let Some(term) = s.core.as_ref().map(|c| c.term()) else {
+                let Some(core) = s.core.as_ref() else {
                     return;
                 };
-                if image.index.0 > 0 {
-                    self.send(id, to.0, Packet::Snapshot { term, image });
-                }
+                let (snapshot_index, _) = core.snapshot_position();
+                let out = match s.senders.under_way(core, now, to, addr, snapshot_index) {
+                    Some(out) => out,
+                    None if s.disk.snapshot.index.0 == 0 => Vec::new(),
+                    None => {
+                        let image = s.disk.snapshot.clone();
+                        let at = FileAt {
+                            index: image.index,
+                            term: image.term,
+                            total: image.file.len() as u64,
+                        };
+                        s.senders.start(core, now, to, addr, at, image.file.clone())
+                    }
+                };
+                self.send_stream(id, out);
             }
         }
     }
@@ -864,6 +944,18 @@ fn heartbeat_ms(seed: u64, id: u64) -> u64 {
         0 => HEARTBEAT_MS / 2,
         1 => HEARTBEAT_MS,
         _ => HEARTBEAT_MS * 3 / 2,
+    }
+}
+
+/// How a run's servers cut keystore streams, from the seed like the clock
+/// rate: small chunks (8 to 135 bytes) and windows (1 to 8 chunks), so the
+/// simulator's keystores of a few hundred bytes take many chunks and
+/// windows, lost, duplicated and reordered on the way.
+fn stream_shape(seed: u64) -> StreamShape {
+    let bits = mix(seed, 0xC4A7);
+    StreamShape {
+        chunk_bytes: 8 + (bits >> 20) % 128,
+        window_chunks: 1 + (bits >> 40) % 8,
     }
 }
 

@@ -11,7 +11,6 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeSet, BinaryHeap};
 use std::hash::Hasher;
 use std::net::SocketAddr;
-use std::rc::Rc;
 
 use data::frame::{ClusterId, GroupId, Header, LogIndex, Message, ServerId, Term};
 use lb::core::{Action as LbAction, Core, CoreConfig};
@@ -19,7 +18,7 @@ use lb::registry::DurableState;
 
 use crate::checker::Checker;
 use crate::client::{Client, Reply, Request};
-use crate::node::{Image, Server};
+use crate::node::Server;
 use crate::rng::Rng;
 use crate::{Options, Report, Violation};
 
@@ -45,11 +44,6 @@ const STEPS_MAX: u64 = 1_000_000;
 pub(crate) enum Packet {
     /// A control or replication frame (`data::frame::Message`).
     Frame { term: Term, message: Message },
-    /// A leader's whole keystore file (the real driver streams it in
-    /// SnapshotChunks; one packet stands for the finished stream).
-    Snapshot { term: Term, image: Rc<Image> },
-    /// The follower holds the keystore file through `index`.
-    SnapshotDone { term: Term, index: LogIndex },
 }
 
 #[derive(Debug)]
@@ -552,9 +546,7 @@ impl World {
     }
 
     fn lb_deliver(&mut self, from: u64, packet: Packet) {
-        let Packet::Frame { term, message } = packet else {
-            return;
-        };
+        let Packet::Frame { term, message } = packet;
         if self.lb.core.is_none() {
             return;
         }
@@ -822,11 +814,16 @@ pub(crate) fn short(packet: &Packet) -> String {
                 entries.iter().map(|e| e.term.0).collect::<Vec<_>>()
             ),
             Message::Heartbeat { leader, .. } => format!("t{term} Heartbeat leader {leader}"),
+            Message::SnapshotChunk {
+                snapshot_index,
+                offset,
+                bytes,
+                ..
+            } => format!(
+                "t{term} SnapshotChunk {snapshot_index} {offset}+{}",
+                bytes.len()
+            ),
             other => format!("t{term} {other:?}"),
         },
-        Packet::Snapshot { term, image } => {
-            format!("t{term} Snapshot through {}/{}", image.index, image.term)
-        }
-        Packet::SnapshotDone { term, index } => format!("t{term} SnapshotDone {index}"),
     }
 }

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::commit::CommitError;
 use crate::config::ClusterSettings;
 use crate::memory::MemoryLimit;
+use crate::replica::snapshot_stream::{Chunk, Receiver, Senders, StreamShape};
 use crate::replica::{Action, Advertised, Applied, Durable, LbLink, NotLeader, Replica, Waiters};
 use crate::snapshot::SnapshotJob;
 use crate::state::{self, SharedState};
@@ -41,7 +42,6 @@ use crate::storage::{meta, Log, Meta, StorageError};
 mod transfer;
 mod view;
 
-use transfer::{Incoming, Transfer};
 pub use view::{ClusterHandle, ClusterView, DriverRequest};
 
 /// Requests waiting for the driver at most; connections wait beyond it.
@@ -221,9 +221,9 @@ struct Driver {
     /// A keystore file being written.
     snapshot: Option<SnapshotJob>,
     /// Leader: keystore streams to followers behind the compacted log.
-    transfers: HashMap<ServerId, Transfer>,
+    senders: Senders<std::fs::File>,
     /// Follower: a leader's keystore file arriving.
-    incoming: Option<Incoming>,
+    receiver: Receiver<std::fs::File>,
 }
 
 impl Drop for Driver {
@@ -284,8 +284,8 @@ impl Driver {
             item_bytes_max: start.item_bytes_max,
             log_bytes_since_snapshot: 0,
             snapshot: None,
-            transfers: HashMap::new(),
-            incoming: None,
+            senders: Senders::new(StreamShape::SERVER),
+            receiver: Receiver::default(),
         }
     }
 
@@ -397,42 +397,31 @@ impl Driver {
                 self.peers_tcp.insert(peer.id, peer.tcp);
             }
         }
-        match message {
-            Message::SnapshotChunk {
-                snapshot_index,
-                snapshot_term,
-                total_len,
-                offset,
-                bytes,
-            } => {
-                let result = self
-                    .on_snapshot_chunk(
-                        header.from,
-                        header.term,
-                        snapshot_index,
-                        snapshot_term,
-                        total_len,
-                        offset,
-                        bytes,
-                    )
-                    .await;
-                if let Err(error) = result {
+        let message = match Chunk::of(header.from, header.term, message) {
+            Ok(chunk) => {
+                if let Err(error) = self.on_snapshot_chunk(chunk).await {
                     tracing::warn!(%error, "receiving a keystore file failed");
-                    self.incoming = None;
+                    self.receiver.abandon();
                 }
                 return;
             }
-            Message::SnapshotAck {
+            Err(message) => message,
+        };
+        if let Message::SnapshotAck {
+            snapshot_index,
+            offset,
+        } = message
+        {
+            let out = self.senders.acked(
+                &mut self.core,
+                now,
+                header.from,
+                header.term,
                 snapshot_index,
                 offset,
-            } => {
-                if header.term == self.core.term() {
-                    self.on_snapshot_ack(header.from, snapshot_index, offset)
-                        .await;
-                }
-                return;
-            }
-            _ => {}
+            );
+            self.send_all(out).await;
+            return;
         }
         self.core.receive(now, header.from, header.term, message);
         self.fence_lease();
@@ -447,7 +436,8 @@ impl Driver {
         let now = now_ms();
         self.core.tick(now);
         self.fence_lease();
-        self.tick_transfers(now).await;
+        let out = self.senders.tick(&self.core, now);
+        self.send_all(out).await;
         let timing = self.settings.timing;
         let advertised = Advertised {
             tcp: self.tcp_advertise,
@@ -556,7 +546,7 @@ impl Driver {
             }
         }
         if self.snapshot.is_none()
-            && self.incoming.is_none()
+            && !self.receiver.is_receiving()
             && self.log_bytes_since_snapshot >= self.snapshot_log_bytes
         {
             self.log_bytes_since_snapshot = 0;

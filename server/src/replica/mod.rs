@@ -22,9 +22,10 @@
 //! - `lease`: read rounds and the read lease (§4a);
 //! - `follower`: the consistency check, fragments, Acks after the fsync;
 //! - `log_view`: the in-memory log since the snapshot;
-//! - `waiters` and `lb_link`: the host's half, written once for every
-//!   host: proposals and reads waiting to be answered; registration and
-//!   silence reports to the LB.
+//! - `waiters`, `lb_link` and `snapshot_stream`: the host's half, written
+//!   once for every host: proposals and reads waiting to be answered;
+//!   registration and silence reports to the LB; the keystore file streamed
+//!   in chunks to a follower behind the compacted log.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -106,6 +107,7 @@ mod leader;
 mod lease;
 mod log_view;
 mod membership;
+pub mod snapshot_stream;
 #[cfg(test)]
 mod tests;
 mod waiters;

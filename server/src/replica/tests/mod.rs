@@ -7,6 +7,7 @@ mod lease;
 mod membership;
 mod replication;
 mod snapshot;
+mod snapshot_stream;
 mod waiters;
 
 use std::collections::BTreeMap;
