@@ -827,33 +827,28 @@ impl World {
     fn apply_through(&mut self, id: u64, commit: LogIndex) {
         loop {
             let s = self.server(id);
-            if s.applied >= commit {
-                return;
-            }
-            let index = LogIndex(s.applied.0 + 1);
             let Some(core) = s.core.as_ref() else {
                 return;
             };
-            let Some(payload) = core.entry(index).cloned() else {
-                return;
-            };
-            let entry_term = core.term_at(index);
-            let command = match Command::decode(payload.clone()) {
-                Ok(c) => c,
+            let entry = match s
+                .waiters
+                .apply_next(core, &mut s.state, &mut s.applied, commit)
+            {
+                Ok(Some(entry)) => entry,
+                Ok(None) => return,
                 Err(e) => {
-                    self.fail("entries decode", format!("n{id} entry {index}: {e}"));
+                    self.fail("entries decode", format!("n{id} {e}"));
                     return;
                 }
             };
-            let outcome = s.state.apply(index.0, &command);
-            s.applied = index;
+            let (index, payload) = (entry.index, entry.payload);
+            let entry_term = core.term_at(index);
             let hash = state_hash(&s.state);
-            let proposal = s.waiters.applied(core, index);
             if let Err((inv, detail)) = self.checker.applied(id, index, hash) {
                 self.fail(inv, detail);
                 return;
             }
-            match proposal {
+            match entry.proposal {
                 None => continue,
                 // The entry at our index is another leader's by now.
                 Some(Applied::Replaced((client, req, _))) => {
@@ -873,7 +868,7 @@ impl World {
                         return;
                     }
                     self.writes_acked += 1;
-                    let reply = match outcome_ret(outcome) {
+                    let reply = match outcome_ret(entry.outcome) {
                         Some(ret) => Reply::Done(ret),
                         None => Reply::Unknown,
                     };

@@ -565,32 +565,30 @@ impl Driver {
             return Ok(());
         }
         let mut state = state::write(&self.state);
-        while self.applied < commit {
-            let index = LogIndex(self.applied.0 + 1);
-            let Some(payload) = self.core.entry(index).cloned() else {
-                // Only a snapshot could have taken it; nothing to apply here.
-                break;
-            };
-            let command = Command::decode(payload).map_err(|e| StorageError::Corrupt {
+        loop {
+            let next = self
+                .waiters
+                .apply_next(&self.core, &mut state, &mut self.applied, commit);
+            let entry = next.map_err(|e| StorageError::Corrupt {
                 what: "committed entry",
                 path: self.data_dir.clone(),
-                offset: index.0,
-                reason: e.to_string(),
+                offset: e.index.0,
+                reason: e.source.to_string(),
             })?;
-            let outcome = state.apply(index.0, &command);
-            self.applied = index;
-            match self.waiters.applied(&self.core, index) {
+            let Some(entry) = entry else {
+                return Ok(());
+            };
+            match entry.proposal {
+                None => {}
                 Some(Applied::Ours(reply)) => {
-                    let _ = reply.send(Ok(outcome));
+                    let _ = reply.send(Ok(entry.outcome));
                 }
                 // The entry at our index is another leader's.
                 Some(Applied::Replaced(reply)) => {
                     let _ = reply.send(Err(CommitError::Unknown));
                 }
-                None => {}
             }
         }
-        Ok(())
     }
 
     fn fail_proposals_after(&mut self, after: LogIndex) {

@@ -113,7 +113,7 @@ mod tests;
 mod waiters;
 
 pub use lb_link::{Advertised, LbLink};
-pub use waiters::{Applied, Waiters};
+pub use waiters::{Applied, AppliedEntry, UndecodableEntry, Waiters};
 
 use follower::{Fragment, Reassembly};
 use leader::{Answer, Progress};

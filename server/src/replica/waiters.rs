@@ -11,7 +11,9 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
+use data::command::Command;
 use data::frame::{LogIndex, Role, Term};
+use data::state::{Outcome, State};
 
 use super::{NotLeader, Replica, READS_WAITING_MAX};
 
@@ -22,6 +24,25 @@ pub enum Applied<P> {
     Ours(P),
     /// Another leader's entry took the index: the outcome is unknown.
     Replaced(P),
+}
+
+/// One committed entry applied to the host's state
+/// ([`Waiters::apply_next`]).
+#[derive(Debug)]
+pub struct AppliedEntry<P> {
+    pub index: LogIndex,
+    pub payload: Bytes,
+    pub outcome: Outcome,
+    /// The proposal made at this index on this host, if any.
+    pub proposal: Option<Applied<P>>,
+}
+
+/// A committed entry that does not decode: the log is damaged.
+#[derive(Debug, thiserror::Error)]
+#[error("committed entry {index} does not decode: {source}")]
+pub struct UndecodableEntry {
+    pub index: LogIndex,
+    pub source: data::command::DecodeError,
 }
 
 /// Proposals and reads waiting on one host.
@@ -141,6 +162,36 @@ impl<P, R> Waiters<P, R> {
         } else {
             Applied::Replaced(waiter)
         })
+    }
+
+    /// Applies the entry after `applied` to `state` if `commit` covers it
+    /// and the core still holds it (a snapshot installed meanwhile may have
+    /// taken it), advancing `applied`; with the proposal made there. Hosts
+    /// call it until it returns `None`: entries apply in order, once.
+    pub fn apply_next(
+        &mut self,
+        core: &Replica,
+        state: &mut State,
+        applied: &mut LogIndex,
+        commit: LogIndex,
+    ) -> Result<Option<AppliedEntry<P>>, UndecodableEntry> {
+        if *applied >= commit {
+            return Ok(None);
+        }
+        let index = LogIndex(applied.0 + 1);
+        let Some(payload) = core.entry(index).cloned() else {
+            return Ok(None);
+        };
+        let command = Command::decode(payload.clone())
+            .map_err(|source| UndecodableEntry { index, source })?;
+        let outcome = state.apply(index.0, &command);
+        *applied = index;
+        Ok(Some(AppliedEntry {
+            index,
+            payload,
+            outcome,
+            proposal: self.applied(core, index),
+        }))
     }
 
     /// [`super::Action::ProposalsLost`] and truncations: the waiters of

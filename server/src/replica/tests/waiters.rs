@@ -77,3 +77,36 @@ fn a_read_is_served_once_its_round_is_confirmed_and_the_state_caught_up() {
         .retry_held_reads(&mut g.node(2).replica, now)
         .is_empty());
 }
+
+#[test]
+fn committed_entries_apply_in_order_once_and_answer_their_proposal() {
+    let mut g = Group::new(&[1, 2, 3]);
+    g.elect(1, 1);
+    let mut waiters: Waiters<&str, &str> = Waiters::default();
+    let index = waiters
+        .propose(&mut g.node(1).replica, payload(1), "mine")
+        .expect("the leader takes it");
+    g.settle();
+    let commit = g.node(1).committed;
+    assert!(commit >= index);
+    let mut state = data::state::State::new(data::limits::ITEM_BYTES_MAX);
+    let mut applied = LogIndex(0);
+    let leader = &g.node(1).replica;
+    let mut seen = Vec::new();
+    while let Some(entry) = waiters
+        .apply_next(leader, &mut state, &mut applied, commit)
+        .expect("entries decode")
+    {
+        assert_eq!(entry.index, applied);
+        assert_eq!(Some(&entry.payload), leader.entry(entry.index));
+        seen.push((entry.index, entry.proposal));
+    }
+    assert_eq!(applied, commit, "everything committed, nothing more");
+    assert_eq!(state.applied_index(), commit.0);
+    let ours: Vec<_> = seen.iter().filter(|(_, p)| p.is_some()).collect();
+    assert_eq!(ours, vec![&(index, Some(Applied::Ours("mine")))]);
+    assert!(waiters
+        .apply_next(leader, &mut state, &mut applied, commit)
+        .unwrap()
+        .is_none());
+}
