@@ -92,6 +92,9 @@ pub struct Options {
     /// Start from an empty membership and let the first leader bootstrap
     /// the group (DESIGN §3), instead of a group already configured.
     pub bootstrap: bool,
+    /// `remove-server` among the faults (in two thirds of the seeds); off,
+    /// a seed replays as it did before that fault existed.
+    pub remove_server: bool,
 }
 
 impl Options {
@@ -105,6 +108,7 @@ impl Options {
             trace: false,
             trace_hash: false,
             bootstrap: false,
+            remove_server: true,
         }
     }
 }
@@ -179,6 +183,9 @@ pub fn replay_command(options: &Options) -> String {
     }
     if options.bootstrap {
         command.push_str(" --bootstrap");
+    }
+    if !options.remove_server {
+        command.push_str(" --no-remove-server");
     }
     command.push_str(" --trace");
     command

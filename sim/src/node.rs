@@ -254,6 +254,7 @@ impl World {
 
     /// Starts (or restarts) a server from what its disk holds.
     pub(crate) fn boot_server(&mut self, id: u64) {
+        self.rejoin_at.remove(&id);
         let jitter = self.rng.next_u64();
         let bugs = self.opts.bugs;
         let shape = stream_shape(self.opts.seed);
@@ -952,6 +953,12 @@ fn stream_shape(seed: u64) -> StreamShape {
         chunk_bytes: 8 + (bits >> 20) % 128,
         window_chunks: 1 + (bits >> 40) % 8,
     }
+}
+
+/// A value drawn from the seed and `salt`, outside the run's random
+/// stream: what a run adds this way leaves every other draw as it was.
+pub(crate) fn seeded(seed: u64, salt: u64) -> u64 {
+    mix(seed, salt) >> 16
 }
 
 fn mix(seed: u64, id: u64) -> u64 {

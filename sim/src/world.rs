@@ -8,7 +8,7 @@
 
 use std::cmp::Ordering;
 use std::collections::hash_map::DefaultHasher;
-use std::collections::{BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::hash::Hasher;
 use std::net::SocketAddr;
 
@@ -84,6 +84,12 @@ pub(crate) enum Event {
         client: usize,
         req: u64,
     },
+    /// An event for a paused server, held until it resumes: lost if the
+    /// process dies meanwhile (its socket buffers and connections with it).
+    Held {
+        incarnation: u32,
+        event: Box<Event>,
+    },
     Fault,
     RestartServer {
         id: u64,
@@ -158,6 +164,13 @@ pub(crate) struct World {
     pub net: Net,
     /// Directed links that drop everything: (from, to), 0 is the LB.
     pub blocked: BTreeSet<(u64, u64)>,
+    /// Servers the operator removed whose removal the LB has not finished
+    /// (forgotten them): out of the group.
+    pub removed: BTreeSet<u64>,
+    /// Removed servers the operator stopped once the LB forgot them, and
+    /// when it starts them again to rejoin (not sooner: a frame the LB sent
+    /// before it forgot them may still be on its way).
+    pub rejoin_at: BTreeMap<u64, u64>,
     pub faults_on: bool,
     pub end_ms: u64,
     pub clients_stop_ms: u64,
@@ -169,7 +182,7 @@ pub(crate) struct World {
     pub crashes: u64,
     pub writes_acked: usize,
     /// Per seed: chance weights of each fault kind and the mean gap.
-    fault_weights: [u64; 8],
+    fault_weights: [u64; 9],
     fault_gap_max_ms: u64,
     /// Per seed: keystore snapshot every this many applied entries.
     pub compact_every: Option<u64>,
@@ -206,6 +219,14 @@ impl World {
             rng.range(0, 2), // LB crash
             rng.range(0, 2), // clock jump
             rng.range(0, 2), // network change
+            // Remove a server (`remove-server`), from the seed rather than
+            // the run's stream, so a seed where it is 0 (a third, or all
+            // without the option) replays as it did before this fault.
+            if opts.remove_server {
+                crate::node::seeded(opts.seed, 0x5E4A) % 3
+            } else {
+                0
+            },
         ];
         let compact_every = match rng.below(3) {
             0 => None,
@@ -241,6 +262,8 @@ impl World {
             clients,
             net,
             blocked: BTreeSet::new(),
+            removed: BTreeSet::new(),
+            rejoin_at: BTreeMap::new(),
             faults_on: true,
             end_ms,
             clients_stop_ms: end_ms - 2_500,
@@ -372,6 +395,7 @@ impl World {
             Event::Deliver { to, .. } if *to != 0 => Some(*to),
             Event::ServerTick { id, .. } | Event::Fsync { id, .. } => Some(*id),
             Event::Request { server, .. } => Some(*server),
+            Event::Held { event, .. } => Self::target(event),
             _ => None,
         }
     }
@@ -381,14 +405,28 @@ impl World {
         // resumes; then what queued up is handled in a shuffled order, as
         // tokio's `select!` picks among ready branches at random.
         if let Some(id) = Self::target(&event) {
-            let paused_until = self.servers[id as usize - 1].paused_until;
+            let s = &self.servers[id as usize - 1];
+            if let Event::Held { incarnation, .. } = &event {
+                if *incarnation != s.incarnation {
+                    return;
+                }
+            }
+            let paused_until = s.paused_until;
             if paused_until > self.now {
+                let event = match event {
+                    Event::Held { .. } => event,
+                    other => Event::Held {
+                        incarnation: s.incarnation,
+                        event: Box::new(other),
+                    },
+                };
                 let at = paused_until + self.rng.range(0, 5);
                 self.schedule(at, event);
                 return;
             }
         }
         match event {
+            Event::Held { event, .. } => self.handle(*event),
             Event::Deliver { from, to, packet } => {
                 if to == 0 {
                     self.lb_deliver(from, packet);
@@ -415,7 +453,7 @@ impl World {
             Event::ClientTimeout { client, req } => self.client_timeout(client, req),
             Event::Fault => self.fault(),
             Event::RestartServer { id } => {
-                if !self.servers[id as usize - 1].up {
+                if !self.servers[id as usize - 1].up && !self.waits_to_rejoin(id) {
                     self.boot_server(id);
                 }
             }
@@ -542,6 +580,7 @@ impl World {
         };
         let actions = core.tick(now);
         self.lb_actions(actions);
+        self.rejoin_removed();
         self.schedule(self.now + LB_TICK_MS, Event::LbTick { incarnation });
     }
 
@@ -603,6 +642,34 @@ impl World {
                 }
             }
         }
+    }
+
+    /// The operator stops a removed server once the LB forgot it (its
+    /// removal done) and starts it again a little later, so it registers
+    /// anew and the leader adds it back.
+    fn rejoin_removed(&mut self) {
+        let members = &self.lb.durable.members;
+        let done: Vec<u64> = self
+            .removed
+            .iter()
+            .filter(|id| !members.contains_key(&ServerId(**id)))
+            .copied()
+            .collect();
+        for id in done {
+            self.removed.remove(&id);
+            if self.servers[id as usize - 1].up {
+                self.crash_server(id);
+            }
+            let at = self.now + self.rng.range(200, 2_000);
+            self.trace(|| format!("n{id}  removed; stopped, to rejoin at {at}"));
+            self.rejoin_at.insert(id, at);
+            self.schedule(at, Event::RestartServer { id });
+        }
+    }
+
+    /// A removed server stopped to rejoin later is not started sooner.
+    fn waits_to_rejoin(&self, id: u64) -> bool {
+        self.rejoin_at.get(&id).is_some_and(|at| self.now < *at)
     }
 
     // ---- faults ----
@@ -681,6 +748,7 @@ impl World {
                 }
                 self.trace(|| format!("FAULT clock jump on {node}: {jump:+} ms"));
             }
+            8 => self.remove_server(),
             _ => {
                 self.net = Net {
                     loss_ppm: self.rng.range(0, 200_000),
@@ -697,6 +765,30 @@ impl World {
         self.schedule(at, Event::Fault);
     }
 
+    /// The operator asks the LB to remove a server (`remove-server`); in
+    /// half the cases also stops it, and starts it again later with its
+    /// disk. Once the LB forgot it, the operator starts it again (or it
+    /// starts then), and it registers anew and the leader adds it back.
+    fn remove_server(&mut self) {
+        let id = self.rng.range(1, self.opts.servers as u64);
+        let stop = self.rng.below(2) == 0;
+        let Some(core) = self.lb.core.as_mut() else {
+            return;
+        };
+        let Ok(actions) = core.remove_server(ServerId(id)) else {
+            return;
+        };
+        self.trace(|| format!("FAULT remove-server n{id}"));
+        self.lb_actions(actions);
+        if stop && self.servers[id as usize - 1].up {
+            self.crash_server(id);
+            self.crashes += 1;
+            let at = self.now + self.rng.range(500, 3_000);
+            self.schedule(at, Event::RestartServer { id });
+        }
+        self.removed.insert(id);
+    }
+
     /// The faults stop: links heal, everything restarts, the network calms.
     fn end_faults(&mut self) {
         self.faults_on = false;
@@ -707,7 +799,7 @@ impl World {
             self.start_lb();
         }
         for id in 1..=self.opts.servers as u64 {
-            if !self.servers[id as usize - 1].up {
+            if !self.servers[id as usize - 1].up && !self.waits_to_rejoin(id) {
                 self.boot_server(id);
             }
         }
@@ -755,7 +847,9 @@ impl World {
     }
 
     /// After the quiet period: one leader serves and every server has
-    /// applied everything it committed.
+    /// applied everything it committed, but for a server the operator
+    /// removed that has not rejoined, once the configuration no longer has
+    /// it.
     fn check_liveness(&mut self) {
         let serving: Vec<u64> = self
             .servers
@@ -773,13 +867,19 @@ impl World {
             );
             return;
         };
-        let commit = self.servers[leader as usize - 1]
-            .core
-            .as_ref()
-            .map_or(LogIndex(0), |c| c.commit_index());
+        let Some(core) = self.servers[leader as usize - 1].core.as_ref() else {
+            return;
+        };
+        let commit = core.commit_index();
+        let members = core.membership();
+        let out = |id: u64| {
+            let id = ServerId(id);
+            !members.voters.contains(&id) && !members.learners.contains(&id)
+        };
         let lagging: Vec<(u64, u64)> = self
             .servers
             .iter()
+            .filter(|s| !(self.removed.contains(&s.id) && out(s.id)))
             .filter(|s| s.applied != commit)
             .map(|s| (s.id, s.applied.0))
             .collect();

@@ -33,12 +33,15 @@ struct Args {
     trace: bool,
     /// Turn on a deliberate bug: commit-on-minority, skip-noop,
     /// accept-stale-append, ack-before-fsync, read-without-read-index,
-    /// promise-during-lease, lease-ignores-holds.
+    /// promise-during-lease, lease-ignores-holds, snapshot-frame-term.
     #[arg(long)]
     bug: Option<String>,
     /// Start from an empty membership (the first leader bootstraps).
     #[arg(long)]
     bootstrap: bool,
+    /// No remove-server faults (as runs were before they existed).
+    #[arg(long)]
+    no_remove_server: bool,
     /// Virtual milliseconds of faults per run.
     #[arg(long, default_value_t = 12_000)]
     faults_ms: u64,
@@ -77,6 +80,7 @@ fn main() -> ExitCode {
         options.bugs = bugs;
         options.trace = args.trace;
         options.bootstrap = args.bootstrap;
+        options.remove_server = !args.no_remove_server;
         options.faults_ms = args.faults_ms;
         let report = run(&options);
         ran += 1;
