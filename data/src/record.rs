@@ -180,7 +180,34 @@ pub fn encode_record(
     index: u64,
     command: &Command,
 ) -> Result<usize, RecordTooLarge> {
-    let length = command.encoded_len();
+    encode_record_with(out, term, index, command.encoded_len(), |out| {
+        command.encode(out)
+    })
+}
+
+/// Appends one record holding `command`, a command already encoded (a
+/// replicated entry's payload), as [`encode_record`] does for a
+/// [`Command`]; the bytes are not decoded again. On error `out` is
+/// unchanged.
+pub fn encode_record_bytes(
+    out: &mut BytesMut,
+    term: u64,
+    index: u64,
+    command: &[u8],
+) -> Result<usize, RecordTooLarge> {
+    encode_record_with(out, term, index, command.len(), |out| {
+        out.put_slice(command)
+    })
+}
+
+/// The record framing around `length` command bytes that `write` appends.
+fn encode_record_with(
+    out: &mut BytesMut,
+    term: u64,
+    index: u64,
+    length: usize,
+    write: impl FnOnce(&mut BytesMut),
+) -> Result<usize, RecordTooLarge> {
     if length > RECORD_BYTES_MAX {
         return Err(RecordTooLarge { length });
     }
@@ -189,7 +216,7 @@ pub fn encode_record(
     out.put_u64_le(0); // length and CRC, backfilled below
     out.put_u64_le(term);
     out.put_u64_le(index);
-    command.encode(out);
+    write(out);
     let record = &mut out[start..];
     assert_eq!(
         record.len(),

@@ -1,4 +1,5 @@
-//! The commit pipeline: the one thread that owns the log, turns proposals
+//! The commit pipeline of a server alone (one of the two
+//! [`WritePath`]s): the one thread that owns the log, turns proposals
 //! into durable log entries, applies them to the state in index order and
 //! answers each proposer.
 //!
@@ -19,13 +20,13 @@ use std::thread;
 use std::time::Instant;
 
 use data::command::Command;
-use data::state::Outcome;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
-use crate::snapshot::SnapshotJob;
+use crate::snapshot::KeystoreSchedule;
 use crate::state::{self, SharedState};
 use crate::stats::Stats;
 use crate::storage::{Log, StorageError};
+use crate::write_path::{CommitError, ProposalReply, WritePath};
 
 /// Proposals waiting for the commit thread at most; proposers wait (async)
 /// for room beyond it, which pushes back on clients.
@@ -42,25 +43,10 @@ pub const BATCH_BYTES_MAX: usize = 8 * 1024 * 1024;
 /// (replication) will raise it.
 pub const SINGLE_NODE_TERM: u64 = 1;
 
-/// Why a proposal got no outcome.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitError {
-    /// The log could not be written; the server is stopping.
-    Storage,
-    /// Another server leads: forward the request there.
-    NotLeader,
-    /// This server leads but cannot serve yet (its first entry of the term is
-    /// not committed) or has just lost a majority: try again shortly.
-    NotReady,
-    /// Leadership changed before the write committed: it may or may not
-    /// have happened.
-    Unknown,
-}
-
 /// One write waiting to be committed.
 pub struct Proposal {
     pub command: Command,
-    pub reply: oneshot::Sender<Result<Outcome, CommitError>>,
+    pub reply: ProposalReply,
 }
 
 /// Handle to submit proposals to the commit thread.
@@ -69,19 +55,15 @@ pub struct Committer {
     tx: mpsc::Sender<Proposal>,
 }
 
-impl Committer {
-    /// Queues `command`; the receiver yields its outcome. Lets a connection
-    /// queue many pipelined writes before waiting for the first.
-    pub async fn submit(
-        &self,
-        command: Command,
-    ) -> Result<oneshot::Receiver<Result<Outcome, CommitError>>, CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Proposal { command, reply })
-            .await
-            .map_err(|_| CommitError::Storage)?;
-        Ok(rx)
+impl WritePath for Committer {
+    type Request = Proposal;
+
+    fn queue(&self) -> &mpsc::Sender<Proposal> {
+        &self.tx
+    }
+
+    fn proposal(command: Command, reply: ProposalReply) -> Proposal {
+        Proposal { command, reply }
     }
 }
 
@@ -115,9 +97,7 @@ struct CommitLoop {
     stats: Arc<Stats>,
     config: CommitConfig,
     last_index: u64,
-    log_bytes_since_snapshot: u64,
-    /// Set while a keystore file is being written.
-    snapshot: Option<SnapshotJob>,
+    keystores: KeystoreSchedule,
     encoded_bytes: usize,
 }
 
@@ -129,10 +109,9 @@ impl CommitLoop {
             log,
             state,
             stats,
+            keystores: KeystoreSchedule::new(config.snapshot_log_bytes),
             config,
             last_index,
-            log_bytes_since_snapshot: 0,
-            snapshot: None,
             encoded_bytes: 0,
         }
     }
@@ -184,7 +163,7 @@ impl CommitLoop {
         self.stats
             .log_synced(sync_started, batch.len() as u64, self.encoded_bytes as u64);
         self.last_index += batch.len() as u64;
-        self.log_bytes_since_snapshot += self.encoded_bytes as u64;
+        self.keystores.wrote(self.encoded_bytes as u64);
 
         let mut outcomes = Vec::with_capacity(batch.len());
         {
@@ -204,25 +183,10 @@ impl CommitLoop {
     /// and starts one when enough log was written. `wait` blocks for one in
     /// progress (at shutdown).
     fn poll_snapshot(&mut self, wait: bool) -> Result<(), StorageError> {
-        if let Some(result) = self.snapshot.as_ref().and_then(|job| job.poll(wait)) {
-            self.snapshot = None;
-            match result {
-                Ok(taken) => {
-                    Stats::bump(&self.stats.counters.snapshots);
-                    self.log.compact_through(taken.index)?;
-                }
-                // The log still holds everything; retry at the next threshold.
-                Err(error) => tracing::warn!(%error, "keystore write failed"),
-            }
-        }
-        if !wait
-            && self.snapshot.is_none()
-            && self.log_bytes_since_snapshot >= self.config.snapshot_log_bytes
-        {
-            self.log_bytes_since_snapshot = 0;
-            self.snapshot = SnapshotJob::start(self.config.data_dir.clone(), &self.state, |_| {
-                SINGLE_NODE_TERM
-            });
+        self.keystores.finished(&mut self.log, &self.stats, wait)?;
+        if !wait {
+            self.keystores
+                .maybe_start(&self.config.data_dir, &self.state, |_| SINGLE_NODE_TERM);
         }
         Ok(())
     }

@@ -8,9 +8,10 @@
 //!   serves it or that group's leader does: the one decision every request
 //!   passes.
 //! - [`forward`]: a follower's pooled connections to its leader.
-//! - [`commit`]: a single server's write path: the thread that owns the
-//!   log; group commit, then apply.
-//! - [`driver`]: a group member's write path: runs the [`replica`] core on
+//! - [`write_path`]: the contract of the two write paths, and why two:
+//! - [`commit`]: a server alone: the thread that owns the log; group
+//!   commit, then apply.
+//! - [`driver`]: a group member: runs the [`replica`] core on
 //!   its own thread with the UDP socket, the log, the timer and keystore
 //!   streams; [`driver::ClusterHandle`] is how connections reach it.
 //! - [`replica`]: the replication core, sans-IO (elections, log shipping,
@@ -50,6 +51,7 @@ pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod storage;
+pub mod write_path;
 
 use std::sync::Arc;
 
@@ -58,9 +60,11 @@ use data::limits::Limits;
 use crate::config::Config;
 use crate::state::SharedState;
 use crate::stats::Stats;
+use crate::write_path::WritePath;
 
-/// Where writes and linearizable reads go: the server's own commit pipeline
-/// (a group of one), or the replication driver.
+/// Where writes and linearizable reads go: one of the two [`WritePath`]s
+/// ([`write_path`] says why two), the server's own commit pipeline when it
+/// runs alone, or the replication driver.
 #[derive(Clone)]
 pub enum Backend {
     Single(commit::Committer),
@@ -73,8 +77,8 @@ impl Backend {
         &self,
         command: data::command::Command,
     ) -> Result<
-        tokio::sync::oneshot::Receiver<Result<data::state::Outcome, commit::CommitError>>,
-        commit::CommitError,
+        tokio::sync::oneshot::Receiver<Result<data::state::Outcome, write_path::CommitError>>,
+        write_path::CommitError,
     > {
         match self {
             Backend::Single(committer) => committer.submit(command).await,

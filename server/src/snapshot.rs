@@ -1,15 +1,17 @@
 //! Taking a keystore file (snapshot) off the write path: the items are
 //! frozen under the state lock (a copy of their locations; the segments
-//! holding them are shared, not copied), and a helper thread writes the file; the caller polls for the result and then deletes
-//! the log the file covers. Used by the commit pipeline (a group of one) and
-//! the replication driver alike.
+//! holding them are shared, not copied), and a helper thread writes the
+//! file; the caller polls for the result and then deletes the log the file
+//! covers. [`KeystoreSchedule`] decides when, for the commit pipeline (a
+//! server alone) and the replication driver alike.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread;
 
 use crate::state::{self, SharedState};
-use crate::storage::{keystore_file, StorageError};
+use crate::stats::Stats;
+use crate::storage::{keystore_file, Log, StorageError};
 
 /// A keystore file being written.
 pub struct SnapshotJob {
@@ -73,5 +75,80 @@ impl SnapshotJob {
         } else {
             self.done.try_recv().ok()
         }
+    }
+}
+
+/// When a write path takes its keystore files, written once for both
+/// (the commit pipeline and the replication driver): one file at a time,
+/// started once `every_log_bytes` of log were written since the last, and
+/// when one is finished the log it covers is deleted.
+pub struct KeystoreSchedule {
+    job: Option<SnapshotJob>,
+    every_log_bytes: u64,
+    log_bytes_since: u64,
+}
+
+impl KeystoreSchedule {
+    pub fn new(every_log_bytes: u64) -> KeystoreSchedule {
+        KeystoreSchedule {
+            job: None,
+            every_log_bytes,
+            log_bytes_since: 0,
+        }
+    }
+
+    /// `bytes` more were written to the log.
+    pub fn wrote(&mut self, bytes: u64) {
+        self.log_bytes_since += bytes;
+    }
+
+    /// The file being written, if one finished (`wait`: blocks until the
+    /// one in progress finishes): the log before it is deleted, and what
+    /// it covers returned. A file that failed leaves the log as it is; the
+    /// next one is tried at the next threshold.
+    pub fn finished(
+        &mut self,
+        log: &mut Log,
+        stats: &Stats,
+        wait: bool,
+    ) -> Result<Option<Taken>, StorageError> {
+        let Some(result) = self.job.as_ref().and_then(|job| job.poll(wait)) else {
+            return Ok(None);
+        };
+        self.job = None;
+        match result {
+            Ok(taken) => {
+                Stats::bump(&stats.counters.snapshots);
+                log.compact_through(taken.index)?;
+                Ok(Some(taken))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "keystore write failed");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Starts a file once enough log was written and none is in progress.
+    pub fn maybe_start(
+        &mut self,
+        data_dir: &Path,
+        state: &SharedState,
+        term_of: impl FnOnce(u64) -> u64,
+    ) {
+        if self.job.is_some() || self.log_bytes_since < self.every_log_bytes {
+            return;
+        }
+        self.log_bytes_since = 0;
+        self.job = SnapshotJob::start(data_dir.to_path_buf(), state, term_of);
+    }
+
+    /// Waits for a file in progress and forgets it: another keystore file
+    /// (a leader's) is about to replace it. The log now starts afresh.
+    pub fn replaced(&mut self) {
+        if let Some(job) = self.job.take() {
+            let _ = job.poll(true);
+        }
+        self.log_bytes_since = 0;
     }
 }

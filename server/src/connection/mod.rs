@@ -33,13 +33,13 @@ use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
 use crate::clock;
-use crate::commit::CommitError;
 use crate::config::ReadMode;
 use crate::forward::Relayed;
 use crate::memory::{Reservation, MEMORY_LIMIT_MB_MAX, MEMORY_LIMIT_MB_MIN};
 use crate::route::{route, Access, Membership, Route};
 use crate::state;
 use crate::stats::{GeneralSettings, StateFigures, Stats, VERSION};
+use crate::write_path::CommitError;
 use crate::{Backend, Shared};
 
 mod admin;

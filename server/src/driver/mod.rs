@@ -25,19 +25,18 @@ use data::frame::{
     self, Frame, FrameError, GroupId, Header, LogIndex, Message, OtherVersions, Role, ServerId,
     Term,
 };
-use data::state::Outcome;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::commit::CommitError;
 use crate::config::ClusterSettings;
 use crate::memory::MemoryLimit;
 use crate::replica::snapshot_stream::{Chunk, Receiver, Senders, StreamShape};
 use crate::replica::{Action, Advertised, Applied, Durable, LbLink, NotLeader, Replica, Waiters};
-use crate::snapshot::SnapshotJob;
+use crate::snapshot::KeystoreSchedule;
 use crate::state::{self, SharedState};
 use crate::stats::Stats;
 use crate::storage::{meta, Log, Meta, StorageError};
+use crate::write_path::{CommitError, ProposalReply};
 
 mod transfer;
 mod view;
@@ -50,6 +49,9 @@ pub const REQUESTS_QUEUED_MAX: usize = 16 * 1024;
 const REQUESTS_PER_TURN_MAX: usize = 4096;
 /// Datagrams read per loop turn at most.
 const DATAGRAMS_PER_TURN_MAX: usize = 1024;
+/// Proposals are encoded into blocks of this size (one allocation for many
+/// small writes; a block is freed once no entry in it is held).
+const PROPOSAL_BLOCK_BYTES: usize = 64 * 1024;
 /// The core's timer resolution: retransmits start at 20 ms.
 const TICK_MS: u64 = 10;
 /// Receive buffer: a little over the largest datagram, so an oversized one
@@ -188,8 +190,6 @@ pub fn start(
     Ok((handle, thread))
 }
 
-/// How a proposal's outcome reaches its connection.
-type ProposalReply = oneshot::Sender<Result<Outcome, CommitError>>;
 /// How a read barrier's answer reaches its connection.
 type ReadReply = oneshot::Sender<Result<(), CommitError>>;
 
@@ -215,11 +215,11 @@ struct Driver {
     /// Frames of another release, reported once per version.
     other_versions: OtherVersions,
     out: BytesMut,
-    snapshot_log_bytes: u64,
+    /// The block proposals are encoded into.
+    proposals_buf: BytesMut,
     item_bytes_max: usize,
-    log_bytes_since_snapshot: u64,
-    /// A keystore file being written.
-    snapshot: Option<SnapshotJob>,
+    /// When this server writes its keystore files.
+    keystores: KeystoreSchedule,
     /// Leader: keystore streams to followers behind the compacted log.
     senders: Senders<std::fs::File>,
     /// Follower: a leader's keystore file arriving.
@@ -280,10 +280,9 @@ impl Driver {
             lb_link: LbLink::default(),
             other_versions: OtherVersions::default(),
             out: BytesMut::with_capacity(frame::DATAGRAM_BYTES_MAX),
-            snapshot_log_bytes: start.snapshot_log_bytes,
+            proposals_buf: BytesMut::new(),
             item_bytes_max: start.item_bytes_max,
-            log_bytes_since_snapshot: 0,
-            snapshot: None,
+            keystores: KeystoreSchedule::new(start.snapshot_log_bytes),
             senders: Senders::new(StreamShape::SERVER),
             receiver: Receiver::default(),
         }
@@ -337,11 +336,15 @@ impl Driver {
     fn handle_request(&mut self, request: DriverRequest) {
         match request {
             DriverRequest::Propose { command, reply } => {
-                let mut payload = BytesMut::with_capacity(command.encoded_len());
-                command.encode(&mut payload);
-                let proposed = self
-                    .waiters
-                    .propose(&mut self.core, payload.freeze(), reply);
+                // Proposals are encoded one after another into shared
+                // blocks, not one allocation each.
+                let len = command.encoded_len();
+                if self.proposals_buf.capacity() - self.proposals_buf.len() < len {
+                    self.proposals_buf.reserve(len.max(PROPOSAL_BLOCK_BYTES));
+                }
+                command.encode(&mut self.proposals_buf);
+                let payload = self.proposals_buf.split().freeze();
+                let proposed = self.waiters.propose(&mut self.core, payload, reply);
                 if let Err((refused, reply)) = proposed {
                     let _ = reply.send(Err(refusal(refused)));
                 }
@@ -484,17 +487,24 @@ impl Driver {
                         self.fail_proposals_after(index);
                     }
                     Action::Append(entries) => {
+                        // A leader's entries are its own proposals, encoded
+                        // here; a follower checks what it received decodes
+                        // before it makes it durable.
+                        let check = self.core.role() != Role::Leader;
                         for (index, term, payload) in entries {
-                            let command =
-                                Command::decode(payload).map_err(|e| StorageError::Corrupt {
-                                    what: "replicated entry",
-                                    path: self.data_dir.clone(),
-                                    offset: index.0,
-                                    reason: e.to_string(),
+                            if check {
+                                Command::decode(payload.clone()).map_err(|e| {
+                                    StorageError::Corrupt {
+                                        what: "replicated entry",
+                                        path: self.data_dir.clone(),
+                                        offset: index.0,
+                                        reason: e.to_string(),
+                                    }
                                 })?;
-                            let len = command.encoded_len() as u64;
-                            self.log_bytes_since_snapshot += len;
-                            self.log.append(term.0, index.0, &command)?;
+                            }
+                            let len = payload.len() as u64;
+                            self.keystores.wrote(len);
+                            self.log.append_encoded(term.0, index.0, &payload)?;
                             appended = Some(index);
                             records += 1;
                             bytes += len;
@@ -534,27 +544,17 @@ impl Driver {
     /// covers, on disk and in memory), and starts one when enough log was
     /// written since the last.
     fn poll_snapshot(&mut self) -> Result<(), StorageError> {
-        if let Some(result) = self.snapshot.as_ref().and_then(|job| job.poll(false)) {
-            self.snapshot = None;
-            match result {
-                Ok(taken) => {
-                    Stats::bump(&self.stats.counters.snapshots);
-                    self.log.compact_through(taken.index)?;
-                    self.core.compact(LogIndex(taken.index), Term(taken.term));
-                }
-                Err(error) => tracing::warn!(%error, "keystore write failed"),
-            }
+        if let Some(taken) = self.keystores.finished(&mut self.log, &self.stats, false)? {
+            self.core.compact(LogIndex(taken.index), Term(taken.term));
         }
-        if self.snapshot.is_none()
-            && !self.receiver.is_receiving()
-            && self.log_bytes_since_snapshot >= self.snapshot_log_bytes
-        {
-            self.log_bytes_since_snapshot = 0;
+        // Not while a leader's file arrives: it replaces ours.
+        if !self.receiver.is_receiving() {
             let core = &self.core;
             // The applied index is committed and still in the in-memory log.
-            self.snapshot = SnapshotJob::start(self.data_dir.clone(), &self.state, |index| {
-                core.term_at(LogIndex(index)).map_or(0, |t| t.0)
-            });
+            self.keystores
+                .maybe_start(&self.data_dir, &self.state, |index| {
+                    core.term_at(LogIndex(index)).map_or(0, |t| t.0)
+                });
         }
         Ok(())
     }

@@ -100,9 +100,7 @@ impl Driver {
         })?;
         drop(file);
         // A keystore file of our own being written would race the rename.
-        if let Some(job) = self.snapshot.take() {
-            let _ = job.poll(true);
-        }
+        self.keystores.replaced();
         let file = std::fs::File::open(&incoming_path).map_err(|e| StorageError::Io {
             op: "open",
             path: incoming_path.clone(),
@@ -144,7 +142,6 @@ impl Driver {
         let membership = membership_of(state.config());
         *state::write(&self.state) = state;
         self.applied = at.index;
-        self.log_bytes_since_snapshot = 0;
         tracing::info!(index = at.index.0, "installed the leader's keystore file");
         self.core.install_snapshot(at.index, at.term, membership);
         Ok(true)

@@ -8,11 +8,10 @@ use std::sync::{Arc, Mutex};
 
 use data::command::Command;
 use data::frame::Role;
-use data::state::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::commit::CommitError;
 use crate::config::ReadMode;
+use crate::write_path::{CommitError, ProposalReply, WritePath};
 
 /// What connections and `stats` see of the replication state; written by
 /// the driver only.
@@ -118,12 +117,24 @@ impl ClusterView {
 pub enum DriverRequest {
     Propose {
         command: Command,
-        reply: oneshot::Sender<Result<Outcome, CommitError>>,
+        reply: ProposalReply,
     },
     /// A linearizable read barrier: answered once the state may be read.
     Read {
         reply: oneshot::Sender<Result<(), CommitError>>,
     },
+}
+
+impl WritePath for ClusterHandle {
+    type Request = DriverRequest;
+
+    fn queue(&self) -> &mpsc::Sender<DriverRequest> {
+        &self.tx
+    }
+
+    fn proposal(command: Command, reply: ProposalReply) -> DriverRequest {
+        DriverRequest::Propose { command, reply }
+    }
 }
 
 /// The connections' handle on the driver.
@@ -135,18 +146,6 @@ pub struct ClusterHandle {
 }
 
 impl ClusterHandle {
-    pub async fn submit(
-        &self,
-        command: Command,
-    ) -> Result<oneshot::Receiver<Result<Outcome, CommitError>>, CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(DriverRequest::Propose { command, reply })
-            .await
-            .map_err(|_| CommitError::Storage)?;
-        Ok(rx)
-    }
-
     /// Waits until a linearizable read may be served from the local state.
     pub async fn read_barrier(&self) -> Result<(), CommitError> {
         let (reply, rx) = oneshot::channel();

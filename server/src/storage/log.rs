@@ -32,8 +32,9 @@ use std::path::{Path, PathBuf};
 use bytes::{Bytes, BytesMut};
 use data::command::Command;
 use data::record::{
-    decode_record, encode_record, Record, RecordError, RecordHeader, RecordTooLarge, SegmentHeader,
-    COMMAND_BYTES_MIN, RECORD_BYTES_MAX, RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+    decode_record, encode_record, encode_record_bytes, Record, RecordError, RecordHeader,
+    RecordTooLarge, SegmentHeader, COMMAND_BYTES_MIN, RECORD_BYTES_MAX, RECORD_HEADER_BYTES,
+    SEGMENT_HEADER_BYTES,
 };
 
 use super::fsutil::sync_dir;
@@ -249,6 +250,36 @@ impl Log {
     /// Does no I/O unless the current segment is full: then the old segment
     /// is written and fsynced, and the new file is created.
     pub fn append(&mut self, term: u64, index: u64, command: &Command) -> Result<(), StorageError> {
+        self.append_with(index, command.encoded_len(), |buffer| {
+            encode_record(buffer, term, index, command)
+        })?;
+        self.last_term = term;
+        Ok(())
+    }
+
+    /// As [`Log::append`], for a command already encoded (a replicated
+    /// entry's payload, written as it is).
+    pub fn append_encoded(
+        &mut self,
+        term: u64,
+        index: u64,
+        command: &[u8],
+    ) -> Result<(), StorageError> {
+        self.append_with(index, command.len(), |buffer| {
+            encode_record_bytes(buffer, term, index, command)
+        })?;
+        self.last_term = term;
+        Ok(())
+    }
+
+    /// The checks and bookkeeping of an append; `encode` writes the record
+    /// of `length` command bytes into the buffer.
+    fn append_with(
+        &mut self,
+        index: u64,
+        length: usize,
+        encode: impl FnOnce(&mut BytesMut) -> Result<usize, RecordTooLarge>,
+    ) -> Result<(), StorageError> {
         self.check_poisoned()?;
         let follows = if self.segments.is_empty() {
             index >= 1
@@ -262,7 +293,6 @@ impl Log {
             });
         }
         // Checked before a rotation so a refused record leaves no empty segment.
-        let length = command.encoded_len();
         if length > RECORD_BYTES_MAX {
             return Err(StorageError::RecordTooLarge {
                 index,
@@ -276,7 +306,7 @@ impl Log {
         if full {
             self.start_segment(index)?;
         }
-        let written = encode_record(&mut self.buffer, term, index, command)
+        let written = encode(&mut self.buffer)
             .map_err(|source| StorageError::RecordTooLarge { index, source })?;
         let segment = self
             .segments
@@ -284,7 +314,6 @@ impl Log {
             .expect("start_segment ran if there was no segment");
         segment.len_bytes += written as u64;
         self.last_index = index;
-        self.last_term = term;
         Ok(())
     }
 
@@ -894,6 +923,34 @@ mod tests {
             offsets.push(offsets.last().unwrap() + len);
         }
         (path, offsets)
+    }
+
+    /// A replicated entry's payload is written as it is: the same record
+    /// as appending the command it encodes, read back as that command.
+    #[test]
+    fn an_encoded_command_appends_the_same_record() {
+        let (plain, encoded) = (TestDir::new(), TestDir::new());
+        let (mut a, _) = Log::open(plain.path(), SMALL_SEGMENT_BYTES).unwrap();
+        let (mut b, _) = Log::open(encoded.path(), SMALL_SEGMENT_BYTES).unwrap();
+        for index in 1..=40 {
+            a.append(term_of(index), index, &command(index)).unwrap();
+            let mut payload = BytesMut::new();
+            command(index).encode(&mut payload);
+            b.append_encoded(term_of(index), index, &payload).unwrap();
+        }
+        a.sync().unwrap();
+        b.sync().unwrap();
+        assert_eq!((b.last_index(), b.last_term()), (40, term_of(40)));
+        assert_eq!(segment_files(plain.path()), segment_files(encoded.path()));
+        drop((a, b));
+        let (_, records) = Log::open(encoded.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert_eq!(records, expected(1..=40));
+        let too_large = vec![0u8; RECORD_BYTES_MAX + 1];
+        let (mut b, _) = Log::open(encoded.path(), SMALL_SEGMENT_BYTES).unwrap();
+        assert!(matches!(
+            b.append_encoded(1, 41, &too_large),
+            Err(StorageError::RecordTooLarge { index: 41, .. })
+        ));
     }
 
     #[test]

@@ -1,0 +1,75 @@
+//! The write path's contract: a proposal goes in, its outcome comes out
+//! once the write is durable (on this server's disk alone, or on a
+//! majority of its group's) and applied.
+//!
+//! Two implementations of one [`WritePath`], behind [`crate::Backend`]:
+//! - [`crate::commit`], a server alone: one thread appends a batch, one
+//!   fsync, applies it;
+//! - [`crate::driver`], a member of a group: the replica core replicates,
+//!   commits on a majority, then applies.
+//!
+//! Why two (issue 14, DESIGN §7): a server alone run as a group of one
+//! through the driver and the core was measured against the commit
+//! pipeline in one A/B run (`client bench`, 50 connections, 100-byte
+//! values, 6 rounds): SET at depth 1 0.93-1.04 of it (median 0.96), at
+//! depth 16 0.61-1.25 (medians 0.75 and 0.92 in two runs), and its
+//! memory after 10 s of writes 358 MB against 43 MB, because the core
+//! keeps every entry since the last keystore file in memory for followers
+//! that may need it, which a group of one never has. What the two share is
+//! written once: the queue ([`WritePath::submit`]), applying and keystore
+//! files ([`crate::snapshot::KeystoreSchedule`]), the log
+//! ([`crate::storage::Log`]).
+
+use std::future::Future;
+
+use data::command::Command;
+use data::state::Outcome;
+use tokio::sync::{mpsc, oneshot};
+
+/// Why a proposal got no outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitError {
+    /// The log could not be written; the server is stopping.
+    Storage,
+    /// Another server leads: forward the request there.
+    NotLeader,
+    /// This server leads but cannot serve yet (its first entry of the term is
+    /// not committed) or has just lost a majority: try again shortly.
+    NotReady,
+    /// Leadership changed before the write committed: it may or may not
+    /// have happened.
+    Unknown,
+}
+
+/// How a proposal's outcome reaches its proposer.
+pub type ProposalReply = oneshot::Sender<Result<Outcome, CommitError>>;
+
+/// A write path: a bounded queue of proposals, each answered once.
+pub trait WritePath: Sync {
+    /// What the queue carries.
+    type Request: Send;
+
+    /// The queue into the path's thread; proposers wait (async) for room.
+    fn queue(&self) -> &mpsc::Sender<Self::Request>;
+
+    /// The request that proposes `command`, answered through `reply`.
+    fn proposal(command: Command, reply: ProposalReply) -> Self::Request;
+
+    /// Queues `command`; the receiver yields its outcome. Lets a connection
+    /// queue many pipelined writes before waiting for the first. A path that
+    /// stopped (its log failed) answers [`CommitError::Storage`].
+    fn submit(
+        &self,
+        command: Command,
+    ) -> impl Future<Output = Result<oneshot::Receiver<Result<Outcome, CommitError>>, CommitError>> + Send
+    {
+        async move {
+            let (reply, rx) = oneshot::channel();
+            self.queue()
+                .send(Self::proposal(command, reply))
+                .await
+                .map_err(|_| CommitError::Storage)?;
+            Ok(rx)
+        }
+    }
+}
