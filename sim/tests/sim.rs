@@ -144,7 +144,7 @@ fn bug_lease_ignores_holds_is_caught() {
 
 /// The keystore stream (the server's code, run by the simulator with small
 /// chunks): a follower that installs the file under the wrong term no
-/// longer matches its leader's log after it. Caught first at seed 7.
+/// longer matches its leader's log after it. Caught first at seed 0.
 #[test]
 fn bug_snapshot_frame_term_is_caught() {
     caught_within("snapshot-frame-term", 100);
