@@ -43,8 +43,9 @@ pub enum ServerError {
     },
     #[error("log write failed: {0}")]
     Storage(#[from] crate::storage::StorageError),
-    #[error("the commit thread panicked")]
-    CommitPanicked,
+    /// A thread of the server panicked: `what` names it.
+    #[error("the {what} thread panicked")]
+    Panicked { what: &'static str },
     #[error(transparent)]
     Cluster(#[from] driver::ClusterError),
     #[error(transparent)]
@@ -129,10 +130,11 @@ pub async fn run(
     let _ = reclaimer.await;
     drop(backend);
     drop(shared);
+    let panicked = || ServerError::Panicked { what: "write path" };
     let joined = tokio::task::spawn_blocking(move || worker.join())
         .await
-        .map_err(|_| ServerError::CommitPanicked)?;
-    joined.map_err(|_| ServerError::CommitPanicked)??;
+        .map_err(|_| panicked())?;
+    joined.map_err(|_| panicked())??;
     Ok(())
 }
 
@@ -169,7 +171,9 @@ async fn start_backend(
             crate::storage::layout::open_group(&data_dir, crate::route::FIRST_GROUP)
         })
         .await
-        .map_err(|_| ServerError::CommitPanicked)??
+        .map_err(|_| ServerError::Panicked {
+            what: "data directory",
+        })??
     };
     let mut blocking_config = config.clone();
     blocking_config.data_dir = group_dir.clone();
@@ -180,7 +184,7 @@ async fn start_backend(
                 recovery::recover(&c.data_dir, c.item_bytes_max, c.segment_bytes_max())
             })
             .await
-            .map_err(|_| ServerError::CommitPanicked)??;
+            .map_err(|_| ServerError::Panicked { what: "recovery" })??;
             let state = Arc::new(RwLock::new(recovered.state));
             let memory = Arc::new(MemoryLimit::new(config.memory_limit_bytes));
             let (committer, worker) = commit::start(
@@ -209,7 +213,7 @@ async fn start_backend(
                 recovery::open_unapplied(&c.data_dir, c.item_bytes_max, c.segment_bytes_max())
             })
             .await
-            .map_err(|_| ServerError::CommitPanicked)??;
+            .map_err(|_| ServerError::Panicked { what: "recovery" })??;
             let snapshot_index = LogIndex(unapplied.state.applied_index());
             let entries = unapplied
                 .records
