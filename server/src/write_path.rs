@@ -8,16 +8,9 @@
 //! - [`crate::driver`], a member of a group: the replica core replicates,
 //!   commits on a majority, then applies.
 //!
-//! Why two (issue 14, DESIGN §7): a server alone run as a group of one
-//! through the driver and the core was measured against the commit
-//! pipeline in one A/B run (`client bench`, 50 connections, 100-byte
-//! values, 6 rounds): SET at depth 1 0.93-1.04 of it (median 0.96), at
-//! depth 16 0.61-1.25 (medians 0.75 and 0.92 in two runs), and its
-//! memory after 10 s of writes 358 MB against 43 MB, because the core
-//! keeps every entry since the last keystore file in memory for followers
-//! that may need it, which a group of one never has. What the two share is
-//! written once: the queue ([`WritePath::submit`]), applying and keystore
-//! files ([`crate::snapshot::KeystoreSchedule`]), the log
+//! Why two, with the figures measured: DESIGN §7 ("Why two write paths").
+//! What the two share is written once: the queue ([`WritePath::submit`]),
+//! keystore files ([`crate::snapshot::KeystoreSchedule`]) and the log
 //! ([`crate::storage::Log`]).
 
 use std::future::Future;

@@ -24,7 +24,7 @@ use data::frame::{LogIndex, Message, Role, ServerId, Term};
 use data::limits::ITEM_BYTES_MAX;
 use data::state::{Outcome, State};
 use server::replica::snapshot_stream::{
-    Chunk, FileAt, Outgoing, Received, Receiver, Senders, StreamShape,
+    whole_file_ack, Chunk, FileAt, Outgoing, Received, Receiver, Senders, StreamShape,
 };
 use server::replica::{
     Action, Advertised, Applied, Durable, LbLink, Membership, NotLeader, Replica, Timing, Waiters,
@@ -72,10 +72,6 @@ impl Image {
         let (state, _) = data::keystore::decode(&self.file[..], ITEM_BYTES_MAX)
             .expect("a keystore file the simulator wrote decodes");
         state
-    }
-
-    fn membership(&self) -> Membership {
-        membership_of(&self.state())
     }
 }
 
@@ -260,18 +256,19 @@ impl World {
         let shape = stream_shape(self.opts.seed);
         let now = self.server_now(id);
         let s = self.server(id);
+        let state = s.disk.snapshot.state();
         let durable = Durable {
             term: s.disk.term,
             snapshot_index: s.disk.snapshot.index,
             snapshot_term: s.disk.snapshot.term,
             entries: s.disk.log.iter().map(|(t, p, _)| (*t, p.clone())).collect(),
-            snapshot_membership: s.disk.snapshot.membership(),
+            snapshot_membership: membership_of(&state),
         };
         let timing = Timing::new(s.heartbeat_ms, ELECTION_TIMEOUT_MS);
         let mut core = Replica::new(ServerId(id), timing, durable, jitter, now);
         core.set_bugs(bugs.replica);
         core.set_lb_addr(udp_addr(0));
-        s.state = s.disk.snapshot.state();
+        s.state = state;
         s.applied = s.disk.snapshot.index;
         s.commit_seen = core.commit_index();
         s.core = Some(core);
@@ -427,17 +424,9 @@ impl World {
             Received::Nothing => None,
             Received::Ack(ack) => Some(ack),
             Received::Whole { from, file, sink } => {
-                if self.install_snapshot(id, file, sink) {
-                    self.server(id)
-                        .core
-                        .as_ref()
-                        .and_then(|core| Receiver::<Vec<u8>>::installed(core, from, file))
-                } else {
-                    self.server(id)
-                        .core
-                        .as_ref()
-                        .and_then(|core| Receiver::<Vec<u8>>::rejected(core, from, file))
-                }
+                let installed = self.install_snapshot(id, file, sink);
+                let core = self.server(id).core.as_ref();
+                core.and_then(|core| whole_file_ack(core, from, file, installed))
             }
         };
         self.send_stream(id, ack.into_iter().collect());

@@ -4,7 +4,7 @@
 //! file and installs it once whole.
 
 use super::*;
-use crate::replica::snapshot_stream::{Chunk, FileAt, Outgoing, Received, Receiver};
+use crate::replica::snapshot_stream::{whole_file_ack, Chunk, FileAt, Outgoing, Received};
 
 /// The file a follower receives a leader's keystore into.
 pub(super) const INCOMING_FILE: &str = "keystore.incoming";
@@ -77,11 +77,8 @@ impl Driver {
             Received::Nothing => None,
             Received::Ack(ack) => Some(ack),
             Received::Whole { from, file, sink } => {
-                if self.install_incoming(file, sink)? {
-                    Receiver::<std::fs::File>::installed(&self.core, from, file)
-                } else {
-                    Receiver::<std::fs::File>::rejected(&self.core, from, file)
-                }
+                let installed = self.install_incoming(file, sink)?;
+                whole_file_ack(&self.core, from, file, installed)
             }
         };
         self.send_all(ack.into_iter().collect()).await;

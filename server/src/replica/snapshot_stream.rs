@@ -356,9 +356,8 @@ pub enum Received<W> {
     Nothing,
     /// Send this acknowledgement.
     Ack(Outgoing),
-    /// The file is whole: check it, install it durably, then
-    /// [`Receiver::installed`] (or [`Receiver::rejected`] if it does not
-    /// check) to acknowledge it.
+    /// The file is whole: check it, install it durably, then send
+    /// [`whole_file_ack`].
     Whole {
         from: ServerId,
         file: FileAt,
@@ -469,17 +468,19 @@ impl<W: StreamSink> Receiver<W> {
         };
         Ok(Received::Whole { from, file, sink })
     }
+}
 
-    /// The host installed the whole file: the acknowledgement of all of it.
-    pub fn installed(core: &Replica, from: ServerId, file: FileAt) -> Option<Outgoing> {
-        ack(core, from, file.index, file.total)
-    }
-
-    /// The whole file did not check: the acknowledgement that makes the
-    /// leader start over.
-    pub fn rejected(core: &Replica, from: ServerId, file: FileAt) -> Option<Outgoing> {
-        ack(core, from, file.index, 0)
-    }
+/// The acknowledgement of a whole file ([`Received::Whole`]): of all of it
+/// once the host `installed` it, of nothing when it did not check, which
+/// makes the leader start over.
+pub fn whole_file_ack(
+    core: &Replica,
+    from: ServerId,
+    file: FileAt,
+    installed: bool,
+) -> Option<Outgoing> {
+    let offset = if installed { file.total } else { 0 };
+    ack(core, from, file.index, offset)
 }
 
 fn ack(core: &Replica, leader: ServerId, index: LogIndex, offset: u64) -> Option<Outgoing> {

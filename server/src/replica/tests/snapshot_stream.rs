@@ -4,7 +4,8 @@
 
 use super::*;
 use crate::replica::snapshot_stream::{
-    Chunk, FileAt, Outgoing, Received, Receiver, Senders, StreamShape, SNAPSHOT_RESEND_MS,
+    whole_file_ack, Chunk, FileAt, Outgoing, Received, Receiver, Senders, StreamShape,
+    SNAPSHOT_RESEND_MS,
 };
 
 const SHAPE: StreamShape = StreamShape {
@@ -99,7 +100,7 @@ fn a_stream_delivers_the_file_through_loss_and_reordering() {
     assert_eq!(sink, file.to_vec(), "byte for byte");
     assert!(!receiver.is_receiving());
     // Installed: the acknowledgement of all of it ends the stream.
-    let ack = Receiver::<Vec<u8>>::installed(&g.node(3).replica, from, arrived).unwrap();
+    let ack = whole_file_ack(&g.node(3).replica, from, arrived, true).unwrap();
     let Message::SnapshotAck { offset, .. } = ack.message else {
         panic!("the follower acknowledges");
     };
@@ -121,7 +122,7 @@ fn a_rejected_file_is_sent_again_from_the_start() {
     let next = senders.acked(leader, now, ServerId(3), term, at.index, 256);
     assert_eq!(next.len(), 1, "the rest after 256 bytes");
     // The follower's whole file did not check: it acknowledges nothing.
-    let rejected = Receiver::<Vec<u8>>::rejected(&g.node(3).replica, ServerId(1), at).unwrap();
+    let rejected = whole_file_ack(&g.node(3).replica, ServerId(1), at, false).unwrap();
     let Message::SnapshotAck { offset, .. } = rejected.message else {
         panic!("the follower acknowledges");
     };
