@@ -11,11 +11,12 @@
 //! - [`write_path`]: the contract of the two write paths, and why two:
 //! - [`commit`]: a server alone: the thread that owns the log; group
 //!   commit, then apply.
-//! - [`driver`]: a group member: runs the [`replica`] core on
+//! - [`driver`]: a group member: runs the [`replica`] host on
 //!   its own thread with the UDP socket, the log, the timer and keystore
-//!   streams; [`driver::ClusterHandle`] is how connections reach it.
+//!   files as its I/O; [`driver::ClusterHandle`] is how connections reach it.
 //! - [`replica`]: the replication core, sans-IO (elections, log shipping,
-//!   commit, membership, read leases).
+//!   commit, membership, read leases), and its host
+//!   ([`replica::host`]), which the driver and the simulator both run.
 //! - [`state`]: the state machine behind its one lock.
 //! - [`snapshot`]: keystore files written in the background.
 //! - [`memory`]: the memory limit (`-m`), checked before a write is

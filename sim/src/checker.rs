@@ -87,7 +87,7 @@ impl Checker {
                     ),
                 ));
             }
-            let Some(core) = s.core.as_ref() else {
+            let Some(core) = s.core() else {
                 continue;
             };
             let term = core.term();
@@ -121,7 +121,7 @@ impl Checker {
     /// Lease safety, at global time `now`.
     fn leases(&self, servers: &[Server], now: u64) -> Result<(), Broken> {
         for holder in servers {
-            let Some(core) = holder.core.as_ref().filter(|_| holder.up) else {
+            let Some(core) = holder.core().filter(|_| holder.up) else {
                 continue;
             };
             let until = core.lease_until_ms();
@@ -130,8 +130,7 @@ impl Checker {
             }
             let newer = servers.iter().find(|s| {
                 s.up && s
-                    .core
-                    .as_ref()
+                    .core()
                     .is_some_and(|c| c.term() > core.term() && c.is_serving())
             });
             if let Some(newer) = newer {
@@ -143,7 +142,7 @@ impl Checker {
                         core.term(),
                         holder.mono_now(now),
                         newer.id,
-                        newer.core.as_ref().map_or(0, |c| c.term().0),
+                        newer.core().map_or(0, |c| c.term().0),
                     ),
                 ));
             }
@@ -153,7 +152,7 @@ impl Checker {
 
     /// Leader completeness for server `s` leading in `term`.
     fn complete(&self, s: &Server, term: Term) -> Result<(), Broken> {
-        let Some(core) = s.core.as_ref() else {
+        let Some(core) = s.core() else {
             return Ok(());
         };
         let (snapshot_index, _) = core.snapshot_position();
@@ -241,7 +240,7 @@ impl Checker {
                     .insert(index.0, (term, payload.clone(), commit_term));
                 // Every leader of a later term must already hold it.
                 for s in servers {
-                    let Some(core) = s.core.as_ref() else {
+                    let Some(core) = s.core() else {
                         continue;
                     };
                     if core.role() != Role::Leader || core.term() <= commit_term {

@@ -1,7 +1,10 @@
-//! A deterministic simulator for the replicated store (DESIGN §7a): the
-//! real sans-IO cores — [`server::replica::Replica`] for every server and
-//! [`lb::core::Core`] for the LB — driven by simulated drivers on virtual
-//! time, with a seeded scheduler that injects faults. Same seed, same run.
+//! A deterministic simulator for the replicated store (DESIGN §7a): every
+//! server runs the server's own replica host
+//! ([`server::replica::host::Host`], the core and everything the
+//! replication driver keeps around it) over a simulated disk, network and
+//! clock, and the LB runs its sans-IO core ([`lb::core::Core`]) under a
+//! simulated LB driver, on virtual time, with a seeded scheduler that
+//! injects faults. Same seed, same run.
 //!
 //! # Layout
 //!
@@ -9,10 +12,9 @@
 //! - `world`: the event queue, virtual time, the network (loss,
 //!   duplication, delay, reordering, partitions), the LB's driver and the
 //!   fault scheduler.
-//! - `node`: one server's driver, doing what `server::driver` does:
-//!   the disk (a fsynced prefix and an unsynced tail), applying committed
-//!   entries, answering proposals and ReadIndex reads, keystore snapshots
-//!   streamed by the server's own stream code.
+//! - `node`: one server: its disk (a fsynced prefix and an unsynced tail),
+//!   its keystore files (the real codec's bytes, in memory) and its clock,
+//!   as the host's `Io`, which checks the invariants of each I/O call.
 //! - `client`: clients issuing get/gets/set/add/cas/incr/decr/delete to the
 //!   server they believe leads, recording the history for `check`.
 //! - `checker`: the invariants, checked after every step.

@@ -1,18 +1,15 @@
-//! One simulated server: the real [`Replica`] core and a driver that does
-//! what `server::driver` does, on virtual time.
+//! One simulated server: the real replica [`Host`] (the core and
+//! everything the server's driver keeps around it, the code production
+//! runs) over a simulated disk, network and clock, on virtual time.
 //!
-//! The driver carries out the core's actions in order: a term is durable
-//! the moment it is persisted (the real driver writes `meta` before going
-//! on), appended entries go to the disk's unsynced tail and become durable
-//! only when their fsync completes (a separate event, so a crash in between
-//! loses them), and only then does the core hear [`Replica::persisted`].
-//! Committed entries are applied to a real [`State`]; a proposal is
-//! answered when its index is applied and still holds an entry of the
-//! proposal's term; a ReadIndex read is answered once the state has applied
-//! the read's index: both decided by [`Waiters`], the code the real driver
-//! runs. Keystore files are the real codec's bytes, in memory; they are
-//! streamed to a follower behind the compacted log by the real stream code
-//! (`server::replica::snapshot_stream`), in small chunks.
+//! What is simulated here, and only that ([`SimIo`]): a term is durable the
+//! moment it is persisted; appended entries go to the disk's unsynced tail
+//! and become durable only when their fsync completes, a separate event, so
+//! a crash in between loses them; datagrams go through the world's lossy
+//! links; keystore files are the real codec's bytes, in memory. Each I/O
+//! call is also where the invariants are checked: persist before send,
+//! acknowledge only what is durable, committed entries never change, the
+//! same state at the same applied index, acknowledged writes committed.
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
@@ -23,12 +20,12 @@ use data::command::Command;
 use data::frame::{LogIndex, Message, Role, ServerId, Term};
 use data::limits::ITEM_BYTES_MAX;
 use data::state::{Outcome, State};
-use server::replica::snapshot_stream::{
-    whole_file_ack, Chunk, FileAt, Outgoing, Received, Receiver, Senders, StreamShape,
-};
+use server::replica::host::{Host, HostTypes, Io, Synced, Written};
+use server::replica::snapshot_stream::{FileAt, StreamShape};
 use server::replica::{
-    Action, Advertised, Applied, Durable, LbLink, Membership, NotLeader, Replica, Timing, Waiters,
+    Advertised, Durable, Membership, NotLeader, Replica, Timing, UndecodableEntry,
 };
+use server::write_path::CommitError;
 
 use crate::client::{Reply, Request};
 use crate::world::{
@@ -75,14 +72,6 @@ impl Image {
     }
 }
 
-fn membership_of(state: &State) -> Membership {
-    let config = state.config();
-    Membership {
-        voters: config.0.iter().map(|id| ServerId(*id)).collect(),
-        learners: config.1.iter().map(|id| ServerId(*id)).collect(),
-    }
-}
-
 /// What survives a crash, and the unsynced tail that does not.
 pub(crate) struct Disk {
     /// `meta`: written before anything that depends on it.
@@ -121,6 +110,19 @@ pub(crate) struct PendingRead {
     gets: bool,
 }
 
+/// The simulator's kinds of waiter, keystore file and state under the
+/// replica [`Host`].
+pub(crate) struct SimTypes;
+
+impl HostTypes for SimTypes {
+    type State = State;
+    /// (client, request id, payload proposed).
+    type Proposal = (usize, u64, Bytes);
+    type Read = PendingRead;
+    type Source = Bytes;
+    type Sink = Vec<u8>;
+}
+
 pub(crate) struct Server {
     pub id: u64,
     pub up: bool,
@@ -136,17 +138,11 @@ pub(crate) struct Server {
     /// Paused (not crashed) until this global time.
     pub paused_until: u64,
     pub disk: Disk,
-    pub core: Option<Replica>,
-    pub state: State,
-    pub applied: LogIndex,
-    /// Proposals (client, request id, payload) and reads waiting, kept by
-    /// the same code the real driver keeps them with.
-    waiters: Waiters<(usize, u64, Bytes), PendingRead>,
-    /// Registration and silence reports, as the real driver keeps them.
-    lb_link: LbLink,
-    /// Keystore streams, both ends, by the real driver's code.
-    senders: Senders<Bytes>,
-    receiver: Receiver<Vec<u8>>,
+    /// The running process: `None` while it is down (and, for a moment,
+    /// while the world runs it: [`World::with_host`]).
+    host: Option<Host<SimTypes>>,
+    /// The last entry applied by the last incarnation.
+    applied: LogIndex,
     /// Commit index reported by the current incarnation's core.
     pub commit_seen: LogIndex,
 }
@@ -169,7 +165,6 @@ impl Server {
             clock_rate_ppm: clock_rate_ppm(opts.seed, id),
             heartbeat_ms: heartbeat_ms(opts.seed, id),
             paused_until: 0,
-            state: snapshot.state(),
             disk: Disk {
                 term: Term(0),
                 snapshot: Rc::new(snapshot),
@@ -178,14 +173,20 @@ impl Server {
                 next_write_id: 1,
                 fsync_free_at: 0,
             },
-            core: None,
+            host: None,
             applied: LogIndex(0),
-            waiters: Waiters::default(),
-            lb_link: LbLink::default(),
-            senders: Senders::new(stream_shape(opts.seed)),
-            receiver: Receiver::default(),
             commit_seen: LogIndex(0),
         }
+    }
+
+    /// The core of the running process.
+    pub fn core(&self) -> Option<&Replica> {
+        self.host.as_ref().map(|h| h.core())
+    }
+
+    /// The last entry its state applied.
+    pub fn applied(&self) -> LogIndex {
+        self.host.as_ref().map_or(self.applied, |h| h.applied())
     }
 }
 
@@ -231,6 +232,355 @@ impl Server {
     }
 }
 
+/// An invariant broke: [`World::fail`] recorded it and the run stops.
+#[derive(Debug)]
+pub(crate) struct Violated;
+
+impl std::fmt::Display for Violated {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an invariant broke")
+    }
+}
+
+/// One server's disk, network and clock: the world, seen from server `id`.
+pub(crate) struct SimIo<'w> {
+    world: &'w mut World,
+    id: u64,
+}
+
+impl SimIo<'_> {
+    fn server(&mut self) -> &mut Server {
+        self.world.server(self.id)
+    }
+
+    fn fail(&mut self, invariant: &'static str, detail: String) -> Violated {
+        self.world.fail(invariant, detail);
+        Violated
+    }
+
+    fn check(&mut self, result: Result<(), crate::checker::Broken>) -> Result<(), Violated> {
+        result.map_err(|(invariant, detail)| self.fail(invariant, detail))
+    }
+
+    fn reply(&mut self, client: usize, req: u64, reply: Reply) {
+        self.world.reply(client, req, reply);
+    }
+}
+
+impl Io<SimTypes> for SimIo<'_> {
+    type Error = Violated;
+
+    fn now_ms(&self) -> u64 {
+        self.world.server_now(self.id)
+    }
+
+    fn persist_term(&mut self, term: Term) -> Result<(), Violated> {
+        let id = self.id;
+        let disk = &mut self.server().disk;
+        if term < disk.term {
+            let old = disk.term;
+            return Err(self.fail(
+                "term never goes down",
+                format!("n{id} persisted t{term} over t{old}"),
+            ));
+        }
+        disk.term = term;
+        Ok(())
+    }
+
+    fn truncate_after(&mut self, index: LogIndex) -> Result<(), Violated> {
+        let id = self.id;
+        let s = self.server();
+        if index < s.commit_seen {
+            let commit = s.commit_seen;
+            return Err(self.fail(
+                "committed entries never change",
+                format!("n{id} truncates after {index} but committed through {commit}"),
+            ));
+        }
+        let keep = index.0.saturating_sub(s.disk.snapshot.index.0) as usize;
+        s.disk.log.truncate(keep);
+        s.disk.synced = s.disk.synced.min(keep);
+        self.world
+            .trace(|| format!("n{id}  truncate after {index}"));
+        Ok(())
+    }
+
+    fn append(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        payload: &Bytes,
+        _received: bool,
+    ) -> Result<(), Violated> {
+        let id = self.id;
+        let disk = &mut self.server().disk;
+        if index != LogIndex(disk.last_index().0 + 1) {
+            let last = disk.last_index();
+            return Err(self.fail(
+                "driver contract",
+                format!("n{id} appends {index} after {last}"),
+            ));
+        }
+        let prev_term = disk.term_at(LogIndex(index.0 - 1));
+        let write_id = disk.next_write_id;
+        disk.next_write_id += 1;
+        disk.log.push((term, payload.clone(), write_id));
+        let appended = self
+            .world
+            .checker
+            .appended(id, index, term, prev_term, payload);
+        self.check(appended)
+    }
+
+    /// The fsync completes later, after a random delay and after the one
+    /// before it.
+    fn sync(&mut self, through: LogIndex) -> Result<Synced, Violated> {
+        let delay = self.world.rng.range(0, self.world.fsync_max_ms);
+        let now = self.world.now;
+        let id = self.id;
+        let s = self.server();
+        let write_id = s.disk.log.last().map_or(0, |e| e.2);
+        let at = s.disk.fsync_free_at.max(now + delay);
+        s.disk.fsync_free_at = at;
+        let incarnation = s.incarnation;
+        self.world.schedule(
+            at,
+            Event::Fsync {
+                id,
+                incarnation,
+                index: through,
+                write_id,
+            },
+        );
+        Ok(Synced::Later)
+    }
+
+    fn send(
+        &mut self,
+        to: ServerId,
+        _addr: std::net::SocketAddr,
+        term: Term,
+        message: Message,
+    ) -> Result<(), Violated> {
+        let id = self.id;
+        let disk = &self.server().disk;
+        let on_disk = disk.term;
+        // The core's own messages; what the host sends besides (its answer
+        // to the LB, registration, the keystore stream) leaves at once, in
+        // a term that may not be on disk yet.
+        let from_core = !matches!(
+            message,
+            Message::Status { .. }
+                | Message::Register { .. }
+                | Message::SnapshotChunk { .. }
+                | Message::SnapshotAck { .. }
+        );
+        if term > on_disk && from_core {
+            return Err(self.fail(
+                "persist before send",
+                format!("n{id} sent in t{term} with t{on_disk} on disk"),
+            ));
+        }
+        // DESIGN §4: a follower acknowledges only what it fsynced.
+        let durable = LogIndex(disk.snapshot.index.0 + disk.synced as u64);
+        if let Message::Ack { match_index, .. } = &message {
+            if *match_index > durable {
+                let m = *match_index;
+                return Err(self.fail(
+                    "ack only what is durable",
+                    format!("n{id} acks {m} with {durable} fsynced"),
+                ));
+            }
+        }
+        self.world.send(id, to.0, Packet::Frame { term, message });
+        Ok(())
+    }
+
+    /// Checks the entries committed against every commit seen anywhere.
+    fn committed(&mut self, core: &Replica, index: LogIndex) -> Result<(), Violated> {
+        let id = self.id;
+        let from = self.server().commit_seen;
+        if index < from {
+            return Err(self.fail(
+                "commit index never goes down",
+                format!("n{id} commit {index} after {from}"),
+            ));
+        }
+        let leader_term = (core.role() == Role::Leader).then(|| core.term());
+        let term_now = core.term();
+        self.world
+            .trace(|| format!("n{id}  commit through {index} (t{term_now})"));
+        self.server().commit_seen = index;
+        for i in from.0 + 1..=index.0 {
+            let i = LogIndex(i);
+            let (Some(term), Some(payload)) = (core.term_at(i), core.entry(i)) else {
+                continue;
+            };
+            let commit_term = leader_term.unwrap_or(term_now);
+            let world = &mut *self.world;
+            let committed =
+                world
+                    .checker
+                    .committed(id, i, term, payload, commit_term, &world.servers);
+            self.check(committed)?;
+        }
+        Ok(())
+    }
+
+    fn applied(&mut self, index: LogIndex, state: &State) -> Result<(), Violated> {
+        let applied = self
+            .world
+            .checker
+            .applied(self.id, index, state_hash(state));
+        self.check(applied)
+    }
+
+    fn undecodable(&mut self, error: UndecodableEntry) -> Violated {
+        let id = self.id;
+        self.fail("entries decode", format!("n{id} {error}"))
+    }
+
+    fn answer_proposal(
+        &mut self,
+        (client, req, proposed): (usize, u64, Bytes),
+        answer: Result<Written, CommitError>,
+    ) -> Result<(), Violated> {
+        let written = match answer {
+            Ok(written) => written,
+            // The entry at our index is another leader's, or the log after
+            // it was dropped.
+            Err(_) => {
+                self.reply(client, req, Reply::Unknown);
+                return Ok(());
+            }
+        };
+        let Written {
+            index,
+            term,
+            payload,
+            outcome,
+        } = written;
+        if payload != proposed {
+            let id = self.id;
+            return Err(self.fail(
+                "driver contract",
+                format!("n{id} entry {index} of t{term} is not what was proposed"),
+            ));
+        }
+        let acked = self.world.checker.acked(index, term, &payload);
+        self.check(acked)?;
+        self.world.writes_acked += 1;
+        let reply = match outcome_ret(outcome) {
+            Some(ret) => Reply::Done(ret),
+            None => Reply::Unknown,
+        };
+        self.reply(client, req, reply);
+        Ok(())
+    }
+
+    fn answer_read(
+        &mut self,
+        read: PendingRead,
+        answer: Result<(), CommitError>,
+        state: &mut State,
+    ) {
+        match answer {
+            Ok(()) => self.world.answer_read(self.id, state, read),
+            Err(_) => self.reply(read.client, read.req, Reply::NotLeader(None)),
+        }
+    }
+
+    fn open_keystore(&mut self) -> Option<(FileAt, Bytes)> {
+        let image = self.server().disk.snapshot.clone();
+        if image.index.0 == 0 {
+            return None;
+        }
+        let at = FileAt {
+            index: image.index,
+            term: image.term,
+            total: image.file.len() as u64,
+        };
+        Some((at, image.file.clone()))
+    }
+
+    fn create_incoming(&mut self) -> std::io::Result<Vec<u8>> {
+        Ok(Vec::new())
+    }
+
+    fn install(
+        &mut self,
+        at: FileAt,
+        file: Vec<u8>,
+        keep_log_after: bool,
+    ) -> Result<Option<State>, Violated> {
+        let id = self.id;
+        let state = match data::keystore::decode(&file[..], ITEM_BYTES_MAX) {
+            Ok((state, _)) => state,
+            Err(error) => {
+                self.world
+                    .trace(|| format!("n{id}  received keystore does not decode: {error}"));
+                return Ok(None);
+            }
+        };
+        let disk = &mut self.server().disk;
+        if keep_log_after {
+            let drop = (at.index.0 - disk.snapshot.index.0) as usize;
+            disk.log.drain(..drop.min(disk.log.len()));
+            disk.synced = disk.synced.saturating_sub(drop);
+        } else {
+            disk.log.clear();
+            disk.synced = 0;
+        }
+        disk.snapshot = Rc::new(Image {
+            index: at.index,
+            term: at.term,
+            file: Bytes::from(file),
+        });
+        let index = at.index;
+        self.world
+            .trace(|| format!("n{id}  installed keystore through {index}"));
+        Ok(Some(state))
+    }
+
+    /// Only a broken invariant (already recorded) fails a stream here.
+    fn stream_failed(&mut self, _error: &dyn std::fmt::Display) {}
+
+    /// Writes a keystore file at the applied index once enough was applied
+    /// since the last, and drops the log it covers (as the driver's
+    /// keystore schedule does, at once).
+    fn end_of_turn(
+        &mut self,
+        core: &mut Replica,
+        state: &mut State,
+        applied: LogIndex,
+        _receiving: bool,
+    ) -> Result<(), Violated> {
+        let Some(every) = self.world.compact_every else {
+            return Ok(());
+        };
+        let id = self.id;
+        let disk = &mut self.server().disk;
+        if applied.0 < disk.snapshot.index.0 + every {
+            return Ok(());
+        }
+        let Some(term) = core.term_at(applied) else {
+            return Ok(());
+        };
+        let image = Image::of(state, term);
+        let dropped = (image.index.0 - disk.snapshot.index.0) as usize;
+        let dropped = dropped.min(disk.log.len());
+        disk.log.drain(..dropped);
+        disk.synced = disk.synced.saturating_sub(dropped);
+        let index = image.index;
+        disk.snapshot = Rc::new(image);
+        core.compact(index, term);
+        self.world
+            .trace(|| format!("n{id}  keystore written through {index}, log compacted"));
+        Ok(())
+    }
+}
+
 impl World {
     fn server(&mut self, id: u64) -> &mut Server {
         &mut self.servers[id as usize - 1]
@@ -248,6 +598,26 @@ impl World {
             .saturating_add_signed(self.servers[id as usize - 1].clock_offset_ms)
     }
 
+    /// Runs `f` on server `id`'s host with the world as its I/O, then lets
+    /// it carry out what the core decided; nothing if the server is down.
+    /// The host is out of the server meanwhile (the checker's look at every
+    /// core skips this one, which is not a later leader of anything it
+    /// commits).
+    fn with_host(
+        &mut self,
+        id: u64,
+        f: impl FnOnce(&mut Host<SimTypes>, &mut SimIo) -> Result<(), Violated>,
+    ) {
+        let Some(mut host) = self.server(id).host.take() else {
+            return;
+        };
+        let mut io = SimIo { world: self, id };
+        // A violation is recorded in the world; the run stops after this
+        // step.
+        let _ = f(&mut host, &mut io).and_then(|()| host.process(&mut io));
+        self.server(id).host = Some(host);
+    }
+
     /// Starts (or restarts) a server from what its disk holds.
     pub(crate) fn boot_server(&mut self, id: u64) {
         self.rejoin_at.remove(&id);
@@ -262,23 +632,18 @@ impl World {
             snapshot_index: s.disk.snapshot.index,
             snapshot_term: s.disk.snapshot.term,
             entries: s.disk.log.iter().map(|(t, p, _)| (*t, p.clone())).collect(),
-            snapshot_membership: membership_of(&state),
+            snapshot_membership: Membership::of(state.config()),
         };
         let timing = Timing::new(s.heartbeat_ms, ELECTION_TIMEOUT_MS);
         let mut core = Replica::new(ServerId(id), timing, durable, jitter, now);
         core.set_bugs(bugs.replica);
-        core.set_lb_addr(udp_addr(0));
-        s.state = state;
-        s.applied = s.disk.snapshot.index;
         s.commit_seen = core.commit_index();
-        s.core = Some(core);
+        let applied = s.disk.snapshot.index;
+        let mut host = Host::new(core, udp_addr(0), state, applied, shape);
+        host.receiver_mut().bug_frame_term_as_snapshot_term = bugs.frame_term_as_snapshot_term;
+        s.host = Some(host);
         s.up = true;
         s.incarnation += 1;
-        s.waiters = Waiters::default();
-        s.lb_link = LbLink::default();
-        s.senders = Senders::new(shape);
-        s.receiver = Receiver::default();
-        s.receiver.bug_frame_term_as_snapshot_term = bugs.frame_term_as_snapshot_term;
         s.disk.fsync_free_at = 0;
         let incarnation = s.incarnation;
         let (last, synced) = (s.disk.last_index(), s.disk.synced);
@@ -294,7 +659,9 @@ impl World {
         let s = self.server(id);
         s.up = false;
         s.paused_until = 0;
-        s.core = None;
+        if let Some(host) = s.host.take() {
+            s.applied = host.applied();
+        }
         let lost = s.disk.log.len() - s.disk.synced;
         s.disk.log.truncate(s.disk.synced);
         s.incarnation += 1;
@@ -302,41 +669,17 @@ impl World {
     }
 
     pub(crate) fn server_tick(&mut self, id: u64, incarnation: u32) {
-        if self.servers[id as usize - 1].incarnation != incarnation
-            || !self.servers[id as usize - 1].up
-        {
+        let s = &self.servers[id as usize - 1];
+        if s.incarnation != incarnation || !s.up {
             return;
         }
-        let now = self.server_now(id);
-        let s = self.server(id);
-        let Some(core) = s.core.as_mut() else {
-            return;
-        };
-        core.tick(now);
-        // As the real driver: stalled keystore streams resend first.
-        let out = s.senders.tick(core, now);
-        self.send_stream(id, out);
-        let s = self.server(id);
-        let Some(core) = s.core.as_mut() else {
-            return;
-        };
         let advertised = Advertised {
             tcp: tcp_addr(id),
             udp: udp_addr(id),
         };
-        let to_lb = s.lb_link.on_tick(
-            core,
-            now,
-            s.applied,
-            ELECTION_TIMEOUT_MS,
-            HEARTBEAT_MS,
-            advertised,
-        );
-        let term = core.term();
-        for message in to_lb {
-            self.send(id, 0, Packet::Frame { term, message });
-        }
-        self.process_actions(id);
+        self.with_host(id, |host, io| {
+            host.tick(io, advertised, ELECTION_TIMEOUT_MS, HEARTBEAT_MS)
+        });
         self.schedule(
             self.now + SERVER_TICK_MS,
             Event::ServerTick { id, incarnation },
@@ -349,129 +692,10 @@ impl World {
         }
         let line = crate::world::short(&packet);
         self.trace(|| format!("recv {from}->{id} {line}"));
-        let now = self.server_now(id);
         let Packet::Frame { term, message } = packet;
-        let message = match Chunk::of(ServerId(from), term, message) {
-            Ok(chunk) => {
-                self.on_snapshot_chunk(id, now, chunk);
-                self.process_actions(id);
-                return;
-            }
-            Err(message) => message,
-        };
-        match message {
-            Message::SnapshotAck {
-                snapshot_index,
-                offset,
-            } => {
-                let s = self.server(id);
-                let Some(core) = s.core.as_mut() else {
-                    return;
-                };
-                let out = s
-                    .senders
-                    .acked(core, now, ServerId(from), term, snapshot_index, offset);
-                self.send_stream(id, out);
-            }
-            message => {
-                let s = self.server(id);
-                let is_lb_heartbeat = s.lb_link.received(ServerId(from), &message);
-                let Some(core) = s.core.as_mut() else {
-                    return;
-                };
-                core.receive(now, ServerId(from), term, message);
-                if is_lb_heartbeat {
-                    // The real driver answers before carrying out the
-                    // heartbeat's actions; so does this one.
-                    let status = core.status(now, s.applied);
-                    let term = core.term();
-                    self.send(
-                        id,
-                        0,
-                        Packet::Frame {
-                            term,
-                            message: status,
-                        },
-                    );
-                }
-            }
-        }
-        self.process_actions(id);
-    }
-
-    /// Sends what the keystore stream asked for, in the current term.
-    fn send_stream(&mut self, id: u64, out: Vec<Outgoing>) {
-        let Some(term) = self.server(id).core.as_ref().map(|c| c.term()) else {
-            return;
-        };
-        for Outgoing { to, message, .. } in out {
-            self.send(id, to.0, Packet::Frame { term, message });
-        }
-    }
-
-    /// Follower: a chunk of the leader's keystore file, received by the
-    /// real stream code into memory.
-    fn on_snapshot_chunk(&mut self, id: u64, now: u64, chunk: Chunk) {
-        let s = self.server(id);
-        let Some(core) = s.core.as_mut() else {
-            return;
-        };
-        let received = s
-            .receiver
-            .chunk(core, now, s.applied, chunk, || Ok(Vec::new()))
-            .expect("memory takes every chunk");
-        let ack = match received {
-            Received::Nothing => None,
-            Received::Ack(ack) => Some(ack),
-            Received::Whole { from, file, sink } => {
-                let installed = self.install_snapshot(id, file, sink);
-                let core = self.server(id).core.as_ref();
-                core.and_then(|core| whole_file_ack(core, from, file, installed))
-            }
-        };
-        self.send_stream(id, ack.into_iter().collect());
-    }
-
-    /// Follower: the whole keystore file arrived; installs it as the real
-    /// driver does. False if it does not decode.
-    fn install_snapshot(&mut self, id: u64, at: FileAt, file: Vec<u8>) -> bool {
-        let state = match data::keystore::decode(&file[..], ITEM_BYTES_MAX) {
-            Ok((state, _)) => state,
-            Err(error) => {
-                self.trace(|| format!("n{id}  received keystore does not decode: {error}"));
-                return false;
-            }
-        };
-        let s = self.server(id);
-        let Some(core) = s.core.as_mut() else {
-            return false;
-        };
-        // As the real driver: keep the log after the snapshot when the
-        // log holds the snapshot's last entry (Raft §7), else drop it.
-        if core.keeps_log_after_snapshot(at.index, at.term) {
-            let drop = (at.index.0 - s.disk.snapshot.index.0) as usize;
-            s.disk.log.drain(..drop.min(s.disk.log.len()));
-            s.disk.synced = s.disk.synced.saturating_sub(drop);
-        } else {
-            s.disk.log.clear();
-            s.disk.synced = 0;
-        }
-        let membership = membership_of(&state);
-        s.disk.snapshot = Rc::new(Image {
-            index: at.index,
-            term: at.term,
-            file: Bytes::from(file),
+        self.with_host(id, |host, io| {
+            host.receive(io, ServerId(from), term, message)
         });
-        s.state = state;
-        s.applied = at.index;
-        core.install_snapshot(at.index, at.term, membership);
-        let hash = state_hash(&s.state);
-        let index = at.index;
-        self.trace(|| format!("n{id}  installed keystore through {index}"));
-        if let Err((invariant, detail)) = self.checker.applied(id, index, hash) {
-            self.fail(invariant, detail);
-        }
-        true
     }
 
     pub(crate) fn server_fsync(
@@ -495,10 +719,10 @@ impl World {
             return;
         }
         s.disk.synced = s.disk.synced.max(offset as usize + 1);
-        if let Some(core) = s.core.as_mut() {
-            core.persisted(now, index);
-        }
-        self.process_actions(id);
+        self.with_host(id, |host, _| {
+            host.persisted(now, index);
+            Ok(())
+        });
     }
 
     pub(crate) fn server_request(&mut self, id: u64, client: usize, req: u64, request: Request) {
@@ -507,90 +731,51 @@ impl World {
         }
         let now = self.server_now(id);
         let read_without_read_index = self.opts.bugs.read_without_read_index;
-        match request {
-            Request::Write { op, .. } => {
-                let command = Command {
-                    time_s: self.server_wall(id) / 1000,
-                    op,
-                };
-                let mut payload = BytesMut::with_capacity(command.encoded_len());
-                command.encode(&mut payload);
-                let payload = payload.freeze();
-                let s = self.server(id);
-                let Some(core) = s.core.as_mut() else {
-                    return;
-                };
-                match s
-                    .waiters
-                    .propose(core, payload.clone(), (client, req, payload))
-                {
-                    Ok(index) => {
-                        let term = core.term();
-                        self.trace(|| {
-                            format!("n{id}  proposed c{client}/{req} at {index} in t{term}")
-                        });
+        let time_s = self.server_wall(id) / 1000;
+        self.with_host(id, |host, io| {
+            match request {
+                Request::Write { op, .. } => {
+                    let command = Command { time_s, op };
+                    let mut payload = BytesMut::with_capacity(command.encoded_len());
+                    command.encode(&mut payload);
+                    let payload = payload.freeze();
+                    match host.propose(payload.clone(), (client, req, payload)) {
+                        Ok(index) => {
+                            let term = host.core().term();
+                            io.world.trace(|| {
+                                format!("n{id}  proposed c{client}/{req} at {index} in t{term}")
+                            });
+                        }
+                        Err((refused, _)) => io.reply(client, req, refusal(refused)),
                     }
-                    Err((refused, _)) => {
-                        let hint = match refused {
-                            NotLeader::Follower(leader) => leader,
-                            NotLeader::NotReady => None,
-                        };
-                        self.reply(id, client, req, Reply::NotLeader(hint));
+                }
+                Request::Read { key, gets } => {
+                    let read = PendingRead {
+                        client,
+                        req,
+                        key: Bytes::from(key),
+                        gets,
+                    };
+                    // As the real connection: the leader answers at once
+                    // under its lease (or always, with the deliberate bug).
+                    let core = host.core();
+                    let at_once = core.lease_until_ms() > now
+                        || (read_without_read_index && core.role() == Role::Leader);
+                    if at_once {
+                        io.world.answer_read(id, host.state(), read);
+                    } else if let Err((refused, read)) = host.read(now, read) {
+                        io.reply(read.client, read.req, refusal(refused));
                     }
                 }
             }
-            Request::Read { key, gets } => {
-                let read = PendingRead {
-                    client,
-                    req,
-                    key: Bytes::from(key),
-                    gets,
-                };
-                // As the real connection: the leader answers at once under
-                // its lease (or always, with the deliberate bug).
-                let at_once = self.server(id).core.as_ref().is_some_and(|c| {
-                    c.lease_until_ms() > now
-                        || (read_without_read_index && c.role() == Role::Leader)
-                });
-                if at_once {
-                    self.answer_read(id, read);
-                } else {
-                    self.start_read(id, now, read);
-                }
-            }
-        }
-        self.process_actions(id);
+            Ok(())
+        });
     }
 
-    fn start_read(&mut self, id: u64, now: u64, read: PendingRead) {
-        let s = self.server(id);
-        let Some(core) = s.core.as_mut() else {
-            return;
-        };
-        if let Err((refused, read)) = s.waiters.read(core, now, read) {
-            let hint = match refused {
-                NotLeader::Follower(leader) => leader,
-                NotLeader::NotReady => None,
-            };
-            self.reply(id, read.client, read.req, Reply::NotLeader(hint));
-        }
-    }
-
-    fn retry_held_reads(&mut self, id: u64) {
-        let now = self.server_now(id);
-        let s = self.server(id);
-        let Some(core) = s.core.as_mut() else {
-            return;
-        };
-        for read in s.waiters.retry_held_reads(core, now) {
-            self.reply(id, read.client, read.req, Reply::NotLeader(None));
-        }
-    }
-
-    fn answer_read(&mut self, id: u64, read: PendingRead) {
+    /// Answers a read from server `id`'s state.
+    fn answer_read(&mut self, id: u64, state: &State, read: PendingRead) {
         let now_s = self.server_wall(id) / 1000;
-        let s = self.server(id);
-        let ret = match s.state.get(&read.key, now_s) {
+        let ret = match state.get(&read.key, now_s) {
             None => check::Ret::Miss,
             Some(item) if read.gets => check::Ret::HitCas {
                 value: item.data().to_vec(),
@@ -598,316 +783,29 @@ impl World {
             },
             Some(item) => check::Ret::Hit(item.data().to_vec()),
         };
-        let applied = s.applied;
+        let applied = state.applied_index();
         self.trace(|| {
             format!(
                 "n{id}  read c{}/{} at applied {applied}: {ret}",
                 read.client, read.req
             )
         });
-        self.reply(id, read.client, read.req, Reply::Done(ret));
+        self.reply(read.client, read.req, Reply::Done(ret));
     }
 
     /// Sends a reply to a client over its link.
-    pub(crate) fn reply(&mut self, id: u64, client: usize, req: u64, reply: Reply) {
-        let _ = id;
+    pub(crate) fn reply(&mut self, client: usize, req: u64, reply: Reply) {
         if let Some(delay) = self.client_link() {
             self.schedule(self.now + delay, Event::Reply { client, req, reply });
         }
     }
+}
 
-    /// Carries out the core's actions in order until it has nothing more.
-    fn process_actions(&mut self, id: u64) {
-        loop {
-            self.retry_held_reads(id);
-            // As the real driver: Appends, read rounds and Acks go out after
-            // the event that brought writes, reads or Appends in.
-            let now = self.server_now(id);
-            if let Some(core) = self.server(id).core.as_mut() {
-                core.flush(now);
-            }
-            let actions = match self.server(id).core.as_mut() {
-                Some(core) => core.take_actions(),
-                None => return,
-            };
-            if actions.is_empty() {
-                break;
-            }
-            let mut appended: Option<(LogIndex, u64)> = None;
-            for action in actions {
-                self.server_action(id, action, &mut appended);
-                if self.violation.is_some() {
-                    return;
-                }
-            }
-            if let Some((index, write_id)) = appended {
-                let delay = self.rng.range(0, self.fsync_max_ms);
-                let now = self.now;
-                let s = self.server(id);
-                let at = s.disk.fsync_free_at.max(now + delay);
-                s.disk.fsync_free_at = at;
-                let incarnation = s.incarnation;
-                self.schedule(
-                    at,
-                    Event::Fsync {
-                        id,
-                        incarnation,
-                        index,
-                        write_id,
-                    },
-                );
-            }
-        }
-        self.answer_reads(id);
-        self.maybe_compact(id);
-    }
-
-    fn server_action(&mut self, id: u64, action: Action, appended: &mut Option<(LogIndex, u64)>) {
-        match action {
-            Action::PersistTerm(term) => {
-                let s = self.server(id);
-                if term < s.disk.term {
-                    let old = s.disk.term;
-                    self.fail(
-                        "term never goes down",
-                        format!("n{id} persisted t{term} over t{old}"),
-                    );
-                    return;
-                }
-                s.disk.term = term;
-            }
-            Action::TruncateAfter(index) => {
-                let s = self.server(id);
-                if index < s.commit_seen {
-                    let commit = s.commit_seen;
-                    self.fail(
-                        "committed entries never change",
-                        format!("n{id} truncates after {index} but committed through {commit}"),
-                    );
-                    return;
-                }
-                let keep = index.0.saturating_sub(s.disk.snapshot.index.0) as usize;
-                s.disk.log.truncate(keep);
-                s.disk.synced = s.disk.synced.min(keep);
-                self.trace(|| format!("n{id}  truncate after {index}"));
-                self.fail_proposals_after(id, index);
-            }
-            Action::Append(entries) => {
-                for (index, term, payload) in entries {
-                    let s = self.server(id);
-                    if index != LogIndex(s.disk.last_index().0 + 1) {
-                        let last = s.disk.last_index();
-                        self.fail(
-                            "driver contract",
-                            format!("n{id} appends {index} after {last}"),
-                        );
-                        return;
-                    }
-                    let prev_term = s.disk.term_at(LogIndex(index.0 - 1));
-                    let write_id = s.disk.next_write_id;
-                    s.disk.next_write_id += 1;
-                    s.disk.log.push((term, payload.clone(), write_id));
-                    *appended = Some((index, write_id));
-                    if let Err((inv, detail)) =
-                        self.checker.appended(id, index, term, prev_term, &payload)
-                    {
-                        self.fail(inv, detail);
-                        return;
-                    }
-                }
-            }
-            Action::Send {
-                to, term, message, ..
-            } => {
-                let disk = &self.server(id).disk;
-                let on_disk = disk.term;
-                if term > on_disk {
-                    self.fail(
-                        "persist before send",
-                        format!("n{id} sent in t{term} with t{on_disk} on disk"),
-                    );
-                    return;
-                }
-                // DESIGN §4: a follower acknowledges only what it fsynced.
-                let durable = LogIndex(disk.snapshot.index.0 + disk.synced as u64);
-                if let Message::Ack { match_index, .. } = &message {
-                    if *match_index > durable {
-                        let m = *match_index;
-                        self.fail(
-                            "ack only what is durable",
-                            format!("n{id} acks {m} with {durable} fsynced"),
-                        );
-                        return;
-                    }
-                }
-                self.send(id, to.0, Packet::Frame { term, message });
-            }
-            Action::Commit(index) => self.commit(id, index),
-            Action::ReadReady { token, index } => self.server(id).waiters.read_ready(token, index),
-            Action::ReadFailed { token } => {
-                if let Some(read) = self.server(id).waiters.read_failed(token) {
-                    self.reply(id, read.client, read.req, Reply::NotLeader(None));
-                }
-            }
-            Action::ProposalsLost { after } => self.fail_proposals_after(id, after),
-            Action::SendSnapshot { to, addr } => {
-                let now = self.server_now(id);
-                let s = self.server(id);
-                let Some(core) = s.core.as_ref() else {
-                    return;
-                };
-                let (snapshot_index, _) = core.snapshot_position();
-                let out = match s.senders.under_way(core, now, to, addr, snapshot_index) {
-                    Some(out) => out,
-                    None if s.disk.snapshot.index.0 == 0 => Vec::new(),
-                    None => {
-                        let image = s.disk.snapshot.clone();
-                        let at = FileAt {
-                            index: image.index,
-                            term: image.term,
-                            total: image.file.len() as u64,
-                        };
-                        s.senders.start(core, now, to, addr, at, image.file.clone())
-                    }
-                };
-                self.send_stream(id, out);
-            }
-        }
-    }
-
-    /// The core says entries through `index` are committed: check them
-    /// against every commit seen anywhere, then apply them.
-    fn commit(&mut self, id: u64, index: LogIndex) {
-        let s = &self.servers[id as usize - 1];
-        let Some(core) = s.core.as_ref() else {
-            return;
-        };
-        let from = s.commit_seen;
-        if index < from {
-            self.fail(
-                "commit index never goes down",
-                format!("n{id} commit {index} after {from}"),
-            );
-            return;
-        }
-        let leader_term = (core.role() == Role::Leader).then(|| core.term());
-        let mut entries = Vec::new();
-        for i in from.0 + 1..=index.0 {
-            let i = LogIndex(i);
-            if let (Some(term), Some(payload)) = (core.term_at(i), core.entry(i)) {
-                entries.push((i, term, payload.clone()));
-            }
-        }
-        let term_now = core.term();
-        self.trace(|| format!("n{id}  commit through {index} (t{term_now})"));
-        self.servers[id as usize - 1].commit_seen = index;
-        for (i, term, payload) in entries {
-            let commit_term = leader_term.unwrap_or(term_now);
-            if let Err((inv, detail)) =
-                self.checker
-                    .committed(id, i, term, &payload, commit_term, &self.servers)
-            {
-                self.fail(inv, detail);
-                return;
-            }
-        }
-        self.apply_through(id, index);
-    }
-
-    fn apply_through(&mut self, id: u64, commit: LogIndex) {
-        loop {
-            let s = self.server(id);
-            let Some(core) = s.core.as_ref() else {
-                return;
-            };
-            let entry = match s
-                .waiters
-                .apply_next(core, &mut s.state, &mut s.applied, commit)
-            {
-                Ok(Some(entry)) => entry,
-                Ok(None) => return,
-                Err(e) => {
-                    self.fail("entries decode", format!("n{id} {e}"));
-                    return;
-                }
-            };
-            let (index, payload) = (entry.index, entry.payload);
-            let entry_term = core.term_at(index);
-            let hash = state_hash(&s.state);
-            if let Err((inv, detail)) = self.checker.applied(id, index, hash) {
-                self.fail(inv, detail);
-                return;
-            }
-            match entry.proposal {
-                None => continue,
-                // The entry at our index is another leader's by now.
-                Some(Applied::Replaced((client, req, _))) => {
-                    self.reply(id, client, req, Reply::Unknown);
-                }
-                Some(Applied::Ours((client, req, proposed))) => {
-                    let term = entry_term.expect("an applied entry has a term");
-                    if payload != proposed {
-                        self.fail(
-                            "driver contract",
-                            format!("n{id} entry {index} of t{term} is not what was proposed"),
-                        );
-                        return;
-                    }
-                    if let Err((inv, detail)) = self.checker.acked(index, term, &payload) {
-                        self.fail(inv, detail);
-                        return;
-                    }
-                    self.writes_acked += 1;
-                    let reply = match outcome_ret(entry.outcome) {
-                        Some(ret) => Reply::Done(ret),
-                        None => Reply::Unknown,
-                    };
-                    self.reply(id, client, req, reply);
-                }
-            }
-        }
-    }
-
-    fn fail_proposals_after(&mut self, id: u64, after: LogIndex) {
-        let lost = self.server(id).waiters.lost_after(after);
-        for (client, req, _) in lost {
-            self.reply(id, client, req, Reply::Unknown);
-        }
-    }
-
-    fn answer_reads(&mut self, id: u64) {
-        let s = self.server(id);
-        let applied = s.applied;
-        for read in s.waiters.reads_served(applied) {
-            self.answer_read(id, read);
-        }
-    }
-
-    /// Writes a keystore file at the applied index once enough was applied
-    /// since the last, and drops the log it covers (as `poll_snapshot`).
-    fn maybe_compact(&mut self, id: u64) {
-        let Some(every) = self.compact_every else {
-            return;
-        };
-        let s = self.server(id);
-        if s.applied.0 < s.disk.snapshot.index.0 + every {
-            return;
-        }
-        let Some(core) = s.core.as_mut() else {
-            return;
-        };
-        let Some(term) = core.term_at(s.applied) else {
-            return;
-        };
-        let image = Image::of(&s.state, term);
-        let dropped = (image.index.0 - s.disk.snapshot.index.0) as usize;
-        let dropped = dropped.min(s.disk.log.len());
-        s.disk.log.drain(..dropped);
-        s.disk.synced = s.disk.synced.saturating_sub(dropped);
-        let index = image.index;
-        s.disk.snapshot = Rc::new(image);
-        core.compact(index, term);
-        self.trace(|| format!("n{id}  keystore written through {index}, log compacted"));
+/// A refused request's answer, with the leader's id when known.
+fn refusal(refused: NotLeader) -> Reply {
+    match refused {
+        NotLeader::Follower(leader) => Reply::NotLeader(leader),
+        NotLeader::NotReady => Reply::NotLeader(None),
     }
 }
 

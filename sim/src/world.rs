@@ -854,7 +854,7 @@ impl World {
         let serving: Vec<u64> = self
             .servers
             .iter()
-            .filter(|s| s.core.as_ref().is_some_and(|c| c.is_serving()))
+            .filter(|s| s.core().is_some_and(|c| c.is_serving()))
             .map(|s| s.id)
             .collect();
         let [leader] = serving[..] else {
@@ -867,7 +867,7 @@ impl World {
             );
             return;
         };
-        let Some(core) = self.servers[leader as usize - 1].core.as_ref() else {
+        let Some(core) = self.servers[leader as usize - 1].core() else {
             return;
         };
         let commit = core.commit_index();
@@ -880,8 +880,8 @@ impl World {
             .servers
             .iter()
             .filter(|s| !(self.removed.contains(&s.id) && out(s.id)))
-            .filter(|s| s.applied != commit)
-            .map(|s| (s.id, s.applied.0))
+            .filter(|s| s.applied() != commit)
+            .map(|s| (s.id, s.applied().0))
             .collect();
         if !lagging.is_empty() {
             self.fail(

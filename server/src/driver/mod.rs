@@ -1,14 +1,13 @@
-//! The replication driver: runs the [`Replica`] core on its own thread and
-//! does its I/O — the UDP socket, the log and meta files, the timer — and
-//! applies committed entries to the state.
+//! The replication driver: runs the replica [`Host`] (the core and what is
+//! kept around it, the code the simulator runs too) on its own thread, as
+//! its [`Io`]: the UDP socket, the log and meta files, the keystore files,
+//! the timer, and what connections and `stats` see.
 //!
 //! The one type that owns the server's UDP socket and, in cluster mode, its
 //! log. Connections talk to it through a [`ClusterHandle`]: proposals and
-//! read barriers in, outcomes out. Everything the core decides happens in
-//! the order of its actions: a term is on disk before any message of that
-//! term leaves, appended entries are fsynced before the core hears they are,
-//! and Appends to followers leave before the leader's own fsync, so the two
-//! overlap (DESIGN §4).
+//! read barriers in, outcomes out. The host carries out what the core
+//! decides in the order of its actions (DESIGN §4); this loop takes in
+//! everything ready, so one fsync serves a whole turn.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,6 +19,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
+use data::cluster_file::ClusterFile;
 use data::command::Command;
 use data::frame::{
     self, Frame, FrameError, GroupId, Header, LogIndex, Message, OtherVersions, Role, ServerId,
@@ -30,8 +30,9 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ClusterSettings;
 use crate::memory::MemoryLimit;
-use crate::replica::snapshot_stream::{Chunk, Receiver, Senders, StreamShape};
-use crate::replica::{Action, Advertised, Applied, Durable, LbLink, NotLeader, Replica, Waiters};
+use crate::replica::host::{Host, HostTypes, Io, Synced, Written};
+use crate::replica::snapshot_stream::{FileAt, StreamShape};
+use crate::replica::{Advertised, Durable, Membership, NotLeader, Replica, UndecodableEntry};
 use crate::snapshot::KeystoreSchedule;
 use crate::state::{self, SharedState};
 use crate::stats::Stats;
@@ -52,6 +53,9 @@ const DATAGRAMS_PER_TURN_MAX: usize = 1024;
 /// Proposals are encoded into blocks of this size (one allocation for many
 /// small writes; a block is freed once no entry in it is held).
 const PROPOSAL_BLOCK_BYTES: usize = 64 * 1024;
+/// How long a datagram waits for room in a full socket buffer at most
+/// before it is dropped (retransmission covers it).
+const SEND_WAIT_MS_MAX: u64 = 100;
 /// The core's timer resolution: retransmits start at 20 ms.
 const TICK_MS: u64 = 10;
 /// Receive buffer: a little over the largest datagram, so an oversized one
@@ -193,37 +197,52 @@ pub fn start(
 /// How a read barrier's answer reaches its connection.
 type ReadReply = oneshot::Sender<Result<(), CommitError>>;
 
+/// The server's kinds of waiter, keystore file and state under the
+/// replica [`Host`].
+struct ServerTypes;
+
+impl HostTypes for ServerTypes {
+    type State = SharedState;
+    type Proposal = ProposalReply;
+    type Read = ReadReply;
+    type Source = std::fs::File;
+    type Sink = std::fs::File;
+}
+
 struct Driver {
-    core: Replica,
+    /// The replica and everything kept around it (the code the simulator
+    /// runs too).
+    host: Host<ServerTypes>,
+    /// Its I/O: the socket, the files, what the rest of the server sees.
+    io: DriverIo,
     settings: ClusterSettings,
+    advertised: Advertised,
+    /// Frames of another release, reported once per version.
+    other_versions: OtherVersions,
+    /// The block proposals are encoded into.
+    proposals_buf: BytesMut,
+}
+
+/// The driver's side of the [`Io`] contract.
+struct DriverIo {
+    id: ServerId,
+    cluster: ClusterFile,
     data_dir: PathBuf,
     tcp_advertise: SocketAddr,
-    udp_advertise: SocketAddr,
     socket: UdpSocket,
     log: Log,
     meta: Meta,
-    state: SharedState,
     stats: Arc<Stats>,
     memory: Arc<MemoryLimit>,
     view: Arc<ClusterView>,
-    applied: LogIndex,
-    /// Proposals waiting for their entry, reads for their round and the
-    /// state (the core's contract, kept as every host keeps it).
-    waiters: Waiters<ProposalReply, ReadReply>,
     peers_tcp: HashMap<ServerId, SocketAddr>,
-    lb_link: LbLink,
-    /// Frames of another release, reported once per version.
-    other_versions: OtherVersions,
     out: BytesMut,
-    /// The block proposals are encoded into.
-    proposals_buf: BytesMut,
     item_bytes_max: usize,
     /// When this server writes its keystore files.
     keystores: KeystoreSchedule,
-    /// Leader: keystore streams to followers behind the compacted log.
-    senders: Senders<std::fs::File>,
-    /// Follower: a leader's keystore file arriving.
-    receiver: Receiver<std::fs::File>,
+    /// Appended since the last fsync, for `stats`.
+    unsynced_records: u64,
+    unsynced_bytes: u64,
 }
 
 impl Drop for Driver {
@@ -232,7 +251,7 @@ impl Drop for Driver {
     /// leader and start an election at once, while this process's
     /// connections would otherwise go on reading under the lease.
     fn drop(&mut self) {
-        self.view.lease_until_ms.store(0, Ordering::SeqCst);
+        self.io.view.lease_until_ms.store(0, Ordering::SeqCst);
     }
 }
 
@@ -249,42 +268,52 @@ impl Driver {
             snapshot_index: start.snapshot_index,
             snapshot_term: start.snapshot_term,
             entries: start.entries,
-            snapshot_membership: membership_of(state::read(&start.state).config()),
+            snapshot_membership: Membership::of(state::read(&start.state).config()),
         };
         let id = ServerId(meta.server_id);
-        let mut core = Replica::new(
+        let core = Replica::new(
             id,
             start.settings.timing,
             durable,
             meta.server_id ^ now_ms(),
             now_ms(),
         );
-        core.set_lb_addr(start.settings.lb);
         let applied = LogIndex(state::read(&start.state).applied_index());
-        Driver {
+        let host = Host::new(
             core,
-            settings: start.settings,
+            start.settings.lb,
+            start.state,
+            applied,
+            StreamShape::SERVER,
+        );
+        let io = DriverIo {
+            id,
+            cluster: start.settings.cluster.clone(),
             data_dir: start.data_dir,
             tcp_advertise: start.tcp_advertise,
-            udp_advertise,
             socket,
             log: start.log,
             meta,
-            state: start.state,
             stats: start.stats,
             memory: start.memory,
             view,
-            applied,
-            waiters: Waiters::default(),
             peers_tcp: HashMap::new(),
-            lb_link: LbLink::default(),
-            other_versions: OtherVersions::default(),
             out: BytesMut::with_capacity(frame::DATAGRAM_BYTES_MAX),
-            proposals_buf: BytesMut::new(),
             item_bytes_max: start.item_bytes_max,
             keystores: KeystoreSchedule::new(start.snapshot_log_bytes),
-            senders: Senders::new(StreamShape::SERVER),
-            receiver: Receiver::default(),
+            unsynced_records: 0,
+            unsynced_bytes: 0,
+        };
+        Driver {
+            host,
+            io,
+            advertised: Advertised {
+                tcp: start.tcp_advertise,
+                udp: udp_advertise,
+            },
+            settings: start.settings,
+            other_versions: OtherVersions::default(),
+            proposals_buf: BytesMut::new(),
         }
     }
 
@@ -295,15 +324,16 @@ impl Driver {
         loop {
             let mut ticked = false;
             // `cache_memlimit` may have changed it: the next answer says so.
-            self.core.set_memory_limit(self.memory.limit_bytes());
+            let limit = self.io.memory.limit_bytes();
+            self.host.core_mut().set_memory_limit(limit);
             tokio::select! {
                 request = rx.recv() => match request {
                     Some(request) => self.handle_request(request),
                     None => break,
                 },
-                received = self.socket.recv_from(&mut buf) => {
+                received = self.io.socket.recv_from(&mut buf) => {
                     if let Ok((len, _)) = received {
-                        self.handle_datagram(&buf[..len]).await;
+                        self.handle_datagram(&buf[..len])?;
                     }
                 }
                 _ = tick.tick() => ticked = true,
@@ -316,8 +346,8 @@ impl Driver {
                 }
             }
             for _ in 0..DATAGRAMS_PER_TURN_MAX {
-                match self.socket.try_recv_from(&mut buf) {
-                    Ok((len, _)) => self.handle_datagram(&buf[..len]).await,
+                match self.io.socket.try_recv_from(&mut buf) {
+                    Ok((len, _)) => self.handle_datagram(&buf[..len])?,
                     Err(_) => break,
                 }
             }
@@ -326,11 +356,17 @@ impl Driver {
             // heartbeats waiting in the socket count before a leader decides
             // it lost its majority or a follower reports its leader silent.
             if ticked {
-                self.on_tick().await;
+                let timing = self.settings.timing;
+                self.host.tick(
+                    &mut self.io,
+                    self.advertised,
+                    timing.election_timeout_ms,
+                    timing.heartbeat_ms,
+                )?;
             }
-            self.process_actions().await?;
+            self.host.process(&mut self.io)?;
         }
-        self.log.sync()
+        self.io.log.sync()
     }
 
     fn handle_request(&mut self, request: DriverRequest) {
@@ -344,33 +380,25 @@ impl Driver {
                 }
                 command.encode(&mut self.proposals_buf);
                 let payload = self.proposals_buf.split().freeze();
-                let proposed = self.waiters.propose(&mut self.core, payload, reply);
-                if let Err((refused, reply)) = proposed {
+                if let Err((refused, reply)) = self.host.propose(payload, reply) {
                     let _ = reply.send(Err(refusal(refused)));
                 }
             }
             DriverRequest::Read { reply } => {
-                if let Err((refused, reply)) = self.waiters.read(&mut self.core, now_ms(), reply) {
+                if let Err((refused, reply)) = self.host.read(now_ms(), reply) {
                     let _ = reply.send(Err(refusal(refused)));
                 }
             }
         }
     }
 
-    /// Retries reads held while the leader was not ready; fails them if it
-    /// is no longer the leader.
-    fn retry_held_reads(&mut self) {
-        for reply in self.waiters.retry_held_reads(&mut self.core, now_ms()) {
-            let _ = reply.send(Err(CommitError::NotLeader));
-        }
-    }
-
-    async fn handle_datagram(&mut self, datagram: &[u8]) {
+    fn handle_datagram(&mut self, datagram: &[u8]) -> Result<(), StorageError> {
+        let view = &self.io.view;
         let frame = match frame::decode(datagram, &self.settings.cluster.secret) {
             Ok(frame) => frame,
             Err(FrameError::BadMac) => {
-                self.view.bad_mac.fetch_add(1, Relaxed);
-                return;
+                view.bad_mac.fetch_add(1, Relaxed);
+                return Ok(());
             }
             Err(error) => {
                 if self.other_versions.first_sight(&error) {
@@ -379,265 +407,232 @@ impl Driver {
                         "a peer runs another release: upgrade the LB and every server of a group together"
                     );
                 }
-                self.view.frames_dropped.fetch_add(1, Relaxed);
-                return;
+                view.frames_dropped.fetch_add(1, Relaxed);
+                return Ok(());
             }
         };
         let Frame { header, message } = frame;
         // This server hosts the first group only (route::group_of).
         if header.cluster != self.settings.cluster.id
             || header.group != GroupId::FIRST
-            || header.to != self.core.id()
+            || header.to != self.io.id
         {
-            self.view.frames_dropped.fetch_add(1, Relaxed);
-            return;
-        }
-        self.view.frames_received.fetch_add(1, Relaxed);
-        let now = now_ms();
-        let is_lb_heartbeat = self.lb_link.received(header.from, &message);
-        if let (true, Message::Heartbeat { peers, .. }) = (is_lb_heartbeat, &message) {
-            for peer in peers {
-                self.peers_tcp.insert(peer.id, peer.tcp);
-            }
-        }
-        let message = match Chunk::of(header.from, header.term, message) {
-            Ok(chunk) => {
-                if let Err(error) = self.on_snapshot_chunk(chunk).await {
-                    tracing::warn!(%error, "receiving a keystore file failed");
-                    self.receiver.abandon();
-                }
-                return;
-            }
-            Err(message) => message,
-        };
-        if let Message::SnapshotAck {
-            snapshot_index,
-            offset,
-        } = message
-        {
-            let out = self.senders.acked(
-                &mut self.core,
-                now,
-                header.from,
-                header.term,
-                snapshot_index,
-                offset,
-            );
-            self.send_all(out).await;
-            return;
-        }
-        self.core.receive(now, header.from, header.term, message);
-        self.fence_lease();
-        if is_lb_heartbeat {
-            let status = self.core.status(now, self.applied);
-            let (lb, term) = (self.settings.lb, self.core.term());
-            self.send(ServerId::LB, lb, term, status).await;
-        }
-    }
-
-    async fn on_tick(&mut self) {
-        let now = now_ms();
-        self.core.tick(now);
-        self.fence_lease();
-        let out = self.senders.tick(&self.core, now);
-        self.send_all(out).await;
-        let timing = self.settings.timing;
-        let advertised = Advertised {
-            tcp: self.tcp_advertise,
-            udp: self.udp_advertise,
-        };
-        let to_lb = self.lb_link.on_tick(
-            &self.core,
-            now,
-            self.applied,
-            timing.election_timeout_ms,
-            timing.heartbeat_ms,
-            advertised,
-        );
-        let (lb, term) = (self.settings.lb, self.core.term());
-        for message in to_lb {
-            self.send(ServerId::LB, lb, term, message).await;
-        }
-    }
-
-    /// Carries out the core's actions in order, fsyncs what was appended and
-    /// tells the core, until it has nothing more to say.
-    async fn process_actions(&mut self) -> Result<(), StorageError> {
-        loop {
-            // Reads held until this leader could serve start as soon as it can.
-            self.retry_held_reads();
-            // Every write and read handed over this turn shares one Append per
-            // follower; a follower answers every Append of the turn with one Ack.
-            self.core.flush(now_ms());
-            let actions = self.core.take_actions();
-            if actions.is_empty() {
-                break;
-            }
-            self.fence_lease();
-            let mut appended: Option<LogIndex> = None;
-            let (mut records, mut bytes) = (0u64, 0u64);
-            for action in actions {
-                match action {
-                    Action::PersistTerm(term) => {
-                        self.meta.current_term = term.0;
-                        meta::store(&self.data_dir, &self.meta)?;
-                    }
-                    Action::TruncateAfter(index) => {
-                        self.log.truncate_after(index.0)?;
-                        self.fail_proposals_after(index);
-                    }
-                    Action::Append(entries) => {
-                        // A leader's entries are its own proposals, encoded
-                        // here; a follower checks what it received decodes
-                        // before it makes it durable.
-                        let check = self.core.role() != Role::Leader;
-                        for (index, term, payload) in entries {
-                            if check {
-                                Command::decode(payload.clone()).map_err(|e| {
-                                    StorageError::Corrupt {
-                                        what: "replicated entry",
-                                        path: self.data_dir.clone(),
-                                        offset: index.0,
-                                        reason: e.to_string(),
-                                    }
-                                })?;
-                            }
-                            let len = payload.len() as u64;
-                            self.keystores.wrote(len);
-                            self.log.append_encoded(term.0, index.0, &payload)?;
-                            appended = Some(index);
-                            records += 1;
-                            bytes += len;
-                        }
-                    }
-                    Action::Send {
-                        to,
-                        addr,
-                        term,
-                        message,
-                    } => self.send(to, addr, term, message).await,
-                    Action::Commit(index) => self.apply_through(index)?,
-                    Action::ReadReady { token, index } => self.waiters.read_ready(token, index),
-                    Action::ReadFailed { token } => {
-                        if let Some(reply) = self.waiters.read_failed(token) {
-                            let _ = reply.send(Err(CommitError::NotLeader));
-                        }
-                    }
-                    Action::ProposalsLost { after } => self.fail_proposals_after(after),
-                    Action::SendSnapshot { to, addr } => self.start_transfer(to, addr).await,
-                }
-            }
-            if let Some(index) = appended {
-                let sync_started = Instant::now();
-                self.log.sync()?;
-                self.stats.log_synced(sync_started, records, bytes);
-                self.core.persisted(now_ms(), index);
-            }
-        }
-        self.answer_reads();
-        self.poll_snapshot()?;
-        self.publish();
-        Ok(())
-    }
-
-    /// Finishes a keystore file that was written (dropping the log it
-    /// covers, on disk and in memory), and starts one when enough log was
-    /// written since the last.
-    fn poll_snapshot(&mut self) -> Result<(), StorageError> {
-        if let Some(taken) = self.keystores.finished(&mut self.log, &self.stats, false)? {
-            self.core.compact(LogIndex(taken.index), Term(taken.term));
-        }
-        // Not while a leader's file arrives: it replaces ours.
-        if !self.receiver.is_receiving() {
-            let core = &self.core;
-            // The applied index is committed and still in the in-memory log.
-            self.keystores
-                .maybe_start(&self.data_dir, &self.state, |index| {
-                    core.term_at(LogIndex(index)).map_or(0, |t| t.0)
-                });
-        }
-        Ok(())
-    }
-
-    /// Applies committed entries in order and answers their proposers.
-    fn apply_through(&mut self, commit: LogIndex) -> Result<(), StorageError> {
-        if commit <= self.applied {
+            view.frames_dropped.fetch_add(1, Relaxed);
             return Ok(());
         }
-        let mut state = state::write(&self.state);
-        loop {
-            let next = self
-                .waiters
-                .apply_next(&self.core, &mut state, &mut self.applied, commit);
-            let entry = next.map_err(|e| StorageError::Corrupt {
-                what: "committed entry",
-                path: self.data_dir.clone(),
-                offset: e.index.0,
-                reason: e.source.to_string(),
-            })?;
-            let Some(entry) = entry else {
-                return Ok(());
-            };
-            match entry.proposal {
-                None => {}
-                Some(Applied::Ours(reply)) => {
-                    let _ = reply.send(Ok(entry.outcome));
-                }
-                // The entry at our index is another leader's.
-                Some(Applied::Replaced(reply)) => {
-                    let _ = reply.send(Err(CommitError::Unknown));
-                }
+        view.frames_received.fetch_add(1, Relaxed);
+        // The LB's heartbeat says where each peer takes memcached clients.
+        if let (ServerId::LB, Message::Heartbeat { peers, .. }) = (header.from, &message) {
+            for peer in peers {
+                self.io.peers_tcp.insert(peer.id, peer.tcp);
             }
         }
+        self.host
+            .receive(&mut self.io, header.from, header.term, message)
+    }
+}
+
+impl Io<ServerTypes> for DriverIo {
+    type Error = StorageError;
+
+    fn now_ms(&self) -> u64 {
+        now_ms()
     }
 
-    fn fail_proposals_after(&mut self, after: LogIndex) {
-        for reply in self.waiters.lost_after(after) {
-            let _ = reply.send(Err(CommitError::Unknown));
+    fn persist_term(&mut self, term: Term) -> Result<(), StorageError> {
+        self.meta.current_term = term.0;
+        meta::store(&self.data_dir, &self.meta)
+    }
+
+    fn truncate_after(&mut self, index: LogIndex) -> Result<(), StorageError> {
+        self.log.truncate_after(index.0)
+    }
+
+    fn append(
+        &mut self,
+        index: LogIndex,
+        term: Term,
+        payload: &Bytes,
+        received: bool,
+    ) -> Result<(), StorageError> {
+        // A leader's entries are its own proposals, encoded here; a
+        // follower checks what it received decodes before it makes it
+        // durable.
+        if received {
+            Command::decode(payload.clone()).map_err(|e| StorageError::Corrupt {
+                what: "replicated entry",
+                path: self.data_dir.clone(),
+                offset: index.0,
+                reason: e.to_string(),
+            })?;
+        }
+        let len = payload.len() as u64;
+        self.keystores.wrote(len);
+        self.log.append_encoded(term.0, index.0, payload)?;
+        self.unsynced_records += 1;
+        self.unsynced_bytes += len;
+        Ok(())
+    }
+
+    fn sync(&mut self, _through: LogIndex) -> Result<Synced, StorageError> {
+        let sync_started = Instant::now();
+        self.log.sync()?;
+        self.stats
+            .log_synced(sync_started, self.unsynced_records, self.unsynced_bytes);
+        self.unsynced_records = 0;
+        self.unsynced_bytes = 0;
+        Ok(Synced::Now)
+    }
+
+    fn send(
+        &mut self,
+        to: ServerId,
+        addr: SocketAddr,
+        term: Term,
+        message: Message,
+    ) -> Result<(), StorageError> {
+        let frame = Frame {
+            header: Header {
+                cluster: self.cluster.id,
+                group: GroupId::FIRST,
+                from: self.id,
+                to,
+                term,
+            },
+            message,
+        };
+        self.out.clear();
+        if let Err(error) = frame::encode(&frame, &self.cluster.secret, &mut self.out) {
+            tracing::warn!(%error, "cannot encode a frame");
+            return Ok(());
+        }
+        // UDP is lossy anyway: a datagram the socket buffer cannot take
+        // within a moment is one more lost, which retransmission covers.
+        if send_datagram(&self.socket, &self.out, addr) {
+            self.view.frames_sent.fetch_add(1, Relaxed);
+        }
+        Ok(())
+    }
+
+    fn undecodable(&mut self, error: UndecodableEntry) -> StorageError {
+        StorageError::Corrupt {
+            what: "committed entry",
+            path: self.data_dir.clone(),
+            offset: error.index.0,
+            reason: error.source.to_string(),
         }
     }
 
-    fn answer_reads(&mut self) {
-        for reply in self.waiters.reads_served(self.applied) {
-            let _ = reply.send(Ok(()));
-        }
+    fn answer_proposal(
+        &mut self,
+        reply: ProposalReply,
+        answer: Result<Written, CommitError>,
+    ) -> Result<(), StorageError> {
+        let _ = reply.send(answer.map(|written| written.outcome));
+        Ok(())
     }
 
-    /// Updates what connections and `stats` see.
+    fn answer_read(
+        &mut self,
+        reply: ReadReply,
+        answer: Result<(), CommitError>,
+        _state: &mut SharedState,
+    ) {
+        let _ = reply.send(answer);
+    }
+
+    fn open_keystore(&mut self) -> Option<(FileAt, std::fs::File)> {
+        transfer::open_keystore(&self.data_dir)
+    }
+
+    fn create_incoming(&mut self) -> std::io::Result<std::fs::File> {
+        std::fs::File::create(self.data_dir.join(transfer::INCOMING_FILE))
+    }
+
+    fn install(
+        &mut self,
+        at: FileAt,
+        file: std::fs::File,
+        keep_log_after: bool,
+    ) -> Result<Option<data::state::State>, StorageError> {
+        self.install_incoming(at, file, keep_log_after)
+    }
+
+    fn stream_failed(&mut self, error: &dyn std::fmt::Display) {
+        tracing::warn!(%error, "receiving a keystore file failed");
+    }
+
     /// Withdraws the published lease at once when the core no longer holds
     /// one (it stepped down, say), before anything else leaves: a promise
     /// to a new term must not go out while connections still read under
     /// this leader's lease.
-    fn fence_lease(&self) {
-        if self.core.lease_until_ms() == 0 {
+    fn core_changed(&mut self, core: &Replica) {
+        if core.lease_until_ms() == 0 {
             self.view.lease_until_ms.store(0, Ordering::SeqCst);
         }
     }
 
-    fn publish(&self) {
+    fn end_of_turn(
+        &mut self,
+        core: &mut Replica,
+        state: &mut SharedState,
+        applied: LogIndex,
+        receiving: bool,
+    ) -> Result<(), StorageError> {
+        self.poll_snapshot(core, state, receiving)?;
+        self.publish(core, applied);
+        Ok(())
+    }
+}
+
+impl DriverIo {
+    /// Finishes a keystore file that was written (dropping the log it
+    /// covers, on disk and in memory), and starts one when enough log was
+    /// written since the last.
+    fn poll_snapshot(
+        &mut self,
+        core: &mut Replica,
+        state: &SharedState,
+        receiving: bool,
+    ) -> Result<(), StorageError> {
+        if let Some(taken) = self.keystores.finished(&mut self.log, &self.stats, false)? {
+            core.compact(LogIndex(taken.index), Term(taken.term));
+        }
+        // Not while a leader's file arrives: it replaces ours.
+        if !receiving {
+            // The applied index is committed and still in the in-memory log.
+            self.keystores.maybe_start(&self.data_dir, state, |index| {
+                core.term_at(LogIndex(index)).map_or(0, |t| t.0)
+            });
+        }
+        Ok(())
+    }
+
+    /// Updates what connections and `stats` see.
+    fn publish(&self, core: &Replica, applied: LogIndex) {
         let view = &self.view;
         // After the state was brought up to the commit index: a read under
         // the lease sees every write answered so far.
         view.lease_until_ms
-            .store(self.core.lease_until_ms(), Ordering::Release);
+            .store(core.lease_until_ms(), Ordering::Release);
         view.role.store(
-            match self.core.role() {
+            match core.role() {
                 Role::Leader => 1,
                 Role::Learner => 2,
                 Role::Follower => 0,
             },
             Relaxed,
         );
-        view.term.store(self.core.term().0, Relaxed);
-        let leader = self.core.leader();
+        view.term.store(core.term().0, Relaxed);
+        let leader = core.leader();
         view.leader.store(leader.map_or(0, |l| l.0), Relaxed);
-        view.commit_index.store(self.core.commit_index().0, Relaxed);
-        view.applied_index.store(self.applied.0, Relaxed);
-        view.last_index.store(self.core.last_index().0, Relaxed);
+        view.commit_index.store(core.commit_index().0, Relaxed);
+        view.applied_index.store(applied.0, Relaxed);
+        view.last_index.store(core.last_index().0, Relaxed);
         self.memory
-            .set_group_limit_bytes(self.core.group_memory_limit_bytes());
+            .set_group_limit_bytes(core.group_memory_limit_bytes());
         let tcp = leader.and_then(|l| {
-            if l == self.core.id() {
+            if l == self.id {
                 Some(self.tcp_advertise)
             } else {
                 self.peers_tcp.get(&l).copied()
@@ -648,36 +643,30 @@ impl Driver {
             .lock()
             .expect("view lock is never held across a panic") = tcp;
     }
-
-    async fn send(&mut self, to: ServerId, addr: SocketAddr, term: Term, message: Message) {
-        let frame = Frame {
-            header: Header {
-                cluster: self.settings.cluster.id,
-                group: GroupId::FIRST,
-                from: self.core.id(),
-                to,
-                term,
-            },
-            message,
-        };
-        self.out.clear();
-        if let Err(error) = frame::encode(&frame, &self.settings.cluster.secret, &mut self.out) {
-            tracing::warn!(%error, "cannot encode a frame");
-            return;
-        }
-        // UDP is lossy anyway: a full socket buffer is one more lost
-        // datagram, which retransmission covers.
-        if self.socket.send_to(&self.out, addr).await.is_ok() {
-            self.view.frames_sent.fetch_add(1, Relaxed);
-        }
-    }
 }
 
-fn membership_of(config: &data::state::Members) -> crate::replica::Membership {
-    crate::replica::Membership {
-        voters: config.0.iter().map(|id| ServerId(*id)).collect(),
-        learners: config.1.iter().map(|id| ServerId(*id)).collect(),
+/// Sends one datagram; false if it could not leave. The socket is
+/// non-blocking: when its buffer is full this waits for room a bounded
+/// time (what an awaited send would do, on this thread of its own) rather
+/// than drop at once.
+fn send_datagram(socket: &UdpSocket, datagram: &[u8], addr: SocketAddr) -> bool {
+    match socket.try_send_to(datagram, addr) {
+        Ok(_) => return true,
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        Err(_) => return false,
     }
+    let wait = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: (SEND_WAIT_MS_MAX * 1_000_000) as _,
+    };
+    let mut fds = [rustix::event::PollFd::new(
+        socket,
+        rustix::event::PollFlags::OUT,
+    )];
+    if !matches!(rustix::event::poll(&mut fds, Some(&wait)), Ok(1..)) {
+        return false;
+    }
+    socket.try_send_to(datagram, addr).is_ok()
 }
 
 fn refusal(refused: NotLeader) -> CommitError {

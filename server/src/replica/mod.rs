@@ -22,10 +22,13 @@
 //! - `lease`: read rounds and the read lease (§4a);
 //! - `follower`: the consistency check, fragments, Acks after the fsync;
 //! - `log_view`: the in-memory log since the snapshot;
-//! - `waiters`, `lb_link` and `snapshot_stream`: the host's half, written
-//!   once for every host: proposals and reads waiting to be answered;
-//!   registration and silence reports to the LB; the keystore file streamed
-//!   in chunks to a follower behind the compacted log.
+//! - `host`: the host's half, written once for every host (the replication
+//!   driver and the simulator are two `host::Io`s under one `host::Host`):
+//!   the actions carried out in order, the sync, applying and answering;
+//!   with its parts `waiters` (proposals and reads waiting to be answered),
+//!   `lb_link` (registration and silence reports to the LB) and
+//!   `snapshot_stream` (the keystore file streamed in chunks to a follower
+//!   behind the compacted log).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -102,6 +105,7 @@ macro_rules! bug {
 mod election;
 mod events;
 mod follower;
+pub mod host;
 mod lb_link;
 mod leader;
 mod lease;
@@ -257,6 +261,14 @@ pub struct Membership {
 }
 
 impl Membership {
+    /// The configuration a state (a keystore file) holds.
+    pub fn of(config: &data::state::Members) -> Membership {
+        Membership {
+            voters: config.0.iter().map(|id| ServerId(*id)).collect(),
+            learners: config.1.iter().map(|id| ServerId(*id)).collect(),
+        }
+    }
+
     fn contains(&self, id: ServerId) -> bool {
         self.voters.contains(&id) || self.learners.contains(&id)
     }
