@@ -366,17 +366,7 @@ impl Io<SimTypes> for SimIo<'_> {
         let id = self.id;
         let disk = &self.server().disk;
         let on_disk = disk.term;
-        // The core's own messages; what the host sends besides (its answer
-        // to the LB, registration, the keystore stream) leaves at once, in
-        // a term that may not be on disk yet.
-        let from_core = !matches!(
-            message,
-            Message::Status { .. }
-                | Message::Register { .. }
-                | Message::SnapshotChunk { .. }
-                | Message::SnapshotAck { .. }
-        );
-        if term > on_disk && from_core {
+        if term > on_disk {
             return Err(self.fail(
                 "persist before send",
                 format!("n{id} sent in t{term} with t{on_disk} on disk"),

@@ -136,7 +136,7 @@ fn bug_promise_during_lease_is_caught() {
 
 /// Rarer than the others (11 of the first 3,000 seeds; 19 while a
 /// reordered window could still set off a Nack storm): caught first at
-/// seed 371.
+/// seed 287.
 #[test]
 fn bug_lease_ignores_holds_is_caught() {
     caught_within("lease-ignores-holds", 600);

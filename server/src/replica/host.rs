@@ -19,7 +19,9 @@
 //!   answered with its entry's outcome or as unknown ([`Waiters`]), and a
 //!   read is answered once the state has applied its read index;
 //! - the keystore stream (both ends), registration and silence reports to
-//!   the LB, and the answer to each LB heartbeat.
+//!   the LB, and the answer to each LB heartbeat; what the host sends of
+//!   its own leaves after the turn's actions, so every message, the core's
+//!   or the host's, leaves in a term already on disk.
 //!
 //! The [`Io`] does the I/O and nothing it could get wrong: where the log,
 //! `meta` and the keystore live, how a datagram leaves, how a waiter hears
@@ -195,6 +197,11 @@ pub struct Host<T: HostTypes> {
     senders: Senders<T::Source>,
     /// Follower: a leader's keystore file arriving.
     receiver: Receiver<T::Sink>,
+    /// What the host itself sends (its answers to the LB, registration,
+    /// the keystore stream), held until the turn's actions made every term
+    /// durable: an event may have moved the core to a term it has not
+    /// persisted yet. At most what one turn's events produce.
+    outbox: Vec<(ServerId, SocketAddr, Term, Message)>,
 }
 
 impl<T: HostTypes> Host<T> {
@@ -216,6 +223,7 @@ impl<T: HostTypes> Host<T> {
             lb,
             senders: Senders::new(shape),
             receiver: Receiver::default(),
+            outbox: Vec::new(),
         }
     }
 
@@ -287,14 +295,15 @@ impl<T: HostTypes> Host<T> {
             let out = self
                 .senders
                 .acked(&mut self.core, now, from, term, snapshot_index, offset);
-            return self.send_all(io, out);
+            self.queue(out);
+            return Ok(());
         }
         self.core.receive(now, from, term, message);
         io.core_changed(&self.core);
         if is_lb_heartbeat {
-            // Answered before the heartbeat's actions are carried out.
             let status = self.core.status(now, self.applied);
-            io.send(ServerId::LB, self.lb, self.core.term(), status)?;
+            let term = self.core.term();
+            self.outbox.push((ServerId::LB, self.lb, term, status));
         }
         Ok(())
     }
@@ -312,7 +321,7 @@ impl<T: HostTypes> Host<T> {
         io.core_changed(&self.core);
         // Stalled keystore streams resend first.
         let out = self.senders.tick(&self.core, now);
-        self.send_all(io, out)?;
+        self.queue(out);
         let to_lb = self.lb_link.on_tick(
             &self.core,
             now,
@@ -323,7 +332,7 @@ impl<T: HostTypes> Host<T> {
         );
         let term = self.core.term();
         for message in to_lb {
-            io.send(ServerId::LB, self.lb, term, message)?;
+            self.outbox.push((ServerId::LB, self.lb, term, message));
         }
         Ok(())
     }
@@ -344,6 +353,7 @@ impl<T: HostTypes> Host<T> {
             self.core.flush(now);
             let actions = self.core.take_actions();
             if actions.is_empty() {
+                self.send_outbox(io)?;
                 break;
             }
             io.core_changed(&self.core);
@@ -351,6 +361,9 @@ impl<T: HostTypes> Host<T> {
             for action in actions {
                 self.act(io, action, &mut appended)?;
             }
+            // Every term is durable now; the host's own messages leave
+            // before the fsync, as Appends do.
+            self.send_outbox(io)?;
             if let Some(index) = appended {
                 if io.sync(index)? == Synced::Now {
                     self.core.persisted(io.now_ms(), index);
@@ -478,7 +491,8 @@ impl<T: HostTypes> Host<T> {
         self.send_all(io, out)
     }
 
-    /// Follower: one chunk of the leader's keystore file.
+    /// Follower: one chunk of the leader's keystore file; the
+    /// acknowledgement is queued.
     fn on_snapshot_chunk<I: Io<T>>(&mut self, io: &mut I, now: u64, chunk: Chunk) {
         let received = self
             .receiver
@@ -494,9 +508,7 @@ impl<T: HostTypes> Host<T> {
             },
             Err(error) => return self.stream_failed(io, &error),
         };
-        if let Err(error) = self.send_all(io, ack.into_iter().collect()) {
-            self.stream_failed(io, &error);
-        }
+        self.queue(ack.into_iter().collect());
     }
 
     fn stream_failed<I: Io<T>>(&mut self, io: &mut I, error: &dyn Display) {
@@ -528,10 +540,27 @@ impl<T: HostTypes> Host<T> {
         Ok(true)
     }
 
-    /// Sends what the keystore stream asked for, in the current term.
+    /// Sends what the keystore stream asked for, in the current term:
+    /// from an action, after the actions before it made their terms durable.
     fn send_all<I: Io<T>>(&mut self, io: &mut I, out: Vec<Outgoing>) -> Result<(), I::Error> {
         let term = self.core.term();
         for Outgoing { to, addr, message } in out {
+            io.send(to, addr, term, message)?;
+        }
+        Ok(())
+    }
+
+    /// Holds what the keystore stream asked for, in the current term, for
+    /// the end of the turn's actions.
+    fn queue(&mut self, out: Vec<Outgoing>) {
+        let term = self.core.term();
+        for Outgoing { to, addr, message } in out {
+            self.outbox.push((to, addr, term, message));
+        }
+    }
+
+    fn send_outbox<I: Io<T>>(&mut self, io: &mut I) -> Result<(), I::Error> {
+        for (to, addr, term, message) in std::mem::take(&mut self.outbox) {
             io.send(to, addr, term, message)?;
         }
         Ok(())
