@@ -648,9 +648,13 @@ impl DriverIo {
 /// Sends one datagram; false if it could not leave. The socket is
 /// non-blocking: when its buffer is full this waits for room a bounded
 /// time (what an awaited send would do, on this thread of its own) rather
-/// than drop at once.
+/// than drop at once. The send is the plain system call: tokio's
+/// `try_send_to` would refuse without trying while its reactor, which runs
+/// only between turns, has not seen the socket writable again.
 fn send_datagram(socket: &UdpSocket, datagram: &[u8], addr: SocketAddr) -> bool {
-    match socket.try_send_to(datagram, addr) {
+    let sock = socket2::SockRef::from(socket);
+    let addr = socket2::SockAddr::from(addr);
+    match sock.send_to(datagram, &addr) {
         Ok(_) => return true,
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
         Err(_) => return false,
@@ -666,7 +670,7 @@ fn send_datagram(socket: &UdpSocket, datagram: &[u8], addr: SocketAddr) -> bool 
     if !matches!(rustix::event::poll(&mut fds, Some(&wait)), Ok(1..)) {
         return false;
     }
-    socket.try_send_to(datagram, addr).is_ok()
+    sock.send_to(datagram, &addr).is_ok()
 }
 
 fn refusal(refused: NotLeader) -> CommitError {
