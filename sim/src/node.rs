@@ -668,7 +668,8 @@ impl World {
             udp: udp_addr(id),
         };
         self.with_host(id, |host, io| {
-            host.tick(io, advertised, ELECTION_TIMEOUT_MS, HEARTBEAT_MS)
+            host.tick(io, advertised, ELECTION_TIMEOUT_MS, HEARTBEAT_MS);
+            Ok(())
         });
         self.schedule(
             self.now + SERVER_TICK_MS,
@@ -684,7 +685,8 @@ impl World {
         self.trace(|| format!("recv {from}->{id} {line}"));
         let Packet::Frame { term, message } = packet;
         self.with_host(id, |host, io| {
-            host.receive(io, ServerId(from), term, message)
+            host.receive(io, ServerId(from), term, message);
+            Ok(())
         });
     }
 

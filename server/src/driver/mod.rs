@@ -333,7 +333,7 @@ impl Driver {
                 },
                 received = self.io.socket.recv_from(&mut buf) => {
                     if let Ok((len, _)) = received {
-                        self.handle_datagram(&buf[..len])?;
+                        self.handle_datagram(&buf[..len]);
                     }
                 }
                 _ = tick.tick() => ticked = true,
@@ -347,7 +347,7 @@ impl Driver {
             }
             for _ in 0..DATAGRAMS_PER_TURN_MAX {
                 match self.io.socket.try_recv_from(&mut buf) {
-                    Ok((len, _)) => self.handle_datagram(&buf[..len])?,
+                    Ok((len, _)) => self.handle_datagram(&buf[..len]),
                     Err(_) => break,
                 }
             }
@@ -362,7 +362,7 @@ impl Driver {
                     self.advertised,
                     timing.election_timeout_ms,
                     timing.heartbeat_ms,
-                )?;
+                );
             }
             self.host.process(&mut self.io)?;
         }
@@ -392,13 +392,13 @@ impl Driver {
         }
     }
 
-    fn handle_datagram(&mut self, datagram: &[u8]) -> Result<(), StorageError> {
+    fn handle_datagram(&mut self, datagram: &[u8]) {
         let view = &self.io.view;
         let frame = match frame::decode(datagram, &self.settings.cluster.secret) {
             Ok(frame) => frame,
             Err(FrameError::BadMac) => {
                 view.bad_mac.fetch_add(1, Relaxed);
-                return Ok(());
+                return;
             }
             Err(error) => {
                 if self.other_versions.first_sight(&error) {
@@ -408,7 +408,7 @@ impl Driver {
                     );
                 }
                 view.frames_dropped.fetch_add(1, Relaxed);
-                return Ok(());
+                return;
             }
         };
         let Frame { header, message } = frame;
@@ -418,7 +418,7 @@ impl Driver {
             || header.to != self.io.id
         {
             view.frames_dropped.fetch_add(1, Relaxed);
-            return Ok(());
+            return;
         }
         view.frames_received.fetch_add(1, Relaxed);
         // The LB's heartbeat says where each peer takes memcached clients.
@@ -428,7 +428,7 @@ impl Driver {
             }
         }
         self.host
-            .receive(&mut self.io, header.from, header.term, message)
+            .receive(&mut self.io, header.from, header.term, message);
     }
 }
 

@@ -270,21 +270,13 @@ impl<T: HostTypes> Host<T> {
         self.core.persisted(now_ms, index);
     }
 
-    /// A message from `from` in `term`. Then [`Host::process`].
-    pub fn receive<I: Io<T>>(
-        &mut self,
-        io: &mut I,
-        from: ServerId,
-        term: Term,
-        message: Message,
-    ) -> Result<(), I::Error> {
+    /// A message from `from` in `term`. Then [`Host::process`], which
+    /// carries out what it caused and sends what it is answered with.
+    pub fn receive<I: Io<T>>(&mut self, io: &mut I, from: ServerId, term: Term, message: Message) {
         let now = io.now_ms();
         let is_lb_heartbeat = self.lb_link.received(from, &message);
         let message = match Chunk::of(from, term, message) {
-            Ok(chunk) => {
-                self.on_snapshot_chunk(io, now, chunk);
-                return Ok(());
-            }
+            Ok(chunk) => return self.on_snapshot_chunk(io, now, chunk),
             Err(message) => message,
         };
         if let Message::SnapshotAck {
@@ -295,8 +287,7 @@ impl<T: HostTypes> Host<T> {
             let out = self
                 .senders
                 .acked(&mut self.core, now, from, term, snapshot_index, offset);
-            self.queue(out);
-            return Ok(());
+            return self.queue(out);
         }
         self.core.receive(now, from, term, message);
         io.core_changed(&self.core);
@@ -305,7 +296,6 @@ impl<T: HostTypes> Host<T> {
             let term = self.core.term();
             self.outbox.push((ServerId::LB, self.lb, term, status));
         }
-        Ok(())
     }
 
     /// The timer. Then [`Host::process`].
@@ -315,7 +305,7 @@ impl<T: HostTypes> Host<T> {
         advertised: Advertised,
         election_timeout_ms: u64,
         register_every_ms: u64,
-    ) -> Result<(), I::Error> {
+    ) {
         let now = io.now_ms();
         self.core.tick(now);
         io.core_changed(&self.core);
@@ -334,7 +324,6 @@ impl<T: HostTypes> Host<T> {
         for message in to_lb {
             self.outbox.push((ServerId::LB, self.lb, term, message));
         }
-        Ok(())
     }
 
     /// Carries out the core's actions in order, syncs what was appended and
