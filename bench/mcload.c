@@ -13,6 +13,10 @@
  *
  * --workload set|get; --preload sets every key once (depth 16) and exits.
  * Keys are drawn uniformly from --keys, zero-padded to --key-size.
+ * --server takes a comma-separated list: connection i goes to server
+ * i mod n, so each takes 1/n of the load, as with a client that hashes its
+ * keys over the servers (which server holds a key makes no difference to
+ * a store where every server answers for every key).
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -32,6 +36,7 @@
 #include <unistd.h>
 
 #define THREADS 2
+#define SERVERS_MAX 8
 #define CONNECTIONS_MAX 4096
 #define DEPTH_MAX 256
 #define KEY_BYTES_MAX 250
@@ -40,8 +45,9 @@
 #define IN_BYTES (DEPTH_MAX * (VALUE_BYTES_MAX + 512))
 
 struct opts {
-    char host[64];
-    int port;
+    char host[SERVERS_MAX][64];
+    int port[SERVERS_MAX];
+    int servers;
     int get; /* 1: get, 0: set */
     int connections;
     int depth;
@@ -224,12 +230,12 @@ static void *run(void *arg) {
     return NULL;
 }
 
-static int connect_to(void) {
+static int connect_to(int server) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
-    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(o.port)};
-    if (inet_pton(AF_INET, o.host, &a.sin_addr) != 1) {
-        fprintf(stderr, "mcload: bad address %s\n", o.host);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons(o.port[server])};
+    if (inet_pton(AF_INET, o.host[server], &a.sin_addr) != 1) {
+        fprintf(stderr, "mcload: bad address %s\n", o.host[server]);
         exit(2);
     }
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) die("connect");
@@ -241,14 +247,14 @@ static int connect_to(void) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: mcload --server HOST:PORT [--workload get|set] [--connections N] "
+            "usage: mcload --server HOST:PORT[,HOST:PORT...] [--workload get|set] [--connections N] "
             "[--depth N] [--seconds S] [--warmup S] [--keys N] [--key-size N] "
             "[--value-size N] [--preload]\n");
     exit(2);
 }
 
 int main(int argc, char **argv) {
-    o = (struct opts){.port = 0, .get = 1, .connections = 50, .depth = 1, .seconds = 8,
+    o = (struct opts){.servers = 0, .get = 1, .connections = 50, .depth = 1, .seconds = 8,
                       .warmup = 1, .keys = 100000, .key_size = 32, .value_size = 100};
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -257,10 +263,16 @@ int main(int argc, char **argv) {
         if (!v) usage();
         i++;
         if (!strcmp(a, "--server")) {
-            const char *colon = strrchr(v, ':');
-            if (!colon || colon - v >= (long)sizeof o.host) usage();
-            memcpy(o.host, v, colon - v);
-            o.port = atoi(colon + 1);
+            for (const char *p = v; *p;) {
+                const char *end = strchr(p, ',');
+                size_t len = end ? (size_t)(end - p) : strlen(p);
+                const char *colon = memrchr(p, ':', len);
+                if (o.servers == SERVERS_MAX || !colon || colon - p >= 64) usage();
+                memcpy(o.host[o.servers], p, colon - p);
+                o.port[o.servers] = atoi(colon + 1);
+                if (!o.port[o.servers++]) usage();
+                p += len + (end != NULL);
+            }
         } else if (!strcmp(a, "--workload")) {
             if (strcmp(v, "get") && strcmp(v, "set")) usage();
             o.get = !strcmp(v, "get");
@@ -273,7 +285,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--value-size")) o.value_size = atoi(v);
         else usage();
     }
-    if (!o.port || o.connections < 1 || o.connections > CONNECTIONS_MAX || o.depth < 1 ||
+    if (!o.servers || o.connections < 1 || o.connections > CONNECTIONS_MAX || o.depth < 1 ||
         o.depth > DEPTH_MAX || o.keys < 1 || o.key_size < 1 || o.key_size > KEY_BYTES_MAX ||
         o.value_size < 0 || o.value_size > VALUE_BYTES_MAX)
         usage();
@@ -285,7 +297,7 @@ int main(int argc, char **argv) {
     struct conn *conns = calloc(o.connections, sizeof *conns);
     long per = (o.keys + o.connections - 1) / o.connections;
     for (int i = 0; i < o.connections; i++) {
-        conns[i].fd = connect_to();
+        conns[i].fd = connect_to(i % o.servers);
         conns[i].rng = 0x5EED0000ULL + i;
         conns[i].in = malloc(IN_BYTES);
         conns[i].out_cap = 64 * 1024;
