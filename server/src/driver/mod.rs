@@ -394,7 +394,7 @@ impl Driver {
 
     fn handle_datagram(&mut self, datagram: &[u8]) {
         let view = &self.io.view;
-        let frame = match frame::decode(datagram, &self.settings.cluster.secret) {
+        let frame = match frame::decode(datagram, &self.io.cluster.secret) {
             Ok(frame) => frame,
             Err(FrameError::BadMac) => {
                 view.bad_mac.fetch_add(1, Relaxed);
@@ -413,7 +413,7 @@ impl Driver {
         };
         let Frame { header, message } = frame;
         // This server hosts the first group only (route::group_of).
-        if header.cluster != self.settings.cluster.id
+        if header.cluster != self.io.cluster.id
             || header.group != GroupId::FIRST
             || header.to != self.io.id
         {

@@ -402,7 +402,7 @@ impl<T: HostTypes> Host<T> {
                 }
             }
             Action::ProposalsLost { after } => self.fail_proposals_after(io, after)?,
-            Action::SendSnapshot { to, addr } => self.start_stream(io, to, addr)?,
+            Action::SendSnapshot { to, addr } => self.start_stream(io, to, addr),
         }
         Ok(())
     }
@@ -459,12 +459,7 @@ impl<T: HostTypes> Host<T> {
 
     /// Leader: streams the latest keystore file to `to`, unless a stream of
     /// it is under way.
-    fn start_stream<I: Io<T>>(
-        &mut self,
-        io: &mut I,
-        to: ServerId,
-        addr: SocketAddr,
-    ) -> Result<(), I::Error> {
+    fn start_stream<I: Io<T>>(&mut self, io: &mut I, to: ServerId, addr: SocketAddr) {
         let now = io.now_ms();
         let (snapshot_index, _) = self.core.snapshot_position();
         let out = match self
@@ -477,7 +472,7 @@ impl<T: HostTypes> Host<T> {
                 None => Vec::new(),
             },
         };
-        self.send_all(io, out)
+        self.queue(out);
     }
 
     /// Follower: one chunk of the leader's keystore file; the
@@ -522,21 +517,12 @@ impl<T: HostTypes> Host<T> {
             return Ok(false);
         };
         let membership = super::Membership::of(state.config());
-        *self.state.lock() = state;
+        let mut installed = self.state.lock();
+        *installed = state;
         self.applied = at.index;
         self.core.install_snapshot(at.index, at.term, membership);
-        io.applied(at.index, &self.state.lock())?;
+        io.applied(at.index, &installed)?;
         Ok(true)
-    }
-
-    /// Sends what the keystore stream asked for, in the current term:
-    /// from an action, after the actions before it made their terms durable.
-    fn send_all<I: Io<T>>(&mut self, io: &mut I, out: Vec<Outgoing>) -> Result<(), I::Error> {
-        let term = self.core.term();
-        for Outgoing { to, addr, message } in out {
-            io.send(to, addr, term, message)?;
-        }
-        Ok(())
     }
 
     /// Holds what the keystore stream asked for, in the current term, for
