@@ -58,3 +58,21 @@ fn memcapable_ascii_all_pass_against_store() {
     let (results, run) = run_memcapable(server.port);
     assert_all_pass("store", &results, &run);
 }
+
+/// Through a follower, every request is forwarded to the leader (reads
+/// too, in the default linearizable mode) and pipelined there: the replies
+/// must still be memcached's, in order, `noreply` included.
+#[test]
+fn memcapable_ascii_all_pass_against_a_follower() {
+    let test = "memcapable_ascii_all_pass_against_a_follower";
+    if memccapable_bin().is_none() {
+        return skip(
+            test,
+            "memccapable not found (apt-get install libmemcached-tools)",
+        );
+    }
+    let cluster = common::cluster::start(3);
+    let (_, follower) = common::cluster::leader_and_follower(&cluster);
+    let (results, run) = run_memcapable(follower.port());
+    assert_all_pass("a follower", &results, &run);
+}

@@ -7,7 +7,7 @@
 //! - [`route`]: which group serves a request's key, and whether this server
 //!   serves it or that group's leader does: the one decision every request
 //!   passes.
-//! - [`forward`]: a follower's pooled connections to its leader.
+//! - [`forward`]: a follower's pipelined lanes to its leader.
 //! - [`write_path`]: the contract of the two write paths, and why two:
 //! - [`commit`]: a server alone: the thread that owns the log; group
 //!   commit, then apply.

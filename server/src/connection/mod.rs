@@ -56,18 +56,10 @@ const BUFFER_BYTES_INITIAL: usize = 16 * 1024;
 /// long pipeline of gets cannot grow the output without bound.
 const OUTPUT_BYTES_FLUSH: usize = 1024 * 1024;
 
-/// Writes queued on one connection before it stops parsing and waits for the
-/// oldest, bounding a connection's share of the commit queue.
+/// Requests awaiting a reply (writes, forwarded requests) queued on one
+/// connection before it stops parsing and renders them, bounding a
+/// connection's share of the commit queue and of the forwarding lanes.
 const PENDING_WRITES_MAX: usize = 1024;
-
-/// What became of a request a follower tried to forward.
-#[derive(Debug, PartialEq, Eq)]
-enum Forwarded {
-    /// Answered (the leader's reply or an error line is in the output).
-    Done,
-    /// This server is the leader now: serve the request here.
-    BecameLeader,
-}
 
 /// How a committed write's outcome becomes a reply.
 enum Render {
@@ -77,6 +69,37 @@ enum Render {
     Values { with_cas: bool, end: bool },
     /// A fixed reply whatever the outcome (the delete behind a too-large set).
     Fixed(Option<&'static str>),
+}
+
+/// A request awaiting its reply, in the connection's order: a write on
+/// this server's write path, or a request forwarded to the leader. The
+/// queue holds one kind at a time (a connection switching between them
+/// first finishes what it queued), so that a request never overtakes the
+/// one before it.
+enum Pending {
+    Local(PendingWrite),
+    Forwarded(PendingForward),
+}
+
+/// A request forwarded to the leader ([`crate::forward`]).
+struct PendingForward {
+    reply: oneshot::Receiver<Relayed>,
+    then: Then,
+}
+
+/// What the connection does with a forwarded request's reply.
+enum Then {
+    /// A write: the reply (or an error line) is rendered as `render`
+    /// says, and counted from the reply.
+    Write {
+        kind: WriteKind,
+        render: Render,
+        noreply: bool,
+    },
+    /// A piece of the get numbered `get`, of `keys` keys: counted from the
+    /// reply; a piece before the last loses its `END`, and after one that
+    /// ended in an error line the get's other pieces are dropped.
+    GetPiece { keys: usize, last: bool, get: u64 },
 }
 
 struct PendingWrite {
@@ -124,7 +147,13 @@ pub struct Connection {
     output: BytesMut,
     /// Bytes of a rejected data block still to be thrown away as they arrive.
     discard_bytes: u64,
-    pending: VecDeque<PendingWrite>,
+    pending: VecDeque<Pending>,
+    /// The forwarding lane this connection uses, once it forwarded.
+    lane: Option<usize>,
+    /// Gets so far, numbering their forwarded pieces, and the one whose
+    /// forwarded pieces are dropped (one ended in an error line).
+    gets: u64,
+    failed_get: Option<u64>,
     /// Reads from the socket so far, and that count when the last read
     /// barrier (ReadIndex round) that succeeded was asked for: every request
     /// already in the input buffer then arrived before the round started,
@@ -132,8 +161,9 @@ pub struct Connection {
     /// instead of one each.
     socket_reads: u64,
     barrier_at_socket_read: Option<u64>,
-    /// Keys of the gat pieces queued since the last [`Self::finish_pending`]:
-    /// their values wait in the outcomes until rendered.
+    /// Keys of the gat and forwarded get pieces queued since the last
+    /// [`Self::finish_pending`]: their values wait in the outcomes and
+    /// replies until rendered.
     pending_hit_keys: usize,
     /// A write to the client failed: the connection is done.
     broken: bool,
@@ -155,6 +185,9 @@ impl Connection {
             output: BytesMut::with_capacity(BUFFER_BYTES_INITIAL),
             discard_bytes: 0,
             pending: VecDeque::new(),
+            lane: None,
+            gets: 0,
+            failed_get: None,
             socket_reads: 0,
             barrier_at_socket_read: None,
             pending_hit_keys: 0,
@@ -276,24 +309,14 @@ impl Connection {
         let counters = &shared.stats.counters;
         match request {
             Request::Get { keys, with_cas } => {
-                self.finish_pending().await;
                 let pieces = pieces(&keys, self.keys_per_piece(), &raw, |line, piece| {
                     encode_get(line, piece, with_cas)
                 });
-                for Piece { keys, raw, last } in pieces {
-                    let before = self.output.len();
-                    if self.read_allowed(keys.first(), &raw).await {
-                        self.serve_get(keys, with_cas);
-                        if last {
-                            Reply::End.encode(&mut self.output);
-                        }
-                    } else {
-                        // Forwarded (the leader's reply) or an error line.
-                        self.count_forwarded_get(keys.len(), &self.output[before..]);
-                        if !last && !strip_end(&mut self.output) {
-                            // An error line ended the reply.
-                            break;
-                        }
+                self.gets += 1;
+                for piece in pieces {
+                    if !self.get_piece(piece, with_cas).await {
+                        // An error line ended the reply.
+                        break;
                     }
                     if self.output.len() >= OUTPUT_BYTES_FLUSH {
                         self.flush_output().await;
@@ -500,26 +523,15 @@ impl Connection {
                 Render::Values { .. } => Expect::Retrieval,
                 _ => Expect::Line,
             };
-            self.finish_pending().await;
-            let before = self.output.len();
-            if self.forward(&raw, expect, noreply, false).await == Forwarded::Done {
-                if !noreply {
-                    self.count_forwarded(kind, &self.output[before..]);
-                }
-                // The delete behind a too-large set is forwarded
-                // silently; the client still gets its error line.
-                match render {
-                    Render::Fixed(Some(line)) => Reply::Error(line).encode(&mut self.output),
-                    // A gat piece before the last: the next one's values follow.
-                    Render::Values { end: false, .. } => {
-                        strip_end(&mut self.output);
-                    }
-                    _ => {}
-                }
-                return;
-            }
-            // This server became the leader meanwhile: commit it here.
+            let then = Then::Write {
+                kind,
+                render,
+                noreply,
+            };
+            self.forward(raw, expect, noreply, false, then).await;
+            return;
         }
+        self.after_forwarded().await;
         // Checked here, where the write is proposed (a follower forwarded
         // it above): apply never fails for memory on any replica.
         // Only a store can add to the items; the state lock is not taken
@@ -558,14 +570,14 @@ impl Connection {
             }
         };
         match self.backend.submit(command).await {
-            Ok(outcome) => self.pending.push_back(PendingWrite {
+            Ok(outcome) => self.pending.push_back(Pending::Local(PendingWrite {
                 outcome,
                 render,
                 kind,
                 _memory: reservation,
                 _room: room,
                 counted: self.counts_here(noreply),
-            }),
+            })),
             Err(error) => {
                 self.reply_in_order(Reply::Error(commit_error_line(error)))
                     .await
@@ -591,77 +603,98 @@ impl Connection {
         }
     }
 
-    /// Whether a read of `key` may be served from the local state now
-    /// ([`route`]): at once, or after a read barrier; otherwise the read is
-    /// forwarded to the leader (its reply or an error line appended) and
-    /// this returns false.
-    async fn read_allowed(&mut self, key: Option<&Bytes>, raw: &Bytes) -> bool {
-        let key = key.map(|k| k.as_ref());
-        let mut routed = route(key, Access::Read, self.membership());
+    /// Serves one piece of a get from the local state, at once or after a
+    /// read barrier ([`route`]), or forwards it to the leader; false when
+    /// an error line ended the reply here.
+    async fn get_piece(&mut self, piece: Piece<'_>, with_cas: bool) -> bool {
+        let Piece { keys, raw, last } = piece;
+        let key = keys.first().map(|k| k.as_ref());
+        let routed = route(key, Access::Read, self.membership());
         if let Route::Leader(_) = routed {
-            if self.forward(raw, Expect::Retrieval, false, true).await == Forwarded::Done {
+            let then = Then::GetPiece {
+                keys: keys.len(),
+                last,
+                get: self.gets,
+            };
+            self.forward(raw, Expect::Retrieval, false, true, then)
+                .await;
+            // The values wait in the replies: at most about one piece's
+            // worth before they go out.
+            self.pending_hit_keys += keys.len();
+            if self.pending_hit_keys >= self.keys_per_piece() {
+                self.finish_pending().await;
+                self.flush_output().await;
+            }
+            return true;
+        }
+        // The read sees every write this connection sent before it.
+        self.finish_pending().await;
+        if routed == Route::HereAfterBarrier {
+            if let Err(error) = self.read_barrier().await {
+                Reply::Error(commit_error_line(error)).encode(&mut self.output);
                 return false;
             }
-            // This server was named leader meanwhile.
-            routed = route(key, Access::Read, self.membership());
         }
-        if routed == Route::Here {
-            return true;
+        self.serve_get(keys, with_cas);
+        if last {
+            Reply::End.encode(&mut self.output);
         }
-        // A barrier; were this server no longer leading, it fails and the
-        // error is the reply.
+        true
+    }
+
+    /// Waits until this server, the leader, may serve a linearizable read
+    /// from its state (a ReadIndex round), or fails if it no longer leads.
+    async fn read_barrier(&mut self) -> Result<(), CommitError> {
         let Backend::Cluster(cluster) = &self.backend else {
-            return true;
+            return Ok(());
         };
         if self.barrier_at_socket_read == Some(self.socket_reads) {
             // This request was in the buffer before the last round started.
-            return true;
+            return Ok(());
         }
         let asked_at = self.socket_reads;
-        match cluster.read_barrier().await {
-            Ok(()) => {
-                self.barrier_at_socket_read = Some(asked_at);
-                true
-            }
-            Err(error) => {
-                Reply::Error(commit_error_line(error)).encode(&mut self.output);
-                false
-            }
-        }
+        cluster.read_barrier().await?;
+        self.barrier_at_socket_read = Some(asked_at);
+        Ok(())
     }
 
-    /// Relays one request to the leader ([`LeaderLink::relay`]) and appends
-    /// its reply, or the error line when no leader answered. Returns
-    /// [`Forwarded::BecameLeader`] when this server was named leader
-    /// meanwhile; the caller then serves the request itself.
+    /// Queues a request for the leader ([`LeaderLink::submit`]) behind the
+    /// requests before it; its reply (or the error line when no leader
+    /// answered) is handled by [`Self::finish_pending`] as `then` says.
     ///
-    /// [`LeaderLink::relay`]: crate::forward::LeaderLink::relay
+    /// [`LeaderLink::submit`]: crate::forward::LeaderLink::submit
     async fn forward(
         &mut self,
-        raw: &[u8],
+        raw: Bytes,
         expect: Expect,
         noreply: bool,
         read_only: bool,
-    ) -> Forwarded {
+        then: Then,
+    ) {
         let Backend::Cluster(cluster) = &self.backend else {
-            return Forwarded::Done;
+            unreachable!("a server alone serves every request itself");
         };
         let view = cluster.view.clone();
-        let relayed = self
-            .shared
-            .leader_link
-            .relay(&view, raw, expect, noreply, read_only)
-            .await;
-        match relayed {
-            Relayed::Reply(reply) => self.output.extend_from_slice(&reply),
-            Relayed::Failed(line) => {
-                if !noreply {
-                    Reply::Error(line).encode(&mut self.output);
-                }
-            }
-            Relayed::BecameLeader => return Forwarded::BecameLeader,
+        if matches!(self.pending.back(), Some(Pending::Local(_))) {
+            // Not before the writes this server took on as leader.
+            self.finish_pending().await;
         }
-        Forwarded::Done
+        let link = &self.shared.leader_link;
+        let second_hop = self.forwarded_link;
+        let lane = *self.lane.get_or_insert_with(|| link.pick_lane(second_hop));
+        let reply = link
+            .submit(lane, &view, raw, expect, noreply, read_only)
+            .await;
+        self.pending
+            .push_back(Pending::Forwarded(PendingForward { reply, then }));
+    }
+
+    /// Before a request is served here: the forwarded requests before it
+    /// are done (this server became the leader meanwhile).
+    async fn after_forwarded(&mut self) {
+        if matches!(self.pending.back(), Some(Pending::Forwarded(_))) {
+            self.finish_pending().await;
+        }
     }
 
     /// Writes the buffered replies to the client. A failed write marks the
@@ -687,41 +720,106 @@ impl Connection {
         reply.encode(&mut self.output);
     }
 
-    /// Waits for every queued write, in order, and renders its reply.
+    /// Waits for every queued request, in order, and renders its reply.
     async fn finish_pending(&mut self) {
         self.pending_hit_keys = 0;
-        while let Some(write) = self.pending.pop_front() {
-            let outcome = write.outcome.await.unwrap_or(Err(CommitError::Storage));
-            let outcome = match outcome {
-                Ok(outcome) => outcome,
-                Err(error) => {
-                    Reply::Error(commit_error_line(error)).encode(&mut self.output);
-                    continue;
-                }
-            };
-            if write.counted {
-                self.count(write.kind, Counted::from(&outcome));
+        while let Some(pending) = self.pending.pop_front() {
+            match pending {
+                Pending::Local(write) => self.finish_write(write).await,
+                Pending::Forwarded(forwarded) => self.finish_forwarded(forwarded).await,
             }
-            match write.render {
-                Render::Outcome { noreply: true } | Render::Fixed(None) => {}
-                Render::Outcome { noreply: false } => {
-                    Reply::from_outcome(&outcome).encode(&mut self.output);
+            // A piece of a large get or gat: out before the next is rendered.
+            if self.output.len() >= OUTPUT_BYTES_FLUSH {
+                self.flush_output().await;
+            }
+        }
+    }
+
+    /// Renders a write's reply from its outcome on this server.
+    async fn finish_write(&mut self, write: PendingWrite) {
+        let outcome = write.outcome.await.unwrap_or(Err(CommitError::Storage));
+        let outcome = match outcome {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                Reply::Error(commit_error_line(error)).encode(&mut self.output);
+                return;
+            }
+        };
+        if write.counted {
+            self.count(write.kind, Counted::from(&outcome));
+        }
+        match write.render {
+            Render::Outcome { noreply: true } | Render::Fixed(None) => {}
+            Render::Outcome { noreply: false } => {
+                Reply::from_outcome(&outcome).encode(&mut self.output);
+            }
+            Render::Fixed(Some(reply)) => Reply::Error(reply).encode(&mut self.output),
+            Render::Values { with_cas, end } => {
+                if let Outcome::Hits(hits) = &outcome {
+                    for hit in hits {
+                        let cas = with_cas.then_some(hit.cas);
+                        encode_value(&mut self.output, &hit.key, hit.flags, &hit.data, cas);
+                    }
                 }
-                Render::Fixed(Some(reply)) => Reply::Error(reply).encode(&mut self.output),
-                Render::Values { with_cas, end } => {
-                    if let Outcome::Hits(hits) = &outcome {
-                        for hit in hits {
-                            let cas = with_cas.then_some(hit.cas);
-                            encode_value(&mut self.output, &hit.key, hit.flags, &hit.data, cas);
+                if end {
+                    Reply::End.encode(&mut self.output);
+                }
+            }
+        }
+    }
+
+    /// Appends a forwarded request's reply, or its error line, as its
+    /// [`Then`] says.
+    async fn finish_forwarded(&mut self, forwarded: PendingForward) {
+        // A lane that ended without answering: the request may have been
+        // executed.
+        let relayed = forwarded
+            .reply
+            .await
+            .unwrap_or(Relayed::Failed(errors::OUTCOME_UNKNOWN));
+        match forwarded.then {
+            Then::Write {
+                kind,
+                render,
+                noreply,
+            } => {
+                match relayed {
+                    Relayed::Reply(reply) => {
+                        if !noreply {
+                            self.count_forwarded(kind, &reply);
                         }
+                        self.output.extend_from_slice(&reply);
                     }
-                    if end {
-                        Reply::End.encode(&mut self.output);
+                    Relayed::Failed(line) if !noreply => {
+                        Reply::Error(line).encode(&mut self.output)
                     }
-                    // A piece of a large gat: out before the next is rendered.
-                    if self.output.len() >= OUTPUT_BYTES_FLUSH {
-                        self.flush_output().await;
+                    Relayed::Failed(_) => {}
+                }
+                match render {
+                    // The delete behind a too-large set is forwarded
+                    // silently; the client still gets its error line.
+                    Render::Fixed(Some(line)) => Reply::Error(line).encode(&mut self.output),
+                    // A gat piece before the last: the next one's values follow.
+                    Render::Values { end: false, .. } => {
+                        strip_end(&mut self.output);
                     }
+                    _ => {}
+                }
+            }
+            Then::GetPiece { keys, last, get } => {
+                if self.failed_get == Some(get) {
+                    return;
+                }
+                match relayed {
+                    Relayed::Reply(reply) => {
+                        self.count_forwarded_get(keys, &reply);
+                        self.output.extend_from_slice(&reply);
+                    }
+                    Relayed::Failed(line) => Reply::Error(line).encode(&mut self.output),
+                }
+                if !last && !strip_end(&mut self.output) {
+                    // An error line ended the reply.
+                    self.failed_get = Some(get);
                 }
             }
         }

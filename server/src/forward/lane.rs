@@ -1,0 +1,358 @@
+//! One lane: a long-lived connection to the leader carrying the requests of
+//! the client connections pinned to it, pipelined and answered in order;
+//! and what it does when that connection fails or the leader changes.
+//!
+//! One task owns the lane: it takes requests from its queue, writes them
+//! in batches, reads replies and hands each to its request's waiter, all
+//! without blocking on either direction (a leader writing a large reply
+//! while this side writes a large batch must not wait on each other).
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use data::protocol::client::{encode_forwarder, scan_response, Expect, Status};
+use data::protocol::reply::errors;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
+use tokio::time::{Duration, Instant};
+
+use super::{
+    LinkError, Relayed, CONNECT_TIMEOUT_MS, FORWARD_FAILOVER_WAIT_MS, FORWARD_REPLY_BYTES_MAX,
+    FORWARD_RETRY_MS, FORWARD_TIMEOUT_MS, LANE_IN_FLIGHT_MAX, LANE_WAITING_MAX,
+};
+use crate::driver::ClusterView;
+
+/// After a batch that ends with a `noreply` request: its reply says that
+/// everything before it was executed.
+const BARRIER: &[u8] = b"version\r\n";
+/// Room made in the input buffer before each read.
+const READ_BYTES_MIN: usize = 16 * 1024;
+
+/// One request to forward, and where its reply goes.
+pub(super) struct Job {
+    pub(super) raw: Bytes,
+    pub(super) expect: Expect,
+    pub(super) noreply: bool,
+    pub(super) read_only: bool,
+    /// It gets `no leader available` if it is still waiting for a leader
+    /// then.
+    pub(super) deadline: Instant,
+    pub(super) reply: oneshot::Sender<Relayed>,
+    /// Its share of the bytes in flight, given back when it is answered.
+    pub(super) _bytes: OwnedSemaphorePermit,
+}
+
+impl Job {
+    pub(super) fn answer(self, relayed: Relayed) {
+        // The client may have left meanwhile; nothing waits then.
+        let _ = self.reply.send(relayed);
+    }
+}
+
+/// What was written on a connection, awaiting its reply.
+enum Sent {
+    /// `forwarder`, the first line on every connection: `OK`.
+    Hello,
+    /// [`BARRIER`].
+    Barrier,
+    Job(Job),
+}
+
+impl Sent {
+    fn expects_reply(&self) -> bool {
+        !matches!(self, Sent::Job(job) if job.noreply)
+    }
+}
+
+struct InFlight {
+    sent: Sent,
+    /// Where its bytes end in everything written on the connection.
+    end: u64,
+}
+
+/// One TCP connection to a leader.
+struct Link {
+    stream: TcpStream,
+    leader: SocketAddr,
+    /// Bytes not yet written.
+    out: BytesMut,
+    /// Bytes ever queued on, and written to, this connection.
+    queued: u64,
+    written: u64,
+    in_flight: VecDeque<InFlight>,
+    input: BytesMut,
+    /// Since when the oldest reply has been awaited without any arriving.
+    waiting_since: Instant,
+}
+
+impl Link {
+    fn new(stream: TcpStream, leader: SocketAddr) -> Link {
+        let mut link = Link {
+            stream,
+            leader,
+            out: BytesMut::new(),
+            queued: 0,
+            written: 0,
+            in_flight: VecDeque::new(),
+            input: BytesMut::new(),
+            waiting_since: Instant::now(),
+        };
+        let mut hello = BytesMut::new();
+        encode_forwarder(&mut hello);
+        link.push(Sent::Hello, &hello);
+        link
+    }
+
+    fn push(&mut self, sent: Sent, bytes: &[u8]) {
+        if self.in_flight.is_empty() {
+            self.waiting_since = Instant::now();
+        }
+        self.out.extend_from_slice(bytes);
+        self.queued += bytes.len() as u64;
+        self.in_flight.push_back(InFlight {
+            sent,
+            end: self.queued,
+        });
+    }
+
+    fn push_job(&mut self, job: Job) {
+        let raw = job.raw.clone();
+        self.push(Sent::Job(job), &raw);
+    }
+
+    /// Ends a batch: a barrier after trailing `noreply` requests.
+    fn end_batch(&mut self) {
+        if self
+            .in_flight
+            .back()
+            .is_some_and(|i| !i.sent.expects_reply())
+        {
+            self.push(Sent::Barrier, BARRIER);
+        }
+    }
+
+    fn idle(&self) -> bool {
+        self.in_flight.is_empty()
+    }
+
+    /// Waits until the connection can make progress and makes it: writes
+    /// what it can, reads what arrived and hands out the replies.
+    async fn step(&mut self) -> Result<(), LinkError> {
+        let leader = self.leader;
+        let interest = if self.out.is_empty() {
+            Interest::READABLE
+        } else {
+            Interest::READABLE | Interest::WRITABLE
+        };
+        let deadline = self.waiting_since + Duration::from_millis(FORWARD_TIMEOUT_MS);
+        let ready = tokio::select! {
+            ready = self.stream.ready(interest) => ready.map_err(|e| LinkError::Io(leader, e))?,
+            () = tokio::time::sleep_until(deadline), if !self.idle() => {
+                return Err(LinkError::Timeout(leader));
+            }
+        };
+        if ready.is_writable() && !self.out.is_empty() {
+            match self.stream.try_write(&self.out) {
+                Ok(n) => {
+                    let _ = self.out.split_to(n);
+                    self.written += n as u64;
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(LinkError::Io(leader, e)),
+            }
+        }
+        if ready.is_readable() {
+            self.input.reserve(READ_BYTES_MIN);
+            match self.stream.try_read_buf(&mut self.input) {
+                Ok(0) => return Err(LinkError::Closed(leader)),
+                Ok(_) => self.take_replies()?,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(LinkError::Io(leader, e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Hands out every complete reply in the input, in order: the first
+    /// request that expects one gets it, and the `noreply` requests before
+    /// it are done.
+    fn take_replies(&mut self) -> Result<(), LinkError> {
+        let bad = LinkError::BadReply(self.leader);
+        loop {
+            let Some(at) = self.in_flight.iter().position(|i| i.sent.expects_reply()) else {
+                // Nothing was asked that these bytes could answer.
+                return if self.input.is_empty() {
+                    Ok(())
+                } else {
+                    Err(bad)
+                };
+            };
+            let expect = match &self.in_flight[at].sent {
+                Sent::Job(job) => job.expect,
+                Sent::Hello | Sent::Barrier => Expect::Line,
+            };
+            let Some((status, len)) =
+                scan_response(&self.input, expect).map_err(|_| LinkError::BadReply(self.leader))?
+            else {
+                if self.input.len() > FORWARD_REPLY_BYTES_MAX {
+                    return Err(bad);
+                }
+                return Ok(());
+            };
+            let reply = self.input.split_to(len).freeze();
+            self.waiting_since = Instant::now();
+            for done in self.in_flight.drain(..at) {
+                if let Sent::Job(job) = done.sent {
+                    job.answer(Relayed::Reply(Bytes::new()));
+                }
+            }
+            let answered = self.in_flight.pop_front().expect("found above");
+            match answered.sent {
+                Sent::Hello if status != Status::Ok => return Err(bad),
+                Sent::Hello | Sent::Barrier => {}
+                Sent::Job(job) => job.answer(Relayed::Reply(reply)),
+            }
+        }
+    }
+}
+
+/// A lane's task and what it holds.
+pub(super) struct Lane {
+    view: Arc<ClusterView>,
+    queue: mpsc::Receiver<Job>,
+    /// Taken from the queue, not yet written: in order, requests to send
+    /// again after a failover first.
+    waiting: VecDeque<Job>,
+    link: Option<Link>,
+}
+
+/// What woke a lane up.
+enum Event {
+    Job(Option<Job>),
+    Link(Result<(), LinkError>),
+}
+
+impl Lane {
+    pub(super) fn new(view: Arc<ClusterView>, queue: mpsc::Receiver<Job>) -> Lane {
+        Lane {
+            view,
+            queue,
+            waiting: VecDeque::new(),
+            link: None,
+        }
+    }
+
+    /// Serves the lane until the server drops its sending side.
+    pub(super) async fn run(mut self) {
+        loop {
+            while self.waiting.len() < LANE_WAITING_MAX {
+                match self.queue.try_recv() {
+                    Ok(job) => self.waiting.push_back(job),
+                    Err(_) => break,
+                }
+            }
+            if self.link.is_none() && !self.waiting.is_empty() {
+                self.connect().await;
+                continue;
+            }
+            if let Some(link) = &mut self.link {
+                if Some(link.leader) == self.view.leader_tcp() {
+                    let mut batch = false;
+                    while link.in_flight.len() < LANE_IN_FLIGHT_MAX {
+                        let Some(job) = self.waiting.pop_front() else {
+                            break;
+                        };
+                        link.push_job(job);
+                        batch = true;
+                    }
+                    if batch {
+                        link.end_batch();
+                    }
+                } else if link.idle() {
+                    // Everything sent to the former leader is answered:
+                    // on to the next, after it, so that every client's
+                    // requests keep their order.
+                    self.link = None;
+                    continue;
+                }
+            }
+            let room = self.waiting.len() < LANE_WAITING_MAX;
+            let event = match &mut self.link {
+                Some(link) => tokio::select! {
+                    result = link.step() => Event::Link(result),
+                    job = self.queue.recv(), if room => Event::Job(job),
+                },
+                None => Event::Job(self.queue.recv().await),
+            };
+            match event {
+                Event::Job(Some(job)) => self.waiting.push_back(job),
+                // The server is gone; so are the clients.
+                Event::Job(None) => return,
+                Event::Link(Ok(())) => {}
+                Event::Link(Err(error)) => self.fail(error),
+            }
+        }
+    }
+
+    /// Connects to the leader the view names, waiting for one (and failing
+    /// the requests whose wait ran out) as long as requests wait.
+    async fn connect(&mut self) {
+        loop {
+            let now = Instant::now();
+            for job in std::mem::take(&mut self.waiting) {
+                if job.deadline <= now {
+                    job.answer(Relayed::Failed(errors::NO_LEADER));
+                } else {
+                    self.waiting.push_back(job);
+                }
+            }
+            if self.waiting.is_empty() {
+                return;
+            }
+            if let Some(leader) = self.view.leader_tcp() {
+                let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+                match tokio::time::timeout(timeout, TcpStream::connect(leader)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = stream.set_nodelay(true);
+                        self.link = Some(Link::new(stream, leader));
+                        return;
+                    }
+                    Ok(Err(error)) => {
+                        tracing::debug!(%leader, %error, "cannot connect to the leader");
+                    }
+                    Err(_) => tracing::debug!(%leader, "connecting to the leader timed out"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(FORWARD_RETRY_MS)).await;
+        }
+    }
+
+    /// The connection failed: a request that cannot have reached the leader
+    /// (not all of it was written), and a read, wait for the next leader
+    /// ahead of the rest; a write that may have reached it gets `outcome
+    /// unknown`, as it may or may not have been executed.
+    fn fail(&mut self, error: LinkError) {
+        let Some(link) = self.link.take() else {
+            return;
+        };
+        tracing::debug!(%error, in_flight = link.in_flight.len(), "forwarding link failed");
+        let deadline = Instant::now() + Duration::from_millis(FORWARD_FAILOVER_WAIT_MS);
+        let mut again = VecDeque::new();
+        for InFlight { sent, end } in link.in_flight {
+            let Sent::Job(mut job) = sent else {
+                continue;
+            };
+            if end > link.written || job.read_only {
+                job.deadline = job.deadline.max(deadline);
+                again.push_back(job);
+            } else {
+                job.answer(Relayed::Failed(errors::OUTCOME_UNKNOWN));
+            }
+        }
+        again.append(&mut self.waiting);
+        self.waiting = again;
+    }
+}
