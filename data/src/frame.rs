@@ -150,6 +150,8 @@ mod kind {
     pub const NACK: u8 = 14;
     pub const SNAPSHOT_CHUNK: u8 = 15;
     pub const SNAPSHOT_ACK: u8 = 16;
+    pub const READ_INDEX: u8 = 17;
+    pub const READ_INDEX_REPLY: u8 = 18;
 }
 
 macro_rules! newtype_u64 {
@@ -395,6 +397,14 @@ pub enum Message {
         snapshot_index: LogIndex,
         offset: u64,
     },
+    /// Follower→leader: the leader's commit index, once it has confirmed
+    /// that it still leads (DESIGN §4a, reads on followers); `id` names the
+    /// exchange. `[id u64]`
+    ReadIndex { id: u64 },
+    /// Leader→follower, the answer to `ReadIndex` `id`: reads that arrived
+    /// before it was asked may be served once `index` is applied.
+    /// `[id u64][index u64]`
+    ReadIndexReply { id: u64, index: LogIndex },
 }
 
 /// Why a frame could not be encoded or a datagram was rejected.
@@ -467,6 +477,8 @@ impl Message {
             Message::Nack { .. } => kind::NACK,
             Message::SnapshotChunk { .. } => kind::SNAPSHOT_CHUNK,
             Message::SnapshotAck { .. } => kind::SNAPSHOT_ACK,
+            Message::ReadIndex { .. } => kind::READ_INDEX,
+            Message::ReadIndexReply { .. } => kind::READ_INDEX_REPLY,
         }
     }
 
@@ -492,7 +504,8 @@ impl Message {
             }
             Message::AppendFragment { bytes, .. } => FRAGMENT_FIXED_BYTES + bytes.len(),
             Message::Ack { .. } | Message::Nack { .. } => 28,
-            Message::SnapshotAck { .. } => 16,
+            Message::SnapshotAck { .. } | Message::ReadIndexReply { .. } => 16,
+            Message::ReadIndex { .. } => 8,
             Message::SnapshotChunk { bytes, .. } => SNAPSHOT_CHUNK_FIXED_BYTES + bytes.len(),
         }
     }
@@ -651,6 +664,11 @@ impl Message {
                 out.put_u64_le(snapshot_index.0);
                 out.put_u64_le(*offset);
             }
+            Message::ReadIndex { id } => out.put_u64_le(*id),
+            Message::ReadIndexReply { id, index } => {
+                out.put_u64_le(*id);
+                out.put_u64_le(index.0);
+            }
         }
     }
 
@@ -773,6 +791,11 @@ impl Message {
             kind::SNAPSHOT_ACK => Message::SnapshotAck {
                 snapshot_index: LogIndex(r.u64()?),
                 offset: r.u64()?,
+            },
+            kind::READ_INDEX => Message::ReadIndex { id: r.u64()? },
+            kind::READ_INDEX_REPLY => Message::ReadIndexReply {
+                id: r.u64()?,
+                index: LogIndex(r.u64()?),
             },
             other => return Err(FrameError::UnknownKind(other)),
         };
@@ -1523,8 +1546,8 @@ mod tests {
             decode(&group, &SECRET).map(|f| f.header.group),
             Ok(GroupId(0x010b))
         );
-        let unknown = sealed_raw(|b| b[5] = 17);
-        assert_eq!(decode(&unknown, &SECRET), Err(FrameError::UnknownKind(17)));
+        let unknown = sealed_raw(|b| b[5] = 19);
+        assert_eq!(decode(&unknown, &SECRET), Err(FrameError::UnknownKind(19)));
         let zero = sealed_raw(|b| b[5] = 0);
         assert_eq!(decode(&zero, &SECRET), Err(FrameError::UnknownKind(0)));
 
@@ -1784,6 +1807,8 @@ mod tests {
                 snapshot_index,
                 offset
             }),
+            any::<u64>().prop_map(|id| Message::ReadIndex { id }),
+            (any::<u64>(), index()).prop_map(|(id, index)| Message::ReadIndexReply { id, index }),
         ]
     }
 

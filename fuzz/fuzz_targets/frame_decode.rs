@@ -78,7 +78,7 @@ impl Seed<'_> {
     }
 
     fn message(&mut self) -> Message {
-        match self.u8() % 16 {
+        match self.u8() % 18 {
             0 => Message::Register {
                 tcp: self.addr(),
                 udp: self.addr(),
@@ -179,9 +179,14 @@ impl Seed<'_> {
                     bytes: bytes.into(),
                 }
             }
-            _ => Message::SnapshotAck {
+            15 => Message::SnapshotAck {
                 snapshot_index: LogIndex(self.u64()),
                 offset: self.u64(),
+            },
+            16 => Message::ReadIndex { id: self.u64() },
+            _ => Message::ReadIndexReply {
+                id: self.u64(),
+                index: LogIndex(self.u64()),
             },
         }
     }

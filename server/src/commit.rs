@@ -135,11 +135,11 @@ impl CommitLoop {
                 // rather than acknowledge anything later (as PostgreSQL does).
                 tracing::error!(%error, "log write failed; refusing further writes");
                 for proposal in batch.drain(..) {
-                    let _ = proposal.reply.send(Err(CommitError::Storage));
+                    proposal.reply.send(Err(CommitError::Storage));
                 }
                 rx.close();
                 while let Ok(proposal) = rx.try_recv() {
-                    let _ = proposal.reply.send(Err(CommitError::Storage));
+                    proposal.reply.send(Err(CommitError::Storage));
                 }
                 return Err(error);
             }
@@ -174,7 +174,7 @@ impl CommitLoop {
         }
         for (proposal, outcome) in batch.drain(..).zip(outcomes) {
             // The proposer may have gone (connection closed); the write stands.
-            let _ = proposal.reply.send(Ok(outcome));
+            proposal.reply.send(Ok(outcome));
         }
         Ok(())
     }

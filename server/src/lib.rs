@@ -73,17 +73,19 @@ pub enum Backend {
 }
 
 impl Backend {
-    /// Queues `command` on the write path; the receiver yields its outcome.
+    /// Queues `command` on the write path, holding `memory` until its
+    /// outcome is sent; the receiver yields the outcome.
     pub async fn submit(
         &self,
         command: data::command::Command,
+        memory: memory::Reservation,
     ) -> Result<
         tokio::sync::oneshot::Receiver<Result<data::state::Outcome, write_path::CommitError>>,
         write_path::CommitError,
     > {
         match self {
-            Backend::Single(committer) => committer.submit(command).await,
-            Backend::Cluster(cluster) => cluster.submit(command).await,
+            Backend::Single(committer) => committer.submit(command, memory).await,
+            Backend::Cluster(cluster) => cluster.submit(command, memory).await,
         }
     }
 }

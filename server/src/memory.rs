@@ -54,8 +54,8 @@ pub struct MemoryLimit {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct OutOfMemory;
 
-/// Bytes counted for one write until it is applied (or abandoned): dropped
-/// when its outcome has arrived.
+/// Bytes counted for one write until it is applied (or abandoned): held by
+/// the write path with the proposal, dropped as its outcome is sent.
 #[derive(Debug)]
 pub struct Reservation {
     bytes: u64,

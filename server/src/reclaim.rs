@@ -27,6 +27,7 @@ use data::command::{Command, Op, RECLAIM_KEYS_MAX};
 use data::frame::Role;
 use tokio_util::sync::CancellationToken;
 
+use crate::memory::Reservation;
 use crate::state;
 use crate::{clock, Backend, Shared};
 
@@ -101,7 +102,8 @@ async fn step(
         time_s: now_s,
         op: Op::Reclaim { keys },
     };
-    let Ok(outcome) = backend.submit(command).await else {
+    // A reclaim only frees memory: it reserves none.
+    let Ok(outcome) = backend.submit(command, Reservation::none()).await else {
         return Some(false);
     };
     // Waiting for the outcome keeps one reclaim entry in flight at most.

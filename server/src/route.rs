@@ -50,8 +50,9 @@ pub enum Membership {
 pub enum Route {
     /// From this server's state, now.
     Here,
-    /// From this server's state once a read barrier (a ReadIndex round)
-    /// confirms it still leads.
+    /// From this server's state once a read barrier confirms it is up to
+    /// date: on the leader, a round that confirms it still leads; on a
+    /// follower, the leader's read index, applied here (ReadIndex).
     HereAfterBarrier,
     /// Proposed to the group's log by this server, its leader (or a group
     /// of one).
@@ -83,8 +84,10 @@ pub fn route(key: Option<&[u8]>, access: Access, membership: Membership) -> Rout
         (Access::Read, Role::Leader) if read_mode == ReadMode::Linearizable && holds_lease => {
             Route::Here
         }
-        (Access::Read, Role::Leader) => Route::HereAfterBarrier,
-        (Access::Read, _) => Route::Leader(group),
+        // The leader without its lease, and every other member: the
+        // follower asks the leader for its read index and serves the read
+        // once it has applied through it (DESIGN §4a).
+        (Access::Read, _) => Route::HereAfterBarrier,
     }
 }
 
@@ -127,7 +130,7 @@ mod tests {
     }
 
     #[test]
-    fn linearizable_reads_need_the_leader_and_its_lease_or_a_barrier() {
+    fn linearizable_reads_are_served_here_after_a_barrier_unless_under_the_lease() {
         let lin = ReadMode::Linearizable;
         assert_eq!(
             route(Some(b"k"), Access::Read, replica(Role::Leader, lin, true)),
@@ -146,11 +149,12 @@ mod tests {
             ),
             Route::HereAfterBarrier
         );
+        // A follower serves them too, after the leader's read index.
         for mode in [lin, ReadMode::ReadIndex] {
             for role in [Role::Follower, Role::Learner] {
                 assert_eq!(
                     route(Some(b"k"), Access::Read, replica(role, mode, true)),
-                    Route::Leader(FIRST_GROUP)
+                    Route::HereAfterBarrier
                 );
             }
         }

@@ -19,6 +19,8 @@ use data::command::Command;
 use data::state::Outcome;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::memory::Reservation;
+
 /// Why a proposal got no outcome.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommitError {
@@ -34,8 +36,23 @@ pub enum CommitError {
     Unknown,
 }
 
-/// How a proposal's outcome reaches its proposer.
-pub type ProposalReply = oneshot::Sender<Result<Outcome, CommitError>>;
+/// How a proposal's outcome reaches its proposer; it holds the write's
+/// share of the memory limit until then. The outcome follows the apply, so
+/// the bytes move from the writes in flight to the items at once: counted
+/// in both until the proposer read its outcome, a pipeline of writes near
+/// the limit was refused at one write and then let through at a later one.
+pub struct ProposalReply {
+    reply: oneshot::Sender<Result<Outcome, CommitError>>,
+    _memory: Reservation,
+}
+
+impl ProposalReply {
+    /// Answers the proposer (who may have left: then no one hears it), and
+    /// gives back the write's reservation.
+    pub fn send(self, outcome: Result<Outcome, CommitError>) {
+        let _ = self.reply.send(outcome);
+    }
+}
 
 /// A write path: a bounded queue of proposals, each answered once.
 pub trait WritePath: Sync {
@@ -48,16 +65,22 @@ pub trait WritePath: Sync {
     /// The request that proposes `command`, answered through `reply`.
     fn proposal(command: Command, reply: ProposalReply) -> Self::Request;
 
-    /// Queues `command`; the receiver yields its outcome. Lets a connection
-    /// queue many pipelined writes before waiting for the first. A path that
-    /// stopped (its log failed) answers [`CommitError::Storage`].
+    /// Queues `command`, holding `memory` until its outcome is sent; the
+    /// receiver yields the outcome. Lets a connection queue many pipelined
+    /// writes before waiting for the first. A path that stopped (its log
+    /// failed) answers [`CommitError::Storage`].
     fn submit(
         &self,
         command: Command,
+        memory: Reservation,
     ) -> impl Future<Output = Result<oneshot::Receiver<Result<Outcome, CommitError>>, CommitError>> + Send
     {
         async move {
             let (reply, rx) = oneshot::channel();
+            let reply = ProposalReply {
+                reply,
+                _memory: memory,
+            };
             self.queue()
                 .send(Self::proposal(command, reply))
                 .await

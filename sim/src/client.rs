@@ -167,7 +167,15 @@ impl World {
         let client = &mut self.clients[c];
         client.next_req += 1;
         let req = client.next_req;
-        let server = client.target;
+        // Half the reads go to any server, as a client that spreads its
+        // keys over every server does: a follower serves them after the
+        // leader's read index.
+        let server = if matches!(call, Call::Get | Call::Gets) && self.rng.below(2) == 0 {
+            self.rng.range(1, self.opts.servers as u64)
+        } else {
+            self.clients[c].target
+        };
+        let client = &mut self.clients[c];
         client.inflight = Some(InFlight {
             req,
             key,

@@ -48,7 +48,7 @@ pub struct Bugs {
 
 impl Bugs {
     /// The names the binary and the tests use.
-    pub const NAMES: [&'static str; 8] = [
+    pub const NAMES: [&'static str; 9] = [
         "commit-on-minority",
         "skip-noop",
         "accept-stale-append",
@@ -57,6 +57,7 @@ impl Bugs {
         "promise-during-lease",
         "lease-ignores-holds",
         "snapshot-frame-term",
+        "follower-read-before-apply",
     ];
 
     /// The switch named `name` turned on, or `None` for an unknown name.
@@ -71,6 +72,7 @@ impl Bugs {
             "promise-during-lease" => bugs.replica.promise_during_lease = true,
             "lease-ignores-holds" => bugs.replica.lease_ignores_holds = true,
             "snapshot-frame-term" => bugs.frame_term_as_snapshot_term = true,
+            "follower-read-before-apply" => bugs.replica.follower_read_before_apply = true,
             _ => return None,
         }
         Some(bugs)
@@ -139,6 +141,8 @@ pub struct Report {
     pub entries_committed: u64,
     pub leaders: usize,
     pub crashes: u64,
+    /// Reads a follower served (after the leader's read index).
+    pub follower_reads: u64,
     /// The checker hit a limit (not a failure).
     pub check_unknown: bool,
     /// Hash of the trace, when `trace_hash` was set.

@@ -108,6 +108,8 @@ pub(crate) struct PendingRead {
     req: u64,
     key: Bytes,
     gets: bool,
+    /// Taken by a follower (served after the leader's read index).
+    on_follower: bool,
 }
 
 /// The simulator's kinds of waiter, keystore file and state under the
@@ -742,17 +744,20 @@ impl World {
                     }
                 }
                 Request::Read { key, gets } => {
+                    // As the real connection: the leader answers at once
+                    // under its lease (or always, with the deliberate bug);
+                    // otherwise the leader after a round, a follower after
+                    // the leader's read index (`Host::read`).
+                    let core = host.core();
+                    let leads = core.role() == Role::Leader;
                     let read = PendingRead {
                         client,
                         req,
                         key: Bytes::from(key),
                         gets,
+                        on_follower: !leads,
                     };
-                    // As the real connection: the leader answers at once
-                    // under its lease (or always, with the deliberate bug).
-                    let core = host.core();
-                    let at_once = core.lease_until_ms() > now
-                        || (read_without_read_index && core.role() == Role::Leader);
+                    let at_once = leads && (core.lease_until_ms() > now || read_without_read_index);
                     if at_once {
                         io.world.answer_read(id, host.state(), read);
                     } else if let Err((refused, read)) = host.read(now, read) {
@@ -776,6 +781,7 @@ impl World {
             Some(item) => check::Ret::Hit(item.data().to_vec()),
         };
         let applied = state.applied_index();
+        self.follower_reads += u64::from(read.on_follower);
         self.trace(|| {
             format!(
                 "n{id}  read c{}/{} at applied {applied}: {ret}",

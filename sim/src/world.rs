@@ -181,6 +181,8 @@ pub(crate) struct World {
     trace_hasher: Option<DefaultHasher>,
     pub crashes: u64,
     pub writes_acked: usize,
+    /// Reads a follower served.
+    pub follower_reads: u64,
     /// Per seed: chance weights of each fault kind and the mean gap.
     fault_weights: [u64; 9],
     fault_gap_max_ms: u64,
@@ -271,6 +273,7 @@ impl World {
             violation: None,
             steps: 0,
             crashes: 0,
+            follower_reads: 0,
             writes_acked: 0,
             fault_weights,
             fault_gap_max_ms,
@@ -347,6 +350,7 @@ impl World {
             entries_committed: self.checker.committed_len(),
             leaders: self.checker.leaders_len(),
             crashes: self.crashes,
+            follower_reads: self.follower_reads,
             check_unknown: self.checker.check_unknown,
             trace_hash: self.trace_hasher.as_ref().map_or(0, |h| h.finish()),
         }

@@ -106,9 +106,6 @@ struct PendingWrite {
     outcome: oneshot::Receiver<Result<Outcome, CommitError>>,
     render: Render,
     kind: WriteKind,
-    /// What the write counts against the memory limit until its outcome
-    /// (which follows its apply) has arrived.
-    _memory: Reservation,
     /// Its share of the bound on writes in flight, held as long.
     _room: OwnedSemaphorePermit,
     /// Whether its outcome is counted in this server's `stats`.
@@ -569,12 +566,11 @@ impl Connection {
                 self.shared.write_budget.take(bytes).await
             }
         };
-        match self.backend.submit(command).await {
+        match self.backend.submit(command, reservation).await {
             Ok(outcome) => self.pending.push_back(Pending::Local(PendingWrite {
                 outcome,
                 render,
                 kind,
-                _memory: reservation,
                 _room: room,
                 counted: self.counts_here(noreply),
             })),
@@ -642,8 +638,10 @@ impl Connection {
         true
     }
 
-    /// Waits until this server, the leader, may serve a linearizable read
-    /// from its state (a ReadIndex round), or fails if it no longer leads.
+    /// Waits until this server may serve a linearizable read from its
+    /// state: the leader after a round that confirms it still leads, a
+    /// follower once it has applied through the leader's read index
+    /// (ReadIndex); or fails (no leader, or not the leader any more).
     async fn read_barrier(&mut self) -> Result<(), CommitError> {
         let Backend::Cluster(cluster) = &self.backend else {
             return Ok(());

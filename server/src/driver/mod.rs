@@ -28,7 +28,7 @@ use data::frame::{
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::ClusterSettings;
+use crate::config::{ClusterSettings, ReadMode};
 use crate::memory::MemoryLimit;
 use crate::replica::host::{Host, HostTypes, Io, Synced, Written};
 use crate::replica::snapshot_stream::{FileAt, StreamShape};
@@ -271,13 +271,14 @@ impl Driver {
             snapshot_membership: Membership::of(state::read(&start.state).config()),
         };
         let id = ServerId(meta.server_id);
-        let core = Replica::new(
+        let mut core = Replica::new(
             id,
             start.settings.timing,
             durable,
-            meta.server_id ^ now_ms(),
+            jitter_seed(meta.server_id),
             now_ms(),
         );
+        core.set_lease_answers_followers(start.settings.read_mode == ReadMode::Linearizable);
         let applied = LogIndex(state::read(&start.state).applied_index());
         let host = Host::new(
             core,
@@ -381,7 +382,7 @@ impl Driver {
                 command.encode(&mut self.proposals_buf);
                 let payload = self.proposals_buf.split().freeze();
                 if let Err((refused, reply)) = self.host.propose(payload, reply) {
-                    let _ = reply.send(Err(refusal(refused)));
+                    reply.send(Err(refusal(refused)));
                 }
             }
             DriverRequest::Read { reply } => {
@@ -528,7 +529,7 @@ impl Io<ServerTypes> for DriverIo {
         reply: ProposalReply,
         answer: Result<Written, CommitError>,
     ) -> Result<(), StorageError> {
-        let _ = reply.send(answer.map(|written| written.outcome));
+        reply.send(answer.map(|written| written.outcome));
         Ok(())
     }
 
@@ -682,6 +683,17 @@ fn refusal(refused: NotLeader) -> CommitError {
 
 /// The core's clock: monotonic, so leases and timers survive wall-clock
 /// steps.
+/// A seed for the core's jitter and read question ids that differs at every
+/// start of the process, even within one millisecond: the standard
+/// library's hasher keys are drawn from the OS at random.
+fn jitter_seed(server_id: u64) -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u64(server_id);
+    hasher.write_u64(now_ms());
+    hasher.finish()
+}
+
 fn now_ms() -> u64 {
     crate::clock::mono_ms()
 }

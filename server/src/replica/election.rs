@@ -123,8 +123,12 @@ impl Replica {
             // leader, or not: their clients get "outcome unknown".
             self.actions
                 .push(Action::ProposalsLost { after: self.commit });
-            for (_, _, token) in self.reads.drain(..) {
-                self.actions.push(Action::ReadFailed { token });
+            for (_, _, read) in self.reads.drain(..) {
+                // A follower's question goes unanswered: it asks the next
+                // leader.
+                if let ReadFor::Local(token) = read {
+                    self.actions.push(Action::ReadFailed { token });
+                }
             }
         }
         self.progress.clear();

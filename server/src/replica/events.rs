@@ -9,6 +9,7 @@ impl Replica {
     pub fn tick(&mut self, now_ms: u64) {
         if self.role != Role::Leader {
             self.release_promise(now_ms);
+            self.ask_read_index(now_ms);
             return;
         }
         if !self.majority_heard_within(now_ms, self.timing.election_timeout_ms) {
@@ -107,6 +108,10 @@ impl Replica {
                 let answer = Answer::new(seq, hold_ms, limit);
                 self.on_nack(now_ms, from, term, answer, hint_index)
             }
+            Message::ReadIndex { id } => self.on_read_index(now_ms, from, term, id),
+            Message::ReadIndexReply { id, index } => {
+                self.on_read_index_reply(now_ms, from, term, id, index)
+            }
             Message::Reject if term > self.term => self.adopt_term(term, None),
             // Messages only the LB handles, and snapshots (the driver's).
             _ => {}
@@ -126,12 +131,13 @@ impl Replica {
         Ok(self.append_local(payload))
     }
 
-    /// A linearizable read on the leader (ReadIndex): answered with
+    /// A linearizable read (ReadIndex): answered with
     /// [`Action::ReadReady`] once a majority confirmed the leadership after
-    /// the read arrived.
+    /// the read arrived: on the leader, by its next round; on a follower,
+    /// by the leader's answer to its next question (`follower_read`).
     pub fn read(&mut self, now_ms: u64, token: u64) -> Result<(), NotLeader> {
         if self.role != Role::Leader {
-            return Err(NotLeader::Follower(self.leader));
+            return self.follower_read(now_ms, token);
         }
         if !self.is_serving() || self.reads.len() >= READS_WAITING_MAX {
             return Err(NotLeader::NotReady);
@@ -141,7 +147,8 @@ impl Replica {
         // that arrives before it goes out (`flush`, or the moment the
         // round in flight is confirmed), so a burst of reads costs one round
         // trip to the followers, not one each.
-        self.reads.push_back((self.seq + 1, self.commit, token));
+        self.reads
+            .push_back((self.seq + 1, self.commit, ReadFor::Local(token)));
         self.check_reads(now_ms);
         Ok(())
     }
@@ -153,6 +160,9 @@ impl Replica {
     /// riding on those Appends; a follower sends the Ack it owes. The driver
     /// calls this after handing over every request and datagram it had.
     pub fn flush(&mut self, now_ms: u64) {
+        // A follower asks for the read index its reads of this turn need
+        // (a leader refuses any it held as a follower).
+        self.ask_read_index(now_ms);
         if self.role != Role::Leader {
             self.flush_ack();
             return;

@@ -5,12 +5,19 @@ use super::*;
 
 impl Replica {
     pub(super) fn check_reads(&mut self, now_ms: u64) {
-        while let Some(&(seq, index, token)) = self.reads.front() {
+        while let Some(&(seq, index, read)) = self.reads.front() {
             if !self.round_confirmed(seq) || !self.is_serving() {
                 break;
             }
             self.reads.pop_front();
-            self.actions.push(Action::ReadReady { token, index });
+            match read {
+                ReadFor::Local(token) => self.actions.push(Action::ReadReady { token, index }),
+                ReadFor::Follower { from, id } => {
+                    if let Some(addr) = self.addrs.get(&from).copied() {
+                        self.send(from, addr, Message::ReadIndexReply { id, index });
+                    }
+                }
+            }
         }
         // Reads that arrived while the round just confirmed was in flight
         // go out in the next one at once.

@@ -20,6 +20,7 @@
 //! - `membership`: peers, learners promoted, servers removed;
 //! - `leader`: each follower's progress, windows, Acks and Nacks, commit;
 //! - `lease`: read rounds and the read lease (§4a);
+//! - `follower_read`: reads on a follower, through the leader's read index;
 //! - `follower`: the consistency check, fragments, Acks after the fsync;
 //! - `log_view`: the in-memory log since the snapshot;
 //! - `host`: the host's half, written once for every host (the replication
@@ -87,6 +88,9 @@ pub struct Bugs {
     /// The leader takes its lease from its own setting, not from the holds
     /// its followers declared (unsafe when theirs are shorter).
     pub lease_ignores_holds: bool,
+    /// A follower serves a read as soon as the leader's read index comes
+    /// back, without waiting to have applied through it.
+    pub follower_read_before_apply: bool,
 }
 
 #[cfg(feature = "deliberate-bugs")]
@@ -105,6 +109,7 @@ macro_rules! bug {
 mod election;
 mod events;
 mod follower;
+mod follower_read;
 pub mod host;
 mod lb_link;
 mod leader;
@@ -119,7 +124,10 @@ mod waiters;
 pub use lb_link::{Advertised, LbLink};
 pub use waiters::{Applied, AppliedEntry, UndecodableEntry, Waiters};
 
+pub use follower_read::FOLLOWER_READ_WAIT_MS;
+
 use follower::{Fragment, Reassembly};
+use follower_read::{FollowerReads, ReadFor};
 use leader::{Answer, Progress};
 use log_view::LogView;
 
@@ -315,8 +323,13 @@ pub struct Replica {
     noop_index: Option<LogIndex>,
     /// Leader only: next heartbeat sequence number.
     seq: u64,
-    /// Leader only: reads waiting for a heartbeat round: (seq, index, token).
-    reads: VecDeque<(u64, LogIndex, u64)>,
+    /// Leader only: reads waiting for a heartbeat round: (seq, index, for).
+    reads: VecDeque<(u64, LogIndex, ReadFor)>,
+    /// Follower: reads waiting for the leader's read index.
+    follower_reads: FollowerReads,
+    /// Leader: its read lease also answers followers' questions at once
+    /// (off under `--read-mode read-index`, which relies on no clock).
+    lease_answers_followers: bool,
     /// Leader only: servers the LB asked to add.
     pending_adds: BTreeSet<ServerId>,
     last_leader_contact_ms: Option<u64>,
@@ -382,6 +395,8 @@ impl Replica {
             noop_index: None,
             seq: 0,
             reads: VecDeque::new(),
+            follower_reads: FollowerReads::new(jitter_seed),
+            lease_answers_followers: true,
             pending_adds: BTreeSet::new(),
             last_leader_contact_ms: None,
             last_heartbeat_ms: 0,
@@ -411,6 +426,13 @@ impl Replica {
     /// it declares to its leader in every answer.
     pub fn set_memory_limit(&mut self, limit_bytes: u64) {
         self.memory_limit_bytes = limit_bytes;
+    }
+
+    /// Whether this server, leading, answers a follower's read-index
+    /// question at once while it holds its read lease (as it serves its own
+    /// reads then), rather than after a round. On by default.
+    pub fn set_lease_answers_followers(&mut self, on: bool) {
+        self.lease_answers_followers = on;
     }
 
     /// Leader: the smallest memory limit its group's other members declared

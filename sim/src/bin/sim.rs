@@ -33,7 +33,8 @@ struct Args {
     trace: bool,
     /// Turn on a deliberate bug: commit-on-minority, skip-noop,
     /// accept-stale-append, ack-before-fsync, read-without-read-index,
-    /// promise-during-lease, lease-ignores-holds, snapshot-frame-term.
+    /// promise-during-lease, lease-ignores-holds, snapshot-frame-term,
+    /// follower-read-before-apply.
     #[arg(long)]
     bug: Option<String>,
     /// Start from an empty membership (the first leader bootstraps).
@@ -73,6 +74,7 @@ fn main() -> ExitCode {
     let started = Instant::now();
     let (mut steps, mut ops, mut acked, mut committed, mut crashes, mut unknown) =
         (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    let mut follower_reads = 0u64;
     let mut failures = 0u64;
     let mut ran = 0u64;
     for seed in start..start + count {
@@ -89,6 +91,7 @@ fn main() -> ExitCode {
         acked += report.writes_acked as u64;
         committed += report.entries_committed;
         crashes += report.crashes;
+        follower_reads += report.follower_reads;
         unknown += u64::from(report.check_unknown);
         if let Some(v) = &report.violation {
             failures += 1;
@@ -118,7 +121,7 @@ fn main() -> ExitCode {
         ran as f64 / secs
     );
     println!(
-        "totals: {steps} steps, {ops} client ops, {acked} writes acknowledged, {committed} entries committed, {crashes} crashes; checker gave up on {unknown} histories"
+        "totals: {steps} steps, {ops} client ops, {acked} writes acknowledged, {committed} entries committed, {follower_reads} reads served by followers, {crashes} crashes; checker gave up on {unknown} histories"
     );
     if failures > 0 {
         ExitCode::FAILURE

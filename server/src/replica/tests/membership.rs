@@ -46,6 +46,8 @@ fn new_server_joins_as_learner_then_voter() {
             term_on_disk: Term(0),
             committed: LogIndex(0),
             reads_ready: Vec::new(),
+            ready_at: Vec::new(),
+            reads_failed: Vec::new(),
             lost_after: None,
             snapshot_asked: false,
             up: true,

@@ -2,6 +2,7 @@
 //! complete when the test says so. Test names cite the rule they check.
 
 mod election;
+mod follower_read;
 mod lb_link;
 mod lease;
 mod membership;
@@ -46,6 +47,9 @@ struct Node {
     term_on_disk: Term,
     committed: LogIndex,
     reads_ready: Vec<u64>,
+    /// The index each ready read waits to have applied, in the same order.
+    ready_at: Vec<LogIndex>,
+    reads_failed: Vec<u64>,
     lost_after: Option<LogIndex>,
     snapshot_asked: bool,
     up: bool,
@@ -108,6 +112,8 @@ impl Group {
                     term_on_disk: Term(0),
                     committed: LogIndex(0),
                     reads_ready: Vec::new(),
+                    ready_at: Vec::new(),
+                    reads_failed: Vec::new(),
                     lost_after: None,
                     snapshot_asked: false,
                     up: true,
@@ -188,8 +194,11 @@ impl Group {
                         );
                         node.committed = i;
                     }
-                    Action::ReadReady { token, .. } => node.reads_ready.push(token),
-                    Action::ReadFailed { .. } => {}
+                    Action::ReadReady { token, index } => {
+                        node.reads_ready.push(token);
+                        node.ready_at.push(index);
+                    }
+                    Action::ReadFailed { token } => node.reads_failed.push(token),
                     Action::ProposalsLost { after } => node.lost_after = Some(after),
                     Action::SendSnapshot { .. } => node.snapshot_asked = true,
                 }
