@@ -124,3 +124,65 @@ fn a_follower_counts_what_it_received_and_the_leader_does_not_count_it_again() {
         .expect("three servers");
     assert_eq!(at(other), BTreeMap::new(), "the other follower");
 }
+
+/// Reads on a follower (issue 17): served from the follower's own state
+/// after the leader's read index, each a write the same client just made
+/// through that follower (read-your-writes through a forwarded write), and
+/// counted in the follower's `repl_` lines: keys served here, read-index
+/// questions and the reads they served, requests forwarded.
+#[test]
+fn a_follower_serves_reads_itself_and_counts_its_read_index_exchanges() {
+    let cluster = cluster::start(3);
+    let (leader, follower) = cluster::leader_and_follower(&cluster);
+    let repl = |addr: SocketAddr, name: &str| stat_u64(&server_stats(addr), name);
+    let leader_reads_before = repl(leader, "repl_reads_local");
+
+    let mut conn = Conn::connect(follower.port());
+    const ROUNDS: u64 = 20;
+    for i in 0..ROUNDS {
+        conn.request(
+            format!("set k 0 0 2\r\n{i:02}\r\n").as_bytes(),
+            b"STORED\r\n",
+        );
+        conn.request(
+            b"get k\r\n",
+            format!("VALUE k 0 2\r\n{i:02}\r\nEND\r\n").as_bytes(),
+        );
+    }
+    // A pipeline of gets shares its barrier.
+    conn.send(b"get k\r\nget k\r\nget k\r\nget k\r\n");
+    let reply = conn
+        .read_until(b"END\r\nVALUE k 0 2\r\n19\r\nEND\r\nVALUE k 0 2\r\n19\r\nEND\r\nVALUE k 0 2\r\n19\r\nEND\r\n", std::time::Duration::from_secs(5))
+        .unwrap_or_else(|p| panic!("{}", esc(&p)));
+    assert!(
+        reply.starts_with(b"VALUE k 0 2\r\n19\r\n"),
+        "{}",
+        esc(&reply)
+    );
+
+    let reads_local = repl(follower, "repl_reads_local");
+    let questions = repl(follower, "repl_read_index_questions");
+    let answered = repl(follower, "repl_read_index_reads");
+    assert_eq!(reads_local, ROUNDS + 4, "every get served on the follower");
+    assert!(questions >= 1, "the follower asked the leader");
+    // One read per batch of gets the connection had (the pipelined four
+    // share one unless TCP split them).
+    assert!(
+        (1..=ROUNDS + 4).contains(&answered),
+        "reads served by answers: {answered}"
+    );
+    assert!(
+        repl(follower, "repl_requests_forwarded") >= ROUNDS,
+        "the sets went to the leader"
+    );
+    assert_eq!(
+        repl(leader, "repl_reads_local"),
+        leader_reads_before,
+        "the leader served none of these gets"
+    );
+    // The figures are there to read even when nothing waited.
+    let stats = server_stats(follower);
+    for name in ["repl_reads_waited_for_apply", "repl_read_apply_wait_ms"] {
+        assert!(stats.contains_key(name), "{name} in stats");
+    }
+}

@@ -632,6 +632,9 @@ impl Connection {
             }
         }
         self.serve_get(keys, with_cas);
+        if let Backend::Cluster(cluster) = &self.backend {
+            Stats::add(&cluster.view.reads_local, keys.len() as u64);
+        }
         if last {
             Reply::End.encode(&mut self.output);
         }
@@ -673,6 +676,7 @@ impl Connection {
             unreachable!("a server alone serves every request itself");
         };
         let view = cluster.view.clone();
+        Stats::bump(&view.requests_forwarded);
         if matches!(self.pending.back(), Some(Pending::Local(_))) {
             // Not before the writes this server took on as leader.
             self.finish_pending().await;

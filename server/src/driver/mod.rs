@@ -366,6 +366,10 @@ impl Driver {
                 );
             }
             self.host.process(&mut self.io)?;
+            let (waited, wait_ms) = self.host.read_apply_waits();
+            let view = &self.io.view;
+            view.reads_waited_for_apply.store(waited, Relaxed);
+            view.read_apply_wait_ms.store(wait_ms, Relaxed);
         }
         self.io.log.sync()
     }
@@ -630,6 +634,9 @@ impl DriverIo {
         view.commit_index.store(core.commit_index().0, Relaxed);
         view.applied_index.store(applied.0, Relaxed);
         view.last_index.store(core.last_index().0, Relaxed);
+        let (questions, answered) = core.read_index_counts();
+        view.read_index_questions.store(questions, Relaxed);
+        view.read_index_reads.store(answered, Relaxed);
         self.memory
             .set_group_limit_bytes(core.group_memory_limit_bytes());
         let tcp = leader.and_then(|l| {

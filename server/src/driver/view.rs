@@ -33,6 +33,18 @@ pub struct ClusterView {
     pub lease_until_ms: AtomicU64,
     /// The leader's memcached address, when known.
     pub leader_tcp: Mutex<Option<SocketAddr>>,
+    /// Keys of gets this server served from its own state.
+    pub reads_local: AtomicU64,
+    /// Requests this server forwarded to the leader.
+    pub requests_forwarded: AtomicU64,
+    /// Follower: read-index questions sent, and the reads (one per
+    /// connection's batch of gets) their answers served.
+    pub read_index_questions: AtomicU64,
+    pub read_index_reads: AtomicU64,
+    /// Reads that waited for the state to apply through their read index,
+    /// and the milliseconds they waited in all.
+    pub reads_waited_for_apply: AtomicU64,
+    pub read_apply_wait_ms: AtomicU64,
 }
 
 impl ClusterView {
@@ -100,6 +112,30 @@ impl ClusterView {
                 self.bad_mac.load(Relaxed).to_string(),
             ),
             ("repl_read_mode".into(), read_mode.name().into()),
+            (
+                "repl_reads_local".into(),
+                self.reads_local.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_requests_forwarded".into(),
+                self.requests_forwarded.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_read_index_questions".into(),
+                self.read_index_questions.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_read_index_reads".into(),
+                self.read_index_reads.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_reads_waited_for_apply".into(),
+                self.reads_waited_for_apply.load(Relaxed).to_string(),
+            ),
+            (
+                "repl_read_apply_wait_ms".into(),
+                self.read_apply_wait_ms.load(Relaxed).to_string(),
+            ),
             (
                 // Milliseconds of read lease left (leader): 0 means reads
                 // take a majority round now.

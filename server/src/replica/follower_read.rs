@@ -39,6 +39,9 @@ pub(super) struct FollowerReads {
     /// Reads that arrived since the newest question: the next one's.
     next: Vec<(u64, u64)>,
     next_id: u64,
+    /// Questions sent (resent ones too) and reads answered, for `stats`.
+    questions: u64,
+    reads_answered: u64,
 }
 
 struct Asked {
@@ -65,6 +68,8 @@ impl FollowerReads {
             next: Vec::new(),
             // Room to count up without wrapping.
             next_id: (z ^ (z >> 31)) >> 1,
+            questions: 0,
+            reads_answered: 0,
         }
     }
 
@@ -80,6 +85,15 @@ impl FollowerReads {
 }
 
 impl Replica {
+    /// Follower: read-index questions sent (resent ones included) and the
+    /// reads their answers served, since start.
+    pub fn read_index_counts(&self) -> (u64, u64) {
+        (
+            self.follower_reads.questions,
+            self.follower_reads.reads_answered,
+        )
+    }
+
     /// Follower: holds a read until the leader's read index comes back.
     pub(super) fn follower_read(&mut self, now_ms: u64, token: u64) -> Result<(), NotLeader> {
         if self.follower_reads.len() >= READS_WAITING_MAX {
@@ -132,6 +146,7 @@ impl Replica {
         newest.to = to;
         newest.sent_ms = now_ms;
         let id = newest.id;
+        reads.questions += 1;
         self.send(leader, addr, Message::ReadIndex { id });
     }
 
@@ -186,6 +201,7 @@ impl Replica {
             index
         };
         let served: Vec<Asked> = reads.asked.drain(..=at).collect();
+        reads.reads_answered += served.iter().map(|a| a.reads.len() as u64).sum::<u64>();
         for (token, _) in served.into_iter().flat_map(|a| a.reads) {
             self.actions.push(Action::ReadReady { token, index });
         }

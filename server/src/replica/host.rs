@@ -240,6 +240,12 @@ impl<T: HostTypes> Host<T> {
         &mut self.state
     }
 
+    /// Reads that waited for the state to apply through their read index,
+    /// and the milliseconds they waited in all (`stats`).
+    pub fn read_apply_waits(&self) -> (u64, u64) {
+        self.waiters.apply_waits()
+    }
+
     pub fn applied(&self) -> LogIndex {
         self.applied
     }
@@ -359,7 +365,8 @@ impl<T: HostTypes> Host<T> {
                 }
             }
         }
-        for read in self.waiters.reads_served(self.applied) {
+        let now = io.now_ms();
+        for read in self.waiters.reads_served(self.applied, now) {
             io.answer_read(read, Ok(()), &mut self.state);
         }
         let receiving = self.receiver.is_receiving();
@@ -395,7 +402,10 @@ impl<T: HostTypes> Host<T> {
                 io.committed(&self.core, index)?;
                 self.apply_through(io, index)?;
             }
-            Action::ReadReady { token, index } => self.waiters.read_ready(token, index),
+            Action::ReadReady { token, index } => {
+                let now = io.now_ms();
+                self.waiters.read_ready(token, index, self.applied, now)
+            }
             Action::ReadFailed { token } => {
                 if let Some(read) = self.waiters.read_failed(token) {
                     io.answer_read(read, Err(CommitError::NotLeader), &mut self.state);

@@ -53,8 +53,12 @@ pub struct Waiters<P, R> {
     /// Reads waiting for their heartbeat round: token → waiter.
     reads: BTreeMap<u64, R>,
     /// Reads whose round is confirmed, waiting for the state to reach the
-    /// index.
-    reads_ready: Vec<(LogIndex, R)>,
+    /// index: (index, when it became ready if the state was behind it).
+    reads_ready: Vec<(LogIndex, Option<u64>, R)>,
+    /// Reads that found the state behind their index, and the
+    /// milliseconds they waited for it in all (`stats`).
+    reads_waited_for_apply: u64,
+    read_apply_wait_ms: u64,
     /// Reads that arrived before this leader could serve (its no-op not yet
     /// committed), held rather than failed: that lasts one round trip after
     /// an election.
@@ -68,6 +72,8 @@ impl<P, R> Default for Waiters<P, R> {
             proposals: BTreeMap::new(),
             reads: BTreeMap::new(),
             reads_ready: Vec::new(),
+            reads_waited_for_apply: 0,
+            read_apply_wait_ms: 0,
             reads_not_ready: Vec::new(),
             next_token: 0,
         }
@@ -139,11 +145,18 @@ impl<P, R> Waiters<P, R> {
     }
 
     /// [`super::Action::ReadReady`]: the read may be served once the state
-    /// has applied `index`.
-    pub fn read_ready(&mut self, token: u64, index: LogIndex) {
+    /// has applied `index` (it has applied `applied` at `now_ms`).
+    pub fn read_ready(&mut self, token: u64, index: LogIndex, applied: LogIndex, now_ms: u64) {
         if let Some(waiter) = self.reads.remove(&token) {
-            self.reads_ready.push((index, waiter));
+            let behind = (index > applied).then_some(now_ms);
+            self.reads_ready.push((index, behind, waiter));
         }
+    }
+
+    /// Reads that had to wait for the state to apply through their index,
+    /// and the milliseconds they waited in all.
+    pub fn apply_waits(&self) -> (u64, u64) {
+        (self.reads_waited_for_apply, self.read_apply_wait_ms)
     }
 
     /// [`super::Action::ReadFailed`]: the read's waiter, to be told this
@@ -201,15 +214,25 @@ impl<P, R> Waiters<P, R> {
         lost.into_values().map(|(_, waiter)| waiter).collect()
     }
 
-    /// Reads that may be served now that the state applied `applied`.
-    pub fn reads_served(&mut self, applied: LogIndex) -> Vec<R> {
+    /// Reads that may be served now (`now_ms`) that the state applied
+    /// `applied`.
+    pub fn reads_served(&mut self, applied: LogIndex, now_ms: u64) -> Vec<R> {
         if self.reads_ready.is_empty() {
             return Vec::new();
         }
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
             .into_iter()
-            .partition(|(index, _)| *index <= applied);
+            .partition(|(index, _, _)| *index <= applied);
         self.reads_ready = waiting;
-        ready.into_iter().map(|(_, waiter)| waiter).collect()
+        ready
+            .into_iter()
+            .map(|(_, behind, waiter)| {
+                if let Some(since_ms) = behind {
+                    self.reads_waited_for_apply += 1;
+                    self.read_apply_wait_ms += now_ms.saturating_sub(since_ms);
+                }
+                waiter
+            })
+            .collect()
     }
 }

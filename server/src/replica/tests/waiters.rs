@@ -63,10 +63,15 @@ fn a_read_is_served_once_its_round_is_confirmed_and_the_state_caught_up() {
         .expect("the leader starts a round");
     // Round confirmed at index 5 (tokens count every read asked for: the
     // follower's took 1).
-    waiters.read_ready(2, LogIndex(5));
-    assert!(waiters.reads_served(LogIndex(4)).is_empty());
-    assert_eq!(waiters.reads_served(LogIndex(5)), vec!["read"]);
-    assert!(waiters.reads_served(LogIndex(9)).is_empty(), "served once");
+    waiters.read_ready(2, LogIndex(5), LogIndex(3), 1_000);
+    assert!(waiters.reads_served(LogIndex(4), 1_002).is_empty());
+    assert_eq!(waiters.reads_served(LogIndex(5), 1_007), vec!["read"]);
+    assert!(
+        waiters.reads_served(LogIndex(9), 1_009).is_empty(),
+        "served once"
+    );
+    // It waited 7 ms for the state to apply through 5.
+    assert_eq!(waiters.apply_waits(), (1, 7));
     // A failed round gives the waiter back once.
     waiters
         .read(&mut g.node(1).replica, now, "failed")
