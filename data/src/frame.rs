@@ -402,7 +402,8 @@ pub enum Message {
     /// exchange. `[id u64]`
     ReadIndex { id: u64 },
     /// Leader→follower, the answer to `ReadIndex` `id`: reads that arrived
-    /// before it was asked may be served once `index` is applied.
+    /// before it was asked may be served once `index` is applied; index 0
+    /// refuses (the asker is not a member of the leader's group).
     /// `[id u64][index u64]`
     ReadIndexReply { id: u64, index: LogIndex },
 }

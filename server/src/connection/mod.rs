@@ -581,6 +581,14 @@ impl Connection {
         }
     }
 
+    /// This server's role in its group (`None` alone).
+    fn membership_role(&self) -> Option<Role> {
+        match self.membership() {
+            Membership::Alone => None,
+            Membership::Replica { role, .. } => Some(role),
+        }
+    }
+
     /// What this server knows of its group now, for [`route`].
     fn membership(&self) -> Membership {
         match &self.backend {
@@ -627,8 +635,22 @@ impl Connection {
         self.finish_pending().await;
         if routed == Route::HereAfterBarrier {
             if let Err(error) = self.read_barrier().await {
-                Reply::Error(commit_error_line(error)).encode(&mut self.output);
-                return false;
+                if self.membership_role() == Some(Role::Leader) {
+                    Reply::Error(commit_error_line(error)).encode(&mut self.output);
+                    return false;
+                }
+                // A follower that got no read index (not a member of the
+                // group yet, or no leader answered in time) lets the leader
+                // answer: forwarded, the read waits for a leader as any
+                // forwarded request does, then gets the error line.
+                let then = Then::GetPiece {
+                    keys: keys.len(),
+                    last,
+                    get: self.gets,
+                };
+                self.forward(raw, Expect::Retrieval, false, true, then)
+                    .await;
+                return true;
             }
         }
         self.serve_get(keys, with_cas);

@@ -195,16 +195,26 @@ impl Replica {
         else {
             return;
         };
+        let served: Vec<Asked> = reads.asked.drain(..=at).collect();
+        let reads_served = served.into_iter().flat_map(|a| a.reads);
+        if index == LogIndex(0) {
+            // Refused: this server is not a member of the leader's group.
+            for (token, _) in reads_served {
+                self.actions.push(Action::ReadFailed { token });
+            }
+            return;
+        }
         let index = if bug!(self, follower_read_before_apply) {
             LogIndex(0)
         } else {
             index
         };
-        let served: Vec<Asked> = reads.asked.drain(..=at).collect();
-        reads.reads_answered += served.iter().map(|a| a.reads.len() as u64).sum::<u64>();
-        for (token, _) in served.into_iter().flat_map(|a| a.reads) {
+        let mut answered = 0;
+        for (token, _) in reads_served {
+            answered += 1;
             self.actions.push(Action::ReadReady { token, index });
         }
+        self.follower_reads.reads_answered += answered;
         // Reads that arrived meanwhile go at once.
         self.ask_read_index(now_ms);
     }
@@ -214,9 +224,19 @@ impl Replica {
     /// index holds every write committed so far), else after the next round
     /// a majority confirms: like a read of this leader's own.
     pub(super) fn on_read_index(&mut self, now_ms: u64, from: ServerId, term: Term, id: u64) {
-        let member = self.progress.contains_key(&from);
-        if self.role != Role::Leader || term != self.term || !member || !self.is_serving() {
+        if self.role != Role::Leader || term != self.term || !self.is_serving() {
             // The follower asks again, or its reads time out.
+            return;
+        }
+        if !self.progress.contains_key(&from) {
+            // Not a member (not added yet, or removed): it gets no entries,
+            // so it could never apply through an index. Refused at once
+            // (index 0: a serving leader's commit index is never 0), so
+            // that it lets this leader answer its reads instead.
+            if let Some(addr) = self.addrs.get(&from).copied() {
+                let index = LogIndex(0);
+                self.send(from, addr, Message::ReadIndexReply { id, index });
+            }
             return;
         }
         if self.lease_answers_followers && self.lease_until_ms() > now_ms {

@@ -153,6 +153,32 @@ fn one_exchange_serves_every_read_that_arrived_before_it() {
 }
 
 #[test]
+fn a_refusal_fails_the_reads_at_once() {
+    let mut g = Group::new(&[1, 2, 3]);
+    g.elect(1, 1);
+    g.read(2, 4).unwrap();
+    g.drive(ServerId(2));
+    let id = g
+        .wire
+        .iter()
+        .find_map(|(_, _, _, m)| match m {
+            Message::ReadIndex { id } => Some(*id),
+            _ => None,
+        })
+        .expect("the follower asks");
+    g.wire.clear();
+    // What a leader answers a server that is not in its group.
+    let refusal = Message::ReadIndexReply {
+        id,
+        index: LogIndex(0),
+    };
+    g.receive(2, ServerId(1), Term(1), refusal);
+    g.drive(ServerId(2));
+    assert_eq!(g.node(2).reads_failed, vec![4]);
+    assert!(g.node(2).reads_ready.is_empty());
+}
+
+#[test]
 fn a_follower_read_without_a_leader_is_refused_after_its_wait() {
     let mut g = Group::new(&[1, 2, 3]);
     // No leader ever named.
