@@ -366,8 +366,12 @@ impl<T: HostTypes> Host<T> {
             }
         }
         let now = io.now_ms();
-        for read in self.waiters.reads_served(self.applied, now) {
+        let (served, given_up) = self.waiters.reads_served(self.applied, now);
+        for read in served {
             io.answer_read(read, Ok(()), &mut self.state);
+        }
+        for read in given_up {
+            io.answer_read(read, Err(CommitError::NotLeader), &mut self.state);
         }
         let receiving = self.receiver.is_receiving();
         io.end_of_turn(&mut self.core, &mut self.state, self.applied, receiving)

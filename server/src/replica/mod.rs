@@ -122,7 +122,7 @@ mod tests;
 mod waiters;
 
 pub use lb_link::{Advertised, LbLink};
-pub use waiters::{Applied, AppliedEntry, UndecodableEntry, Waiters};
+pub use waiters::{Applied, AppliedEntry, UndecodableEntry, Waiters, READ_APPLY_WAIT_MS_MAX};
 
 pub use follower_read::FOLLOWER_READ_WAIT_MS;
 

@@ -17,6 +17,12 @@ use data::state::{Outcome, State};
 
 use super::{NotLeader, Replica, READS_WAITING_MAX};
 
+/// How long a read whose read index is ahead of the state waits for the
+/// state to apply through it before it is given up (a follower cut off
+/// from its leader's entries but not from its answers would wait for the
+/// partition to heal): the host then lets the leader answer it, or fails it.
+pub const READ_APPLY_WAIT_MS_MAX: u64 = 3_000;
+
 /// What became of a proposal whose index was applied.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Applied<P> {
@@ -215,24 +221,27 @@ impl<P, R> Waiters<P, R> {
     }
 
     /// Reads that may be served now (`now_ms`) that the state applied
-    /// `applied`.
-    pub fn reads_served(&mut self, applied: LogIndex, now_ms: u64) -> Vec<R> {
+    /// `applied`, and reads given up after waiting
+    /// [`READ_APPLY_WAIT_MS_MAX`] for it.
+    pub fn reads_served(&mut self, applied: LogIndex, now_ms: u64) -> (Vec<R>, Vec<R>) {
+        let (mut served, mut given_up) = (Vec::new(), Vec::new());
         if self.reads_ready.is_empty() {
-            return Vec::new();
+            return (served, given_up);
         }
-        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.reads_ready)
-            .into_iter()
-            .partition(|(index, _, _)| *index <= applied);
-        self.reads_ready = waiting;
-        ready
-            .into_iter()
-            .map(|(_, behind, waiter)| {
-                if let Some(since_ms) = behind {
+        for (index, behind, waiter) in std::mem::take(&mut self.reads_ready) {
+            let waited_ms = behind.map(|since_ms| now_ms.saturating_sub(since_ms));
+            if index <= applied {
+                if let Some(waited_ms) = waited_ms {
                     self.reads_waited_for_apply += 1;
-                    self.read_apply_wait_ms += now_ms.saturating_sub(since_ms);
+                    self.read_apply_wait_ms += waited_ms;
                 }
-                waiter
-            })
-            .collect()
+                served.push(waiter);
+            } else if waited_ms.is_some_and(|ms| ms >= READ_APPLY_WAIT_MS_MAX) {
+                given_up.push(waiter);
+            } else {
+                self.reads_ready.push((index, behind, waiter));
+            }
+        }
+        (served, given_up)
     }
 }

@@ -64,20 +64,37 @@ fn a_read_is_served_once_its_round_is_confirmed_and_the_state_caught_up() {
     // Round confirmed at index 5 (tokens count every read asked for: the
     // follower's took 1).
     waiters.read_ready(2, LogIndex(5), LogIndex(3), 1_000);
-    assert!(waiters.reads_served(LogIndex(4), 1_002).is_empty());
-    assert_eq!(waiters.reads_served(LogIndex(5), 1_007), vec!["read"]);
-    assert!(
-        waiters.reads_served(LogIndex(9), 1_009).is_empty(),
+    let none = (vec![], vec![]);
+    assert_eq!(waiters.reads_served(LogIndex(4), 1_002), none);
+    assert_eq!(
+        waiters.reads_served(LogIndex(5), 1_007),
+        (vec!["read"], vec![])
+    );
+    assert_eq!(
+        waiters.reads_served(LogIndex(9), 1_009),
+        none,
         "served once"
     );
     // It waited 7 ms for the state to apply through 5.
     assert_eq!(waiters.apply_waits(), (1, 7));
+    // A read whose state never catches up is given up, once.
+    waiters
+        .read(&mut g.node(1).replica, now, "stuck")
+        .expect("the leader starts a round");
+    waiters.read_ready(3, LogIndex(50), LogIndex(9), 2_000);
+    let waited = 2_000 + READ_APPLY_WAIT_MS_MAX;
+    assert_eq!(waiters.reads_served(LogIndex(9), waited - 1), none);
+    assert_eq!(
+        waiters.reads_served(LogIndex(9), waited),
+        (vec![], vec!["stuck"])
+    );
+    assert_eq!(waiters.reads_served(LogIndex(9), waited + 1), none);
     // A failed round gives the waiter back once.
     waiters
         .read(&mut g.node(1).replica, now, "failed")
         .expect("the leader starts a round");
-    assert_eq!(waiters.read_failed(3), Some("failed"));
-    assert_eq!(waiters.read_failed(3), None);
+    assert_eq!(waiters.read_failed(4), Some("failed"));
+    assert_eq!(waiters.read_failed(4), None);
     // Held reads of a server that stopped leading are returned.
     assert!(waiters
         .retry_held_reads(&mut g.node(2).replica, now)
