@@ -883,7 +883,13 @@ impl World {
         let lagging: Vec<(u64, u64)> = self
             .servers
             .iter()
-            .filter(|s| !(self.removed.contains(&s.id) && out(s.id)))
+            // Removed and not yet back: still being removed, or stopped
+            // by the operator until a rejoin that may fall after the run's
+            // end (a removal that completes late in the quiet period).
+            .filter(|s| {
+                let away = self.removed.contains(&s.id) || self.waits_to_rejoin(s.id);
+                !(away && out(s.id))
+            })
             .filter(|s| s.applied() != commit)
             .map(|s| (s.id, s.applied().0))
             .collect();
