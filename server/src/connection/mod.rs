@@ -615,20 +615,7 @@ impl Connection {
         let key = keys.first().map(|k| k.as_ref());
         let routed = route(key, Access::Read, self.membership());
         if let Route::Leader(_) = routed {
-            let then = Then::GetPiece {
-                keys: keys.len(),
-                last,
-                get: self.gets,
-            };
-            self.forward(raw, Expect::Retrieval, false, true, then)
-                .await;
-            // The values wait in the replies: at most about one piece's
-            // worth before they go out.
-            self.pending_hit_keys += keys.len();
-            if self.pending_hit_keys >= self.keys_per_piece() {
-                self.finish_pending().await;
-                self.flush_output().await;
-            }
+            self.forward_get_piece(keys.len(), raw, last).await;
             return true;
         }
         // The read sees every write this connection sent before it.
@@ -643,13 +630,7 @@ impl Connection {
                 // group yet, or no leader answered in time) lets the leader
                 // answer: forwarded, the read waits for a leader as any
                 // forwarded request does, then gets the error line.
-                let then = Then::GetPiece {
-                    keys: keys.len(),
-                    last,
-                    get: self.gets,
-                };
-                self.forward(raw, Expect::Retrieval, false, true, then)
-                    .await;
+                self.forward_get_piece(keys.len(), raw, last).await;
                 return true;
             }
         }
@@ -661,6 +642,24 @@ impl Connection {
             Reply::End.encode(&mut self.output);
         }
         true
+    }
+
+    /// Forwards one piece of a get (of `keys` keys) to the leader.
+    async fn forward_get_piece(&mut self, keys: usize, raw: Bytes, last: bool) {
+        let then = Then::GetPiece {
+            keys,
+            last,
+            get: self.gets,
+        };
+        self.forward(raw, Expect::Retrieval, false, true, then)
+            .await;
+        // The values wait in the replies: at most about one piece's worth
+        // before they go out.
+        self.pending_hit_keys += keys;
+        if self.pending_hit_keys >= self.keys_per_piece() {
+            self.finish_pending().await;
+            self.flush_output().await;
+        }
     }
 
     /// Waits until this server may serve a linearizable read from its

@@ -366,8 +366,13 @@ impl Driver {
                 );
             }
             self.host.process(&mut self.io)?;
-            let (waited, wait_ms) = self.host.read_apply_waits();
+            // Read counters, from the core (questions) and the host's
+            // waiters (apply waits), published together.
             let view = &self.io.view;
+            let (questions, answered) = self.host.core().read_index_counts();
+            view.read_index_questions.store(questions, Relaxed);
+            view.read_index_reads.store(answered, Relaxed);
+            let (waited, wait_ms) = self.host.read_apply_waits();
             view.reads_waited_for_apply.store(waited, Relaxed);
             view.read_apply_wait_ms.store(wait_ms, Relaxed);
         }
@@ -634,9 +639,6 @@ impl DriverIo {
         view.commit_index.store(core.commit_index().0, Relaxed);
         view.applied_index.store(applied.0, Relaxed);
         view.last_index.store(core.last_index().0, Relaxed);
-        let (questions, answered) = core.read_index_counts();
-        view.read_index_questions.store(questions, Relaxed);
-        view.read_index_reads.store(answered, Relaxed);
         self.memory
             .set_group_limit_bytes(core.group_memory_limit_bytes());
         let tcp = leader.and_then(|l| {

@@ -22,6 +22,17 @@ fn a_follower_read_waits_for_the_leaders_commit_index_after_a_round() {
     assert_eq!(g.node(2).ready_at, vec![commit]);
 }
 
+/// The id of the read-index question on the wire.
+fn question_on_wire(g: &Group) -> u64 {
+    g.wire
+        .iter()
+        .find_map(|(_, _, _, m)| match m {
+            Message::ReadIndex { id } => Some(*id),
+            _ => None,
+        })
+        .expect("the follower asks")
+}
+
 fn replies_on_wire(g: &Group) -> usize {
     g.wire
         .iter()
@@ -102,14 +113,7 @@ fn a_deposed_leaders_answer_is_not_taken() {
     commit_writes(&mut g, 1);
     g.read(2, 11).unwrap();
     g.drive(ServerId(2));
-    let id = g
-        .wire
-        .iter()
-        .find_map(|(_, _, _, m)| match m {
-            Message::ReadIndex { id } => Some(*id),
-            _ => None,
-        })
-        .expect("the follower asks");
+    let id = question_on_wire(&g);
     g.wire.clear();
     // Server 3 leads term 2 before the answer comes back; the answer of
     // the leader of term 1 no longer serves.
@@ -158,14 +162,7 @@ fn a_refusal_fails_the_reads_at_once() {
     g.elect(1, 1);
     g.read(2, 4).unwrap();
     g.drive(ServerId(2));
-    let id = g
-        .wire
-        .iter()
-        .find_map(|(_, _, _, m)| match m {
-            Message::ReadIndex { id } => Some(*id),
-            _ => None,
-        })
-        .expect("the follower asks");
+    let id = question_on_wire(&g);
     g.wire.clear();
     // What a leader answers a server that is not in its group.
     let refusal = Message::ReadIndexReply {
