@@ -160,10 +160,12 @@ impl Drop for ExtraServer {
     }
 }
 
-/// Runs `store remove-server <id> --lb <lb>`; its exit code and stdout.
-fn remove_server(lb: &str, id: &str) -> (Option<i32>, String, String) {
+/// Runs `store remove-server <id> --lb <lb> --cluster-file <file>`; its
+/// exit code, stdout and stderr.
+fn remove_server(lb: &str, id: &str, cluster_file: &Path) -> (Option<i32>, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_store"))
-        .args(["remove-server", id, "--lb", lb])
+        .args(["remove-server", id, "--lb", lb, "--cluster-file"])
+        .arg(cluster_file)
         .stdin(Stdio::null())
         .output()
         .expect("run store remove-server");
@@ -271,20 +273,60 @@ fn a_server_added_at_run_time_joins_and_can_be_removed() {
         Ok(&b"STORED\r\n"[..])
     );
 
+    // Removing a server changes the cluster: anyone who reaches the LB's
+    // port may ask, but without the cluster secret's proof it is refused
+    // and counted, and the server stays a voter.
+    let refused = request(
+        cluster.lb,
+        format!("remove-server {id}\r\n").as_bytes(),
+        b"\r\n",
+    )
+    .expect("an answer");
+    assert!(
+        refused.starts_with(b"CLIENT_ERROR unauthenticated: "),
+        "remove-server without a proof: {:?}",
+        String::from_utf8_lossy(&refused)
+    );
+    let cluster_file = test_cluster.dir.path().join("lb").join("cluster");
+    let other_file = test_cluster.dir.path().join("other-cluster");
+    // The same cluster id with another secret.
+    let text = std::fs::read_to_string(&cluster_file).expect("the cluster file");
+    let mut other = data::cluster_file::ClusterFile::parse(&text).expect("a cluster file");
+    other.secret[0] ^= 1;
+    std::fs::write(&other_file, other.format()).expect("write another cluster file");
+    let lb = cluster.lb.to_string();
+    let (code, stdout, stderr) = remove_server(&lb, &id, &other_file);
+    assert_eq!(
+        code,
+        Some(2),
+        "remove-server with another secret: {stdout} {stderr}"
+    );
+    assert!(stderr.contains("refused the proof"), "{stderr}");
+    let status = lb_status(cluster.lb);
+    assert_eq!(
+        status.cluster.get("admin_refused").map(String::as_str),
+        Some("2"),
+        "{status:?}"
+    );
+    assert_eq!(
+        lb_row(&status, extra.addr).and_then(|(_, row)| row.get("role").cloned()),
+        Some("follower".to_string()),
+        "the 4th server after refused removals: {status:?}"
+    );
+
     // The CLI's exit codes: 1 for an id the LB does not know, 2 when the
     // LB cannot be reached.
-    let lb = cluster.lb.to_string();
-    let (code, stdout, stderr) = remove_server(&lb, "1");
+    let (code, stdout, stderr) = remove_server(&lb, "1", &cluster_file);
     assert_eq!(
         (code, stdout.as_str()),
         (Some(1), "NOT_FOUND\n"),
         "remove-server of an unknown id; stderr {stderr}"
     );
     let nobody = format!("127.0.0.1:{}", free_port());
-    let (code, _, stderr) = remove_server(&nobody, &id);
+    let (code, _, stderr) = remove_server(&nobody, &id, &cluster_file);
     assert_eq!(code, Some(2), "remove-server with no LB; stderr {stderr}");
 
-    let (code, stdout, stderr) = remove_server(&lb, &id);
+    let (code, stdout, stderr) = remove_server(&lb, &id, &cluster_file);
     assert_eq!(
         (code, stdout.as_str()),
         (Some(0), "OK\n"),
@@ -309,7 +351,7 @@ fn a_server_added_at_run_time_joins_and_can_be_removed() {
         "get-servers still hands out the removed server: {:?}",
         String::from_utf8_lossy(&servers)
     );
-    let (code, stdout, _) = remove_server(&lb, &id);
+    let (code, stdout, _) = remove_server(&lb, &id, &cluster_file);
     assert_eq!(
         (code, stdout.as_str()),
         (Some(1), "NOT_FOUND\n"),

@@ -14,6 +14,8 @@
 //!   of locations).
 //! - [`record`]: log segment header and record format.
 //! - [`keystore`]: the snapshot (keystore file) format.
+//! - [`admin_proof`]: proof of the cluster secret for commands that change
+//!   the cluster.
 //! - [`frame`]: the cluster's UDP datagrams; [`wire`]: the byte reader and
 //!   address encoding it shares with the LB's registry file.
 //!
@@ -22,6 +24,7 @@
 //! a simulator.
 #![forbid(unsafe_code)]
 
+pub mod admin_proof;
 pub mod cluster_file;
 pub mod command;
 pub mod exptime;

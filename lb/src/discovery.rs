@@ -10,21 +10,30 @@
 //! ```text
 //! get-servers        -> <leader ip:port>\r\n <other ip:port>\r\n ... end\r\n
 //! stats              -> STAT <name> <value>\r\n ... END\r\n
-//! remove-server <id> -> OK\r\n | NOT_FOUND\r\n
+//! challenge          -> CHALLENGE <64 hex digits>\r\n
+//! remove-server <id> <proof>
+//!                    -> OK\r\n | NOT_FOUND\r\n
+//!                     | CLIENT_ERROR unauthenticated: <why>\r\n
 //! anything else      -> ERROR\r\n
 //! a line over LINE_BYTES_MAX -> CLIENT_ERROR line too long\r\n (the rest of
 //!                       the line is skipped; the connection stays open)
 //! ```
+//!
+//! Reading is open to anyone who reaches the port; a command that changes
+//! the cluster carries a proof of the cluster secret (64 hex digits,
+//! [`data::admin_proof`]) for the challenge this connection was handed
+//! last, which it uses up.
 
 use std::fmt::Write as _;
 
 use bytes::{BufMut, BytesMut};
-use data::frame::{Role, ServerId};
+use data::admin_proof::{self, CHALLENGE_BYTES, PROOF_BYTES};
+use data::frame::{Role, ServerId, SECRET_BYTES};
 
 use crate::core::{ClusterView, RemoveError};
 
 /// Longest request line, newline included. The longest valid one is
-/// `remove-server 18446744073709551615\r\n`, 36 bytes.
+/// `remove-server 18446744073709551615 <64 hex digits>\r\n`, 101 bytes.
 pub const LINE_BYTES_MAX: usize = 128;
 
 /// One discovery request.
@@ -32,7 +41,94 @@ pub const LINE_BYTES_MAX: usize = 128;
 pub enum Request {
     GetServers,
     Stats,
-    RemoveServer(ServerId),
+    /// A fresh challenge for the next command that changes the cluster.
+    Challenge,
+    RemoveServer {
+        id: ServerId,
+        proof: Proof,
+    },
+}
+
+/// The proof a command that changes the cluster carries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Proof {
+    Missing,
+    /// Not 64 hex digits.
+    Malformed,
+    Given([u8; PROOF_BYTES]),
+}
+
+/// Why a command that changes the cluster was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unauthenticated {
+    /// It came without a proof.
+    NoProof,
+    /// No challenge is outstanding on this connection (none was asked
+    /// for, or the last one was used).
+    NoChallenge,
+    /// The proof is not the cluster secret's for this challenge and
+    /// command.
+    BadProof,
+}
+
+impl Unauthenticated {
+    fn reason(self) -> &'static str {
+        match self {
+            Unauthenticated::NoProof => {
+                "this command changes the cluster: send `challenge`, then the command and its proof of the cluster secret (store remove-server --cluster-file FILE does both)"
+            }
+            Unauthenticated::NoChallenge => {
+                "no challenge on this connection (each proof is good for one command)"
+            }
+            Unauthenticated::BadProof => "the proof does not match the cluster secret",
+        }
+    }
+}
+
+/// The words of `remove-server <id>` that its proof covers.
+pub fn remove_server_command(id: ServerId) -> String {
+    format!("remove-server {}", id.0)
+}
+
+/// A command line that changes the cluster: `command`'s words and the
+/// proof of `secret` under `challenge` for them.
+pub fn authenticated_line(
+    command: &str,
+    secret: &[u8; SECRET_BYTES],
+    challenge: &[u8; CHALLENGE_BYTES],
+) -> String {
+    let proof = admin_proof::proof(secret, challenge, command);
+    format!("{command} {}\r\n", admin_proof::to_hex(&proof))
+}
+
+/// Checks the proof `command` carried against the challenge the connection
+/// held (the caller takes it: used or not, it is gone).
+pub fn check_proof(
+    proof: Proof,
+    challenge: Option<[u8; CHALLENGE_BYTES]>,
+    secret: &[u8; SECRET_BYTES],
+    command: &str,
+) -> Result<(), Unauthenticated> {
+    let given = match proof {
+        Proof::Missing => return Err(Unauthenticated::NoProof),
+        Proof::Malformed => return Err(Unauthenticated::BadProof),
+        Proof::Given(given) => given,
+    };
+    let challenge = challenge.ok_or(Unauthenticated::NoChallenge)?;
+    if admin_proof::verify(secret, &challenge, command, &given) {
+        Ok(())
+    } else {
+        Err(Unauthenticated::BadProof)
+    }
+}
+
+/// The challenge in the LB's `CHALLENGE <hex>` line (newline and all, or
+/// without it), for the command's side.
+pub fn parse_challenge(line: &str) -> Option<[u8; CHALLENGE_BYTES]> {
+    let hex = line
+        .trim_end_matches(['\r', '\n'])
+        .strip_prefix("CHALLENGE ")?;
+    admin_proof::from_hex(hex)
 }
 
 /// What [`parse`] found at the front of the buffer.
@@ -74,12 +170,20 @@ fn request(line: &[u8]) -> Option<Request> {
     let request = match (words.next()?, words.next()) {
         ("get-servers", None) => Request::GetServers,
         ("stats", None) => Request::Stats,
+        ("challenge", None) => Request::Challenge,
         ("remove-server", Some(id)) => {
             // Digits only: u64's parser would also take a leading '+'.
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            Request::RemoveServer(ServerId(id.parse().ok()?))
+            let proof = match words.next() {
+                None => Proof::Missing,
+                Some(hex) => admin_proof::from_hex(hex).map_or(Proof::Malformed, Proof::Given),
+            };
+            Request::RemoveServer {
+                id: ServerId(id.parse().ok()?),
+                proof,
+            }
         }
         _ => return None,
     };
@@ -132,6 +236,14 @@ pub fn encode_remove(result: Result<(), RemoveError>, out: &mut BytesMut) {
         Ok(()) => out.put_slice(b"OK\r\n"),
         Err(RemoveError::NotFound(_)) => out.put_slice(b"NOT_FOUND\r\n"),
     }
+}
+
+pub fn encode_challenge(challenge: &[u8; CHALLENGE_BYTES], out: &mut BytesMut) {
+    out.put_slice(format!("CHALLENGE {}\r\n", admin_proof::to_hex(challenge)).as_bytes());
+}
+
+pub fn encode_unauthenticated(why: Unauthenticated, out: &mut BytesMut) {
+    out.put_slice(format!("CLIENT_ERROR unauthenticated: {}\r\n", why.reason()).as_bytes());
 }
 
 /// `stats`: the LB's term and leader, counters (the core's and the
@@ -229,10 +341,20 @@ mod tests {
             (&b"get-servers\r\n"[..], Request::GetServers),
             (b"stats\r\n", Request::Stats),
             (b"stats\n", Request::Stats),
-            (b"remove-server 42\r\n", Request::RemoveServer(ServerId(42))),
+            (b"challenge\r\n", Request::Challenge),
             (
-                b"remove-server 18446744073709551615\r\n",
-                Request::RemoveServer(ServerId(u64::MAX)),
+                b"remove-server 42\r\n",
+                Request::RemoveServer {
+                    id: ServerId(42),
+                    proof: Proof::Missing,
+                },
+            ),
+            (
+                b"remove-server 18446744073709551615 zz\r\n",
+                Request::RemoveServer {
+                    id: ServerId(u64::MAX),
+                    proof: Proof::Malformed,
+                },
             ),
         ] {
             assert_eq!(
@@ -265,7 +387,8 @@ mod tests {
             b"remove-server +1\r\n",
             b"remove-server -1\r\n",
             b"remove-server 18446744073709551616\r\n",
-            b"remove-server 1 2\r\n",
+            b"remove-server 1 2 3\r\n",
+            b"challenge 1\r\n",
             b"\xff\xfe\r\n",
         ] {
             assert_eq!(
@@ -275,6 +398,68 @@ mod tests {
                 },
                 "{bytes:?}"
             );
+        }
+    }
+
+    const SECRET: [u8; SECRET_BYTES] = [3; SECRET_BYTES];
+
+    #[test]
+    fn an_authenticated_line_parses_and_its_proof_checks_once() {
+        let challenge = [5; CHALLENGE_BYTES];
+        let mut out = BytesMut::new();
+        encode_challenge(&challenge, &mut out);
+        let text = std::str::from_utf8(&out).expect("ascii");
+        assert_eq!(text.len(), "CHALLENGE \r\n".len() + 2 * CHALLENGE_BYTES);
+        assert_eq!(parse_challenge(text), Some(challenge));
+        assert_eq!(parse_challenge("CHALLENGE 05\r\n"), None);
+        assert_eq!(parse_challenge("ERROR\r\n"), None);
+
+        let id = ServerId(u64::MAX);
+        let command = remove_server_command(id);
+        let line = authenticated_line(&command, &SECRET, &challenge);
+        assert!(line.len() <= LINE_BYTES_MAX, "{} bytes", line.len());
+        let Parsed::Request {
+            request: Request::RemoveServer { id: parsed, proof },
+            consumed,
+        } = parse(line.as_bytes(), LINE_BYTES_MAX)
+        else {
+            panic!("not a remove-server: {line:?}");
+        };
+        assert_eq!((parsed, consumed), (id, line.len()));
+        assert_eq!(
+            check_proof(proof, Some(challenge), &SECRET, &command),
+            Ok(())
+        );
+        // Without the challenge it was made for (none, or another one), with
+        // another secret, for another command, or with none at all: refused.
+        assert_eq!(
+            check_proof(proof, None, &SECRET, &command),
+            Err(Unauthenticated::NoChallenge)
+        );
+        assert_eq!(
+            check_proof(proof, Some([6; CHALLENGE_BYTES]), &SECRET, &command),
+            Err(Unauthenticated::BadProof)
+        );
+        assert_eq!(
+            check_proof(proof, Some(challenge), &[4; SECRET_BYTES], &command),
+            Err(Unauthenticated::BadProof)
+        );
+        assert_eq!(
+            check_proof(proof, Some(challenge), &SECRET, "remove-server 1"),
+            Err(Unauthenticated::BadProof)
+        );
+        for (proof, why) in [
+            (Proof::Missing, Unauthenticated::NoProof),
+            (Proof::Malformed, Unauthenticated::BadProof),
+        ] {
+            assert_eq!(
+                check_proof(proof, Some(challenge), &SECRET, &command),
+                Err(why)
+            );
+            let mut out = BytesMut::new();
+            encode_unauthenticated(why, &mut out);
+            assert!(out.starts_with(b"CLIENT_ERROR unauthenticated: "));
+            assert!(out.ends_with(b"\r\n") && out.len() < 256);
         }
     }
 

@@ -29,9 +29,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
+use data::admin_proof::CHALLENGE_BYTES;
 use data::frame::{
     self, Frame, FrameError, GroupId, Header, OtherVersions, ServerId, DATAGRAM_BYTES_MAX,
+    SECRET_BYTES,
 };
+use rand::RngCore;
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -154,6 +157,10 @@ struct Counters {
     frames_sent: AtomicU64,
     frames_send_failed: AtomicU64,
     connections_refused: AtomicU64,
+    /// Commands that change the cluster, carried out and refused for want
+    /// of a valid proof of the cluster secret.
+    admin_accepted: AtomicU64,
+    admin_refused: AtomicU64,
 }
 
 impl Counters {
@@ -161,7 +168,7 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [(&'static str, u64); 8] {
+    fn snapshot(&self) -> [(&'static str, u64); 10] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("frames_received", get(&self.frames_received)),
@@ -172,6 +179,8 @@ impl Counters {
             ("frames_sent", get(&self.frames_sent)),
             ("frames_send_failed", get(&self.frames_send_failed)),
             ("connections_refused", get(&self.connections_refused)),
+            ("admin_accepted", get(&self.admin_accepted)),
+            ("admin_refused", get(&self.admin_refused)),
         ]
     }
 }
@@ -261,8 +270,11 @@ pub async fn run(
     let discovery_stop = shutdown.child_token();
     tracker.spawn(accept_loop(
         listener,
-        requests_tx,
-        Arc::clone(&counters),
+        Discovery {
+            requests: requests_tx,
+            counters: Arc::clone(&counters),
+            secret: cluster.secret,
+        },
         discovery_stop.clone(),
         tracker.clone(),
     ));
@@ -556,10 +568,18 @@ fn transient(e: &io::Error) -> bool {
     )
 }
 
-async fn accept_loop(
-    listener: TcpListener,
+/// What every discovery connection shares.
+#[derive(Clone)]
+struct Discovery {
     requests: mpsc::Sender<CoreRequest>,
     counters: Arc<Counters>,
+    /// The cluster secret, which commands that change the cluster prove.
+    secret: [u8; SECRET_BYTES],
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Discovery,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -585,14 +605,13 @@ async fn accept_loop(
             Ok(slot) => {
                 tracker.spawn(serve_connection(
                     stream,
-                    requests.clone(),
-                    Arc::clone(&counters),
+                    shared.clone(),
                     shutdown.clone(),
                     slot,
                 ));
             }
             Err(_) => {
-                Counters::bump(&counters.connections_refused);
+                Counters::bump(&shared.counters.connections_refused);
                 // Best effort and without waiting: the socket buffer of a
                 // fresh connection takes this line.
                 let _ = stream.try_write(b"ERROR Too many open connections\r\n");
@@ -608,8 +627,7 @@ const ACCEPT_BACKOFF_MS: u64 = 50;
 /// the LB shuts down.
 async fn serve_connection(
     mut stream: TcpStream,
-    requests: mpsc::Sender<CoreRequest>,
-    counters: Arc<Counters>,
+    shared: Discovery,
     shutdown: CancellationToken,
     _slot: OwnedSemaphorePermit,
 ) {
@@ -619,6 +637,8 @@ async fn serve_connection(
     let mut chunk = [0u8; LINE_BYTES_MAX];
     // After an overlong line: drop bytes until its newline.
     let mut skipping = false;
+    // The challenge handed out last and not used yet.
+    let mut challenge = None;
     loop {
         loop {
             if skipping {
@@ -641,7 +661,7 @@ async fn serve_connection(
                 }
                 Parsed::Request { request, consumed } => {
                     input.advance(consumed);
-                    if !answer(request, &requests, &counters, &mut output).await {
+                    if !answer(request, &shared, &mut challenge, &mut output).await {
                         return;
                     }
                 }
@@ -665,13 +685,16 @@ async fn serve_connection(
 }
 
 /// Asks the control task and encodes the reply; false if the LB is going
-/// away.
+/// away. `challenge` is the connection's outstanding one.
 async fn answer(
     request: Request,
-    requests: &mpsc::Sender<CoreRequest>,
-    counters: &Counters,
+    shared: &Discovery,
+    challenge: &mut Option<[u8; CHALLENGE_BYTES]>,
     output: &mut BytesMut,
 ) -> bool {
+    let Discovery {
+        requests, counters, ..
+    } = shared;
     match request {
         Request::GetServers | Request::Stats => {
             let (tx, rx) = oneshot::channel();
@@ -687,7 +710,24 @@ async fn answer(
                 discovery::encode_servers(&view, output);
             }
         }
-        Request::RemoveServer(id) => {
+        Request::Challenge => {
+            // The OS's RNG: a challenge must not be predictable.
+            let mut fresh = [0u8; CHALLENGE_BYTES];
+            rand::rngs::OsRng.fill_bytes(&mut fresh);
+            *challenge = Some(fresh);
+            discovery::encode_challenge(&fresh, output);
+        }
+        Request::RemoveServer { id, proof } => {
+            let command = discovery::remove_server_command(id);
+            if let Err(why) =
+                discovery::check_proof(proof, challenge.take(), &shared.secret, &command)
+            {
+                Counters::bump(&counters.admin_refused);
+                tracing::warn!(%id, ?why, "refused remove-server without a valid proof");
+                discovery::encode_unauthenticated(why, output);
+                return true;
+            }
+            Counters::bump(&counters.admin_accepted);
             let (tx, rx) = oneshot::channel();
             if requests.send(CoreRequest::Remove(id, tx)).await.is_err() {
                 return false;

@@ -14,6 +14,7 @@ use data::frame::{
     self, ClusterId, Frame, GroupId, Header, LogIndex, Message, Peer, Role, ServerId, Term,
 };
 use lb::cluster_file::{self, ClusterFile};
+use lb::discovery;
 use lb::{LbConfig, LbError};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
@@ -194,6 +195,17 @@ impl FakeServer {
 /// Sends one discovery request and reads the reply through `terminator`.
 async fn discovery(addr: SocketAddr, request: &str, terminator: &str) -> String {
     let mut stream = TcpStream::connect(addr).await.expect("connect");
+    exchange(&mut stream, request, terminator).await
+}
+
+/// Asks for a challenge on `stream`.
+async fn challenge(stream: &mut TcpStream) -> [u8; 32] {
+    let line = exchange(stream, "challenge\r\n", "\r\n").await;
+    discovery::parse_challenge(&line).unwrap_or_else(|| panic!("no challenge: {line:?}"))
+}
+
+/// Sends `request` on `stream` and reads up to `terminator`.
+async fn exchange(stream: &mut TcpStream, request: &str, terminator: &str) -> String {
     stream.write_all(request.as_bytes()).await.expect("write");
     let deadline = Instant::now() + Duration::from_millis(WAIT_MS);
     let mut reply = Vec::new();
@@ -331,10 +343,31 @@ async fn elects_the_most_up_to_date_server_and_survives_a_restart() {
     assert_eq!(stat_u64(&stats, "servers"), 3);
     assert_eq!(stat(&stats, "server.22.tcp"), Some(b.tcp.to_string()));
     assert_eq!(stat(&stats, "server.22.udp"), Some(b.udp().to_string()));
-    assert_eq!(
-        discovery(lb.tcp, "remove-server 424242\r\n", "\r\n").await,
-        "NOT_FOUND\r\n"
-    );
+    // Removing a server takes a proof of the cluster secret: without one,
+    // with a forged one or one used already, it is refused and counted,
+    // and the server stays.
+    let unauthenticated = "CLIENT_ERROR unauthenticated: ";
+    let refused = discovery(lb.tcp, &format!("remove-server {}\r\n", b.id.0), "\r\n").await;
+    assert!(refused.starts_with(unauthenticated), "{refused:?}");
+    let mut admin = TcpStream::connect(lb.tcp).await.expect("connect");
+    let mut wrong_secret = cluster.secret;
+    wrong_secret[5] ^= 1;
+    let remove_b = discovery::remove_server_command(b.id);
+    let forged =
+        discovery::authenticated_line(&remove_b, &wrong_secret, &challenge(&mut admin).await);
+    let refused = exchange(&mut admin, &forged, "\r\n").await;
+    assert!(refused.starts_with(unauthenticated), "{refused:?}");
+    let unknown = discovery::remove_server_command(ServerId(424242));
+    let line =
+        discovery::authenticated_line(&unknown, &cluster.secret, &challenge(&mut admin).await);
+    assert_eq!(exchange(&mut admin, &line, "\r\n").await, "NOT_FOUND\r\n");
+    let replayed = exchange(&mut admin, &line, "\r\n").await;
+    assert!(replayed.starts_with(unauthenticated), "{replayed:?}");
+    let stats = discovery(lb.tcp, "stats\r\n", "END\r\n").await;
+    assert_eq!(stat_u64(&stats, "admin_refused"), 3);
+    assert_eq!(stat_u64(&stats, "admin_accepted"), 1);
+    assert_eq!(stat_u64(&stats, "servers"), 3);
+    assert_eq!(stat_u64(&stats, &format!("server.{}.removing", b.id.0)), 0);
     assert_eq!(discovery(lb.tcp, "bogus\r\n", "\r\n").await, "ERROR\r\n");
     assert_eq!(
         discovery(lb.tcp, "remove-server x\r\n", "\r\n").await,

@@ -64,11 +64,14 @@ enum Command {
     /// Ask the LB to take a server out of the group: the leader writes a
     /// configuration entry without it, and the LB forgets it once that is
     /// in the leader's configuration. The id is the one `store status`
-    /// shows. Exits 0 on OK, 1 if the LB does not know the id, 2 on error.
+    /// shows. The request carries a proof of the cluster secret (read from
+    /// the cluster file; the secret itself never leaves this machine).
+    /// Exits 0 on OK, 1 if the LB does not know the id, 2 on error.
     ///
     /// Examples:
     ///   store remove-server 12345678901234567
-    ///   store remove-server 12345678901234567 --lb 127.0.0.1:22311
+    ///   store remove-server 12345678901234567 --lb 127.0.0.1:22311 \
+    ///       --cluster-file /tmp/five/lb/cluster
     #[command(verbatim_doc_comment)]
     RemoveServer(RemoveServerArgs),
 }
@@ -108,6 +111,11 @@ struct RemoveServerArgs {
     /// The LB's TCP address.
     #[arg(long, default_value_t = format!("127.0.0.1:{}", lb::driver::PORT_DEFAULT))]
     lb: String,
+    /// The cluster file the LB wrote (its secret proves the request)
+    /// [default: cluster in the LB's default data directory; under
+    /// `store up`, DATA_DIR/lb/cluster].
+    #[arg(long)]
+    cluster_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -329,48 +337,92 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// How long `remove-server` waits to connect and for the LB's reply.
+/// How long `remove-server` waits to connect and for each of the LB's
+/// replies.
 const REMOVE_SERVER_TIMEOUT_MS: u64 = 5_000;
-/// The LB's reply to `remove-server` is one short line (`OK` or
-/// `NOT_FOUND`); anything longer is not an answer.
-const REMOVE_SERVER_REPLY_BYTES_MAX: usize = 128;
+/// The LB's replies to `challenge` and `remove-server` are one line each
+/// (`CHALLENGE <hex>`, `OK`, `NOT_FOUND` or a `CLIENT_ERROR` with its
+/// reason); anything longer is not an answer.
+const REMOVE_SERVER_REPLY_BYTES_MAX: usize = 512;
 
-/// Sends `remove-server <id>` to the LB and prints its reply: true for
-/// `OK`, false for `NOT_FOUND`, an error for anything else.
+/// Asks the LB for a challenge, sends `remove-server <id>` with the proof
+/// of the cluster secret for it, and prints the LB's reply: true for `OK`,
+/// false for `NOT_FOUND`, an error for anything else.
 fn remove_server(args: &RemoveServerArgs) -> anyhow::Result<bool> {
-    use std::io::{Read, Write};
+    use std::io::Write;
     use std::net::{SocketAddr, TcpStream};
     let timeout = std::time::Duration::from_millis(REMOVE_SERVER_TIMEOUT_MS);
     let addr: SocketAddr = args
         .lb
         .parse()
         .with_context(|| format!("not an address: {}", args.lb))?;
+    let (path, cluster) = load_cluster_file(args.cluster_file.as_deref(), addr.port())?;
     let mut stream = TcpStream::connect_timeout(&addr, timeout)
         .with_context(|| format!("cannot reach the LB at {addr}"))?;
     stream.set_read_timeout(Some(timeout))?;
     stream
-        .write_all(format!("remove-server {}\r\n", args.id).as_bytes())
+        .write_all(b"challenge\r\n")
         .context("send to the LB")?;
+    let line = read_line(&mut stream)?;
+    let Some(challenge) = lb::discovery::parse_challenge(&line) else {
+        bail!("the LB gave no challenge (an older LB?): {line:?}");
+    };
+    let command = lb::discovery::remove_server_command(data::frame::ServerId(args.id));
+    let request = lb::discovery::authenticated_line(&command, &cluster.secret, &challenge);
+    stream
+        .write_all(request.as_bytes())
+        .context("send to the LB")?;
+    let line = read_line(&mut stream)?;
+    println!("{line}");
+    match line.as_str() {
+        "OK" => Ok(true),
+        "NOT_FOUND" => Ok(false),
+        other if other.starts_with("CLIENT_ERROR unauthenticated") => bail!(
+            "the LB refused the proof: is {} the cluster file of the cluster this LB runs?",
+            path.display()
+        ),
+        other => bail!("unexpected reply from the LB: {other:?}"),
+    }
+}
+
+/// The cluster file at `path`, by default the one in the default data
+/// directory of the LB on `lb_port`; and where it was read.
+fn load_cluster_file(
+    path: Option<&std::path::Path>,
+    lb_port: u16,
+) -> anyhow::Result<(PathBuf, data::cluster_file::ClusterFile)> {
+    let path = path.map(PathBuf::from).unwrap_or_else(|| {
+        PathBuf::from("store-data")
+            .join(format!("lb-{lb_port}"))
+            .join("cluster")
+    });
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("read the cluster file {} (--cluster-file)", path.display()))?;
+    let cluster = data::cluster_file::ClusterFile::parse(&text)
+        .with_context(|| format!("parse the cluster file {}", path.display()))?;
+    Ok((path, cluster))
+}
+
+/// One reply line from the LB, without its line end.
+fn read_line(stream: &mut std::net::TcpStream) -> anyhow::Result<String> {
+    use std::io::Read;
     let mut reply = Vec::new();
-    let mut chunk = [0u8; REMOVE_SERVER_REPLY_BYTES_MAX];
+    let mut byte = [0u8; 1];
+    // Byte by byte: the LB answers each request before the next is sent,
+    // so nothing after the newline is there to lose anyway, and the lines
+    // are short.
     while !reply.ends_with(b"\n") {
         if reply.len() >= REMOVE_SERVER_REPLY_BYTES_MAX {
             bail!("the LB's reply is too long");
         }
-        let n = stream.read(&mut chunk).context("read the LB's reply")?;
+        let n = stream.read(&mut byte).context("read the LB's reply")?;
         if n == 0 {
             bail!("the LB closed the connection without a reply");
         }
-        reply.extend_from_slice(&chunk[..n]);
+        reply.push(byte[0]);
     }
     let line = String::from_utf8_lossy(&reply);
-    let line = line.trim_end();
-    println!("{line}");
-    match line {
-        "OK" => Ok(true),
-        "NOT_FOUND" => Ok(false),
-        other => bail!("unexpected reply from the LB: {other:?}"),
-    }
+    Ok(line.trim_end().to_string())
 }
 
 /// The timing flags' one rule, for servers and the LB alike
@@ -457,15 +509,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
         cluster: match args.lb {
             None => None,
             Some(lb) => {
-                let path = args.cluster_file.clone().unwrap_or_else(|| {
-                    PathBuf::from("store-data")
-                        .join(format!("lb-{}", lb.port()))
-                        .join("cluster")
-                });
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("read the cluster file {}", path.display()))?;
-                let cluster = data::cluster_file::ClusterFile::parse(&text)
-                    .with_context(|| format!("parse the cluster file {}", path.display()))?;
+                let (_, cluster) = load_cluster_file(args.cluster_file.as_deref(), lb.port())?;
                 Some(server::config::ClusterSettings {
                     lb,
                     cluster,
