@@ -84,10 +84,19 @@ pub fn leader_and_follower(cluster: &TestCluster) -> (SocketAddr, SocketAddr) {
 /// One request, one reply: read until `terminator`, an error line, or the
 /// deadline.
 pub fn request(addr: SocketAddr, bytes: &[u8], terminator: &[u8]) -> Result<Vec<u8>, String> {
-    let mut stream =
-        TcpStream::connect_timeout(&addr, REQUEST_TIMEOUT).map_err(|e| e.to_string())?;
+    request_within(addr, bytes, terminator, REQUEST_TIMEOUT)
+}
+
+/// [`request`] with `timeout` for connecting and for each read.
+pub fn request_within(
+    addr: SocketAddr,
+    bytes: &[u8],
+    terminator: &[u8],
+    timeout: Duration,
+) -> Result<Vec<u8>, String> {
+    let mut stream = TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
     stream
-        .set_read_timeout(Some(REQUEST_TIMEOUT))
+        .set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
     stream.write_all(bytes).map_err(|e| e.to_string())?;
     let is_error = |r: &[u8]| {

@@ -20,6 +20,7 @@
 
 pub mod cluster;
 pub mod memcapable;
+pub mod netns;
 pub mod pymemcache;
 
 use std::fs::File;
