@@ -1,7 +1,7 @@
 //! The cluster across hosts (issue 19, Deliver 7): the LB and each server
 //! in a Linux network namespace of its own with its own address, a veth
-//! link between every two hosts and one to the client host the test talks
-//! from. A partition is links taken down, so it cuts TCP (forwarding, a
+//! link between every two hosts and one to the test's own namespace, which
+//! it talks from (`store::netns`). A partition is links taken down, so it cuts TCP (forwarding, a
 //! client's connections) as well as UDP (replication, the LB's heartbeats),
 //! which the relays of the other cluster tests cannot.
 //!
@@ -21,8 +21,8 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use common::cluster::request_within;
-use common::netns::{Net, CLIENT};
 use common::poll_until;
+use store::netns::Net;
 
 const LB: &str = "lb";
 const SERVERS: [&str; 3] = ["s1", "s2", "s3"];
@@ -79,18 +79,18 @@ impl Hosts {
     /// Starts the LB, then the servers one at a time (each joins before the
     /// next starts, as `store up` does). None: namespaces are unavailable
     /// here and the test was skipped.
-    fn start(test: &str, tag: &str) -> Option<Hosts> {
+    fn start(test: &str, tag: u8) -> Option<Hosts> {
         // SAFETY: geteuid has no preconditions.
         if unsafe { libc::geteuid() } != 0 {
             common::skip(test, "network namespaces need root");
             return None;
         }
-        let mut hosts = vec![CLIENT, LB];
+        let mut hosts = vec![LB];
         hosts.extend(SERVERS);
         let net = match Net::create(tag, &hosts) {
             Ok(net) => net,
             Err(why) => {
-                common::skip(test, &format!("no network namespaces: {}", why.0));
+                common::skip(test, &format!("no network namespaces: {why}"));
                 return None;
             }
         };
@@ -121,10 +121,7 @@ impl Hosts {
         let cluster_file = lb_dir.join("cluster");
         let lb = cluster.lb();
         let up = poll_until(CLUSTER_DEADLINE, || {
-            cluster_file.is_file()
-                && cluster
-                    .net
-                    .client(|| std::net::TcpStream::connect(lb).is_ok())
+            cluster_file.is_file() && std::net::TcpStream::connect(lb).is_ok()
         });
         assert!(up, "the LB did not come up\n{}", cluster.log_tails());
 
@@ -156,7 +153,7 @@ impl Hosts {
             );
             let addr = cluster.server(server);
             let joined = poll_until(CLUSTER_DEADLINE, || {
-                let role = cluster.net.client(|| store::up::role_of(lb, addr));
+                let role = store::up::role_of(lb, addr);
                 matches!(role.as_deref(), Some("leader") | Some("follower"))
             });
             assert!(joined, "{server} did not join\n{}", cluster.log_tails());
@@ -204,9 +201,8 @@ impl Hosts {
         let lb = self.lb();
         let mut leader = None;
         let named = poll_until(CLUSTER_DEADLINE, || {
-            let tcp = self
-                .net
-                .client(|| store::status::fetch(&lb.to_string(), Duration::from_secs(1)).ok())
+            let tcp = store::status::fetch(&lb.to_string(), Duration::from_secs(1))
+                .ok()
                 .and_then(|status| status.leader_tcp());
             leader = SERVERS
                 .into_iter()
@@ -220,8 +216,7 @@ impl Hosts {
     /// One request from the client host to `host`; its reply, or why none.
     fn ask(&self, host: &str, bytes: &[u8], terminator: &[u8]) -> Result<String, String> {
         let addr = self.server(host);
-        self.net
-            .client(|| request_within(addr, bytes, terminator, REPLY_WAIT))
+        request_within(addr, bytes, terminator, REPLY_WAIT)
             .map(|reply| String::from_utf8_lossy(&reply).into_owned())
     }
 
@@ -299,7 +294,7 @@ fn assert_refused(what: &str, reply: &Result<String, String>, asked: Instant, ho
 #[test]
 fn a_leader_cut_off_is_replaced_and_acknowledges_nothing_it_cannot_keep() {
     let test = "a_leader_cut_off_is_replaced_and_acknowledges_nothing_it_cannot_keep";
-    let Some(hosts) = Hosts::start(test, "a") else {
+    let Some(hosts) = Hosts::start(test, 1) else {
         return;
     };
     let old = hosts.leader_other_than(&[]);
@@ -311,7 +306,9 @@ fn a_leader_cut_off_is_replaced_and_acknowledges_nothing_it_cannot_keep() {
     let others: Vec<&str> = SERVERS.into_iter().filter(|s| *s != old).collect();
     let mut cut_off_from = vec![LB];
     cut_off_from.extend(&others);
-    hosts.net.isolate(old, &cut_off_from);
+    for other in &cut_off_from {
+        hosts.net.cut(old, other);
+    }
 
     // It cannot reach a majority: the write is not acknowledged.
     let asked = Instant::now();
@@ -351,7 +348,7 @@ fn a_leader_cut_off_is_replaced_and_acknowledges_nothing_it_cannot_keep() {
 #[test]
 fn a_follower_cut_off_from_the_leader_refuses_then_catches_up() {
     let test = "a_follower_cut_off_from_the_leader_refuses_then_catches_up";
-    let Some(hosts) = Hosts::start(test, "b") else {
+    let Some(hosts) = Hosts::start(test, 2) else {
         return;
     };
     let leader = hosts.leader_other_than(&[]);

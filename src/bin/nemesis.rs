@@ -55,6 +55,12 @@ struct Args {
     /// The `store` binary [default: `store` next to this binary].
     #[arg(long)]
     store_bin: Option<PathBuf>,
+    /// Run the LB and every server on a host of its own (a Linux network
+    /// namespace, joined to the others by links the nemesis takes down, so
+    /// partitions cut TCP forwarding as well as UDP). Needs root and
+    /// iproute2; without it, UDP is cut by relays and TCP never is.
+    #[arg(long)]
+    netns: bool,
 }
 
 fn main() -> ExitCode {
@@ -106,12 +112,19 @@ fn run() -> anyhow::Result<bool> {
     config.clients = args.clients;
     config.keys = args.keys;
     config.key_generation = Duration::from_secs_f64(args.key_secs);
+    config.netns = args.netns;
 
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone());
     println!(
-        "nemesis: seed {seed}, {} minutes in rounds of {}s, {} servers, {} clients, {} keys at a time (fresh every {}s)",
-        args.minutes, args.round_secs, args.servers, args.clients, args.keys, args.key_secs
+        "nemesis: seed {seed}, {} minutes in rounds of {}s, {} servers, {} clients, {} keys at a time (fresh every {}s), cuts by {}",
+        args.minutes,
+        args.round_secs,
+        args.servers,
+        args.clients,
+        args.keys,
+        args.key_secs,
+        if args.netns { "links between network namespaces" } else { "UDP relays" }
     );
     let started = Instant::now();
     let totals = nemesis::run(&config, &stop, &mut |line| println!("{line}"))?;

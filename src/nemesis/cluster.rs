@@ -1,7 +1,8 @@
 //! The processes under test: one LB and N servers (`store addlb`, `store
-//! addsrv`) on 127.0.0.1, each behind its relay (see `relay`), with the
-//! signals the nemesis sends them: SIGKILL, SIGTERM, SIGSTOP, SIGCONT, and
-//! starting a process again on its data directory and ports.
+//! addsrv`), on 127.0.0.1 each behind its relay (see `relay`) or each on a
+//! host of its own (see `links`), with the signals the nemesis sends them:
+//! SIGKILL, SIGTERM, SIGSTOP, SIGCONT, and starting a process again on its
+//! data directory and ports.
 //!
 //! It owns the child processes and their logs (`<name>.log` in the data
 //! directory, appended across restarts) and kills every one of them when
@@ -22,8 +23,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use super::links::Links;
 pub use super::relay::LB;
 use super::relay::{Network, NodeId};
+use crate::netns::Net;
 /// How long a process gets to come up before the cluster gives up.
 const START_DEADLINE: Duration = Duration::from_secs(30);
 /// How long a new server gets to join the group at start.
@@ -35,6 +38,12 @@ const STATS_TIMEOUT: Duration = Duration::from_millis(500);
 const POLL: Duration = Duration::from_millis(20);
 /// A `stats` reply larger than this is not a store's.
 const STATS_BYTES_MAX: usize = 1 << 20;
+/// Ports on a node's own host (`--netns`): nothing else listens there.
+const HOST_LB_PORT: u16 = 7000;
+const HOST_SERVER_PORT: u16 = 11211;
+const HOST_SERVER_UDP_PORT: u16 = 7001;
+/// Tells the nemesis's hosts from those of tests in the same process.
+const HOSTS_TAG: u8 = 200;
 
 /// What the cluster is started with.
 #[derive(Clone, Debug)]
@@ -47,6 +56,8 @@ pub struct ClusterConfig {
     pub election_timeout_ms: u64,
     /// Worker threads per server (`-t`): the machine is small.
     pub server_threads: usize,
+    /// Every node on a host of its own, cut by links (see `links`).
+    pub netns: bool,
 }
 
 /// Whether a process is running, stopped by SIGSTOP, or gone.
@@ -73,7 +84,7 @@ struct Node {
 pub struct Cluster {
     exe: PathBuf,
     nodes: Vec<Node>,
-    pub net: Network,
+    pub net: Links,
     /// Processes that exited without the nemesis asking them to, with how.
     pub unexpected_exits: Vec<String>,
 }
@@ -87,11 +98,19 @@ impl Cluster {
         }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
-        // Node i's real UDP port is udp[i]; its relay forwards there.
-        let udp: Vec<u16> = (0..=config.servers)
-            .map(|_| free_udp_port())
-            .collect::<anyhow::Result<_>>()?;
-        let net = Network::start(&udp)?;
+        let net = if config.netns {
+            let hosts: Vec<String> = (0..=config.servers).map(Links::host_name).collect();
+            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+            Links::Hosts(Net::create(HOSTS_TAG, &hosts).map_err(|e| {
+                anyhow::anyhow!("--netns needs network namespaces (root, iproute2): {e}")
+            })?)
+        } else {
+            // Node i's real UDP port is udp[i]; its relay forwards there.
+            let udp: Vec<u16> = (0..=config.servers)
+                .map(|_| free_udp_port())
+                .collect::<anyhow::Result<_>>()?;
+            Links::Relays(Network::start(&udp)?)
+        };
         let mut cluster = Cluster {
             exe: config.exe.clone(),
             nodes: Vec::new(),
@@ -106,13 +125,24 @@ impl Cluster {
         ];
 
         let lb_dir = config.data_dir.join("lb");
-        let lb_port = free_port()?;
         let mut args = vec!["addlb".to_string(), "-v".into()];
-        args.extend(["-p".into(), lb_port.to_string()]);
-        args.extend(["--udp-port".into(), udp[LB].to_string()]);
+        let (lb_tcp, lb_udp) = match &cluster.net {
+            Links::Relays(network) => {
+                let lb_tcp = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                args.extend(["-p".into(), lb_tcp.port().to_string()]);
+                args.extend(["--udp-port".into(), network.target_port(LB).to_string()]);
+                (lb_tcp, network.relay_of(LB))
+            }
+            Links::Hosts(net) => {
+                let addr: std::net::IpAddr = net.addr(&Links::host_name(LB)).into();
+                args.extend(["-l".into(), addr.to_string()]);
+                args.extend(["-p".into(), HOST_LB_PORT.to_string()]);
+                let lb = SocketAddr::new(addr, HOST_LB_PORT);
+                (lb, lb)
+            }
+        };
         args.extend(["--data-dir".into(), path_arg(&lb_dir)]);
         args.extend(timing.iter().cloned());
-        let lb_tcp = SocketAddr::from(([127, 0, 0, 1], lb_port));
         cluster.add(config, "lb", args, lb_tcp)?;
         let cluster_file = lb_dir.join("cluster");
         wait_until(START_DEADLINE, || {
@@ -120,21 +150,28 @@ impl Cluster {
         })
         .context("the LB did not come up (see lb.log)")?;
 
-        for (i, udp_port) in udp.iter().enumerate().skip(1) {
-            let name = format!("server-{i}");
-            let port = free_port()?;
-            let tcp = SocketAddr::from(([127, 0, 0, 1], port));
+        for i in 1..=config.servers {
+            let name = Links::host_name(i);
             let mut args = vec!["addsrv".to_string(), "-v".into()];
-            args.extend(["-p".into(), port.to_string()]);
+            let tcp = match &cluster.net {
+                Links::Relays(network) => {
+                    let tcp = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                    args.extend(["--udp-port".into(), network.target_port(i).to_string()]);
+                    args.extend(["--udp-advertise".into(), network.relay_of(i).to_string()]);
+                    tcp
+                }
+                Links::Hosts(net) => {
+                    let addr: std::net::IpAddr = net.addr(&name).into();
+                    args.extend(["-l".into(), addr.to_string()]);
+                    args.extend(["--udp-port".into(), HOST_SERVER_UDP_PORT.to_string()]);
+                    SocketAddr::new(addr, HOST_SERVER_PORT)
+                }
+            };
+            args.extend(["-p".into(), tcp.port().to_string()]);
             args.extend(["-t".into(), config.server_threads.to_string()]);
             args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
-            args.extend(["--lb".into(), cluster.net.relay_of(LB).to_string()]);
+            args.extend(["--lb".into(), lb_udp.to_string()]);
             args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
-            args.extend(["--udp-port".into(), udp_port.to_string()]);
-            args.extend([
-                "--udp-advertise".into(),
-                cluster.net.relay_of(i).to_string(),
-            ]);
             args.extend(timing.iter().cloned());
             cluster.add(config, &name, args, tcp)?;
             wait_until(START_DEADLINE, || TcpStream::connect(tcp).is_ok())
@@ -156,7 +193,7 @@ impl Cluster {
         tcp: SocketAddr,
     ) -> anyhow::Result<()> {
         let log_path = config.data_dir.join(format!("{name}.log"));
-        let child = spawn_logged(&self.exe, &args, &log_path)?;
+        let child = spawn_logged(self.command(self.nodes.len()), &args, &log_path)?;
         self.nodes.push(Node {
             name: name.to_string(),
             args,
@@ -166,6 +203,14 @@ impl Cluster {
             tcp,
         });
         Ok(())
+    }
+
+    /// The `store` binary, run where node `node` runs.
+    fn command(&self, node: NodeId) -> Command {
+        match &self.net {
+            Links::Relays(_) => Command::new(&self.exe),
+            Links::Hosts(net) => net.command(&Links::host_name(node), &self.exe),
+        }
     }
 
     /// Server count (nodes are 0..=servers).
@@ -258,9 +303,9 @@ impl Cluster {
         if !self.net.open(node) {
             bail!("cannot reopen {}'s relay", self.nodes[node].name);
         }
-        let exe = self.exe.clone();
+        let command = self.command(node);
         let n = &mut self.nodes[node];
-        n.child = Some(spawn_logged(&exe, &n.args, &n.log_path)?);
+        n.child = Some(spawn_logged(command, &n.args, &n.log_path)?);
         n.paused = false;
         Ok(())
     }
@@ -357,7 +402,7 @@ pub fn stats(addr: SocketAddr) -> BTreeMap<String, String> {
     map
 }
 
-fn spawn_logged(exe: &Path, args: &[String], log_path: &Path) -> anyhow::Result<Child> {
+fn spawn_logged(mut command: Command, args: &[String], log_path: &Path) -> anyhow::Result<Child> {
     let mut log = OpenOptions::new()
         .create(true)
         .append(true)
@@ -365,14 +410,14 @@ fn spawn_logged(exe: &Path, args: &[String], log_path: &Path) -> anyhow::Result<
         .with_context(|| format!("open {}", log_path.display()))?;
     // A marker per start, so a log with several lives reads in order.
     let _ = writeln!(log, "---- nemesis: start {}", args.join(" "));
-    Command::new(exe)
+    command
         .args(args)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .process_group(0)
         .spawn()
-        .with_context(|| format!("start {}", exe.display()))
+        .with_context(|| format!("start {:?}", command.get_program()))
 }
 
 /// `kill -SIG pid`: keeps this crate free of unsafe code (see `up`).

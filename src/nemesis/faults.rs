@@ -4,9 +4,10 @@
 //!
 //! It owns the choice of fault and target from the run's seeded random
 //! source; it acts only through [`Cluster`] (signals, restarts) and its
-//! [`Network`](super::relay::Network) (cuts). Kinds are drawn from a shuffled
-//! bag, refilled when empty, so every kind comes up once in any
-//! [`FaultKind::ALL`]`.len()` consecutive faults.
+//! [`Links`](super::links::Links) (cuts). Kinds are drawn from a shuffled
+//! bag of the kinds available ([`FaultKind::available`]), refilled when
+//! empty, so every one comes up once in any run of as many consecutive
+//! faults as there are kinds.
 
 use std::fmt;
 
@@ -30,10 +31,12 @@ pub enum FaultKind {
     KillLb,
     /// SIGSTOP the LB; SIGCONT when the fault ends.
     PauseLb,
-    /// Drop UDP one way: one link, or everything into or out of one node.
+    /// Drop UDP one way: one link, or everything into or out of one node
+    /// (relays only: a link taken down is down both ways).
     CutOneWay,
-    /// Drop UDP both ways between two sides of a random split of the nodes
-    /// (the LB counts as a node).
+    /// Drop UDP both ways (relays), or take the links down (hosts: TCP
+    /// too), between two sides of a random split of the nodes (the LB
+    /// counts as a node; the clients keep reaching both sides).
     CutSymmetric,
 }
 
@@ -47,6 +50,15 @@ impl FaultKind {
         FaultKind::CutOneWay,
         FaultKind::CutSymmetric,
     ];
+
+    /// The kinds a run draws from: every one with relays, all but the
+    /// one-way cut with hosts (see `links`).
+    pub fn available(one_way_cuts: bool) -> Vec<FaultKind> {
+        FaultKind::ALL
+            .into_iter()
+            .filter(|k| one_way_cuts || *k != FaultKind::CutOneWay)
+            .collect()
+    }
 
     pub fn name(self) -> &'static str {
         match self {
@@ -88,13 +100,17 @@ pub struct Active {
 /// Chooses and applies faults.
 pub struct Nemesis {
     rng: StdRng,
+    /// The kinds drawn from ([`FaultKind::available`]).
+    kinds: Vec<FaultKind>,
     bag: Vec<FaultKind>,
 }
 
 impl Nemesis {
-    pub fn new(rng: StdRng) -> Nemesis {
+    pub fn new(rng: StdRng, kinds: Vec<FaultKind>) -> Nemesis {
+        assert!(!kinds.is_empty(), "a nemesis needs a kind of fault");
         Nemesis {
             rng,
+            kinds,
             bag: Vec::new(),
         }
     }
@@ -106,7 +122,7 @@ impl Nemesis {
     /// The next kind from the bag.
     pub fn next_kind(&mut self) -> FaultKind {
         if self.bag.is_empty() {
-            self.bag = FaultKind::ALL.to_vec();
+            self.bag = self.kinds.clone();
             self.bag.shuffle(&mut self.rng);
         }
         self.bag.pop().expect("refilled above")
@@ -197,9 +213,11 @@ impl Nemesis {
                     let n = self.rng.gen_range(0..nodes);
                     side[n] = !side[n];
                 }
+                let one_way = cluster.net.one_way();
                 for a in 0..nodes {
                     for b in 0..nodes {
-                        if side[a] != side[b] {
+                        // A link (hosts) is cut once, both ways.
+                        if side[a] != side[b] && (one_way || a < b) {
                             cluster.net.cut(a, b);
                         }
                     }
@@ -211,8 +229,13 @@ impl Nemesis {
                         .collect::<Vec<_>>()
                         .join(",")
                 };
+                let what = if one_way { "UDP" } else { "links" };
                 (
-                    format!("partition UDP {{{}}} | {{{}}}", names(true), names(false)),
+                    format!(
+                        "partition {what} {{{}}} | {{{}}}",
+                        names(true),
+                        names(false)
+                    ),
                     Undo::HealCuts,
                 )
             }

@@ -1,6 +1,7 @@
 //! Fault tests with real processes: a cluster of `store` processes on
-//! loopback, concurrent clients recording a history, and a nemesis that
-//! kills, pauses and restarts servers and the LB and cuts UDP between them;
+//! loopback (or each on a host of its own, `--netns`), concurrent clients
+//! recording a history, and a nemesis that kills, pauses and restarts
+//! servers and the LB and cuts UDP between them (or the links, TCP too);
 //! every history goes to the `check` crate's linearizability checker, and
 //! after every round each key gets a final read through every server, so
 //! every acknowledged write must still be explained by what the cluster
@@ -13,6 +14,8 @@
 //!
 //! - `relay`: userspace UDP relays in front of every node; how UDP is cut
 //!   without root.
+//! - `links`: how a cut is made: by the relays, or by taking the link
+//!   between two hosts (network namespaces, `crate::netns`) down.
 //! - `cluster`: the LB and server processes, their signals and restarts.
 //! - `faults`: the fault kinds, their targets, and how each is undone.
 //! - `workload`: the clients, their requests and replies, the history.
@@ -34,6 +37,7 @@
 
 pub mod cluster;
 pub mod faults;
+pub mod links;
 pub mod relay;
 pub mod workload;
 
@@ -99,6 +103,9 @@ pub struct Config {
     pub election_timeout_ms: u64,
     pub server_threads: usize,
     pub reply_timeout: Duration,
+    /// Every node on a host of its own, cuts by links taken down, TCP
+    /// included (root; see `links`), instead of UDP relays.
+    pub netns: bool,
 }
 
 impl Config {
@@ -124,6 +131,7 @@ impl Config {
             election_timeout_ms: 1000,
             server_threads: 2,
             reply_timeout: Duration::from_secs(4),
+            netns: false,
         }
     }
 }
@@ -198,6 +206,15 @@ impl Totals {
     /// One paragraph: ops, outcomes, faults by kind, verdicts.
     pub fn summary(&self) -> String {
         let faults: u64 = self.faults.values().sum();
+        // Without relays (hosts cut by links) there is nothing to count.
+        let relays = if self.relay_forwarded == 0 {
+            String::new()
+        } else {
+            format!(
+                ", relayed datagrams {} (dropped by cuts {}, from the LB's probe {})",
+                self.relay_forwarded, self.relay_dropped, self.relay_lb_probe
+            )
+        };
         let by_kind = FaultKind::ALL
             .iter()
             .map(|k| format!("{k} {}", self.faults.get(k).copied().unwrap_or(0)))
@@ -207,8 +224,7 @@ impl Totals {
             "{} ops (ok {}, fail {}, unknown {}; {} acknowledged writes), {} final reads\n\
              {faults} faults: {by_kind}\n\
              {} keys checked: {} linearizability violations, {} lost writes, {} checker gave up\n\
-             not converged {}, final reads missing {}, unexpected exits {}, \
-             relayed datagrams {} (dropped by cuts {}, from the LB's probe {})",
+             not converged {}, final reads missing {}, unexpected exits {}{}",
             self.ops,
             self.ok,
             self.fail,
@@ -222,9 +238,7 @@ impl Totals {
             self.not_converged,
             self.final_reads_missing,
             self.unexpected_exits,
-            self.relay_forwarded,
-            self.relay_dropped,
-            self.relay_lb_probe,
+            relays,
         )
     }
 }
@@ -245,24 +259,26 @@ pub fn run(
         heartbeat_ms: config.heartbeat_ms,
         election_timeout_ms: config.election_timeout_ms,
         server_threads: config.server_threads,
+        netns: config.netns,
     })?;
     say(&format!(
-        "cluster up in {:.1}s: lb {} (udp relay {}), servers {}; data and logs in {}",
+        "cluster up in {:.1}s: lb {} ({}), servers {}; data and logs in {}",
         started.elapsed().as_secs_f64(),
         cluster.tcp(cluster::LB),
-        cluster.net.relay_of(cluster::LB),
+        cluster.net.describe(cluster::LB),
         (1..=cluster.servers())
             .map(|n| format!(
-                "{} {} (relay {})",
+                "{} {} ({})",
                 cluster.name(n),
                 cluster.tcp(n),
-                cluster.net.relay_of(n)
+                cluster.net.describe(n)
             ))
             .collect::<Vec<_>>()
             .join(", "),
         config.data_dir.display(),
     ));
-    let mut nemesis = Nemesis::new(StdRng::seed_from_u64(config.seed));
+    let kinds = FaultKind::available(cluster.net.one_way());
+    let mut nemesis = Nemesis::new(StdRng::seed_from_u64(config.seed), kinds);
     let mut totals = Totals::default();
     let mut round = 0u64;
     while round < config.rounds_max && !stop.load(Relaxed) {
@@ -299,12 +315,7 @@ fn run_round(
         rounds: 1,
         ..Totals::default()
     };
-    let counters = &cluster.net.counters;
-    let relayed_before = (
-        counters.forwarded.load(Relaxed),
-        counters.dropped.load(Relaxed),
-        counters.lb_probe.load(Relaxed),
-    );
+    let relayed_before = relay_counts(cluster);
     let recorder = Arc::new(Recorder::new(Instant::now()));
     let mut events: Vec<(u64, String)> = Vec::new();
     let mut event = |recorder: &Recorder, text: String, say: &mut dyn FnMut(&str)| {
@@ -492,10 +503,10 @@ fn run_round(
             explanation(&verdict),
         ));
     }
-    let counters = &cluster.net.counters;
-    result.relay_forwarded = counters.forwarded.load(Relaxed) - relayed_before.0;
-    result.relay_dropped = counters.dropped.load(Relaxed) - relayed_before.1;
-    result.relay_lb_probe = counters.lb_probe.load(Relaxed) - relayed_before.2;
+    let relayed = relay_counts(cluster);
+    result.relay_forwarded = relayed.0 - relayed_before.0;
+    result.relay_dropped = relayed.1 - relayed_before.1;
+    result.relay_lb_probe = relayed.2 - relayed_before.2;
     say(&format!(
         "  [r{round}] checked {} keys ({} ops) in {:.1}s",
         keys.len(),
@@ -503,6 +514,18 @@ fn run_round(
         check_started.elapsed().as_secs_f64()
     ));
     Ok(result)
+}
+
+/// The relays' counts so far: datagrams forwarded, dropped by cuts, from
+/// the LB's probe (all 0 without relays).
+fn relay_counts(cluster: &Cluster) -> (u64, u64, u64) {
+    cluster.net.counters().map_or((0, 0, 0), |c| {
+        (
+            c.forwarded.load(Relaxed),
+            c.dropped.load(Relaxed),
+            c.lb_probe.load(Relaxed),
+        )
+    })
 }
 
 /// Checks one key's ops. A history that is not well formed would be a bug

@@ -72,6 +72,8 @@ struct Gate {
 /// One relay per node, and the set of cut links they all obey.
 pub struct Network {
     relays: Vec<SocketAddr>,
+    /// Each node's real UDP port, which its relay forwards to.
+    targets: Vec<u16>,
     gates: Vec<Arc<Gate>>,
     cut: CutLinks,
     stop: Arc<AtomicBool>,
@@ -96,6 +98,7 @@ impl Network {
         let counters = Arc::new(RelayCounters::default());
         let mut network = Network {
             relays: Vec::new(),
+            targets: targets.to_vec(),
             gates: Vec::new(),
             cut: cut.clone(),
             stop: stop.clone(),
@@ -128,6 +131,11 @@ impl Network {
             network.threads.push(thread);
         }
         Ok(network)
+    }
+
+    /// Node `node`'s real UDP port, where its relay forwards to.
+    pub fn target_port(&self, node: NodeId) -> u16 {
+        self.targets[node]
     }
 
     /// The address node `node`'s peers must send to.

@@ -20,7 +20,6 @@
 
 pub mod cluster;
 pub mod memcapable;
-pub mod netns;
 pub mod pymemcache;
 
 use std::fs::File;
