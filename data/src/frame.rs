@@ -152,6 +152,8 @@ mod kind {
     pub const SNAPSHOT_ACK: u8 = 16;
     pub const READ_INDEX: u8 = 17;
     pub const READ_INDEX_REPLY: u8 = 18;
+    pub const REQUEST_VOTE: u8 = 19;
+    pub const VOTE: u8 = 20;
 }
 
 macro_rules! newtype_u64 {
@@ -406,6 +408,16 @@ pub enum Message {
     /// refuses (the asker is not a member of the leader's group).
     /// `[id u64][index u64]`
     ReadIndexReply { id: u64, index: LogIndex },
+    /// Candidate→peer, in a group that elects its own leader (the LB group,
+    /// DESIGN §3b): a vote for the header's term, for a candidate whose log
+    /// ends here. `[last_term u64][last_index u64]`
+    RequestVote {
+        last_term: Term,
+        last_index: LogIndex,
+    },
+    /// Peer→candidate, the answer to RequestVote in the header's term.
+    /// `[granted u8 (0 or 1)]`
+    Vote { granted: bool },
 }
 
 /// Why a frame could not be encoded or a datagram was rejected.
@@ -443,6 +455,8 @@ pub enum FrameError {
     BadAddressFamily(u8),
     #[error("unknown role {0}")]
     UnknownRole(u8),
+    #[error("payload of message kind {kind} has {value} where a flag (0 or 1) belongs")]
+    BadFlag { kind: u8, value: u8 },
     #[error("chunk of {len} bytes at offset {offset} runs past the total length {total_len}")]
     ChunkOutOfRange {
         offset: u64,
@@ -480,6 +494,8 @@ impl Message {
             Message::SnapshotAck { .. } => kind::SNAPSHOT_ACK,
             Message::ReadIndex { .. } => kind::READ_INDEX,
             Message::ReadIndexReply { .. } => kind::READ_INDEX_REPLY,
+            Message::RequestVote { .. } => kind::REQUEST_VOTE,
+            Message::Vote { .. } => kind::VOTE,
         }
     }
 
@@ -505,7 +521,10 @@ impl Message {
             }
             Message::AppendFragment { bytes, .. } => FRAGMENT_FIXED_BYTES + bytes.len(),
             Message::Ack { .. } | Message::Nack { .. } => 28,
-            Message::SnapshotAck { .. } | Message::ReadIndexReply { .. } => 16,
+            Message::SnapshotAck { .. }
+            | Message::ReadIndexReply { .. }
+            | Message::RequestVote { .. } => 16,
+            Message::Vote { .. } => 1,
             Message::ReadIndex { .. } => 8,
             Message::SnapshotChunk { bytes, .. } => SNAPSHOT_CHUNK_FIXED_BYTES + bytes.len(),
         }
@@ -670,6 +689,14 @@ impl Message {
                 out.put_u64_le(*id);
                 out.put_u64_le(index.0);
             }
+            Message::RequestVote {
+                last_term,
+                last_index,
+            } => {
+                out.put_u64_le(last_term.0);
+                out.put_u64_le(last_index.0);
+            }
+            Message::Vote { granted } => out.put_u8(u8::from(*granted)),
         }
     }
 
@@ -797,6 +824,17 @@ impl Message {
             kind::READ_INDEX_REPLY => Message::ReadIndexReply {
                 id: r.u64()?,
                 index: LogIndex(r.u64()?),
+            },
+            kind::REQUEST_VOTE => Message::RequestVote {
+                last_term: Term(r.u64()?),
+                last_index: LogIndex(r.u64()?),
+            },
+            kind::VOTE => Message::Vote {
+                granted: match r.u8()? {
+                    0 => false,
+                    1 => true,
+                    value => return Err(FrameError::BadFlag { kind, value }),
+                },
             },
             other => return Err(FrameError::UnknownKind(other)),
         };
@@ -1547,8 +1585,20 @@ mod tests {
             decode(&group, &SECRET).map(|f| f.header.group),
             Ok(GroupId(0x010b))
         );
-        let unknown = sealed_raw(|b| b[5] = 19);
-        assert_eq!(decode(&unknown, &SECRET), Err(FrameError::UnknownKind(19)));
+        let unknown = sealed_raw(|b| b[5] = 21);
+        assert_eq!(decode(&unknown, &SECRET), Err(FrameError::UnknownKind(21)));
+        // A Vote is granted (1) or not (0), nothing else.
+        for (byte, decoded) in [(0, Ok(false)), (1, Ok(true)), (2, Err(2))] {
+            let mut out = BytesMut::new();
+            seal(&header(), kind::VOTE, &[byte], &SECRET, &mut out).unwrap();
+            let expected = decoded
+                .map(|granted| Message::Vote { granted })
+                .map_err(|value| FrameError::BadFlag {
+                    kind: kind::VOTE,
+                    value,
+                });
+            assert_eq!(decode(&out, &SECRET).map(|f| f.message), expected);
+        }
         let zero = sealed_raw(|b| b[5] = 0);
         assert_eq!(decode(&zero, &SECRET), Err(FrameError::UnknownKind(0)));
 
@@ -1810,6 +1860,11 @@ mod tests {
             }),
             any::<u64>().prop_map(|id| Message::ReadIndex { id }),
             (any::<u64>(), index()).prop_map(|(id, index)| Message::ReadIndexReply { id, index }),
+            (term(), index()).prop_map(|(last_term, last_index)| Message::RequestVote {
+                last_term,
+                last_index
+            }),
+            any::<bool>().prop_map(|granted| Message::Vote { granted }),
         ]
     }
 

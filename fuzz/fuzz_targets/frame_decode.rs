@@ -78,7 +78,7 @@ impl Seed<'_> {
     }
 
     fn message(&mut self) -> Message {
-        match self.u8() % 18 {
+        match self.u8() % 20 {
             0 => Message::Register {
                 tcp: self.addr(),
                 udp: self.addr(),
@@ -184,9 +184,16 @@ impl Seed<'_> {
                 offset: self.u64(),
             },
             16 => Message::ReadIndex { id: self.u64() },
-            _ => Message::ReadIndexReply {
+            17 => Message::ReadIndexReply {
                 id: self.u64(),
                 index: LogIndex(self.u64()),
+            },
+            18 => Message::RequestVote {
+                last_term: Term(self.u64()),
+                last_index: LogIndex(self.u64()),
+            },
+            _ => Message::Vote {
+                granted: self.u8() & 1 == 1,
             },
         }
     }
@@ -219,7 +226,7 @@ fuzz_target!(|input: &[u8]| {
 
     let mut seed = Seed { bytes: input };
     let header = seed.header();
-    let kind = seed.u8() % 18;
+    let kind = seed.u8() % 22;
     let payload = &seed.bytes[..seed.bytes.len().min(PAYLOAD_BYTES_MAX)];
     let mut sealed = Default::default();
     seal(&header, kind, payload, &SECRET, &mut sealed).expect("payload within the limit");

@@ -48,7 +48,7 @@ pub struct Bugs {
 
 impl Bugs {
     /// The names the binary and the tests use.
-    pub const NAMES: [&'static str; 9] = [
+    pub const NAMES: [&'static str; 10] = [
         "commit-on-minority",
         "skip-noop",
         "accept-stale-append",
@@ -58,6 +58,7 @@ impl Bugs {
         "lease-ignores-holds",
         "snapshot-frame-term",
         "follower-read-before-apply",
+        "vote-for-older-log",
     ];
 
     /// The switch named `name` turned on, or `None` for an unknown name.
@@ -73,6 +74,7 @@ impl Bugs {
             "lease-ignores-holds" => bugs.replica.lease_ignores_holds = true,
             "snapshot-frame-term" => bugs.frame_term_as_snapshot_term = true,
             "follower-read-before-apply" => bugs.replica.follower_read_before_apply = true,
+            "vote-for-older-log" => bugs.replica.vote_for_older_log = true,
             _ => return None,
         }
         Some(bugs)
@@ -99,6 +101,10 @@ pub struct Options {
     /// `remove-server` among the faults (in two thirds of the seeds); off,
     /// a seed replays as it did before that fault existed.
     pub remove_server: bool,
+    /// The group elects its own leader by vote (the LB group's election,
+    /// DESIGN §3b): no LB runs, so no LB faults and no `remove-server`;
+    /// the fault that cuts the leader off takes the serving leader.
+    pub by_vote: bool,
 }
 
 impl Options {
@@ -113,6 +119,7 @@ impl Options {
             trace_hash: false,
             bootstrap: false,
             remove_server: true,
+            by_vote: false,
         }
     }
 }
@@ -192,6 +199,9 @@ pub fn replay_command(options: &Options) -> String {
     }
     if !options.remove_server {
         command.push_str(" --no-remove-server");
+    }
+    if options.by_vote {
+        command.push_str(" --by-vote");
     }
     command.push_str(" --trace");
     command

@@ -17,7 +17,7 @@ use std::rc::Rc;
 
 use bytes::{Bytes, BytesMut};
 use data::command::Command;
-use data::frame::{LogIndex, Message, Role, ServerId, Term};
+use data::frame::{LogIndex, Message, Peer, Role, ServerId, Term};
 use data::limits::ITEM_BYTES_MAX;
 use data::state::{Outcome, State};
 use server::replica::host::{Host, HostTypes, Io, Synced, Written};
@@ -617,6 +617,17 @@ impl World {
         let bugs = self.opts.bugs;
         let shape = stream_shape(self.opts.seed);
         let now = self.server_now(id);
+        // By vote: every other server, as a static `--peers` list.
+        let by_vote_peers: Option<Vec<Peer>> = self.opts.by_vote.then(|| {
+            (1..=self.opts.servers as u64)
+                .filter(|peer| *peer != id)
+                .map(|peer| Peer {
+                    id: ServerId(peer),
+                    tcp: tcp_addr(peer),
+                    udp: udp_addr(peer),
+                })
+                .collect()
+        });
         let s = self.server(id);
         let state = s.disk.snapshot.state();
         let durable = Durable {
@@ -629,6 +640,9 @@ impl World {
         let timing = Timing::new(s.heartbeat_ms, ELECTION_TIMEOUT_MS);
         let mut core = Replica::new(ServerId(id), timing, durable, jitter, now);
         core.set_bugs(bugs.replica);
+        if let Some(peers) = by_vote_peers {
+            core.elect_by_vote(now, &peers);
+        }
         s.commit_seen = core.commit_index();
         let applied = s.disk.snapshot.index;
         let mut host = Host::new(core, udp_addr(0), state, applied, shape);

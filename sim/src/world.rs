@@ -207,6 +207,10 @@ impl World {
             "3 or 5 servers, not {}",
             opts.servers
         );
+        assert!(
+            !(opts.by_vote && opts.bootstrap),
+            "a group that elects by vote starts configured"
+        );
         let mut rng = Rng::new(opts.seed);
         let n = opts.servers as u64;
         let servers = (1..=n).map(|id| Server::new(id, n, &opts)).collect();
@@ -230,6 +234,13 @@ impl World {
                 0
             },
         ];
+        let mut fault_weights = fault_weights;
+        if opts.by_vote {
+            // No LB: its crash becomes the leader cut off (as often as the
+            // LB's three faults together), and no removals.
+            fault_weights[5] = fault_weights[5].max(1);
+            fault_weights[8] = 0;
+        }
         let compact_every = match rng.below(3) {
             0 => None,
             1 => Some(20),
@@ -294,7 +305,9 @@ impl World {
             world.fault_gap_max_ms
         );
         world.trace(|| setup);
-        world.start_lb();
+        if !world.opts.by_vote {
+            world.start_lb();
+        }
         for id in 1..=n {
             world.boot_server(id);
         }
@@ -561,7 +574,7 @@ impl World {
     /// way a new leader can be named while the old one, unaware, may still
     /// hold a read lease. Every lease bug shows here first.
     fn leader_cut_off(&mut self) {
-        let Some(leader) = self.lb.core.as_ref().and_then(|core| core.leader()) else {
+        let Some(leader) = self.leader_now() else {
             return;
         };
         for other in 0..=self.opts.servers as u64 {
@@ -572,6 +585,19 @@ impl World {
         }
         self.trace(|| format!("FAULT n{} cut off from the LB and its peers", leader.0));
         self.leader_refused();
+    }
+
+    /// The leader the LB names; by vote, the serving leader of the highest
+    /// term.
+    fn leader_now(&self) -> Option<ServerId> {
+        if !self.opts.by_vote {
+            return self.lb.core.as_ref().and_then(|core| core.leader());
+        }
+        self.servers
+            .iter()
+            .filter_map(|s| s.core().filter(|c| c.is_serving()))
+            .max_by_key(|c| c.term())
+            .map(|c| c.id())
     }
 
     fn lb_tick(&mut self, incarnation: u32) {
@@ -734,6 +760,7 @@ impl World {
                 self.blocked.clear();
                 self.trace(|| "FAULT heal".to_string());
             }
+            5 if self.opts.by_vote => self.leader_cut_off(),
             5 => match self.rng.below(3) {
                 0 => {
                     self.crash_lb();
@@ -799,7 +826,7 @@ impl World {
         self.blocked.clear();
         self.net = Net::CALM;
         self.trace(|| "END OF FAULTS: heal, restart all, calm network".to_string());
-        if self.lb.core.is_none() {
+        if self.lb.core.is_none() && !self.opts.by_vote {
             self.start_lb();
         }
         for id in 1..=self.opts.servers as u64 {

@@ -47,6 +47,17 @@ fn bootstrapped_group_with_faults_holds_every_invariant() {
     assert_clean(0..100, |o| o.bootstrap = true);
 }
 
+/// A group that elects its own leader by vote (the LB group's election,
+/// DESIGN §3b), no LB at all.
+#[test]
+fn group_by_vote_with_faults_holds_every_invariant() {
+    assert_clean(0..300, |o| o.by_vote = true);
+    assert_clean(0..100, |o| {
+        o.by_vote = true;
+        o.servers = 5;
+    });
+}
+
 /// Seeds that once found real bugs, kept as regressions: a snapshot
 /// install that threw away log entries the follower had acknowledged (lost
 /// committed entries, and a Nack storm), found by 10,000-seed runs, and a
@@ -91,8 +102,17 @@ fn same_seed_same_trace() {
 /// Asserts that turning on bug `name` makes a run fail within `budget`
 /// seeds, and returns the first failing seed.
 fn caught_within(name: &str, budget: u64) -> u64 {
+    caught_within_where(name, budget, |_| {})
+}
+
+/// [`caught_within`], each run also configured by `configure`.
+fn caught_within_where(name: &str, budget: u64, configure: impl Fn(&mut Options)) -> u64 {
     let bugs = Bugs::named(name).expect("a known bug");
-    match first_failure(0..budget, |o| o.bugs = bugs) {
+    let configure = |o: &mut Options| {
+        o.bugs = bugs;
+        configure(o);
+    };
+    match first_failure(0..budget, configure) {
         Some((options, v)) => {
             println!(
                 "{name}: caught at seed {} by {}: {}",
@@ -157,4 +177,20 @@ fn bug_snapshot_frame_term_is_caught() {
 #[test]
 fn bug_follower_read_before_apply_is_caught() {
     caught_within("follower-read-before-apply", 100);
+}
+
+/// By vote: a vote granted to a candidate whose log is older than the
+/// voter's lets it win without a committed entry (Raft §5.4.1). Caught
+/// first at seed 4, by leader completeness.
+#[test]
+fn bug_vote_for_older_log_is_caught() {
+    caught_within_where("vote-for-older-log", 100, |o| o.by_vote = true);
+}
+
+/// By vote: a vote is a promise to a new term; granted while the leader
+/// may hold a read lease on this voter's last Ack, a new leader serves
+/// beside it. Rarer: caught first at seed 906, by lease safety.
+#[test]
+fn bug_promise_during_lease_is_caught_by_vote() {
+    caught_within_where("promise-during-lease", 1_500, |o| o.by_vote = true);
 }

@@ -150,6 +150,7 @@ impl Replica {
         self.seq_answered = 0;
         self.ack_owed = None;
         self.promise_held = None;
+        self.candidacy = None;
         self.actions.push(Action::PersistTerm(term));
     }
 

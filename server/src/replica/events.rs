@@ -10,6 +10,7 @@ impl Replica {
         if self.role != Role::Leader {
             self.release_promise(now_ms);
             self.ask_read_index(now_ms);
+            self.maybe_stand(now_ms);
             return;
         }
         if !self.majority_heard_within(now_ms, self.timing.election_timeout_ms) {
@@ -113,6 +114,11 @@ impl Replica {
                 self.on_read_index_reply(now_ms, from, term, id, index)
             }
             Message::Reject if term > self.term => self.adopt_term(term, None),
+            Message::RequestVote {
+                last_term,
+                last_index,
+            } => self.on_request_vote(now_ms, from, term, last_term, last_index),
+            Message::Vote { granted } => self.on_vote(now_ms, from, term, granted),
             // Messages only the LB handles, and snapshots (the driver's).
             _ => {}
         }

@@ -53,6 +53,12 @@ impl Replica {
         }
         self.leader = Some(from);
         self.last_leader_contact_ms = Some(now_ms);
+        if self.elects_by_vote {
+            // A leader of this term: no candidacy, and no election while
+            // it is heard.
+            self.candidacy = None;
+            self.reset_election_timer(now_ms);
+        }
         // Whatever we answer to this Append may extend the leader's lease.
         self.promise_not_before_ms = self
             .promise_not_before_ms

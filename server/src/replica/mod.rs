@@ -22,6 +22,8 @@
 //! - `lease`: read rounds and the read lease (§4a);
 //! - `follower_read`: reads on a follower, through the leader's read index;
 //! - `follower`: the consistency check, fragments, Acks after the fsync;
+//! - `vote`: a group that elects its own leader by vote (the LB group's),
+//!   instead of the LB's election;
 //! - `log_view`: the in-memory log since the snapshot;
 //! - `host`: the host's half, written once for every host (the replication
 //!   driver and the simulator are two `host::Io`s under one `host::Host`):
@@ -82,8 +84,9 @@ pub struct Bugs {
     pub accept_stale_append: bool,
     /// A follower acknowledges entries before they are fsynced.
     pub ack_before_fsync: bool,
-    /// A follower promises a new term at once, while the leader it
-    /// acknowledged may still hold a read lease on its answer.
+    /// A follower promises a new term at once (by vote: grants its vote),
+    /// while the leader it acknowledged may still hold a read lease on its
+    /// answer.
     pub promise_during_lease: bool,
     /// The leader takes its lease from its own setting, not from the holds
     /// its followers declared (unsafe when theirs are shorter).
@@ -91,6 +94,9 @@ pub struct Bugs {
     /// A follower serves a read as soon as the leader's read index comes
     /// back, without waiting to have applied through it.
     pub follower_read_before_apply: bool,
+    /// A group that elects by vote: a vote granted to a candidate whose log
+    /// is older than the voter's (breaks Raft §5.4.1).
+    pub vote_for_older_log: bool,
 }
 
 #[cfg(feature = "deliberate-bugs")]
@@ -119,6 +125,7 @@ mod membership;
 pub mod snapshot_stream;
 #[cfg(test)]
 mod tests;
+mod vote;
 mod waiters;
 
 pub use lb_link::{Advertised, LbLink};
@@ -359,8 +366,17 @@ pub struct Replica {
     promise_held: Option<Term>,
     /// The term on disk when this process started. It may have led in it
     /// before a crash and sent entries it then lost (Appends leave before
-    /// the leader's own fsync), so it never takes office in it again.
+    /// the leader's own fsync), so it never takes office in it again; nor,
+    /// in a group that elects by vote, votes in it (see `vote`).
     start_term: Term,
+    /// This group elects its own leader by vote (`vote`), not the LB.
+    elects_by_vote: bool,
+    /// By vote: when this server stands if it hears no leader before then.
+    election_due_ms: u64,
+    /// By vote: the candidate this process voted for, and in which term.
+    voted: Option<(Term, ServerId)>,
+    /// By vote: standing in the current term.
+    candidacy: Option<vote::Candidacy>,
     #[cfg(feature = "deliberate-bugs")]
     bugs: Bugs,
 }
@@ -411,6 +427,10 @@ impl Replica {
             promise_not_before_ms: now_ms + timing.lease_ms,
             promise_held: None,
             start_term: durable.term,
+            elects_by_vote: false,
+            election_due_ms: 0,
+            voted: None,
+            candidacy: None,
             #[cfg(feature = "deliberate-bugs")]
             bugs: Bugs::default(),
         };

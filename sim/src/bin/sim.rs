@@ -2,7 +2,7 @@
 //! with a step-by-step trace.
 //!
 //! ```text
-//! cargo run --release -p sim --bin sim -- --seeds 10000 [--start S] [--servers 3|5]
+//! cargo run --release -p sim --bin sim -- --seeds 10000 [--start S] [--servers 3|5] [--by-vote]
 //! cargo run --release -p sim --bin sim -- --seed 42 --trace
 //! cargo run --release -p sim --bin sim -- --seeds 500 --bug skip-noop
 //! ```
@@ -34,7 +34,7 @@ struct Args {
     /// Turn on a deliberate bug: commit-on-minority, skip-noop,
     /// accept-stale-append, ack-before-fsync, read-without-read-index,
     /// promise-during-lease, lease-ignores-holds, snapshot-frame-term,
-    /// follower-read-before-apply.
+    /// follower-read-before-apply, vote-for-older-log (with --by-vote).
     #[arg(long)]
     bug: Option<String>,
     /// Start from an empty membership (the first leader bootstraps).
@@ -43,6 +43,10 @@ struct Args {
     /// No remove-server faults (as runs were before they existed).
     #[arg(long)]
     no_remove_server: bool,
+    /// The group elects its own leader by vote, with no LB (the LB
+    /// group's election, DESIGN §3b).
+    #[arg(long)]
+    by_vote: bool,
     /// Virtual milliseconds of faults per run.
     #[arg(long, default_value_t = 12_000)]
     faults_ms: u64,
@@ -55,6 +59,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if args.servers != 3 && args.servers != 5 {
         eprintln!("--servers must be 3 or 5");
+        return ExitCode::from(2);
+    }
+    if args.by_vote && args.bootstrap {
+        eprintln!("--by-vote starts from a configured group: not with --bootstrap");
         return ExitCode::from(2);
     }
     let bugs = match &args.bug {
@@ -83,6 +91,7 @@ fn main() -> ExitCode {
         options.trace = args.trace;
         options.bootstrap = args.bootstrap;
         options.remove_server = !args.no_remove_server;
+        options.by_vote = args.by_vote;
         options.faults_ms = args.faults_ms;
         let report = run(&options);
         ran += 1;

@@ -9,6 +9,7 @@ mod membership;
 mod replication;
 mod snapshot;
 mod snapshot_stream;
+mod vote;
 mod waiters;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,17 @@ const LB_ADDR: &str = "127.0.0.1:9000";
 
 fn addr(id: u64) -> SocketAddr {
     format!("127.0.0.1:{}", 9000 + id).parse().unwrap()
+}
+
+/// Servers `ids` as the LB lists them (and as a static peer list).
+fn peers(ids: &[u64]) -> Vec<Peer> {
+    ids.iter()
+        .map(|i| Peer {
+            id: ServerId(*i),
+            tcp: addr(*i),
+            udp: addr(*i),
+        })
+        .collect()
 }
 
 fn payload(n: u64) -> Bytes {
@@ -75,14 +87,7 @@ impl Group {
             voters: ids.iter().map(|i| ServerId(*i)).collect(),
             learners: BTreeSet::new(),
         };
-        let peers: Vec<Peer> = ids
-            .iter()
-            .map(|i| Peer {
-                id: ServerId(*i),
-                tcp: addr(*i),
-                udp: addr(*i),
-            })
-            .collect();
+        let peers = peers(ids);
         let mut nodes = BTreeMap::new();
         for id in ids {
             let durable = Durable {

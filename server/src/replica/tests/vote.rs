@@ -1,0 +1,269 @@
+//! A group that elects its own leader by vote (DESIGN §3b).
+
+use super::*;
+
+/// Time between two looks while waiting for an election, in ms.
+const STEP_MS: u64 = 50;
+/// An election by vote takes one to two timeouts, more after split votes.
+const ELECTION_WAIT_MS: u64 = 10_000;
+
+/// `ids`, voters of one configuration, electing by vote (no LB messages).
+fn by_vote(ids: &[u64]) -> Group {
+    let mut g = Group::new(ids);
+    let peers = peers(ids);
+    let now = g.now_ms;
+    for node in g.nodes.values_mut() {
+        node.replica.elect_by_vote(now, &peers);
+    }
+    g
+}
+
+/// The serving leaders among the nodes that are up.
+fn serving(g: &Group) -> Vec<u64> {
+    g.nodes
+        .iter()
+        .filter(|(_, n)| n.up && n.replica.is_serving())
+        .map(|(id, _)| id.0)
+        .collect()
+}
+
+/// Ticks until exactly one node that is up serves as leader; returns it.
+fn await_leader(g: &mut Group) -> u64 {
+    for _ in 0..ELECTION_WAIT_MS / STEP_MS {
+        g.tick(STEP_MS);
+        if let [leader] = serving(g)[..] {
+            return leader;
+        }
+    }
+    panic!("no leader elected by vote within {ELECTION_WAIT_MS} ms");
+}
+
+/// Whether `actions` send a Vote with `granted`.
+fn sent_vote(actions: &[Action], granted: bool) -> bool {
+    actions.iter().any(|a| {
+        matches!(a, Action::Send { message: Message::Vote { granted: g }, .. } if *g == granted)
+    })
+}
+
+#[test]
+fn a_group_by_vote_elects_one_leader_that_every_member_follows() {
+    let mut g = by_vote(&[1, 2, 3]);
+    let leader = await_leader(&mut g);
+    let term = g.node(leader).replica.term();
+    for id in [1, 2, 3] {
+        let node = g.node(id);
+        assert_eq!(node.replica.leader(), Some(ServerId(leader)), "node {id}");
+        assert_eq!(node.replica.term(), term, "node {id}");
+        assert!(node.term_on_disk >= term, "node {id}: term not on disk");
+    }
+    let index = g.propose(leader, payload(1)).unwrap();
+    g.settle();
+    assert!(
+        g.node(leader).committed >= index,
+        "the leader did not commit"
+    );
+    // Followers learn the commit index from the next heartbeat.
+    g.tick(Timing::default().heartbeat_ms);
+    for id in [1, 2, 3] {
+        assert!(g.node(id).committed >= index, "node {id} did not commit");
+    }
+    // Heard every heartbeat: nobody stands again.
+    for _ in 0..100 {
+        g.tick(STEP_MS);
+    }
+    assert_eq!(serving(&g), vec![leader]);
+    assert_eq!(g.node(leader).replica.term(), term, "no new election");
+}
+
+#[test]
+fn a_dead_leader_is_replaced_and_what_it_committed_survives() {
+    let mut g = by_vote(&[1, 2, 3]);
+    let old = await_leader(&mut g);
+    for n in 0..5 {
+        g.propose(old, payload(n)).unwrap();
+    }
+    g.settle();
+    let committed = g.node(old).committed;
+    let entries: Vec<(Term, Bytes)> = g.node(old).disk[..committed.0 as usize].to_vec();
+    let old_term = g.node(old).replica.term();
+    g.node(old).up = false;
+    let new = await_leader(&mut g);
+    assert_ne!(new, old);
+    assert!(g.node(new).replica.term() > old_term);
+    assert_eq!(
+        g.node(new).disk[..committed.0 as usize],
+        entries[..],
+        "Raft §5.4: the new leader holds every committed entry"
+    );
+    // The old leader comes back and follows.
+    g.node(old).up = true;
+    for _ in 0..20 {
+        g.tick(STEP_MS);
+    }
+    assert_eq!(g.node(old).replica.leader(), Some(ServerId(new)));
+    assert_eq!(serving(&g), vec![new]);
+}
+
+#[test]
+fn a_vote_goes_out_after_its_term_is_on_disk_and_once_per_term() {
+    let mut g = by_vote(&[1, 2, 3]);
+    let now = g.now_ms;
+    let request = Message::RequestVote {
+        last_term: Term(0),
+        last_index: LogIndex(0),
+    };
+    g.node(1)
+        .replica
+        .receive(now, ServerId(2), Term(4), request.clone());
+    let actions = g.node(1).replica.take_actions();
+    assert_eq!(actions[0], Action::PersistTerm(Term(4)));
+    assert!(sent_vote(&actions[1..], true), "{actions:?}");
+    // Another candidate in the same term gets no vote; the first again does
+    // (its request was resent, not a second vote).
+    g.node(1)
+        .replica
+        .receive(now, ServerId(3), Term(4), request.clone());
+    assert!(sent_vote(&g.node(1).replica.take_actions(), false));
+    g.node(1)
+        .replica
+        .receive(now, ServerId(2), Term(4), request);
+    assert!(sent_vote(&g.node(1).replica.take_actions(), true));
+}
+
+#[test]
+fn no_vote_in_the_term_found_on_disk_at_start() {
+    // It may have voted in term 5 before a crash: no vote there again.
+    let durable = Durable {
+        term: Term(5),
+        snapshot_index: LogIndex(0),
+        snapshot_term: Term(0),
+        entries: Vec::new(),
+        snapshot_membership: Membership {
+            voters: [1, 2, 3].map(ServerId).into(),
+            learners: BTreeSet::new(),
+        },
+    };
+    let now = 10_000;
+    let mut replica = Replica::new(ServerId(1), Timing::default(), durable, 7, now);
+    replica.elect_by_vote(now, &peers(&[2, 3]));
+    let later = now + Timing::default().lease_ms;
+    let request = Message::RequestVote {
+        last_term: Term(0),
+        last_index: LogIndex(0),
+    };
+    replica.receive(later, ServerId(2), Term(5), request.clone());
+    assert!(sent_vote(&replica.take_actions(), false));
+    replica.receive(later, ServerId(2), Term(6), request);
+    assert!(sent_vote(&replica.take_actions(), true));
+}
+
+#[test]
+fn a_candidate_with_an_older_log_gets_no_vote() {
+    // Raft §5.4.1: node 3 missed a committed entry; it cannot win.
+    let mut g = by_vote(&[1, 2, 3]);
+    let leader = await_leader(&mut g);
+    let [a, b] = [1, 2, 3]
+        .into_iter()
+        .filter(|i| *i != leader)
+        .collect::<Vec<_>>()[..]
+    else {
+        unreachable!("three nodes")
+    };
+    g.node(b).up = false;
+    let index = g.propose(leader, payload(9)).unwrap();
+    g.settle();
+    assert_eq!(
+        g.node(leader).committed,
+        index,
+        "committed by the leader and {a}"
+    );
+    g.node(leader).up = false;
+    g.node(b).up = true;
+    // b asks a for its vote: refused, a's log is newer.
+    let now = g.now_ms + 10 * Timing::default().election_timeout_ms;
+    g.now_ms = now;
+    let request = Message::RequestVote {
+        last_term: g.node(b).replica.last_term(),
+        last_index: g.node(b).replica.last_index(),
+    };
+    let term = Term(g.node(a).replica.term().0 + 1);
+    g.node(a).replica.receive(now, ServerId(b), term, request);
+    assert!(sent_vote(&g.node(a).replica.take_actions(), false));
+    // Whoever wins, the entry stays committed.
+    let new = await_leader(&mut g);
+    assert_eq!(new, a, "only {a} holds every committed entry");
+    g.propose(new, payload(10)).unwrap();
+    g.settle();
+    let on_a = g.node(a).disk[index.0 as usize - 1].clone();
+    assert_eq!(g.node(b).disk[index.0 as usize - 1], on_a);
+}
+
+#[test]
+fn a_follower_that_hears_its_leader_ignores_a_candidate() {
+    // Raft thesis §4.2.3: a server cut off and back with a higher term does
+    // not win votes from followers that hear their leader.
+    let mut g = by_vote(&[1, 2, 3]);
+    let leader = await_leader(&mut g);
+    let follower = if leader == 1 { 2 } else { 1 };
+    let term = g.node(follower).replica.term();
+    let now = g.now_ms;
+    let request = Message::RequestVote {
+        last_term: Term(99),
+        last_index: LogIndex(99),
+    };
+    g.node(follower)
+        .replica
+        .receive(now, ServerId(3), Term(term.0 + 5), request.clone());
+    assert!(g.node(follower).replica.take_actions().is_empty());
+    assert_eq!(g.node(follower).replica.term(), term, "its term unchanged");
+    g.node(leader)
+        .replica
+        .receive(now, ServerId(3), Term(term.0 + 5), request);
+    assert!(g.node(leader).replica.take_actions().is_empty());
+    assert!(g.node(leader).replica.is_serving());
+}
+
+#[test]
+fn a_group_of_one_elects_itself() {
+    let mut g = by_vote(&[1]);
+    assert_eq!(await_leader(&mut g), 1);
+    let index = g.propose(1, payload(1)).unwrap();
+    g.settle();
+    assert_eq!(g.node(1).committed, index);
+}
+
+/// The deliberate bug: a vote for an older log lets a candidate that missed
+/// a committed entry win and overwrite it.
+#[cfg(feature = "deliberate-bugs")]
+#[test]
+fn the_bug_vote_for_older_log_loses_a_committed_entry() {
+    let mut g = by_vote(&[1, 2, 3]);
+    let leader = await_leader(&mut g);
+    let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
+    let (a, b) = (others[0], others[1]);
+    for id in [1, 2, 3] {
+        g.node(id).replica.set_bugs(Bugs {
+            vote_for_older_log: true,
+            ..Bugs::default()
+        });
+    }
+    g.node(b).up = false;
+    let index = g.propose(leader, payload(9)).unwrap();
+    g.settle();
+    let committed_entry = g.node(a).disk[index.0 as usize - 1].clone();
+    g.node(leader).up = false;
+    g.node(b).up = true;
+    // b stands first and a votes for it despite its older log.
+    let now = g.now_ms + 10 * Timing::default().election_timeout_ms;
+    g.now_ms = now;
+    g.node(b).replica.tick(now);
+    g.settle();
+    assert_eq!(serving(&g), vec![b], "b won on a vote for its older log");
+    g.propose(b, payload(10)).unwrap();
+    g.settle();
+    assert_ne!(
+        g.node(a).disk[index.0 as usize - 1],
+        committed_entry,
+        "the committed entry was overwritten"
+    );
+}
