@@ -410,14 +410,17 @@ pub enum Message {
     ReadIndexReply { id: u64, index: LogIndex },
     /// Candidate→peer, in a group that elects its own leader (the LB group,
     /// DESIGN §3b): a vote for the header's term, for a candidate whose log
-    /// ends here. `[last_term u64][last_index u64]`
+    /// ends here; with `pre`, only whether the peer would vote in the term
+    /// after the header's (the candidate's own, unchanged: Raft thesis
+    /// §9.6). `[last_term u64][last_index u64][pre u8 (0 or 1)]`
     RequestVote {
         last_term: Term,
         last_index: LogIndex,
+        pre: bool,
     },
-    /// Peer→candidate, the answer to RequestVote in the header's term.
-    /// `[granted u8 (0 or 1)]`
-    Vote { granted: bool },
+    /// Peer→candidate, the answer to RequestVote (`pre` as asked) in the
+    /// peer's term. `[granted u8 (0 or 1)][pre u8 (0 or 1)]`
+    Vote { granted: bool, pre: bool },
 }
 
 /// Why a frame could not be encoded or a datagram was rejected.
@@ -521,10 +524,9 @@ impl Message {
             }
             Message::AppendFragment { bytes, .. } => FRAGMENT_FIXED_BYTES + bytes.len(),
             Message::Ack { .. } | Message::Nack { .. } => 28,
-            Message::SnapshotAck { .. }
-            | Message::ReadIndexReply { .. }
-            | Message::RequestVote { .. } => 16,
-            Message::Vote { .. } => 1,
+            Message::SnapshotAck { .. } | Message::ReadIndexReply { .. } => 16,
+            Message::RequestVote { .. } => 17,
+            Message::Vote { .. } => 2,
             Message::ReadIndex { .. } => 8,
             Message::SnapshotChunk { bytes, .. } => SNAPSHOT_CHUNK_FIXED_BYTES + bytes.len(),
         }
@@ -692,11 +694,16 @@ impl Message {
             Message::RequestVote {
                 last_term,
                 last_index,
+                pre,
             } => {
                 out.put_u64_le(last_term.0);
                 out.put_u64_le(last_index.0);
+                out.put_u8(u8::from(*pre));
             }
-            Message::Vote { granted } => out.put_u8(u8::from(*granted)),
+            Message::Vote { granted, pre } => {
+                out.put_u8(u8::from(*granted));
+                out.put_u8(u8::from(*pre));
+            }
         }
     }
 
@@ -828,13 +835,11 @@ impl Message {
             kind::REQUEST_VOTE => Message::RequestVote {
                 last_term: Term(r.u64()?),
                 last_index: LogIndex(r.u64()?),
+                pre: flag(kind, r.u8()?)?,
             },
             kind::VOTE => Message::Vote {
-                granted: match r.u8()? {
-                    0 => false,
-                    1 => true,
-                    value => return Err(FrameError::BadFlag { kind, value }),
-                },
+                granted: flag(kind, r.u8()?)?,
+                pre: flag(kind, r.u8()?)?,
             },
             other => return Err(FrameError::UnknownKind(other)),
         };
@@ -1026,6 +1031,15 @@ fn check_chunk(offset: u64, len: usize, total_len: u64) -> Result<(), FrameError
             len,
             total_len,
         })
+    }
+}
+
+/// A flag byte: 0 or 1, nothing else.
+fn flag(kind: u8, value: u8) -> Result<bool, FrameError> {
+    match value {
+        0 => Ok(false),
+        1 => Ok(true),
+        value => Err(FrameError::BadFlag { kind, value }),
     }
 }
 
@@ -1587,12 +1601,17 @@ mod tests {
         );
         let unknown = sealed_raw(|b| b[5] = 21);
         assert_eq!(decode(&unknown, &SECRET), Err(FrameError::UnknownKind(21)));
-        // A Vote is granted (1) or not (0), nothing else.
-        for (byte, decoded) in [(0, Ok(false)), (1, Ok(true)), (2, Err(2))] {
+        // A Vote's flags are 1 or 0, nothing else.
+        for (bytes, decoded) in [
+            ([0, 1], Ok((false, true))),
+            ([1, 0], Ok((true, false))),
+            ([2, 0], Err(2)),
+            ([1, 7], Err(7)),
+        ] {
             let mut out = BytesMut::new();
-            seal(&header(), kind::VOTE, &[byte], &SECRET, &mut out).unwrap();
+            seal(&header(), kind::VOTE, &bytes, &SECRET, &mut out).unwrap();
             let expected = decoded
-                .map(|granted| Message::Vote { granted })
+                .map(|(granted, pre)| Message::Vote { granted, pre })
                 .map_err(|value| FrameError::BadFlag {
                     kind: kind::VOTE,
                     value,
@@ -1860,11 +1879,15 @@ mod tests {
             }),
             any::<u64>().prop_map(|id| Message::ReadIndex { id }),
             (any::<u64>(), index()).prop_map(|(id, index)| Message::ReadIndexReply { id, index }),
-            (term(), index()).prop_map(|(last_term, last_index)| Message::RequestVote {
-                last_term,
-                last_index
+            (term(), index(), any::<bool>()).prop_map(|(last_term, last_index, pre)| {
+                Message::RequestVote {
+                    last_term,
+                    last_index,
+                    pre,
+                }
             }),
-            any::<bool>().prop_map(|granted| Message::Vote { granted }),
+            (any::<bool>(), any::<bool>())
+                .prop_map(|(granted, pre)| Message::Vote { granted, pre }),
         ]
     }
 

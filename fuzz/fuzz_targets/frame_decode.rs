@@ -191,9 +191,11 @@ impl Seed<'_> {
             18 => Message::RequestVote {
                 last_term: Term(self.u64()),
                 last_index: LogIndex(self.u64()),
+                pre: self.u8() & 1 == 1,
             },
             _ => Message::Vote {
                 granted: self.u8() & 1 == 1,
+                pre: self.u8() & 1 == 1,
             },
         }
     }

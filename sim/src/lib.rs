@@ -103,7 +103,8 @@ pub struct Options {
     pub remove_server: bool,
     /// The group elects its own leader by vote (the LB group's election,
     /// DESIGN §3b): no LB runs, so no LB faults and no `remove-server`;
-    /// the fault that cuts the leader off takes the serving leader.
+    /// in their place the serving leader is cut off from every peer, or
+    /// from one follower (which then stands while the others hear it).
     pub by_vote: bool,
 }
 

@@ -587,6 +587,21 @@ impl World {
         self.leader_refused();
     }
 
+    /// By vote: the link between the leader and one follower goes, both
+    /// ways. The follower stands while the others still hear the leader
+    /// and may still vouch for its lease: every vote-during-lease bug shows
+    /// here first.
+    fn leader_cut_from_one(&mut self) {
+        let Some(leader) = self.leader_now() else {
+            return;
+        };
+        let n = self.opts.servers as u64;
+        let follower = (leader.0 + self.rng.range(1, n - 1) - 1) % n + 1;
+        self.blocked.insert((leader.0, follower));
+        self.blocked.insert((follower, leader.0));
+        self.trace(|| format!("FAULT n{} cut from n{follower}", leader.0));
+    }
+
     /// The leader the LB names; by vote, the serving leader of the highest
     /// term.
     fn leader_now(&self) -> Option<ServerId> {
@@ -760,7 +775,13 @@ impl World {
                 self.blocked.clear();
                 self.trace(|| "FAULT heal".to_string());
             }
-            5 if self.opts.by_vote => self.leader_cut_off(),
+            5 if self.opts.by_vote => {
+                if self.rng.below(2) == 0 {
+                    self.leader_cut_off();
+                } else {
+                    self.leader_cut_from_one();
+                }
+            }
             5 => match self.rng.below(3) {
                 0 => {
                     self.crash_lb();

@@ -117,8 +117,9 @@ impl Replica {
             Message::RequestVote {
                 last_term,
                 last_index,
-            } => self.on_request_vote(now_ms, from, term, last_term, last_index),
-            Message::Vote { granted } => self.on_vote(now_ms, from, term, granted),
+                pre,
+            } => self.on_request_vote(now_ms, from, term, (last_term, last_index), pre),
+            Message::Vote { granted, pre } => self.on_vote(now_ms, from, term, granted, pre),
             // Messages only the LB handles, and snapshots (the driver's).
             _ => {}
         }

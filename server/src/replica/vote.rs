@@ -4,9 +4,13 @@
 //! [`Replica::elect_by_vote`]; a data group's election is the LB's (§3).
 //!
 //! - A voter that hears no leader for a randomized election timeout (between
-//!   one and two timeouts, drawn afresh each time) stands: it takes the next
-//!   term (persisted before anything is sent in it), votes for itself and
-//!   asks every other voter of its latest configuration.
+//!   one and two timeouts, drawn afresh each time) first asks every other
+//!   voter of its latest configuration whether it would vote for it (a
+//!   pre-vote, thesis §9.6: its term unchanged, nobody's state changed);
+//!   with a majority saying yes it stands: it takes the next term
+//!   (persisted before anything is sent in it), votes for itself and asks
+//!   again, for real. A server cut off from a majority thus never raises
+//!   its term, and coming back it does not depose a healthy leader.
 //! - A voter grants one vote per term, only to a candidate whose log is at
 //!   least as up to date as its own (last term, then last index), and only
 //!   when it is not vouching for a leader: not within its lease hold of an
@@ -27,6 +31,8 @@ use super::*;
 /// A candidacy in the current term: the voters that granted their vote.
 #[derive(Debug, Default)]
 pub(super) struct Candidacy {
+    /// Asking whether they would vote (for the next term), not voting.
+    pre: bool,
     votes: BTreeSet<ServerId>,
 }
 
@@ -70,21 +76,41 @@ impl Replica {
             // ourselves now would be a promise to a new term within it.
             return;
         }
-        self.stand(now_ms);
+        self.pre_vote(now_ms);
     }
 
+    /// Asks whether the voters would vote for this server in the next term.
+    fn pre_vote(&mut self, now_ms: u64) {
+        self.candidacy = Some(Candidacy {
+            pre: true,
+            votes: [self.id].into(),
+        });
+        self.reset_election_timer(now_ms);
+        self.ask_votes(true);
+        // A group of one goes on at once.
+        self.count_votes(now_ms);
+    }
+
+    /// A majority would vote for it: stands in the next term.
     fn stand(&mut self, now_ms: u64) {
         let term = Term(self.term.0 + 1);
         tracing::info!(term = term.0, "no leader heard; standing for election");
         self.adopt_term(term, None);
         self.voted = Some((term, self.id));
         self.candidacy = Some(Candidacy {
+            pre: false,
             votes: [self.id].into(),
         });
         self.reset_election_timer(now_ms);
+        self.ask_votes(false);
+        self.count_votes(now_ms);
+    }
+
+    fn ask_votes(&mut self, pre: bool) {
         let request = Message::RequestVote {
             last_term: self.log.last_term(),
             last_index: self.log.last_index(),
+            pre,
         };
         let me = self.id;
         let voters: Vec<ServerId> = self.membership().voters.iter().copied().collect();
@@ -93,8 +119,6 @@ impl Replica {
                 self.send(voter, addr, request.clone());
             }
         }
-        // A group of one elects itself at once.
-        self.count_votes(now_ms);
     }
 
     pub(super) fn on_request_vote(
@@ -102,8 +126,8 @@ impl Replica {
         now_ms: u64,
         from: ServerId,
         term: Term,
-        last_term: Term,
-        last_index: LogIndex,
+        (last_term, last_index): (Term, LogIndex),
+        pre: bool,
     ) {
         if !self.elects_by_vote {
             return;
@@ -111,19 +135,28 @@ impl Replica {
         let Some(addr) = self.addrs.get(&from).copied() else {
             return;
         };
+        // A vote may be in this server's term; a pre-vote asks about the
+        // term after the candidate's, which then is a new one here too.
         if term < self.term {
             // The header carries our term: the candidate catches up.
-            self.send(from, addr, Message::Vote { granted: false });
+            let granted = false;
+            self.send(from, addr, Message::Vote { granted, pre });
             return;
         }
         if self.vouches_for_a_leader(now_ms) {
             return;
         }
+        let ours = (self.log.last_term(), self.log.last_index());
+        let up_to_date = (last_term, last_index) >= ours || bug!(self, vote_for_older_log);
+        if pre {
+            // Would vote: changes nothing here.
+            let granted = up_to_date;
+            self.send(from, addr, Message::Vote { granted, pre });
+            return;
+        }
         if term > self.term {
             self.adopt_term(term, None);
         }
-        let ours = (self.log.last_term(), self.log.last_index());
-        let up_to_date = (last_term, last_index) >= ours || bug!(self, vote_for_older_log);
         let free = match self.voted {
             Some((t, candidate)) if t == term => candidate == from,
             _ => true,
@@ -134,7 +167,7 @@ impl Replica {
             // A vote granted is a reason to wait for that candidate.
             self.reset_election_timer(now_ms);
         }
-        self.send(from, addr, Message::Vote { granted });
+        self.send(from, addr, Message::Vote { granted, pre });
     }
 
     /// Whether this server vouches for a leader now, and so ignores any
@@ -154,24 +187,35 @@ impl Replica {
         heard_recently || now_ms < self.promise_not_before_ms
     }
 
-    pub(super) fn on_vote(&mut self, now_ms: u64, from: ServerId, term: Term, granted: bool) {
+    pub(super) fn on_vote(
+        &mut self,
+        now_ms: u64,
+        from: ServerId,
+        term: Term,
+        granted: bool,
+        pre: bool,
+    ) {
         if !self.elects_by_vote {
             return;
         }
         if term > self.term {
+            // Refused by a voter further on: catch up with it.
             self.adopt_term(term, None);
             return;
         }
-        if term < self.term || !granted {
+        // A vote is in the candidate's term; a pre-vote in the voter's,
+        // which is no later than the candidate's.
+        if !granted || (!pre && term < self.term) {
             return;
         }
-        if let Some(candidacy) = self.candidacy.as_mut() {
+        if let Some(candidacy) = self.candidacy.as_mut().filter(|c| c.pre == pre) {
             candidacy.votes.insert(from);
             self.count_votes(now_ms);
         }
     }
 
-    /// Takes office once the votes are a majority of the voters.
+    /// Stands once a majority would vote, takes office once a majority
+    /// voted.
     fn count_votes(&mut self, now_ms: u64) {
         let Some(candidacy) = &self.candidacy else {
             return;
@@ -182,7 +226,12 @@ impl Replica {
             .iter()
             .filter(|v| membership.voters.contains(v))
             .count();
-        if votes >= membership.quorum() {
+        if votes < membership.quorum() {
+            return;
+        }
+        if candidacy.pre {
+            self.stand(now_ms);
+        } else {
             self.candidacy = None;
             self.take_office(now_ms);
         }

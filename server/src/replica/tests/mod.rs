@@ -73,6 +73,9 @@ struct Group {
     wire: VecDeque<(ServerId, ServerId, Term, Message)>,
     to_lb: Vec<(ServerId, Term, Message)>,
     now_ms: u64,
+    /// Nodes cut off from every other: running, but what they send and
+    /// what is sent to them is lost.
+    cut: BTreeSet<ServerId>,
 }
 
 impl Group {
@@ -130,6 +133,7 @@ impl Group {
             wire: VecDeque::new(),
             to_lb: Vec::new(),
             now_ms: 1_000,
+            cut: BTreeSet::new(),
         }
     }
 
@@ -233,7 +237,7 @@ impl Group {
             let (Some(f), Some(t)) = (self.nodes.get(&from), self.nodes.get(&to)) else {
                 continue;
             };
-            if !f.up || !t.up {
+            if !f.up || !t.up || self.cut.contains(&from) || self.cut.contains(&to) {
                 continue;
             }
             self.nodes

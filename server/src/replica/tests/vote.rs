@@ -38,17 +38,35 @@ fn await_leader(g: &mut Group) -> u64 {
     panic!("no leader elected by vote within {ELECTION_WAIT_MS} ms");
 }
 
-/// Whether `actions` send a Vote with `granted`.
+/// Three voters, once they have elected a leader (returned).
+fn three_with_a_leader() -> (Group, u64) {
+    let mut g = by_vote(&[1, 2, 3]);
+    let leader = await_leader(&mut g);
+    (g, leader)
+}
+
+/// A candidate's request with an empty log (pre-vote or vote).
+fn request_from_an_empty_log(pre: bool) -> Message {
+    Message::RequestVote {
+        last_term: Term(0),
+        last_index: LogIndex(0),
+        pre,
+    }
+}
+
+/// Whether `actions` send a Vote (not a pre-vote) with `granted`.
 fn sent_vote(actions: &[Action], granted: bool) -> bool {
     actions.iter().any(|a| {
-        matches!(a, Action::Send { message: Message::Vote { granted: g }, .. } if *g == granted)
+        matches!(
+            a,
+            Action::Send { message: Message::Vote { granted: g, pre: false }, .. } if *g == granted
+        )
     })
 }
 
 #[test]
 fn a_group_by_vote_elects_one_leader_that_every_member_follows() {
-    let mut g = by_vote(&[1, 2, 3]);
-    let leader = await_leader(&mut g);
+    let (mut g, leader) = three_with_a_leader();
     let term = g.node(leader).replica.term();
     for id in [1, 2, 3] {
         let node = g.node(id);
@@ -108,10 +126,7 @@ fn a_dead_leader_is_replaced_and_what_it_committed_survives() {
 fn a_vote_goes_out_after_its_term_is_on_disk_and_once_per_term() {
     let mut g = by_vote(&[1, 2, 3]);
     let now = g.now_ms;
-    let request = Message::RequestVote {
-        last_term: Term(0),
-        last_index: LogIndex(0),
-    };
+    let request = request_from_an_empty_log(false);
     g.node(1)
         .replica
         .receive(now, ServerId(2), Term(4), request.clone());
@@ -147,10 +162,7 @@ fn no_vote_in_the_term_found_on_disk_at_start() {
     let mut replica = Replica::new(ServerId(1), Timing::default(), durable, 7, now);
     replica.elect_by_vote(now, &peers(&[2, 3]));
     let later = now + Timing::default().lease_ms;
-    let request = Message::RequestVote {
-        last_term: Term(0),
-        last_index: LogIndex(0),
-    };
+    let request = request_from_an_empty_log(false);
     replica.receive(later, ServerId(2), Term(5), request.clone());
     assert!(sent_vote(&replica.take_actions(), false));
     replica.receive(later, ServerId(2), Term(6), request);
@@ -160,8 +172,7 @@ fn no_vote_in_the_term_found_on_disk_at_start() {
 #[test]
 fn a_candidate_with_an_older_log_gets_no_vote() {
     // Raft §5.4.1: node 3 missed a committed entry; it cannot win.
-    let mut g = by_vote(&[1, 2, 3]);
-    let leader = await_leader(&mut g);
+    let (mut g, leader) = three_with_a_leader();
     let [a, b] = [1, 2, 3]
         .into_iter()
         .filter(|i| *i != leader)
@@ -185,10 +196,14 @@ fn a_candidate_with_an_older_log_gets_no_vote() {
     let request = Message::RequestVote {
         last_term: g.node(b).replica.last_term(),
         last_index: g.node(b).replica.last_index(),
+        pre: false,
     };
     let term = Term(g.node(a).replica.term().0 + 1);
     g.node(a).replica.receive(now, ServerId(b), term, request);
-    assert!(sent_vote(&g.node(a).replica.take_actions(), false));
+    let actions = g.node(a).replica.take_actions();
+    assert_eq!(actions[0], Action::PersistTerm(term), "it takes the term");
+    g.node(a).term_on_disk = term;
+    assert!(sent_vote(&actions, false));
     // Whoever wins, the entry stays committed.
     let new = await_leader(&mut g);
     assert_eq!(new, a, "only {a} holds every committed entry");
@@ -202,14 +217,14 @@ fn a_candidate_with_an_older_log_gets_no_vote() {
 fn a_follower_that_hears_its_leader_ignores_a_candidate() {
     // Raft thesis §4.2.3: a server cut off and back with a higher term does
     // not win votes from followers that hear their leader.
-    let mut g = by_vote(&[1, 2, 3]);
-    let leader = await_leader(&mut g);
+    let (mut g, leader) = three_with_a_leader();
     let follower = if leader == 1 { 2 } else { 1 };
     let term = g.node(follower).replica.term();
     let now = g.now_ms;
     let request = Message::RequestVote {
         last_term: Term(99),
         last_index: LogIndex(99),
+        pre: false,
     };
     g.node(follower)
         .replica
@@ -237,8 +252,7 @@ fn a_group_of_one_elects_itself() {
 #[cfg(feature = "deliberate-bugs")]
 #[test]
 fn the_bug_vote_for_older_log_loses_a_committed_entry() {
-    let mut g = by_vote(&[1, 2, 3]);
-    let leader = await_leader(&mut g);
+    let (mut g, leader) = three_with_a_leader();
     let others: Vec<u64> = [1, 2, 3].into_iter().filter(|i| *i != leader).collect();
     let (a, b) = (others[0], others[1]);
     for id in [1, 2, 3] {
@@ -266,4 +280,63 @@ fn the_bug_vote_for_older_log_loses_a_committed_entry() {
         committed_entry,
         "the committed entry was overwritten"
     );
+}
+
+#[test]
+fn a_server_cut_off_keeps_its_term_and_does_not_depose_the_leader_when_back() {
+    // Raft thesis §9.6: cut off, its pre-votes go unanswered, so it never
+    // raises its term; back, the leader's Appends meet no higher term.
+    let (mut g, leader) = three_with_a_leader();
+    let away = if leader == 3 { 1 } else { 3 };
+    let term = g.node(leader).replica.term();
+    g.cut.insert(ServerId(away));
+    for _ in 0..200 {
+        g.tick(STEP_MS);
+    }
+    assert_eq!(
+        g.node(away).replica.term(),
+        term,
+        "no term raised while cut off"
+    );
+    assert_eq!(serving(&g), vec![leader]);
+    g.cut.clear();
+    for _ in 0..20 {
+        g.tick(STEP_MS);
+    }
+    assert_eq!(serving(&g), vec![leader], "the leader kept its office");
+    assert_eq!(g.node(leader).replica.term(), term);
+    assert_eq!(g.node(away).replica.leader(), Some(ServerId(leader)));
+}
+
+#[test]
+fn a_pre_vote_changes_nothing_on_the_voter() {
+    let mut g = by_vote(&[1, 2, 3]);
+    let now = g.now_ms + 10 * Timing::default().election_timeout_ms;
+    g.now_ms = now;
+    let request = request_from_an_empty_log(true);
+    g.node(1)
+        .replica
+        .receive(now, ServerId(2), Term(0), request);
+    let actions = g.node(1).replica.take_actions();
+    assert!(
+        matches!(
+            &actions[..],
+            [Action::Send {
+                message: Message::Vote {
+                    granted: true,
+                    pre: true
+                },
+                term: Term(0),
+                ..
+            }]
+        ),
+        "a yes in its own term and nothing else: {actions:?}"
+    );
+    assert_eq!(g.node(1).replica.term(), Term(0));
+    // It may still vote for anyone in term 1.
+    let request = request_from_an_empty_log(false);
+    g.node(1)
+        .replica
+        .receive(now, ServerId(3), Term(1), request);
+    assert!(sent_vote(&g.node(1).replica.take_actions(), true));
 }
