@@ -34,6 +34,9 @@ pub enum CommitError {
     /// Leadership changed before the write committed: it may or may not
     /// have happened.
     Unknown,
+    /// A follower's read: no leader answered its read-index question in
+    /// time (none can be reached from here). Refused, not forwarded.
+    NoLeaderReached,
 }
 
 /// How a proposal's outcome reaches its proposer; it holds the write's

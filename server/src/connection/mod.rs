@@ -622,14 +622,18 @@ impl Connection {
         self.finish_pending().await;
         if routed == Route::HereAfterBarrier {
             if let Err(error) = self.read_barrier().await {
-                if self.membership_role() == Some(Role::Leader) {
+                // A leader that cannot confirm it leads, and a follower that
+                // no leader answered in time (a forward would wait for one
+                // as long again), refuse the read.
+                if self.membership_role() == Some(Role::Leader)
+                    || error == CommitError::NoLeaderReached
+                {
                     Reply::Error(commit_error_line(error)).encode(&mut self.output);
                     return false;
                 }
-                // A follower that got no read index (not a member of the
-                // group yet, or no leader answered in time) lets the leader
-                // answer: forwarded, the read waits for a leader as any
-                // forwarded request does, then gets the error line.
+                // A follower refused a read index (not a member of the
+                // group yet), or one that became leader meanwhile, lets the
+                // leader answer: forwarded.
                 self.forward_get_piece(keys.len(), raw, last).await;
                 return true;
             }
@@ -853,7 +857,7 @@ impl Connection {
 fn commit_error_line(error: CommitError) -> &'static str {
     match error {
         CommitError::Storage => errors::STORAGE_FAILED,
-        CommitError::NotLeader => errors::NO_LEADER,
+        CommitError::NotLeader | CommitError::NoLeaderReached => errors::NO_LEADER,
         CommitError::NotReady => errors::NOT_READY,
         CommitError::Unknown => errors::OUTCOME_UNKNOWN,
     }

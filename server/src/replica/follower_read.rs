@@ -168,7 +168,7 @@ impl Replica {
             refused.extend(reads.next.drain(..stale));
         }
         for (token, _) in refused {
-            self.actions.push(Action::ReadFailed { token });
+            self.actions.push(Action::ReadUnanswered { token });
         }
     }
 

@@ -415,6 +415,11 @@ impl<T: HostTypes> Host<T> {
                     io.answer_read(read, Err(CommitError::NotLeader), &mut self.state);
                 }
             }
+            Action::ReadUnanswered { token } => {
+                if let Some(read) = self.waiters.read_failed(token) {
+                    io.answer_read(read, Err(CommitError::NoLeaderReached), &mut self.state);
+                }
+            }
             Action::ProposalsLost { after } => self.fail_proposals_after(io, after)?,
             Action::SendSnapshot { to, addr } => self.start_stream(io, to, addr),
         }

@@ -248,6 +248,10 @@ pub enum Action {
     ReadReady { token: u64, index: LogIndex },
     /// The read `token` cannot be served here (not the leader any more).
     ReadFailed { token: u64 },
+    /// Follower: no leader answered the read `token`'s question within
+    /// [`FOLLOWER_READ_WAIT_MS`] (through resends and any failover): none
+    /// can be reached from here, so none would answer it forwarded either.
+    ReadUnanswered { token: u64 },
     /// The follower is behind this leader's compacted log: stream it the
     /// keystore file (DESIGN §4, snapshots).
     SendSnapshot { to: ServerId, addr: SocketAddr },

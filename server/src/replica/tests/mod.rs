@@ -207,7 +207,9 @@ impl Group {
                         node.reads_ready.push(token);
                         node.ready_at.push(index);
                     }
-                    Action::ReadFailed { token } => node.reads_failed.push(token),
+                    Action::ReadFailed { token } | Action::ReadUnanswered { token } => {
+                        node.reads_failed.push(token)
+                    }
                     Action::ProposalsLost { after } => node.lost_after = Some(after),
                     Action::SendSnapshot { .. } => node.snapshot_asked = true,
                 }
