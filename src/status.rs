@@ -43,6 +43,19 @@ impl ClusterStatus {
     }
 }
 
+/// Fetches `stats` from the first LB of `lbs` that answers (a `--lb` list,
+/// [`client::discovery::lb_list`]); the error names every LB's failure.
+pub fn fetch_from_any(lbs: &[String], timeout: Duration) -> anyhow::Result<ClusterStatus> {
+    let mut failures = Vec::new();
+    for lb in lbs {
+        match fetch(lb, timeout) {
+            Ok(status) => return Ok(status),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    bail!("no LB answered: {}", failures.join("; "))
+}
+
 /// Fetches `stats` from the LB's TCP port.
 pub fn fetch(lb: &str, timeout: Duration) -> anyhow::Result<ClusterStatus> {
     let addr = lb

@@ -326,7 +326,30 @@ fn a_server_added_at_run_time_joins_and_can_be_removed() {
     let (code, _, stderr) = remove_server(&nobody, &id, &cluster_file);
     assert_eq!(code, Some(2), "remove-server with no LB; stderr {stderr}");
 
-    let (code, stdout, stderr) = remove_server(&lb, &id, &cluster_file);
+    // Every tool takes a list of LBs (`--lb A,B`) and skips one that does
+    // not answer: status, the client, and remove-server below.
+    let listed = format!("{nobody},{lb}");
+    let status = Command::new(env!("CARGO_BIN_EXE_store"))
+        .args(["status", "--json", "--lb", &listed])
+        .output()
+        .expect("run store status");
+    assert!(
+        status.status.success() && String::from_utf8_lossy(&status.stdout).contains(&id),
+        "store status --lb {listed}: {status:?}"
+    );
+    let client = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_client"))
+            .args(["--lb", &listed])
+            .args(args)
+            .output()
+            .expect("run client")
+    };
+    let set = client(&["set", "listed", "yes"]);
+    assert_eq!(set.stdout, b"STORED\n", "client --lb {listed} set: {set:?}");
+    let get = client(&["get", "listed"]);
+    assert_eq!(get.stdout, b"yes", "client --lb {listed} get: {get:?}");
+
+    let (code, stdout, stderr) = remove_server(&listed, &id, &cluster_file);
     assert_eq!(
         (code, stdout.as_str()),
         (Some(0), "OK\n"),

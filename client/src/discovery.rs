@@ -1,6 +1,8 @@
 //! Finding the servers of a cluster: the LB answers `get-servers\r\n` with
 //! one `ip:port\r\n` line per server, the leader's first, then `end\r\n`
-//! (DESIGN §3a). The `client` binary uses it for `--lb`.
+//! (DESIGN §3a). The `client` binary uses it for `--lb`, which may name
+//! several LBs ([`lb_list`]): each is asked in turn until one answers, so
+//! an LB that is down costs one connection attempt, not the command.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,6 +14,34 @@ use crate::error::{Error, Result};
 
 /// A `get-servers` reply is at most this long (a few hundred servers).
 pub const GET_SERVERS_REPLY_BYTES_MAX: usize = 64 * 1024;
+
+/// The LBs a `--lb` names: `HOST:PORT[,HOST:PORT...]`, in the order given
+/// (spaces around commas allowed). None for an empty list.
+pub fn lb_list(text: &str) -> Option<Vec<String>> {
+    let lbs: Vec<String> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|lb| !lb.is_empty())
+        .map(str::to_string)
+        .collect();
+    (!lbs.is_empty()).then_some(lbs)
+}
+
+/// Asks each LB of `lbs` in turn for the servers, leader first; the first
+/// answer, and which LB gave it. With every LB failing, the last LB's error.
+pub async fn get_servers_from_any(
+    lbs: &[String],
+    timeout: Duration,
+) -> Result<(String, Vec<SocketAddr>)> {
+    let mut last = Error::UnexpectedReply("no LB given".into());
+    for lb in lbs {
+        match get_servers(lb, timeout).await {
+            Ok(servers) => return Ok((lb.clone(), servers)),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
 
 /// Asks the LB at `lb` for the servers, leader first.
 pub async fn get_servers(lb: &str, timeout: Duration) -> Result<Vec<SocketAddr>> {
@@ -65,6 +95,24 @@ pub fn parse_servers(reply: &[u8]) -> Result<Option<Vec<SocketAddr>>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lb_lists_keep_their_order_and_refuse_to_be_empty() {
+        assert_eq!(
+            lb_list("10.0.0.1:7000, 10.0.0.2:7000,10.0.0.3:7000"),
+            Some(vec![
+                "10.0.0.1:7000".to_string(),
+                "10.0.0.2:7000".to_string(),
+                "10.0.0.3:7000".to_string()
+            ])
+        );
+        assert_eq!(
+            lb_list("127.0.0.1:7000"),
+            Some(vec!["127.0.0.1:7000".to_string()])
+        );
+        assert_eq!(lb_list(""), None);
+        assert_eq!(lb_list(" , "), None);
+    }
 
     #[test]
     fn parses_leader_first() {

@@ -54,11 +54,12 @@ struct Cli {
     /// Server address, HOST:PORT.
     #[arg(long, global = true, default_value = "127.0.0.1:11211")]
     server: String,
-    /// A cluster's load balancer, HOST:PORT (its TCP port): the command goes
+    /// A cluster's load balancer, HOST:PORT (its TCP port), or several,
+    /// comma-separated, asked in turn until one answers: the command goes
     /// to the leader it names, and commands that are safe to repeat are
     /// retried across a leader change. Overrides --server.
-    #[arg(long, global = true, value_name = "HOST:PORT")]
-    lb: Option<String>,
+    #[arg(long, global = true, value_name = "HOST:PORT[,HOST:PORT...]", value_parser = parse_lbs)]
+    lb: Option<Lbs>,
     /// Timeout for connecting and for each request, milliseconds.
     #[arg(long, global = true, default_value_t = TIMEOUT_DEFAULT_MS)]
     timeout_ms: u64,
@@ -331,11 +332,11 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
         .build()
         .context("cannot start the runtime")?;
     if let Command::Bench(args) = &cli.command {
-        if let Some(lb) = &cli.lb {
+        if let Some(lbs) = &cli.lb {
             let timeout = Duration::from_millis(cli.timeout_ms);
-            let servers = runtime
-                .block_on(client::discovery::get_servers(lb, timeout))
-                .with_context(|| format!("cannot ask the LB at {lb} for the leader"))?;
+            let (lb, servers) = runtime
+                .block_on(client::discovery::get_servers_from_any(&lbs.0, timeout))
+                .with_context(|| format!("cannot ask any LB of {lbs} for the leader"))?;
             cli.server = servers
                 .first()
                 .ok_or_else(|| anyhow!("the LB at {lb} knows no server"))?
@@ -350,6 +351,22 @@ fn run(mut cli: Cli) -> anyhow::Result<u8> {
     }
 }
 
+/// The LBs `--lb` names, in order.
+#[derive(Debug, Clone)]
+struct Lbs(Vec<String>);
+
+impl std::fmt::Display for Lbs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(","))
+    }
+}
+
+fn parse_lbs(text: &str) -> Result<Lbs, String> {
+    client::discovery::lb_list(text)
+        .map(Lbs)
+        .ok_or_else(|| "name at least one LB, HOST:PORT".to_string())
+}
+
 /// Tries before giving up on a cluster (a failover takes about a second).
 const LB_ATTEMPTS_MAX: u32 = 8;
 /// Wait before the second try; it grows linearly after that.
@@ -358,7 +375,7 @@ const LB_RETRY_DELAY_MS: u64 = 250;
 /// Runs the command on the leader the LB names; when the leader cannot be
 /// reached or is changing, asks again and retries commands that are safe to
 /// repeat (reads, set, delete, touch: repeating them leaves the same state).
-async fn run_with_lb(cli: Cli, lb: String) -> anyhow::Result<u8> {
+async fn run_with_lb(cli: Cli, lbs: Lbs) -> anyhow::Result<u8> {
     let timeout = Duration::from_millis(cli.timeout_ms);
     let repeatable = is_repeatable(&cli.command);
     let mut last_error = anyhow!("no attempt made");
@@ -369,14 +386,14 @@ async fn run_with_lb(cli: Cli, lb: String) -> anyhow::Result<u8> {
             ))
             .await;
         }
-        let servers = match client::discovery::get_servers(&lb, timeout).await {
-            Ok(servers) if !servers.is_empty() => servers,
-            Ok(_) => {
+        let servers = match client::discovery::get_servers_from_any(&lbs.0, timeout).await {
+            Ok((_, servers)) if !servers.is_empty() => servers,
+            Ok((lb, _)) => {
                 last_error = anyhow!("the LB at {lb} knows no server yet");
                 continue;
             }
             Err(e) => {
-                last_error = anyhow::Error::new(e).context(format!("cannot ask the LB at {lb}"));
+                last_error = anyhow::Error::new(e).context(format!("cannot ask any LB of {lbs}"));
                 continue;
             }
         };

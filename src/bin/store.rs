@@ -96,7 +96,8 @@ struct UpArgs {
 
 #[derive(clap::Args)]
 struct StatusArgs {
-    /// The LB's TCP address.
+    /// The LB's TCP address, or several, comma-separated: the first that
+    /// answers is shown.
     #[arg(long, default_value_t = format!("127.0.0.1:{}", lb::driver::PORT_DEFAULT))]
     lb: String,
     /// Print JSON instead of a table.
@@ -108,7 +109,8 @@ struct StatusArgs {
 struct RemoveServerArgs {
     /// The server's id, as `store status` shows it.
     id: u64,
-    /// The LB's TCP address.
+    /// The LB's TCP address, or several, comma-separated: the first that
+    /// takes the connection is asked.
     #[arg(long, default_value_t = format!("127.0.0.1:{}", lb::driver::PORT_DEFAULT))]
     lb: String,
     /// The cluster file the LB wrote (its secret proves the request)
@@ -327,8 +329,14 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The LBs a `--lb` names (one, or several comma-separated).
+fn lbs(text: &str) -> anyhow::Result<Vec<String>> {
+    client::discovery::lb_list(text).ok_or_else(|| anyhow::anyhow!("--lb names no LB"))
+}
+
 fn status(args: StatusArgs) -> anyhow::Result<()> {
-    let status = store::status::fetch(&args.lb, std::time::Duration::from_secs(5))?;
+    let lbs = lbs(&args.lb)?;
+    let status = store::status::fetch_from_any(&lbs, std::time::Duration::from_secs(5))?;
     if args.json {
         println!("{}", store::status::render_json(&status));
     } else {
@@ -345,20 +353,31 @@ const REMOVE_SERVER_TIMEOUT_MS: u64 = 5_000;
 /// reason); anything longer is not an answer.
 const REMOVE_SERVER_REPLY_BYTES_MAX: usize = 512;
 
-/// Asks the LB for a challenge, sends `remove-server <id>` with the proof
-/// of the cluster secret for it, and prints the LB's reply: true for `OK`,
-/// false for `NOT_FOUND`, an error for anything else.
+/// Asks the first LB of `--lb` that takes the connection for a challenge,
+/// sends `remove-server <id>` with the proof of the cluster secret for it,
+/// and prints the LB's reply: true for `OK`, false for `NOT_FOUND`, an
+/// error for anything else.
 fn remove_server(args: &RemoveServerArgs) -> anyhow::Result<bool> {
     use std::io::Write;
     use std::net::{SocketAddr, TcpStream};
     let timeout = std::time::Duration::from_millis(REMOVE_SERVER_TIMEOUT_MS);
-    let addr: SocketAddr = args
-        .lb
-        .parse()
-        .with_context(|| format!("not an address: {}", args.lb))?;
-    let (path, cluster) = load_cluster_file(args.cluster_file.as_deref(), addr.port())?;
-    let mut stream = TcpStream::connect_timeout(&addr, timeout)
-        .with_context(|| format!("cannot reach the LB at {addr}"))?;
+    let addrs = lbs(&args.lb)?
+        .iter()
+        .map(|lb| lb.parse().with_context(|| format!("not an address: {lb}")))
+        .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+    // The default cluster file is the first LB's (every LB has the same).
+    let (path, cluster) = load_cluster_file(args.cluster_file.as_deref(), addrs[0].port())?;
+    let mut failures = Vec::new();
+    let mut stream = addrs
+        .iter()
+        .find_map(|addr| match TcpStream::connect_timeout(addr, timeout) {
+            Ok(stream) => Some(stream),
+            Err(e) => {
+                failures.push(format!("{addr}: {e}"));
+                None
+            }
+        })
+        .with_context(|| format!("cannot reach any LB: {}", failures.join("; ")))?;
     stream.set_read_timeout(Some(timeout))?;
     stream
         .write_all(b"challenge\r\n")
