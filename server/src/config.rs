@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use data::cluster_file::ClusterFile;
+use data::frame::{Peer, ServerId};
 
 use crate::replica::Timing;
 
@@ -101,10 +102,31 @@ impl ReadMode {
     }
 }
 
+/// Who elects a group's leader.
+#[derive(Clone, Debug)]
+pub enum Elector {
+    /// The LB at this UDP address (DESIGN §3): a data group's.
+    Lb(SocketAddr),
+    /// The members themselves, by vote (DESIGN §3b), a fixed set with no
+    /// LB: the LB group's way, and a group that must run without one.
+    Vote(StaticGroup),
+}
+
+/// A group of fixed members that elects its own leader.
+#[derive(Clone, Debug)]
+pub struct StaticGroup {
+    /// This server's id among them (kept in its `meta`: a data directory
+    /// holds one member).
+    pub id: ServerId,
+    /// Every member, this server included, with its addresses.
+    pub members: Vec<Peer>,
+}
+
 /// Cluster settings from `store addsrv --lb`.
 #[derive(Clone, Debug)]
 pub struct ClusterSettings {
-    pub lb: SocketAddr,
+    /// Who elects the group's leader.
+    pub elector: Elector,
     pub cluster: ClusterFile,
     /// Where the UDP socket binds.
     pub udp_listen: SocketAddr,

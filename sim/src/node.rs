@@ -628,6 +628,8 @@ impl World {
                 })
                 .collect()
         });
+        // By vote there is no LB to register with.
+        let lb = (!self.opts.by_vote).then(|| udp_addr(0));
         let s = self.server(id);
         let state = s.disk.snapshot.state();
         let durable = Durable {
@@ -645,7 +647,7 @@ impl World {
         }
         s.commit_seen = core.commit_index();
         let applied = s.disk.snapshot.index;
-        let mut host = Host::new(core, udp_addr(0), state, applied, shape);
+        let mut host = Host::new(core, lb, state, applied, shape);
         host.receiver_mut().bug_frame_term_as_snapshot_term = bugs.frame_term_as_snapshot_term;
         s.host = Some(host);
         s.up = true;

@@ -530,7 +530,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
             Some(lb) => {
                 let (_, cluster) = load_cluster_file(args.cluster_file.as_deref(), lb.port())?;
                 Some(server::config::ClusterSettings {
-                    lb,
+                    elector: server::config::Elector::Lb(lb),
                     cluster,
                     udp_listen: std::net::SocketAddr::new(args.listen, args.udp_port),
                     udp_advertise: args.udp_advertise,

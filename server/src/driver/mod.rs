@@ -22,13 +22,13 @@ use bytes::{Bytes, BytesMut};
 use data::cluster_file::ClusterFile;
 use data::command::Command;
 use data::frame::{
-    self, Frame, FrameError, GroupId, Header, LogIndex, Message, OtherVersions, Role, ServerId,
-    Term,
+    self, Frame, FrameError, GroupId, Header, LogIndex, Message, OtherVersions, Peer, Role,
+    ServerId, Term,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{ClusterSettings, ReadMode};
+use crate::config::{ClusterSettings, Elector, ReadMode};
 use crate::memory::MemoryLimit;
 use crate::replica::host::{Host, HostTypes, Io, Synced, Written};
 use crate::replica::snapshot_stream::{FileAt, StreamShape};
@@ -111,6 +111,8 @@ pub enum ClusterError {
     },
     #[error("cannot start the replication thread: {0}")]
     Thread(std::io::Error),
+    #[error("the data directory holds member {found} of its group, not {expected}")]
+    OtherMember { found: ServerId, expected: ServerId },
 }
 
 /// Starts the driver thread. Returns once the UDP socket is bound.
@@ -147,19 +149,30 @@ pub fn start(
     })?;
     let udp_advertise = start.settings.udp_advertise.unwrap_or(udp_bound);
 
+    let static_id = match &start.settings.elector {
+        Elector::Lb(_) => None,
+        Elector::Vote(group) => Some(group.id),
+    };
     let meta = match meta::load(&start.data_dir)? {
         Some(meta) => meta,
         None => {
             // A server's id is chosen once and kept: a restart with the same
-            // data directory is the same server (DESIGN §3a).
+            // data directory is the same server (DESIGN §3a). A member of a
+            // fixed group has the id the group gives it.
             let meta = Meta {
-                server_id: random_id(),
+                server_id: static_id.map_or_else(random_id, |id| id.0),
                 current_term: 0,
             };
             meta::store(&start.data_dir, &meta)?;
             meta
         }
     };
+    if let Some(expected) = static_id.filter(|id| id.0 != meta.server_id) {
+        return Err(ClusterError::OtherMember {
+            found: ServerId(meta.server_id),
+            expected,
+        });
+    }
     let view = Arc::new(ClusterView::default());
     view.id.store(meta.server_id, Relaxed);
     let (tx, rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
@@ -263,12 +276,19 @@ impl Driver {
         udp_advertise: SocketAddr,
         view: Arc<ClusterView>,
     ) -> Driver {
+        let mut snapshot_membership = Membership::of(state::read(&start.state).config());
+        if let Elector::Vote(group) = &start.settings.elector {
+            if snapshot_membership.voters.is_empty() && snapshot_membership.learners.is_empty() {
+                // A fixed group starts with every member a voter.
+                snapshot_membership.voters = group.members.iter().map(|m| m.id).collect();
+            }
+        }
         let durable = Durable {
             term: Term(meta.current_term),
             snapshot_index: start.snapshot_index,
             snapshot_term: start.snapshot_term,
             entries: start.entries,
-            snapshot_membership: Membership::of(state::read(&start.state).config()),
+            snapshot_membership,
         };
         let id = ServerId(meta.server_id);
         let mut core = Replica::new(
@@ -279,14 +299,23 @@ impl Driver {
             now_ms(),
         );
         core.set_lease_answers_followers(start.settings.read_mode == ReadMode::Linearizable);
+        let mut peers_tcp = HashMap::new();
+        let lb = match &start.settings.elector {
+            Elector::Lb(lb) => Some(*lb),
+            Elector::Vote(group) => {
+                let others: Vec<Peer> = group
+                    .members
+                    .iter()
+                    .filter(|m| m.id != id)
+                    .copied()
+                    .collect();
+                core.elect_by_vote(now_ms(), &others);
+                peers_tcp.extend(group.members.iter().map(|m| (m.id, m.tcp)));
+                None
+            }
+        };
         let applied = LogIndex(state::read(&start.state).applied_index());
-        let host = Host::new(
-            core,
-            start.settings.lb,
-            start.state,
-            applied,
-            StreamShape::SERVER,
-        );
+        let host = Host::new(core, lb, start.state, applied, StreamShape::SERVER);
         let io = DriverIo {
             id,
             cluster: start.settings.cluster.clone(),
@@ -298,7 +327,7 @@ impl Driver {
             stats: start.stats,
             memory: start.memory,
             view,
-            peers_tcp: HashMap::new(),
+            peers_tcp,
             out: BytesMut::with_capacity(frame::DATAGRAM_BYTES_MAX),
             item_bytes_max: start.item_bytes_max,
             keystores: KeystoreSchedule::new(start.snapshot_log_bytes),
@@ -423,9 +452,12 @@ impl Driver {
         };
         let Frame { header, message } = frame;
         // This server hosts the first group only (route::group_of).
+        // A group that elects by vote has no LB to hear from.
+        let lb_less = matches!(self.settings.elector, Elector::Vote(_));
         if header.cluster != self.io.cluster.id
             || header.group != GroupId::FIRST
             || header.to != self.io.id
+            || (lb_less && header.from == ServerId::LB)
         {
             view.frames_dropped.fetch_add(1, Relaxed);
             return;

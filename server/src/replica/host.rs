@@ -192,7 +192,9 @@ pub struct Host<T: HostTypes> {
     applied: LogIndex,
     waiters: Waiters<T::Proposal, T::Read>,
     lb_link: LbLink,
-    lb: SocketAddr,
+    /// The LB's address; `None` in a group that elects by vote, which has
+    /// no LB to register with or answer.
+    lb: Option<SocketAddr>,
     /// Leader: keystore streams to followers behind the compacted log.
     senders: Senders<T::Source>,
     /// Follower: a leader's keystore file arriving.
@@ -208,12 +210,14 @@ impl<T: HostTypes> Host<T> {
     /// `state` has applied `applied` (the keystore's index, at start).
     pub fn new(
         mut core: Replica,
-        lb: SocketAddr,
+        lb: Option<SocketAddr>,
         state: T::State,
         applied: LogIndex,
         shape: StreamShape,
     ) -> Host<T> {
-        core.set_lb_addr(lb);
+        if let Some(lb) = lb {
+            core.set_lb_addr(lb);
+        }
         Host {
             core,
             state,
@@ -280,7 +284,7 @@ impl<T: HostTypes> Host<T> {
     /// carries out what it caused and sends what it is answered with.
     pub fn receive<I: Io<T>>(&mut self, io: &mut I, from: ServerId, term: Term, message: Message) {
         let now = io.now_ms();
-        let is_lb_heartbeat = self.lb_link.received(from, &message);
+        let is_lb_heartbeat = self.lb.is_some() && self.lb_link.received(from, &message);
         let message = match Chunk::of(from, term, message) {
             Ok(chunk) => return self.on_snapshot_chunk(io, now, chunk),
             Err(message) => message,
@@ -300,7 +304,9 @@ impl<T: HostTypes> Host<T> {
         if is_lb_heartbeat {
             let status = self.core.status(now, self.applied);
             let term = self.core.term();
-            self.outbox.push((ServerId::LB, self.lb, term, status));
+            if let Some(lb) = self.lb {
+                self.outbox.push((ServerId::LB, lb, term, status));
+            }
         }
     }
 
@@ -318,6 +324,9 @@ impl<T: HostTypes> Host<T> {
         // Stalled keystore streams resend first.
         let out = self.senders.tick(&self.core, now);
         self.queue(out);
+        let Some(lb) = self.lb else {
+            return;
+        };
         let to_lb = self.lb_link.on_tick(
             &self.core,
             now,
@@ -328,7 +337,7 @@ impl<T: HostTypes> Host<T> {
         );
         let term = self.core.term();
         for message in to_lb {
-            self.outbox.push((ServerId::LB, self.lb, term, message));
+            self.outbox.push((ServerId::LB, lb, term, message));
         }
     }
 
