@@ -177,6 +177,16 @@ impl Hosts {
         self.processes.push((host.to_string(), child, log_path));
     }
 
+    /// SIGKILL to the process on `host`.
+    fn kill(&mut self, host: &str) {
+        for (name, child, _) in &mut self.processes {
+            if name == host {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
     fn log_tails(&self) -> String {
         let mut tails = String::new();
         for (host, _, path) in &self.processes {
@@ -389,4 +399,51 @@ fn a_follower_cut_off_from_the_leader_refuses_then_catches_up() {
     hosts.serves(follower, "j", "through-leader");
     hosts.stored(follower, "after", "heal");
     hosts.serves(leader, "after", "heal");
+}
+
+/// The LB cut off from every server (its clients and the test still reach
+/// it): the group needs it only to elect, so for several election timeouts
+/// the leader keeps committing writes through itself and its followers and
+/// every server serves the newest value; the LB back, a leader killed is
+/// replaced and nothing acknowledged is lost.
+#[test]
+fn the_group_keeps_serving_while_the_lb_is_cut_off() {
+    let test = "the_group_keeps_serving_while_the_lb_is_cut_off";
+    let Some(mut hosts) = Hosts::start(test, 3) else {
+        return;
+    };
+    let leader = hosts.leader_other_than(&[]);
+    for server in SERVERS {
+        hosts.net.cut(LB, server);
+    }
+    let timeout = Duration::from_millis(ELECTION_TIMEOUT_MS.parse().expect("a number"));
+    let cut_at = Instant::now();
+    let mut written = 0;
+    while cut_at.elapsed() < 3 * timeout {
+        let through = SERVERS[written % SERVERS.len()];
+        let read_on = SERVERS[(written + 1) % SERVERS.len()];
+        let (key, value) = (format!("w{written}"), format!("v{written}"));
+        hosts.stored(through, &key, &value);
+        assert_eq!(
+            hosts.get(read_on, &key),
+            Ok(hit(&key, &value)),
+            "{key} read on {read_on} with the LB cut off"
+        );
+        written += 1;
+    }
+    eprintln!(
+        "{written} writes committed in {:?} without the LB",
+        cut_at.elapsed()
+    );
+    assert_eq!(hosts.leader_other_than(&[]), leader, "no election happened");
+
+    hosts.net.heal_all();
+    hosts.kill(leader);
+    let new = hosts.leader_other_than(&[leader]);
+    hosts.stored(new, "after", "failover");
+    for server in SERVERS.into_iter().filter(|s| *s != leader) {
+        for i in 0..written {
+            hosts.serves(server, &format!("w{i}"), &format!("v{i}"));
+        }
+    }
 }
