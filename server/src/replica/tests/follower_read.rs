@@ -189,3 +189,34 @@ fn a_follower_read_without_a_leader_is_refused_after_its_wait() {
     assert_eq!(g.node(2).reads_failed, vec![3]);
     assert!(g.node(2).reads_ready.is_empty());
 }
+
+#[test]
+fn the_answer_commits_on_the_follower_what_its_log_holds_of_the_leaders() {
+    // A read right after a write made through another server: the follower
+    // holds the entry but has not heard it committed (that comes with the
+    // leader's next heartbeat). The read index is the leader's commit
+    // index, and the follower's log matches the leader's: it commits at
+    // once, and the read need not wait for that heartbeat.
+    let mut g = Group::new(&[1, 2, 3]);
+    g.elect(1, 1);
+    let commit = commit_writes(&mut g, 1);
+    assert!(
+        g.node(2).replica.commit_index() < commit,
+        "the follower has not heard the commit yet"
+    );
+    g.read(2, 9).unwrap();
+    g.drive(ServerId(2));
+    let question = take_to(&mut g, 1);
+    deliver(&mut g, 2, 1, question);
+    let answer = take_to(&mut g, 2);
+    assert!(
+        answer
+            .iter()
+            .all(|(_, m)| matches!(m, Message::ReadIndexReply { .. })),
+        "only the answer reaches the follower: {answer:?}"
+    );
+    deliver(&mut g, 1, 2, answer);
+    assert_eq!(g.node(2).replica.commit_index(), commit);
+    assert_eq!(g.node(2).committed, commit);
+    assert_eq!(g.node(2).reads_ready, vec![9]);
+}
