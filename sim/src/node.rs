@@ -617,10 +617,9 @@ impl World {
         let bugs = self.opts.bugs;
         let shape = stream_shape(self.opts.seed);
         let now = self.server_now(id);
-        // By vote: every other server, as a static `--peers` list.
-        let by_vote_peers: Option<Vec<Peer>> = self.opts.by_vote.then(|| {
+        // By vote: every server, as a static `--peers` list.
+        let by_vote_members: Option<Vec<Peer>> = self.opts.by_vote.then(|| {
             (1..=self.opts.servers as u64)
-                .filter(|peer| *peer != id)
                 .map(|peer| Peer {
                     id: ServerId(peer),
                     tcp: tcp_addr(peer),
@@ -642,8 +641,8 @@ impl World {
         let timing = Timing::new(s.heartbeat_ms, ELECTION_TIMEOUT_MS);
         let mut core = Replica::new(ServerId(id), timing, durable, jitter, now);
         core.set_bugs(bugs.replica);
-        if let Some(peers) = by_vote_peers {
-            core.elect_by_vote(now, &peers);
+        if let Some(members) = by_vote_members {
+            core.elect_by_vote(now, &members);
         }
         s.commit_seen = core.commit_index();
         let applied = s.disk.snapshot.index;

@@ -181,7 +181,7 @@ fn bug_follower_read_before_apply_is_caught() {
 
 /// By vote: a vote granted to a candidate whose log is older than the
 /// voter's lets it win without a committed entry (Raft §5.4.1). Caught
-/// first at seed 3, by leader completeness.
+/// first at seed 1, by leader completeness.
 #[test]
 fn bug_vote_for_older_log_is_caught() {
     caught_within_where("vote-for-older-log", 100, |o| o.by_vote = true);
@@ -189,7 +189,7 @@ fn bug_vote_for_older_log_is_caught() {
 
 /// By vote: a vote is a promise to a new term; granted while the leader
 /// may hold a read lease on this voter's last Ack, a new leader serves
-/// beside it. Rarer: caught first at seed 812, by lease safety (the fault
+/// beside it. Rarer: caught first at seed 255, by lease safety (the fault
 /// that cuts the leader from one follower, which then stands, makes it
 /// show; without that fault, not before seed 7,894).
 #[test]

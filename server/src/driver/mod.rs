@@ -22,8 +22,8 @@ use bytes::{Bytes, BytesMut};
 use data::cluster_file::ClusterFile;
 use data::command::Command;
 use data::frame::{
-    self, Frame, FrameError, GroupId, Header, LogIndex, Message, OtherVersions, Peer, Role,
-    ServerId, Term,
+    self, Frame, FrameError, GroupId, Header, LogIndex, Message, OtherVersions, Role, ServerId,
+    Term,
 };
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
@@ -303,13 +303,7 @@ impl Driver {
         let lb = match &start.settings.elector {
             Elector::Lb(lb) => Some(*lb),
             Elector::Vote(group) => {
-                let others: Vec<Peer> = group
-                    .members
-                    .iter()
-                    .filter(|m| m.id != id)
-                    .copied()
-                    .collect();
-                core.elect_by_vote(now_ms(), &others);
+                core.elect_by_vote(now_ms(), &group.members);
                 peers_tcp.extend(group.members.iter().map(|m| (m.id, m.tcp)));
                 None
             }

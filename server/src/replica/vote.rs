@@ -37,13 +37,15 @@ pub(super) struct Candidacy {
 }
 
 impl Replica {
-    /// Makes this group elect its own leader by vote among `peers` (this
-    /// server's fellow members, with their addresses; the configuration
-    /// itself is the log's, or the snapshot's for a new group). Called once
-    /// by the host, at start.
-    pub fn elect_by_vote(&mut self, now_ms: u64, peers: &[Peer]) {
+    /// Makes this group elect its own leader by vote among `members` (all
+    /// of them, this server included, with their addresses; the
+    /// configuration itself is the log's, or the snapshot's for a new
+    /// group). Called once by the host, at start.
+    pub fn elect_by_vote(&mut self, now_ms: u64, members: &[Peer]) {
         self.elects_by_vote = true;
-        self.learn_peers(peers);
+        let me = self.id;
+        let peers: Vec<Peer> = members.iter().filter(|m| m.id != me).copied().collect();
+        self.learn_peers(&peers);
         self.reset_election_timer(now_ms);
     }
 
@@ -81,14 +83,7 @@ impl Replica {
 
     /// Asks whether the voters would vote for this server in the next term.
     fn pre_vote(&mut self, now_ms: u64) {
-        self.candidacy = Some(Candidacy {
-            pre: true,
-            votes: [self.id].into(),
-        });
-        self.reset_election_timer(now_ms);
-        self.ask_votes(true);
-        // A group of one goes on at once.
-        self.count_votes(now_ms);
+        self.canvass(now_ms, true);
     }
 
     /// A majority would vote for it: stands in the next term.
@@ -97,12 +92,18 @@ impl Replica {
         tracing::info!(term = term.0, "no leader heard; standing for election");
         self.adopt_term(term, None);
         self.voted = Some((term, self.id));
+        self.canvass(now_ms, false);
+    }
+
+    /// A candidacy (`pre`: a pre-vote) with this server's own vote, asked
+    /// of every other voter; a group of one goes on at once.
+    fn canvass(&mut self, now_ms: u64, pre: bool) {
         self.candidacy = Some(Candidacy {
-            pre: false,
+            pre,
             votes: [self.id].into(),
         });
         self.reset_election_timer(now_ms);
-        self.ask_votes(false);
+        self.ask_votes(pre);
         self.count_votes(now_ms);
     }
 

@@ -160,7 +160,7 @@ fn no_vote_in_the_term_found_on_disk_at_start() {
     };
     let now = 10_000;
     let mut replica = Replica::new(ServerId(1), Timing::default(), durable, 7, now);
-    replica.elect_by_vote(now, &peers(&[2, 3]));
+    replica.elect_by_vote(now, &peers(&[1, 2, 3]));
     let later = now + Timing::default().lease_ms;
     let request = request_from_an_empty_log(false);
     replica.receive(later, ServerId(2), Term(5), request.clone());
