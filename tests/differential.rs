@@ -44,6 +44,9 @@ const RUN_TIME_MAX: Duration = Duration::from_secs(90);
 const STEP_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 /// Commands pipelined in one step, at most.
 const BURST_MAX: usize = 8;
+/// The smallest bogus cas unique sent: above any unique a run can issue.
+const BOGUS_UNIQUE_MIN: u64 = 123_456;
+const _: () = assert!(((STEPS_MAX * BURST_MAX) as u64) < BOGUS_UNIQUE_MIN);
 
 #[derive(Clone, Debug)]
 enum Which {
@@ -262,6 +265,14 @@ impl Gen {
             self.large_left -= 1;
             vec![b'B'; 1_000_000]
         };
+        // memcached reads a value of nothing but whitespace as a number by
+        // reading on past the item's data into the memory after it (its
+        // incr/decr then answers with whatever digits follow: seen "0" and
+        // "295" where the store answers non-numeric), so such values are
+        // left out.
+        if !v.is_empty() && v.iter().all(|b| b" \t\n\x0b\x0c\r".contains(b)) {
+            v.push(b'x');
+        }
         // The step reply is delimited by the VERSION line.
         while find(&v, b"VERSION").is_some() {
             v.retain(|&b| b != b'V');
@@ -308,6 +319,13 @@ impl Gen {
             "",
             "123456789012345678901",
             "18446744073709551616",
+            "+5",
+            "-0",
+            "-5",
+            "5\0x",
+            " 7 x",
+            "\t9",
+            "-18446744073709551615",
         ]);
         if v == "1" && self.rng.gen_bool(0.5) {
             return self.rng.gen::<u32>().to_string().into_bytes();
@@ -331,7 +349,11 @@ impl Gen {
             6 if big => "9223372036854775808".into(),
             7 if big => self.rng.gen::<u64>().to_string(),
             4..=7 => self.rng.gen::<u32>().to_string(),
-            8 => "-1".into(),
+            // Signs as C's strtoull reads them: "-0" is 0, "-1" refused,
+            // "-18446744073709551615" wraps to 1.
+            8 => self
+                .pick(&["-1", "-0", "+5", "-18446744073709551615"])
+                .into(),
             9 => "abc".into(),
             10 => "18446744073709551616".into(),
             _ => self.rng.gen_range(2..1000u64).to_string(),
@@ -385,7 +407,14 @@ impl Gen {
                 let which = match self.rng.gen_range(0..4) {
                     0 | 1 => Which::Latest,
                     2 => Which::Oldest,
-                    _ => Which::Bogus(self.pick(&[0, 1, u64::MAX, 123_456])),
+                    // Uniques neither side can have issued: both count
+                    // uniques from 1 per write (memcached per store, the
+                    // store per log entry), and a run makes at most
+                    // STEPS_MAX * BURST_MAX writes. A small bogus unique
+                    // such as 1 can be an item's real unique on one side
+                    // and not the other (seen: memcached STORED, store
+                    // EXISTS).
+                    _ => Which::Bogus(self.pick(&[0, BOGUS_UNIQUE_MIN, 1 << 32, u64::MAX])),
                 };
                 let value = self.value();
                 let mut line = b"cas ".to_vec();

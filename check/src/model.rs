@@ -337,24 +337,35 @@ fn counter_value(number: u64) -> Value {
     Rc::from(number.to_string().into_bytes())
 }
 
-/// memcached's reading of a counter (strtoull): optional leading whitespace,
-/// a decimal u64, then the end or whitespace. Written here rather than taken
+/// memcached's reading of a counter (strtoull, then memcached's checks):
+/// optional leading whitespace, an optional sign, decimal digits that fit a
+/// u64, then the end, a NUL or whitespace; a '-' negates modulo 2^64 and is
+/// refused when the result is 2^63 or more. Written here rather than taken
 /// from the store's `data` crate so that the oracle does not share code with
 /// what it checks.
 pub(crate) fn parse_counter(data: &[u8]) -> Option<u64> {
     let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r');
     let start = data.iter().position(|b| !is_space(b))?;
-    let digits = &data[start..];
-    let end = digits
+    let mut rest = &data[start..];
+    let negative = rest.first() == Some(&b'-');
+    if matches!(rest.first(), Some(b'-' | b'+')) {
+        rest = &rest[1..];
+    }
+    let end = rest
         .iter()
         .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    if end == 0 || (end < digits.len() && !is_space(&digits[end])) {
+        .unwrap_or(rest.len());
+    if end == 0 || (end < rest.len() && rest[end] != 0 && !is_space(&rest[end])) {
         return None;
     }
-    digits[..end].iter().try_fold(0u64, |n, d| {
+    let magnitude = rest[..end].iter().try_fold(0u64, |n, d| {
         n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+    })?;
+    if !negative {
+        return Some(magnitude);
+    }
+    let value = 0u64.wrapping_sub(magnitude);
+    (value < 1 << 63).then_some(value)
 }
 
 #[cfg(test)]
@@ -375,6 +386,11 @@ mod tests {
         assert_eq!(parse_counter(b"12x"), None);
         assert_eq!(parse_counter(b""), None);
         assert_eq!(parse_counter(b"18446744073709551616"), None);
+        assert_eq!(parse_counter(b"+5"), Some(5));
+        assert_eq!(parse_counter(b"5\0x"), Some(5));
+        assert_eq!(parse_counter(b"-0"), Some(0));
+        assert_eq!(parse_counter(b"-18446744073709551615"), Some(1));
+        assert_eq!(parse_counter(b"-5"), None);
         let s = State::new(0)
             .step(&Observed::SetStored(v("18446744073709551615")))
             .unwrap();

@@ -2,6 +2,7 @@
 //!
 //! Layout:
 //! - [`limits`]: every protocol limit as a named constant.
+//! - [`c_number`]: memcached's reading of a decimal number (incr/decr).
 //! - [`exptime`]: memcached's relative/absolute/negative expiry rules, resolved
 //!   against a time the caller passes in.
 //! - [`protocol`]: the memcached text protocol. Server side: bytes to
@@ -25,6 +26,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin_proof;
+pub mod c_number;
 pub mod cluster_file;
 pub mod command;
 pub mod exptime;

@@ -516,7 +516,7 @@ impl State {
         let Some(old) = self.get(key, now_s) else {
             return Outcome::NotFound;
         };
-        let Some(value) = parse_counter(old.data()) else {
+        let Some(value) = crate::c_number::safe_strtoull(old.data()) else {
             return Outcome::NonNumeric;
         };
         let (flags, exptime) = (old.flags(), old.exptime());
@@ -611,35 +611,6 @@ fn flushed(flush_deadline_s: Option<u64>, now_s: u64, updated_s: u64) -> bool {
     matches!(flush_deadline_s, Some(deadline) if now_s >= deadline && updated_s <= deadline)
 }
 
-/// memcached's rule for a counter value: optional leading whitespace, then a
-/// decimal u64, then the end or whitespace.
-pub fn parse_counter(data: &[u8]) -> Option<u64> {
-    let start = data.iter().position(|b| !is_c_space(*b))?;
-    let digits = &data[start..];
-    let end = digits
-        .iter()
-        .position(|b| !b.is_ascii_digit())
-        .unwrap_or(digits.len());
-    if end == 0 {
-        return None;
-    }
-    if end < digits.len() && !is_c_space(digits[end]) {
-        return None;
-    }
-    let mut value: u64 = 0;
-    for &digit in &digits[..end] {
-        value = value
-            .checked_mul(10)?
-            .checked_add(u64::from(digit - b'0'))?;
-    }
-    Some(value)
-}
-
-/// C's isspace in the "C" locale.
-fn is_c_space(b: u8) -> bool {
-    matches!(b, b' ' | b'\t' | b'\n' | 0x0b | 0x0c | b'\r')
-}
-
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -692,11 +663,6 @@ mod tests {
             incr: false,
         };
         assert_eq!(state.apply(3, &cmd(1, decr)), Outcome::Number(0));
-        assert_eq!(parse_counter(b" 12"), Some(12));
-        assert_eq!(parse_counter(b"12  "), Some(12));
-        assert_eq!(parse_counter(b"12abc"), None);
-        assert_eq!(parse_counter(b""), None);
-        assert_eq!(parse_counter(b"18446744073709551616"), None);
     }
 
     #[test]

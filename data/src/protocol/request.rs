@@ -266,7 +266,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
                 return Err(reply(BAD_FORMAT));
             };
             let key = checked_key(key).ok_or_else(|| quiet(BAD_FORMAT))?;
-            let delta = parse_u64(delta).ok_or_else(|| quiet(BAD_DELTA))?;
+            let delta = crate::c_number::safe_strtoull(delta).ok_or_else(|| quiet(BAD_DELTA))?;
             Request::Arith {
                 key,
                 delta,
