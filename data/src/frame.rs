@@ -201,6 +201,9 @@ pub struct GroupId(pub u16);
 impl GroupId {
     /// The group every server belongs to while each hosts one.
     pub const FIRST: GroupId = GroupId(0);
+    /// The LB group: the LBs' own replicated log (DESIGN §3c), never a data
+    /// group, so a datagram of one can never be taken for the other's.
+    pub const LB: GroupId = GroupId(u16::MAX);
 }
 
 impl fmt::Display for GroupId {

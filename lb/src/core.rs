@@ -51,6 +51,10 @@ pub enum Action {
 pub enum RemoveError {
     #[error("server {0} is not registered")]
     NotFound(ServerId),
+    /// This LB does not lead its group; the one at this discovery address
+    /// does, if known.
+    #[error("this LB does not lead the LB group")]
+    NotLeader(Option<SocketAddr>),
 }
 
 /// Inputs the core dropped, for `stats`.
@@ -374,6 +378,33 @@ impl Core {
             election_term: self.election.as_ref().map(|e| e.term),
             servers,
             counters: self.counters,
+        }
+    }
+
+    /// What an LB that does not run the core (a follower of the LB group)
+    /// knows: the registry as committed, with no server's status.
+    pub fn registry_view(durable: &DurableState) -> ClusterView {
+        ClusterView {
+            term: durable.term,
+            leader: durable
+                .members
+                .contains_key(&durable.leader)
+                .then_some(durable.leader),
+            election_term: None,
+            servers: durable
+                .members
+                .iter()
+                .map(|(id, member)| ServerView {
+                    id: *id,
+                    tcp: member.tcp,
+                    udp: member.udp,
+                    removing: false,
+                    last_heard_ms_ago: None,
+                    reachable: false,
+                    status: None,
+                })
+                .collect(),
+            counters: CoreCounters::default(),
         }
     }
 

@@ -13,6 +13,8 @@
 //! challenge          -> CHALLENGE <64 hex digits>\r\n
 //! remove-server <id> <proof>
 //!                    -> OK\r\n | NOT_FOUND\r\n
+//!                     | NOT_LEADER [<leader LB ip:port>]\r\n (an LB that
+//!                       does not lead its group)
 //!                     | CLIENT_ERROR unauthenticated: <why>\r\n
 //! anything else      -> ERROR\r\n
 //! a line over LINE_BYTES_MAX -> CLIENT_ERROR line too long\r\n (the rest of
@@ -230,11 +232,30 @@ pub fn encode_servers(view: &ClusterView, out: &mut BytesMut) {
     out.put_slice(text.as_bytes());
 }
 
+/// Where this LB stands in its group, for `stats`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Standing {
+    /// It runs the election core: alone, or leading its group.
+    pub leads: bool,
+    /// Its member id in the group (1 alone).
+    pub id: u64,
+    /// LBs in its group.
+    pub lbs: usize,
+    /// The LB group's term (0 alone).
+    pub lb_term: u64,
+    /// The discovery address of the LB that leads the group, if known.
+    pub lb_leader: Option<std::net::SocketAddr>,
+}
+
 /// `remove-server <id>`'s reply.
 pub fn encode_remove(result: Result<(), RemoveError>, out: &mut BytesMut) {
     match result {
         Ok(()) => out.put_slice(b"OK\r\n"),
         Err(RemoveError::NotFound(_)) => out.put_slice(b"NOT_FOUND\r\n"),
+        Err(RemoveError::NotLeader(Some(leader))) => {
+            out.put_slice(format!("NOT_LEADER {leader}\r\n").as_bytes())
+        }
+        Err(RemoveError::NotLeader(None)) => out.put_slice(b"NOT_LEADER\r\n"),
     }
 }
 
@@ -249,11 +270,26 @@ pub fn encode_unauthenticated(why: Unauthenticated, out: &mut BytesMut) {
 /// `stats`: the LB's term and leader, counters (the core's and the
 /// driver's, passed in as `counters`), then per server, in id order.
 /// Unknown values (never heard, no status yet) are `-1`.
-pub fn encode_stats(view: &ClusterView, counters: &[(&str, u64)], out: &mut BytesMut) {
+pub fn encode_stats(
+    standing: &Standing,
+    view: &ClusterView,
+    counters: &[(&str, u64)],
+    out: &mut BytesMut,
+) {
     let mut text = String::new();
     let mut stat = |name: &str, value: &dyn std::fmt::Display| {
         let _ = write!(text, "STAT {name} {value}\r\n");
     };
+    stat("role", &if standing.leads { "leader" } else { "follower" });
+    stat("lb_id", &standing.id);
+    stat("lbs", &standing.lbs);
+    stat("lb_term", &standing.lb_term);
+    stat(
+        "lb_leader",
+        &standing
+            .lb_leader
+            .map_or_else(|| "-".to_string(), |a| a.to_string()),
+    );
     stat("term", &view.term);
     stat("leader", &view.leader.unwrap_or(ServerId::LB));
     stat(
@@ -536,7 +572,18 @@ mod tests {
     #[test]
     fn stats_has_per_server_lines_and_lag() {
         let mut out = BytesMut::new();
-        encode_stats(&view(), &[("frames_bad_mac", 4)], &mut out);
+        encode_stats(
+            &Standing {
+                leads: true,
+                id: 1,
+                lbs: 1,
+                lb_term: 0,
+                lb_leader: None,
+            },
+            &view(),
+            &[("frames_bad_mac", 4)],
+            &mut out,
+        );
         let text = std::str::from_utf8(&out).expect("ascii");
         for line in [
             "STAT term 3\r\n",

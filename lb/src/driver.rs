@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use data::admin_proof::CHALLENGE_BYTES;
 use data::frame::{
-    self, Frame, FrameError, GroupId, Header, OtherVersions, ServerId, DATAGRAM_BYTES_MAX,
+    self, Frame, FrameError, GroupId, Header, OtherVersions, ServerId, Term, DATAGRAM_BYTES_MAX,
     SECRET_BYTES,
 };
 use rand::RngCore;
@@ -45,7 +45,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster_file::{self, ClusterFile, ClusterFileError};
 use crate::core::{Action, ClusterView, Core, CoreConfig, RemoveError};
-use crate::discovery::{self, Parsed, Request, LINE_BYTES_MAX};
+use crate::discovery::{self, Parsed, Request, Standing, LINE_BYTES_MAX};
+use crate::group::{GroupError, LbLog, Peers, PeersError};
 use crate::registry::{DurableState, RegistryError, RegistryFile};
 
 /// `store addlb`'s default TCP discovery port (and UDP control port).
@@ -83,12 +84,20 @@ pub struct LbConfig {
     pub data_dir: PathBuf,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
+    /// Every LB of this LB's group by discovery address, this one included
+    /// (`--peers`, [`crate::group`]); empty for an LB alone.
+    pub peers: Vec<SocketAddr>,
+    /// The cluster file to use instead of the data directory's (which is
+    /// made on a first start): every LB of a group shares one.
+    pub cluster_file: Option<PathBuf>,
 }
 
 impl LbConfig {
     /// The cluster file servers must be given (`--cluster-file`).
     pub fn cluster_file_path(&self) -> PathBuf {
-        cluster_file::path_in(&self.data_dir)
+        self.cluster_file
+            .clone()
+            .unwrap_or_else(|| cluster_file::path_in(&self.data_dir))
     }
 
     fn validate(&self) -> Result<CoreConfig, LbError> {
@@ -129,6 +138,12 @@ pub enum LbError {
     DataDirInUse(PathBuf),
     #[error(transparent)]
     ClusterFile(#[from] ClusterFileError),
+    #[error(transparent)]
+    Peers(#[from] PeersError),
+    #[error("the LB group's log: {0}")]
+    GroupLog(#[from] server::listener::ServerError),
+    #[error(transparent)]
+    Group(#[from] GroupError),
     /// Loading failed, or a save did: then the LB stops, because its state
     /// in memory is ahead of its disk and it must not act on it.
     #[error(transparent)]
@@ -154,6 +169,8 @@ struct Counters {
     frames_malformed: AtomicU64,
     frames_other_cluster: AtomicU64,
     frames_not_for_lb: AtomicU64,
+    /// Frames from data servers that reached an LB not leading its group.
+    frames_not_leading: AtomicU64,
     frames_sent: AtomicU64,
     frames_send_failed: AtomicU64,
     connections_refused: AtomicU64,
@@ -168,7 +185,7 @@ impl Counters {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [(&'static str, u64); 10] {
+    fn snapshot(&self) -> [(&'static str, u64); 11] {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         [
             ("frames_received", get(&self.frames_received)),
@@ -176,6 +193,7 @@ impl Counters {
             ("frames_malformed", get(&self.frames_malformed)),
             ("frames_other_cluster", get(&self.frames_other_cluster)),
             ("frames_not_for_lb", get(&self.frames_not_for_lb)),
+            ("frames_not_leading", get(&self.frames_not_leading)),
             ("frames_sent", get(&self.frames_sent)),
             ("frames_send_failed", get(&self.frames_send_failed)),
             ("connections_refused", get(&self.connections_refused)),
@@ -187,7 +205,7 @@ impl Counters {
 
 /// What a discovery connection asks of the control task.
 enum CoreRequest {
-    View(oneshot::Sender<ClusterView>),
+    View(oneshot::Sender<(Standing, ClusterView)>),
     Remove(ServerId, oneshot::Sender<Result<(), RemoveError>>),
 }
 
@@ -200,7 +218,12 @@ pub async fn run(
     ready: impl FnOnce(SocketAddr, SocketAddr),
 ) -> Result<(), LbError> {
     let core_config = config.validate()?;
+    let peers = match config.peers.len() {
+        0 => None,
+        _ => Some(Peers::new(&config.peers, config.listen, config.tcp_port)?),
+    };
     let dir = config.data_dir.clone();
+    let shared_cluster_file = config.cluster_file.clone();
     let (cluster, durable, _data_dir_lock) = tokio::task::spawn_blocking(move || {
         let data_dir_error = |source| LbError::DataDir {
             path: dir.clone(),
@@ -221,13 +244,20 @@ pub async fn run(
             Err(std::fs::TryLockError::WouldBlock) => return Err(LbError::DataDirInUse(dir)),
             Err(std::fs::TryLockError::Error(source)) => return Err(data_dir_error(source)),
         }
-        // The OS-seeded RNG: the secret keys every datagram's MAC.
-        let (cluster, created) = cluster_file::load_or_create(&dir, || {
-            cluster_file::generate(&mut rand::rngs::OsRng)
-        })?;
-        if created {
-            tracing::info!(path = %cluster_file::path_in(&dir).display(), "created the cluster file");
-        }
+        let cluster = match &shared_cluster_file {
+            Some(path) => cluster_file::load(path)?,
+            None => {
+                // The OS-seeded RNG: the secret keys every datagram's MAC.
+                let (cluster, created) = cluster_file::load_or_create(&dir, || {
+                    cluster_file::generate(&mut rand::rngs::OsRng)
+                })?;
+                if created {
+                    tracing::info!(path = %cluster_file::path_in(&dir).display(), "created the cluster file");
+                }
+                cluster
+            }
+        };
+        // In a group the registry lives in the group's log instead.
         let durable = RegistryFile::new(&dir).load()?;
         Ok::<_, LbError>((cluster, durable, lock))
     })
@@ -255,12 +285,37 @@ pub async fn run(
     };
     let udp_bound = local(socket.local_addr(), "udp", udp_addr)?;
     let tcp_bound = local(listener.local_addr(), "tcp", tcp_addr)?;
-    tracing::info!(
-        term = %durable.term,
-        leader = %durable.leader,
-        members = durable.members.len(),
-        "loaded the registry"
-    );
+    let authority = match &peers {
+        None => {
+            tracing::info!(
+                term = %durable.term,
+                leader = %durable.leader,
+                members = durable.members.len(),
+                "loaded the registry"
+            );
+            Authority::Alone(RegistryFile::new(&config.data_dir))
+        }
+        Some(peers) => {
+            if !durable.members.is_empty() {
+                tracing::warn!(
+                    "this LB's own registry file is not used: the LB group's log holds the registry"
+                );
+            }
+            let settings = peers.settings(
+                cluster.clone(),
+                config.listen,
+                server::replica::Timing::new(config.heartbeat_ms, config.election_timeout_ms),
+            );
+            let dir = server::storage::layout::group_dir(&config.data_dir, GroupId::LB);
+            let log = server::group_log::GroupLog::open(settings, &dir, peers.me().tcp).await?;
+            tracing::info!(id = %peers.me, lbs = peers.members.len(), "replicating the registry in the LB group");
+            Authority::Group {
+                log: LbLog::new(log),
+                leading: None,
+                size: peers.members.len(),
+            }
+        }
+    };
 
     let counters = Arc::new(Counters::default());
     let (requests_tx, requests_rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
@@ -282,20 +337,28 @@ pub async fn run(
 
     let start = Instant::now();
     let control = Control {
-        core: Core::new(core_config, durable.clone(), 0),
+        // An LB in a group acts once it leads the group.
+        core: matches!(authority, Authority::Alone(_))
+            .then(|| Core::new(core_config, durable.clone(), 0)),
+        core_config,
         last_logged: durable,
         socket,
         cluster,
-        registry: RegistryFile::new(&config.data_dir),
+        authority,
         counters,
         start,
         out: BytesMut::with_capacity(DATAGRAM_BYTES_MAX),
         probe: None,
         other_versions: OtherVersions::default(),
     };
-    let result = control.run(&shutdown, requests_rx).await;
+    let (authority, result) = control.run(&shutdown, requests_rx).await;
     if let Err(e) = &result {
         tracing::error!(error = %e, "the LB is stopping");
+    }
+    if let Authority::Group { log, .. } = authority {
+        if let Err(e) = log.close().await {
+            tracing::error!(error = %e, "the LB group's log did not close cleanly");
+        }
     }
     discovery_stop.cancel();
     tracker.close();
@@ -308,14 +371,39 @@ pub async fn run(
     result
 }
 
+/// Where the registry is kept, and whether this LB may act on it.
+enum Authority {
+    /// An LB alone: its registry file, and it always acts.
+    Alone(RegistryFile),
+    /// A member of an LB group: the group's log. It acts while it leads
+    /// the group, with a core made from the log's registry.
+    Group {
+        log: LbLog,
+        /// The LB term the running core was made in.
+        leading: Option<Term>,
+        size: usize,
+    },
+}
+
+/// How often an LB of a group looks at whether it leads the group: the
+/// replica publishes its role in a view, not as an event.
+const LEADERSHIP_POLL_MS: u64 = 10;
+
+/// The longest the control task sleeps with nothing to do (an LB with no
+/// core has no deadline of its own).
+const IDLE_WAKE_MS: u64 = 1_000;
+
 /// The control task: owns the core, the UDP socket and the registry file.
 struct Control {
-    core: Core,
+    /// Running while this LB acts for the cluster: always alone, while it
+    /// leads in a group.
+    core: Option<Core>,
+    core_config: CoreConfig,
     /// The last persisted state logged, to log only term/leader changes.
     last_logged: DurableState,
     socket: UdpSocket,
     cluster: ClusterFile,
-    registry: RegistryFile,
+    authority: Authority,
     counters: Arc<Counters>,
     start: Instant,
     out: BytesMut,
@@ -359,8 +447,19 @@ impl Probe {
 }
 
 impl Control {
+    /// Runs until shutdown or a fatal error; hands back the registry's
+    /// keeper, for the group's log to be closed.
     async fn run(
         mut self,
+        shutdown: &CancellationToken,
+        requests: mpsc::Receiver<CoreRequest>,
+    ) -> (Authority, Result<(), LbError>) {
+        let result = self.serve(shutdown, requests).await;
+        (self.authority, result)
+    }
+
+    async fn serve(
+        &mut self,
         shutdown: &CancellationToken,
         mut requests: mpsc::Receiver<CoreRequest>,
     ) -> Result<(), LbError> {
@@ -368,7 +467,16 @@ impl Control {
         // arrives truncated at that length and decode refuses it as too long.
         let mut buf = vec![0u8; DATAGRAM_BYTES_MAX + 1];
         loop {
-            let deadline = self.start + Duration::from_millis(self.core.next_deadline_ms());
+            self.follow_group_leadership().await?;
+            let now = self.now_ms();
+            let mut next_ms = self
+                .core
+                .as_ref()
+                .map_or(u64::MAX, |core| core.next_deadline_ms());
+            if matches!(self.authority, Authority::Group { .. }) {
+                next_ms = next_ms.min(now + LEADERSHIP_POLL_MS);
+            }
+            let deadline = self.start + Duration::from_millis(next_ms.min(now + IDLE_WAKE_MS));
             let actions = tokio::select! {
                 biased;
                 () = shutdown.cancelled() => return Ok(()),
@@ -388,14 +496,62 @@ impl Control {
                     // The next frame to it goes out on a fresh socket.
                     self.probe = None;
                     let now = self.now_ms();
-                    self.core.unreachable(now, id)
+                    self.core.as_mut().map_or_else(Vec::new, |core| core.unreachable(now, id))
                 }
                 () = sleep_until(deadline) => {
                     let now = self.now_ms();
-                    self.core.tick(now)
+                    self.core.as_mut().map_or_else(Vec::new, |core| core.tick(now))
                 }
             };
             self.execute(actions).await?;
+        }
+    }
+
+    /// In a group: makes a core when this LB has come to lead the group (from
+    /// the registry every earlier leader committed), and drops it when it no
+    /// longer leads. Alone: nothing to do.
+    async fn follow_group_leadership(&mut self) -> Result<(), LbError> {
+        let Authority::Group { log, leading, .. } = &mut self.authority else {
+            return Ok(());
+        };
+        let now_leading = log.leading();
+        if now_leading == *leading {
+            return Ok(());
+        }
+        if leading.is_some() {
+            tracing::info!(term = ?leading, "no longer leads the LB group");
+        }
+        *leading = None;
+        self.core = None;
+        self.probe = None;
+        let Some(term) = now_leading else {
+            return Ok(());
+        };
+        // A barrier: the leader's first entry of its term committed, every
+        // registry an earlier leader committed is applied here.
+        let waited = timeout(
+            Duration::from_millis(self.core_config.election_timeout_ms),
+            log.take_over(term),
+        )
+        .await;
+        match waited {
+            Ok(Ok(durable)) => {
+                tracing::info!(
+                    lb_term = %term,
+                    term = %durable.term,
+                    leader = %durable.leader,
+                    members = durable.members.len(),
+                    "leads the LB group: acting on the registry it committed"
+                );
+                *leading = Some(term);
+                self.core = Some(Core::new(self.core_config, durable.clone(), self.now_ms()));
+                self.last_logged = durable;
+                Ok(())
+            }
+            // Not yet (its first entry is not committed) or no longer: the
+            // next turn looks again.
+            Ok(Err(GroupError::Deposed)) | Err(_) => Ok(()),
+            Ok(Err(e)) => Err(e.into()),
         }
     }
 
@@ -435,23 +591,73 @@ impl Control {
             return Vec::new();
         }
         let now = self.now_ms();
-        self.core.receive(now, &frame.header, frame.message)
+        let Some(core) = self.core.as_mut() else {
+            // A follower of the LB group: the leader acts on these.
+            Counters::bump(&counters.frames_not_leading);
+            return Vec::new();
+        };
+        core.receive(now, &frame.header, frame.message)
     }
 
     fn on_request(&mut self, request: CoreRequest) -> Vec<Action> {
         match request {
             CoreRequest::View(reply) => {
+                let view = match (&self.core, &self.authority) {
+                    (Some(core), _) => core.view(self.now_ms()),
+                    // A follower answers from the registry as it applied it.
+                    (None, Authority::Group { log, .. }) => match log.registry() {
+                        Ok(durable) => Core::registry_view(&durable),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot read the applied registry");
+                            Core::registry_view(&DurableState::default())
+                        }
+                    },
+                    (None, Authority::Alone(_)) => unreachable!("an LB alone always acts"),
+                };
                 // The asker may have gone; nothing to do then.
-                let _ = reply.send(self.core.view(self.now_ms()));
+                let _ = reply.send((self.standing(), view));
                 Vec::new()
             }
             CoreRequest::Remove(id, reply) => {
-                let (answer, actions) = match self.core.remove_server(id) {
-                    Ok(actions) => (Ok(()), actions),
-                    Err(e) => (Err(e), Vec::new()),
+                let (answer, actions) = match self.core.as_mut() {
+                    None => (Err(RemoveError::NotLeader(self.group_leader())), Vec::new()),
+                    Some(core) => match core.remove_server(id) {
+                        Ok(actions) => (Ok(()), actions),
+                        Err(e) => (Err(e), Vec::new()),
+                    },
                 };
                 let _ = reply.send(answer);
                 actions
+            }
+        }
+    }
+
+    /// The discovery address of the LB that leads this LB's group, if known.
+    fn group_leader(&self) -> Option<SocketAddr> {
+        match &self.authority {
+            Authority::Alone(_) => None,
+            Authority::Group { log, .. } => log.view().leader_tcp(),
+        }
+    }
+
+    fn standing(&self) -> Standing {
+        match &self.authority {
+            Authority::Alone(_) => Standing {
+                leads: true,
+                id: 1,
+                lbs: 1,
+                lb_term: 0,
+                lb_leader: None,
+            },
+            Authority::Group { log, size, .. } => {
+                let view = log.view();
+                Standing {
+                    leads: self.core.is_some(),
+                    id: view.id.load(Ordering::Relaxed),
+                    lbs: *size,
+                    lb_term: view.term.load(Ordering::Relaxed),
+                    lb_leader: view.leader_tcp(),
+                }
             }
         }
     }
@@ -462,11 +668,28 @@ impl Control {
         for action in actions {
             match action {
                 Action::Persist(state) => {
-                    let registry = self.registry.clone();
-                    let saved = state.clone();
-                    tokio::task::spawn_blocking(move || registry.save(&saved))
-                        .await
-                        .map_err(|_| LbError::TaskPanicked)??;
+                    match &mut self.authority {
+                        Authority::Alone(registry) => {
+                            let registry = registry.clone();
+                            let saved = state.clone();
+                            tokio::task::spawn_blocking(move || registry.save(&saved))
+                                .await
+                                .map_err(|_| LbError::TaskPanicked)??;
+                        }
+                        Authority::Group { log, leading, .. } => match log.persist(&state).await {
+                            Ok(()) => {}
+                            Err(GroupError::Deposed) => {
+                                // Not committed (or not known to be): act on
+                                // none of it, nor on anything after it.
+                                tracing::info!(lb_term = ?leading, "deposed while committing the registry: stops acting");
+                                *leading = None;
+                                self.core = None;
+                                self.probe = None;
+                                return Ok(());
+                            }
+                            Err(e) => return Err(e.into()),
+                        },
+                    }
                     if (state.term, state.leader)
                         != (self.last_logged.term, self.last_logged.leader)
                     {
@@ -499,7 +722,8 @@ impl Control {
                         Counters::bump(&self.counters.frames_send_failed);
                         continue;
                     }
-                    let sent = if self.core.leader() == Some(to) {
+                    let to_leader = self.core.as_ref().and_then(Core::leader) == Some(to);
+                    let sent = if to_leader {
                         self.ensure_probe(to, addr).await;
                         match &self.probe {
                             Some(probe) => probe.socket.send(&self.out).await,
@@ -701,11 +925,11 @@ async fn answer(
             if requests.send(CoreRequest::View(tx)).await.is_err() {
                 return false;
             }
-            let Ok(view) = rx.await else {
+            let Ok((standing, view)) = rx.await else {
                 return false;
             };
             if request == Request::Stats {
-                discovery::encode_stats(&view, &counters.snapshot(), output);
+                discovery::encode_stats(&standing, &view, &counters.snapshot(), output);
             } else {
                 discovery::encode_servers(&view, output);
             }

@@ -12,6 +12,8 @@
 //!   an input, its outputs are persist and send actions.
 //! - [`discovery`]: the TCP discovery protocol (`get-servers`, `stats`,
 //!   `remove-server`) as pure parse and encode functions.
+//! - [`group`]: several LBs as one group: the registry in a replicated
+//!   log (the data servers' replica core), and who among them acts.
 //! - [`driver`]: the only code that touches sockets, timers and files on
 //!   tokio: one UDP control socket, the tick timer, persistence on a
 //!   blocking thread, and the TCP discovery listener. [`run`] starts it.
@@ -21,6 +23,7 @@ pub mod cluster_file;
 pub mod core;
 pub mod discovery;
 pub mod driver;
+pub mod group;
 pub mod registry;
 
 pub use driver::{run, LbConfig, LbError};

@@ -48,6 +48,8 @@ impl RunningLb {
             data_dir: dir.to_path_buf(),
             heartbeat_ms,
             election_timeout_ms,
+            peers: Vec::new(),
+            cluster_file: None,
         };
         let shutdown = CancellationToken::new();
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();

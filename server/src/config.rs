@@ -6,7 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use data::cluster_file::ClusterFile;
-use data::frame::{Peer, ServerId};
+use data::frame::{GroupId, Peer, ServerId};
 
 use crate::replica::Timing;
 
@@ -125,6 +125,10 @@ pub struct StaticGroup {
 /// Cluster settings from `store addsrv --lb`.
 #[derive(Clone, Debug)]
 pub struct ClusterSettings {
+    /// The group this server is a member of: frames of any other are
+    /// dropped. Data servers are in [`GroupId::FIRST`]; the LBs' members
+    /// are in [`GroupId::LB`].
+    pub group: GroupId,
     /// Who elects the group's leader.
     pub elector: Elector,
     pub cluster: ClusterFile,

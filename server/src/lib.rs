@@ -11,6 +11,8 @@
 //! - [`write_path`]: the contract of the two write paths, and why two:
 //! - [`commit`]: a server alone: the thread that owns the log; group
 //!   commit, then apply.
+//! - [`group_log`]: a group's log and state opened and replicated: a data
+//!   server's group, and the LB group's log inside each LB.
 //! - [`driver`]: a group member: runs the [`replica`] host on
 //!   its own thread with the UDP socket, the log, the timer and keystore
 //!   files as its I/O; [`driver::ClusterHandle`] is how connections reach it.
@@ -42,6 +44,7 @@ pub mod config;
 pub mod connection;
 pub mod driver;
 pub mod forward;
+pub mod group_log;
 pub mod listener;
 pub mod memory;
 pub mod reclaim;

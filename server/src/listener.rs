@@ -14,13 +14,10 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use bytes::BytesMut;
-use data::frame::{LogIndex, Term};
-
 use crate::commit::{self, CommitConfig};
 use crate::config::Config;
 use crate::connection::Connection;
-use crate::driver::{self, DriverStart};
+use crate::driver;
 use crate::forward::LeaderLink;
 use crate::memory::{MemoryLimit, WriteBudget};
 use crate::recovery::{self, RecoveryError};
@@ -130,12 +127,7 @@ pub async fn run(
     let _ = reclaimer.await;
     drop(backend);
     drop(shared);
-    let panicked = || ServerError::Panicked { what: "write path" };
-    let joined = tokio::task::spawn_blocking(move || worker.join())
-        .await
-        .map_err(|_| panicked())?;
-    joined.map_err(|_| panicked())??;
-    Ok(())
+    crate::group_log::join_worker(worker, "write path").await
 }
 
 /// Tells a client over the connection limit why, then hangs up.
@@ -208,48 +200,24 @@ async fn start_backend(
             Ok((shared, Backend::Single(committer), worker))
         }
         Some(settings) => {
-            let unapplied = tokio::task::spawn_blocking(move || {
-                let c = blocking_config;
-                recovery::open_unapplied(&c.data_dir, c.item_bytes_max, c.segment_bytes_max())
-            })
-            .await
-            .map_err(|_| ServerError::Panicked { what: "recovery" })??;
-            let snapshot_index = LogIndex(unapplied.state.applied_index());
-            let entries = unapplied
-                .records
-                .into_iter()
-                .map(|record| {
-                    let mut payload = BytesMut::with_capacity(record.command.encoded_len());
-                    record.command.encode(&mut payload);
-                    (Term(record.term), payload.freeze())
-                })
-                .collect();
-            let state = Arc::new(RwLock::new(unapplied.state));
-            let memory = Arc::new(MemoryLimit::new(config.memory_limit_bytes));
-            let (handle, worker) = driver::start(DriverStart {
-                settings,
-                data_dir: group_dir.clone(),
-                tcp_advertise: local,
-                log: unapplied.log,
-                entries,
-                snapshot_index,
-                snapshot_term: Term(unapplied.snapshot_term),
-                state: state.clone(),
-                stats: stats.clone(),
-                memory: memory.clone(),
-                snapshot_log_bytes: config.snapshot_log_bytes,
+            let files = crate::group_log::GroupFiles {
                 item_bytes_max: config.item_bytes_max,
-            })?;
+                segment_bytes_max: config.segment_bytes_max(),
+                snapshot_log_bytes: config.snapshot_log_bytes,
+                memory_limit_bytes: config.memory_limit_bytes,
+            };
+            let group =
+                crate::group_log::open(settings, group_dir, local, files, stats.clone()).await?;
             let shared = Arc::new(Shared {
                 config: config.clone(),
                 limits,
-                state,
+                state: group.state,
                 stats,
-                memory,
+                memory: group.memory,
                 write_budget: WriteBudget::default(),
                 leader_link: LeaderLink::default(),
             });
-            Ok((shared, Backend::Cluster(handle), worker))
+            Ok((shared, Backend::Cluster(group.handle), group.worker))
         }
     }
 }

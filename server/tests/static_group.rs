@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use data::cluster_file::ClusterFile;
-use data::frame::{ClusterId, Peer, ServerId};
+use data::frame::{ClusterId, GroupId, Peer, ServerId};
 use server::config::{
     ClusterSettings, Config, Elector, ReadMode, StaticGroup, SNAPSHOT_LOG_BYTES_DEFAULT,
 };
@@ -48,6 +48,7 @@ impl Member {
             memory_limit_bytes: 0,
             shutdown_enabled: false,
             cluster: Some(ClusterSettings {
+                group: GroupId::FIRST,
                 elector: Elector::Vote(StaticGroup {
                     id,
                     members: members.to_vec(),

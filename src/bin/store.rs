@@ -142,6 +142,17 @@ struct AddlbArgs {
     /// undecided and how long followers may lose the leader.
     #[arg(long, default_value_t = lb::driver::ELECTION_TIMEOUT_MS_DEFAULT)]
     election_timeout_ms: u64,
+    /// Every LB of a group of LBs, this one included, as HOST:PORT
+    /// (discovery addresses, comma-separated; the same list servers and
+    /// clients take as --lb). The LBs keep the registry in a replicated log
+    /// on UDP PORT+1000 and elect the one that acts. Without it, the LB is
+    /// alone.
+    #[arg(long)]
+    peers: Option<String>,
+    /// The cluster file to use, shared by every LB of a group
+    /// [default: DATA_DIR/cluster, made on the first start].
+    #[arg(long)]
+    cluster_file: Option<PathBuf>,
     /// Verbose logging; repeat for more.
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -470,6 +481,17 @@ fn addlb(args: AddlbArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|| PathBuf::from("store-data").join(format!("lb-{}", args.port))),
         heartbeat_ms: args.heartbeat_ms,
         election_timeout_ms: args.election_timeout_ms,
+        peers: match &args.peers {
+            None => Vec::new(),
+            Some(text) => lbs(text)?
+                .iter()
+                .map(|lb| {
+                    lb.parse()
+                        .with_context(|| format!("--peers: not an address: {lb}"))
+                })
+                .collect::<anyhow::Result<_>>()?,
+        },
+        cluster_file: args.cluster_file,
     };
     // The LB's work is small: a current-thread runtime keeps it on one core.
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -530,6 +552,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
             Some(lb) => {
                 let (_, cluster) = load_cluster_file(args.cluster_file.as_deref(), lb.port())?;
                 Some(server::config::ClusterSettings {
+                    group: data::frame::GroupId::FIRST,
                     elector: server::config::Elector::Lb(lb),
                     cluster,
                     udp_listen: std::net::SocketAddr::new(args.listen, args.udp_port),

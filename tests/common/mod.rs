@@ -239,7 +239,7 @@ impl Drop for ServerProc {
     }
 }
 
-fn spawn_logged(mut cmd: Command, log_dir: &Path, tag: &str) -> ServerProc {
+pub fn spawn_logged(mut cmd: Command, log_dir: &Path, tag: &str) -> ServerProc {
     static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let stderr_path = log_dir.join(format!("{tag}-{n}.stderr"));

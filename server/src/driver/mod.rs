@@ -239,6 +239,7 @@ struct Driver {
 /// The driver's side of the [`Io`] contract.
 struct DriverIo {
     id: ServerId,
+    group: GroupId,
     cluster: ClusterFile,
     data_dir: PathBuf,
     tcp_advertise: SocketAddr,
@@ -312,6 +313,7 @@ impl Driver {
         let host = Host::new(core, lb, start.state, applied, StreamShape::SERVER);
         let io = DriverIo {
             id,
+            group: start.settings.group,
             cluster: start.settings.cluster.clone(),
             data_dir: start.data_dir,
             tcp_advertise: start.tcp_advertise,
@@ -445,11 +447,11 @@ impl Driver {
             }
         };
         let Frame { header, message } = frame;
-        // This server hosts the first group only (route::group_of).
+        // This driver runs one group (route::group_of).
         // A group that elects by vote has no LB to hear from.
         let lb_less = matches!(self.settings.elector, Elector::Vote(_));
         if header.cluster != self.io.cluster.id
-            || header.group != GroupId::FIRST
+            || header.group != self.io.group
             || header.to != self.io.id
             || (lb_less && header.from == ServerId::LB)
         {
@@ -530,7 +532,7 @@ impl Io<ServerTypes> for DriverIo {
         let frame = Frame {
             header: Header {
                 cluster: self.cluster.id,
-                group: GroupId::FIRST,
+                group: self.group,
                 from: self.id,
                 to,
                 term,

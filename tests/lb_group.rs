@@ -1,0 +1,247 @@
+//! Three LBs as one group (DESIGN §3c), as real processes on 127.0.0.1:
+//! they elect one leader among themselves; what the leading LB decides (a
+//! server's registration, the data term, the leader it names) is in the
+//! group's log, so followers answer `get-servers` from it; after the
+//! leading LB is killed another leads from the same registry and never
+//! issues a data term again; the killed one restarts on its data directory,
+//! follows and catches up. Every process is killed when the test ends.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster::{request, server_stats};
+use common::{parse_stats, poll_until, spawn_logged, ServerProc, StoreServer};
+use data::cluster_file::ClusterFile;
+use data::frame::ClusterId;
+
+/// An LB election, a data election and a catch-up each take well under this.
+const DEADLINE: Duration = Duration::from_secs(20);
+const LBS: usize = 3;
+
+struct Lb {
+    addr: SocketAddr,
+    dir: PathBuf,
+    args: Vec<String>,
+    proc: Option<ServerProc>,
+}
+
+impl Lb {
+    fn start(&mut self, logs: &Path) {
+        let mut command = Command::new(StoreServer::store_bin());
+        command.args(&self.args);
+        self.proc = Some(spawn_logged(
+            command,
+            logs,
+            &format!("lb-{}", self.addr.port()),
+        ));
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill9();
+        }
+    }
+
+    fn stats(&self) -> BTreeMap<String, String> {
+        let reply = request(self.addr, b"stats\r\n", b"END\r\n").unwrap_or_default();
+        parse_stats(&reply).into_iter().collect()
+    }
+
+    fn servers(&self) -> Vec<String> {
+        let reply = request(self.addr, b"get-servers\r\n", b"end\r\n").unwrap_or_default();
+        let text = String::from_utf8_lossy(&reply).into_owned();
+        text.lines()
+            .take_while(|l| *l != "end")
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn log(&self) -> String {
+        self.proc
+            .as_ref()
+            .map(|p| p.stderr_text())
+            .unwrap_or_default()
+    }
+}
+
+/// A TCP port whose UDP twin and UDP port + 1000 (the LB group's) were
+/// free a moment ago.
+fn lb_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("a TCP port");
+        let port = tcp.local_addr().expect("bound").port();
+        let Some(peer) = port.checked_add(1000) else {
+            continue;
+        };
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
+            && UdpSocket::bind(("127.0.0.1", peer)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+fn stat<'a>(stats: &'a BTreeMap<String, String>, name: &str) -> &'a str {
+    stats.get(name).map_or("", String::as_str)
+}
+
+fn stat_u64(stats: &BTreeMap<String, String>, name: &str) -> u64 {
+    stat(stats, name).parse().unwrap_or(0)
+}
+
+/// The index of the one LB among `up` that says it leads, once the others
+/// name it too.
+fn await_lb_leader(lbs: &[Lb], up: &[usize]) -> usize {
+    let mut leader = None;
+    let agreed = poll_until(DEADLINE, || {
+        let stats: Vec<_> = up.iter().map(|i| (*i, lbs[*i].stats())).collect();
+        let leaders: Vec<usize> = stats
+            .iter()
+            .filter(|(_, s)| stat(s, "role") == "leader")
+            .map(|(i, _)| *i)
+            .collect();
+        leader = match leaders[..] {
+            [one] => Some(one),
+            _ => None,
+        };
+        leader.is_some_and(|one| {
+            let addr = lbs[one].addr.to_string();
+            stats
+                .iter()
+                .all(|(_, s)| stat(s, "lb_leader") == addr && stat(s, "lbs") == "3")
+        })
+    });
+    let logs: Vec<String> = up.iter().map(|i| lbs[*i].log()).collect();
+    assert!(
+        agreed,
+        "no LB leader all agree on; logs:\n{}",
+        logs.join("\n")
+    );
+    leader.expect("polled")
+}
+
+#[test]
+fn three_lbs_elect_one_and_keep_the_registry_through_a_kill() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let logs = dir.path().join("logs");
+    std::fs::create_dir_all(&logs).expect("logs dir");
+    let cluster_path = dir.path().join("cluster");
+    let cluster = ClusterFile {
+        id: ClusterId(0x1b_9e0c),
+        secret: [0x5a; 32],
+    };
+    std::fs::write(&cluster_path, cluster.format()).expect("write the cluster file");
+    let ports: Vec<u16> = (0..LBS).map(|_| lb_port()).collect();
+    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let mut lbs: Vec<Lb> = ports
+        .iter()
+        .enumerate()
+        .map(|(i, port)| {
+            let lb_dir = dir.path().join(format!("lb-{}", i + 1));
+            let args = [
+                "addlb",
+                "-p",
+                &port.to_string(),
+                "--data-dir",
+                &lb_dir.display().to_string(),
+                "--peers",
+                &peers.join(","),
+                "--cluster-file",
+                &cluster_path.display().to_string(),
+            ]
+            .map(String::from)
+            .to_vec();
+            Lb {
+                addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                dir: lb_dir,
+                args,
+                proc: None,
+            }
+        })
+        .collect();
+    for lb in &mut lbs {
+        lb.start(&logs);
+    }
+    let all: Vec<usize> = (0..LBS).collect();
+    let first = await_lb_leader(&lbs, &all);
+    let lb_term = stat_u64(&lbs[first].stats(), "lb_term");
+    assert!(lb_term > 0, "an LB group leader leads in a term");
+
+    // A data server registers with the leading LB and is named leader.
+    let server = StoreServer::start(&[
+        "--lb",
+        &lbs[first].addr.to_string(),
+        "--cluster-file",
+        &cluster_path.display().to_string(),
+    ]);
+    let server_addr = format!("127.0.0.1:{}", server.port);
+    let server_id = server_stats(server_addr.parse().expect("an address"))
+        .get("repl_id")
+        .cloned()
+        .expect("the server's id");
+    let mut data_term = 0;
+    let named = poll_until(DEADLINE, || {
+        let stats = lbs[first].stats();
+        data_term = stat_u64(&stats, "term");
+        stat(&stats, "leader") == server_id
+    });
+    assert!(named, "no data leader named: {:?}", lbs[first].stats());
+    assert!(data_term > 0);
+
+    // Followers answer from the registry the group committed.
+    for follower in all.iter().filter(|i| **i != first) {
+        let lb = &lbs[*follower];
+        let caught_up = poll_until(DEADLINE, || {
+            lb.servers() == [server_addr.as_str()] && stat_u64(&lb.stats(), "term") == data_term
+        });
+        assert!(
+            caught_up,
+            "follower LB {} never showed the registry: {:?} {:?}",
+            lb.addr,
+            lb.servers(),
+            lb.stats()
+        );
+        assert_eq!(stat(&lb.stats(), "role"), "follower");
+    }
+
+    // The leading LB dies; another leads, from the same registry.
+    lbs[first].kill9();
+    let up: Vec<usize> = all.iter().copied().filter(|i| *i != first).collect();
+    let second = await_lb_leader(&lbs, &up);
+    let stats = lbs[second].stats();
+    assert!(
+        stat_u64(&stats, "lb_term") > lb_term,
+        "a new LB leader leads in a newer LB term: {stats:?}"
+    );
+    assert!(
+        stat_u64(&stats, "term") >= data_term,
+        "a data term is never issued twice: the new LB leader starts from {data_term}: {stats:?}"
+    );
+    assert_eq!(lbs[second].servers(), [server_addr.as_str()]);
+
+    // The killed LB comes back on its data directory and follows.
+    assert!(lbs[first].dir.is_dir());
+    lbs[first].start(&logs);
+    let leader_addr = lbs[second].addr.to_string();
+    let rejoined = poll_until(DEADLINE, || {
+        let stats = lbs[first].stats();
+        stat(&stats, "role") == "follower"
+            && stat(&stats, "lb_leader") == leader_addr
+            && lbs[first].servers() == [server_addr.as_str()]
+    });
+    assert!(
+        rejoined,
+        "the restarted LB did not follow and catch up: {:?}\n{}",
+        lbs[first].stats(),
+        lbs[first].log()
+    );
+    drop(server);
+    for lb in &mut lbs {
+        lb.kill9();
+    }
+}
