@@ -12,9 +12,9 @@ use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use common::cluster::{request, server_stats};
+use common::cluster::{request, request_within, server_stats};
 use common::{parse_stats, poll_until, spawn_logged, ServerProc, StoreServer};
 use data::cluster_file::ClusterFile;
 use data::frame::ClusterId;
@@ -125,60 +125,108 @@ fn await_lb_leader(lbs: &[Lb], up: &[usize]) -> usize {
     leader.expect("polled")
 }
 
+/// Three LBs of one group, started, with their cluster file; every LB is
+/// killed when dropped.
+struct Group {
+    /// Holds every LB's data directory and the logs.
+    _dir: tempfile::TempDir,
+    logs: PathBuf,
+    cluster_path: PathBuf,
+    lbs: Vec<Lb>,
+}
+
+impl Group {
+    fn start() -> Group {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let logs = dir.path().join("logs");
+        std::fs::create_dir_all(&logs).expect("logs dir");
+        let cluster_path = dir.path().join("cluster");
+        let cluster = ClusterFile {
+            id: ClusterId(0x1b_9e0c),
+            secret: [0x5a; 32],
+        };
+        std::fs::write(&cluster_path, cluster.format()).expect("write the cluster file");
+        let ports: Vec<u16> = (0..LBS).map(|_| lb_port()).collect();
+        let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let mut lbs: Vec<Lb> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                let lb_dir = dir.path().join(format!("lb-{}", i + 1));
+                let args = [
+                    "addlb",
+                    "-p",
+                    &port.to_string(),
+                    "--data-dir",
+                    &lb_dir.display().to_string(),
+                    "--peers",
+                    &peers.join(","),
+                    "--cluster-file",
+                    &cluster_path.display().to_string(),
+                ]
+                .map(String::from)
+                .to_vec();
+                Lb {
+                    addr: SocketAddr::from(([127, 0, 0, 1], *port)),
+                    dir: lb_dir,
+                    args,
+                    proc: None,
+                }
+            })
+            .collect();
+        for lb in &mut lbs {
+            lb.start(&logs);
+        }
+        Group {
+            _dir: dir,
+            logs,
+            cluster_path,
+            lbs,
+        }
+    }
+
+    /// Every LB, comma-separated, as `--lb` takes them.
+    fn lb_list(&self) -> String {
+        let addrs: Vec<String> = self.lbs.iter().map(|lb| lb.addr.to_string()).collect();
+        addrs.join(",")
+    }
+}
+
+/// `store addsrv` flags to join the cluster of these LBs.
+fn server_args(lbs: &str, cluster_path: &Path) -> Vec<String> {
+    [
+        "--lb",
+        lbs,
+        "--cluster-file",
+        &cluster_path.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Drop for Group {
+    fn drop(&mut self) {
+        for lb in &mut self.lbs {
+            lb.kill9();
+        }
+    }
+}
+
 #[test]
 fn three_lbs_elect_one_and_keep_the_registry_through_a_kill() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let logs = dir.path().join("logs");
-    std::fs::create_dir_all(&logs).expect("logs dir");
-    let cluster_path = dir.path().join("cluster");
-    let cluster = ClusterFile {
-        id: ClusterId(0x1b_9e0c),
-        secret: [0x5a; 32],
-    };
-    std::fs::write(&cluster_path, cluster.format()).expect("write the cluster file");
-    let ports: Vec<u16> = (0..LBS).map(|_| lb_port()).collect();
-    let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
-    let mut lbs: Vec<Lb> = ports
-        .iter()
-        .enumerate()
-        .map(|(i, port)| {
-            let lb_dir = dir.path().join(format!("lb-{}", i + 1));
-            let args = [
-                "addlb",
-                "-p",
-                &port.to_string(),
-                "--data-dir",
-                &lb_dir.display().to_string(),
-                "--peers",
-                &peers.join(","),
-                "--cluster-file",
-                &cluster_path.display().to_string(),
-            ]
-            .map(String::from)
-            .to_vec();
-            Lb {
-                addr: SocketAddr::from(([127, 0, 0, 1], *port)),
-                dir: lb_dir,
-                args,
-                proc: None,
-            }
-        })
-        .collect();
-    for lb in &mut lbs {
-        lb.start(&logs);
-    }
+    let mut group = Group::start();
+    let logs = group.logs.clone();
+    let cluster_path = group.cluster_path.clone();
+    let lbs = &mut group.lbs;
     let all: Vec<usize> = (0..LBS).collect();
-    let first = await_lb_leader(&lbs, &all);
+    let first = await_lb_leader(lbs, &all);
     let lb_term = stat_u64(&lbs[first].stats(), "lb_term");
     assert!(lb_term > 0, "an LB group leader leads in a term");
 
-    // A data server registers with the leading LB and is named leader.
-    let server = StoreServer::start(&[
-        "--lb",
-        &lbs[first].addr.to_string(),
-        "--cluster-file",
-        &cluster_path.display().to_string(),
-    ]);
+    // A data server that knows only the leading LB registers with it and
+    // is named leader.
+    let args = server_args(&lbs[first].addr.to_string(), &cluster_path);
+    let server = StoreServer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
     let server_addr = format!("127.0.0.1:{}", server.port);
     let server_id = server_stats(server_addr.parse().expect("an address"))
         .get("repl_id")
@@ -212,7 +260,7 @@ fn three_lbs_elect_one_and_keep_the_registry_through_a_kill() {
     // The leading LB dies; another leads, from the same registry.
     lbs[first].kill9();
     let up: Vec<usize> = all.iter().copied().filter(|i| *i != first).collect();
-    let second = await_lb_leader(&lbs, &up);
+    let second = await_lb_leader(lbs, &up);
     let stats = lbs[second].stats();
     assert!(
         stat_u64(&stats, "lb_term") > lb_term,
@@ -241,7 +289,143 @@ fn three_lbs_elect_one_and_keep_the_registry_through_a_kill() {
         lbs[first].log()
     );
     drop(server);
-    for lb in &mut lbs {
-        lb.kill9();
+}
+
+/// The data leader the LB at `lb` names, by its memcached address.
+fn data_leader(lb: &Lb) -> Option<SocketAddr> {
+    let stats = lb.stats();
+    let id = stats.get("leader")?;
+    stats.get(&format!("server.{id}.tcp"))?.parse().ok()
+}
+
+fn set(addr: SocketAddr, key: &str, value: &str) -> bool {
+    let bytes = format!("set {key} 0 0 {}\r\n{value}\r\n", value.len());
+    request_within(addr, bytes.as_bytes(), b"\r\n", Duration::from_millis(500))
+        .is_ok_and(|reply| reply == b"STORED\r\n")
+}
+
+#[test]
+fn a_write_succeeds_after_the_lb_leader_and_then_the_data_leader_are_killed() {
+    const SERVERS: usize = 3;
+    let mut group = Group::start();
+    let all: Vec<usize> = (0..LBS).collect();
+    let first = await_lb_leader(&group.lbs, &all);
+    let args = server_args(&group.lb_list(), &group.cluster_path);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // One at a time, as `store up` does: each joins before the next starts.
+    let mut servers = Vec::new();
+    for i in 0..SERVERS {
+        let server = StoreServer::start(&args);
+        let joined = poll_until(DEADLINE, || {
+            let role = server_stats(SocketAddr::from(([127, 0, 0, 1], server.port)))
+                .get("repl_role")
+                .cloned()
+                .unwrap_or_default();
+            (i == 0 && role == "leader") || role == "follower"
+        });
+        assert!(
+            joined,
+            "server {i} did not join: {:?}",
+            group.lbs[first].stats()
+        );
+        servers.push(server);
     }
+    let addr_of = |s: &StoreServer| SocketAddr::from(([127, 0, 0, 1], s.port));
+    let leader = data_leader(&group.lbs[first]).expect("a data leader");
+    assert!(set(leader, "before", "1"), "a write before the kills");
+    let leader_id = server_stats(leader)
+        .get("repl_id")
+        .cloned()
+        .expect("the leader's id");
+
+    group.lbs[first].kill9();
+    let leader_index = servers
+        .iter()
+        .position(|s| addr_of(s) == leader)
+        .expect("the leader is one of the servers");
+    servers[leader_index].kill9();
+    let killed = Instant::now();
+    let survivors: Vec<SocketAddr> = servers
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| *i != leader_index)
+        .map(|(_, s)| addr_of(s))
+        .collect();
+    let mut acknowledged = Vec::new();
+    let mut attempt = 0;
+    let written = poll_until(DEADLINE, || {
+        attempt += 1;
+        let key = format!("after-{attempt}");
+        survivors.iter().any(|addr| {
+            let stored = set(*addr, &key, "2");
+            if stored {
+                acknowledged.push(key.clone());
+            }
+            stored
+        })
+    });
+    let took = killed.elapsed();
+    let up: Vec<usize> = all.iter().copied().filter(|i| *i != first).collect();
+    let logs: Vec<String> = up.iter().map(|i| group.lbs[*i].log()).collect();
+    assert!(
+        written,
+        "no write succeeded after the LB leader and the data leader were killed; LB logs:\n{}",
+        logs.join("\n")
+    );
+    eprintln!(
+        "first write acknowledged {} ms after the data leader was killed",
+        took.as_millis()
+    );
+    // Nothing acknowledged is lost: every key reads back from a survivor.
+    for key in std::iter::once("before".to_string()).chain(acknowledged) {
+        let found = survivors.iter().any(|addr| {
+            request_within(
+                *addr,
+                format!("get {key}\r\n").as_bytes(),
+                b"END\r\n",
+                Duration::from_secs(2),
+            )
+            .is_ok_and(|reply| reply.starts_with(format!("VALUE {key} ").as_bytes()))
+        });
+        assert!(found, "acknowledged {key} is lost");
+    }
+
+    // `store remove-server` finds the LB that acts: the dead one does not
+    // answer, a follower points at the leader, the leader removes it.
+    let follower = up
+        .iter()
+        .copied()
+        .find(|i| stat(&group.lbs[*i].stats(), "role") == "follower")
+        .expect("a follower LB");
+    let lb_list = format!("{},{}", group.lbs[first].addr, group.lbs[follower].addr);
+    let output = Command::new(StoreServer::store_bin())
+        .args([
+            "remove-server",
+            &leader_id,
+            "--lb",
+            &lb_list,
+            "--cluster-file",
+        ])
+        .arg(&group.cluster_path)
+        .output()
+        .expect("run store remove-server");
+    assert!(
+        output.status.success(),
+        "remove-server through a follower LB: {}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let leading = up
+        .iter()
+        .copied()
+        .find(|i| stat(&group.lbs[*i].stats(), "role") == "leader")
+        .expect("a leading LB");
+    let removed = poll_until(DEADLINE, || {
+        group.lbs[leading].servers().len() == SERVERS - 1
+    });
+    assert!(
+        removed,
+        "the killed server is still listed: {:?}",
+        group.lbs[leading].servers()
+    );
 }

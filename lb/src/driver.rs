@@ -389,6 +389,10 @@ enum Authority {
 /// replica publishes its role in a view, not as an event.
 const LEADERSHIP_POLL_MS: u64 = 10;
 
+/// How long, in election timeouts, an LB waits for a registry write to
+/// commit before it takes itself to be deposed.
+const PERSIST_WAIT_TIMEOUTS: u64 = 3;
+
 /// The longest the control task sleeps with nothing to do (an LB with no
 /// core has no deadline of its own).
 const IDLE_WAKE_MS: u64 = 1_000;
@@ -676,19 +680,30 @@ impl Control {
                                 .await
                                 .map_err(|_| LbError::TaskPanicked)??;
                         }
-                        Authority::Group { log, leading, .. } => match log.persist(&state).await {
-                            Ok(()) => {}
-                            Err(GroupError::Deposed) => {
-                                // Not committed (or not known to be): act on
-                                // none of it, nor on anything after it.
-                                tracing::info!(lb_term = ?leading, "deposed while committing the registry: stops acting");
-                                *leading = None;
-                                self.core = None;
-                                self.probe = None;
-                                return Ok(());
+                        Authority::Group { log, leading, .. } => {
+                            // A leader cut off from the other LBs steps down
+                            // within an election timeout, failing the write;
+                            // the bound is for anything else.
+                            let wait = Duration::from_millis(
+                                PERSIST_WAIT_TIMEOUTS * self.core_config.election_timeout_ms,
+                            );
+                            let persisted = timeout(wait, log.persist(&state))
+                                .await
+                                .unwrap_or(Err(GroupError::Deposed));
+                            match persisted {
+                                Ok(()) => {}
+                                Err(GroupError::Deposed) => {
+                                    // Not committed (or not known to be): act on
+                                    // none of it, nor on anything after it.
+                                    tracing::info!(lb_term = ?leading, "deposed while committing the registry: stops acting");
+                                    *leading = None;
+                                    self.core = None;
+                                    self.probe = None;
+                                    return Ok(());
+                                }
+                                Err(e) => return Err(e.into()),
                             }
-                            Err(e) => return Err(e.into()),
-                        },
+                        }
                     }
                     if (state.term, state.leader)
                         != (self.last_logged.term, self.last_logged.leader)

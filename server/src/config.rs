@@ -105,8 +105,10 @@ impl ReadMode {
 /// Who elects a group's leader.
 #[derive(Clone, Debug)]
 pub enum Elector {
-    /// The LB at this UDP address (DESIGN §3): a data group's.
-    Lb(SocketAddr),
+    /// The LBs at these UDP addresses (DESIGN §3, §3c), never empty: a data
+    /// group's. Every frame to the LB goes to each; the one leading the LB
+    /// group acts.
+    Lb(Vec<SocketAddr>),
     /// The members themselves, by vote (DESIGN §3b), a fixed set with no
     /// LB: the LB group's way, and a group that must run without one.
     Vote(StaticGroup),

@@ -198,9 +198,10 @@ struct AddsrvArgs {
     #[arg(long, default_value_t = SNAPSHOT_LOG_BYTES_DEFAULT, value_parser = parse_size_u64)]
     snapshot_log_bytes: u64,
     /// Join the replica group whose load balancer listens here (its UDP
-    /// control port). Without it the server serves alone.
-    #[arg(long, value_name = "HOST:PORT")]
-    lb: Option<std::net::SocketAddr>,
+    /// control port), or whose LB group does: every LB, comma-separated
+    /// (the same list as their --peers). Without it the server serves alone.
+    #[arg(long, value_name = "HOST:PORT[,HOST:PORT...]")]
+    lb: Option<String>,
     /// The cluster file the LB wrote (cluster id and secret)
     /// [default: cluster in the LB's default data directory].
     #[arg(long, requires = "lb")]
@@ -345,6 +346,14 @@ fn lbs(text: &str) -> anyhow::Result<Vec<String>> {
     client::discovery::lb_list(text).ok_or_else(|| anyhow::anyhow!("--lb names no LB"))
 }
 
+/// A comma-separated list of LB addresses (IP:PORT), never empty.
+fn lb_addrs(text: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
+    lbs(text)?
+        .iter()
+        .map(|lb| lb.parse().with_context(|| format!("not an address: {lb}")))
+        .collect()
+}
+
 fn status(args: StatusArgs) -> anyhow::Result<()> {
     let lbs = lbs(&args.lb)?;
     let status = store::status::fetch_from_any(&lbs, std::time::Duration::from_secs(5))?;
@@ -364,31 +373,62 @@ const REMOVE_SERVER_TIMEOUT_MS: u64 = 5_000;
 /// reason); anything longer is not an answer.
 const REMOVE_SERVER_REPLY_BYTES_MAX: usize = 512;
 
-/// Asks the first LB of `--lb` that takes the connection for a challenge,
-/// sends `remove-server <id>` with the proof of the cluster secret for it,
-/// and prints the LB's reply: true for `OK`, false for `NOT_FOUND`, an
-/// error for anything else.
+/// LBs `remove-server` asks at most: each of `--lb` and the leaders they
+/// point at.
+const REMOVE_SERVER_ASKS_MAX: usize = 16;
+
+/// What an LB answered to `remove-server`.
+enum RemoveReply {
+    /// `OK` (true) or `NOT_FOUND` (false).
+    Done(bool),
+    /// It does not lead its LB group; the one at this address does.
+    NotLeader(Option<std::net::SocketAddr>),
+    /// It refused the proof of the cluster secret.
+    Unauthenticated,
+}
+
+/// Asks the LBs of `--lb` in turn (an LB that does not lead its group
+/// points at the one that does, which is asked next) for a challenge, then
+/// `remove-server <id>` with the proof of the cluster secret for it, and
+/// prints the reply that settles it: true for `OK`, false for `NOT_FOUND`,
+/// an error for anything else or if no LB settles it.
 fn remove_server(args: &RemoveServerArgs) -> anyhow::Result<bool> {
-    use std::io::Write;
-    use std::net::{SocketAddr, TcpStream};
-    let timeout = std::time::Duration::from_millis(REMOVE_SERVER_TIMEOUT_MS);
-    let addrs = lbs(&args.lb)?
-        .iter()
-        .map(|lb| lb.parse().with_context(|| format!("not an address: {lb}")))
-        .collect::<anyhow::Result<Vec<SocketAddr>>>()?;
+    let addrs = lb_addrs(&args.lb)?;
     // The default cluster file is the first LB's (every LB has the same).
     let (path, cluster) = load_cluster_file(args.cluster_file.as_deref(), addrs[0].port())?;
+    let mut to_ask: std::collections::VecDeque<std::net::SocketAddr> = addrs.into();
     let mut failures = Vec::new();
-    let mut stream = addrs
-        .iter()
-        .find_map(|addr| match TcpStream::connect_timeout(addr, timeout) {
-            Ok(stream) => Some(stream),
-            Err(e) => {
-                failures.push(format!("{addr}: {e}"));
-                None
+    for _ in 0..REMOVE_SERVER_ASKS_MAX {
+        let Some(addr) = to_ask.pop_front() else {
+            break;
+        };
+        match ask_remove(addr, args.id, &cluster) {
+            Ok(RemoveReply::Done(found)) => return Ok(found),
+            Ok(RemoveReply::NotLeader(leader)) => {
+                failures.push(format!("{addr}: does not lead the LB group"));
+                if let Some(leader) = leader {
+                    to_ask.push_front(leader);
+                }
             }
-        })
-        .with_context(|| format!("cannot reach any LB: {}", failures.join("; ")))?;
+            Ok(RemoveReply::Unauthenticated) => bail!(
+                "the LB at {addr} refused the proof: is {} the cluster file of the cluster this LB runs?",
+                path.display()
+            ),
+            Err(e) => failures.push(format!("{addr}: {e:#}")),
+        }
+    }
+    bail!("no LB carried out the removal: {}", failures.join("; "))
+}
+
+/// One LB's answer to `remove-server <id>`, after its challenge.
+fn ask_remove(
+    addr: std::net::SocketAddr,
+    id: u64,
+    cluster: &data::cluster_file::ClusterFile,
+) -> anyhow::Result<RemoveReply> {
+    use std::io::Write;
+    let timeout = std::time::Duration::from_millis(REMOVE_SERVER_TIMEOUT_MS);
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).context("connect")?;
     stream.set_read_timeout(Some(timeout))?;
     stream
         .write_all(b"challenge\r\n")
@@ -397,20 +437,25 @@ fn remove_server(args: &RemoveServerArgs) -> anyhow::Result<bool> {
     let Some(challenge) = lb::discovery::parse_challenge(&line) else {
         bail!("the LB gave no challenge (an older LB?): {line:?}");
     };
-    let command = lb::discovery::remove_server_command(data::frame::ServerId(args.id));
+    let command = lb::discovery::remove_server_command(data::frame::ServerId(id));
     let request = lb::discovery::authenticated_line(&command, &cluster.secret, &challenge);
     stream
         .write_all(request.as_bytes())
         .context("send to the LB")?;
     let line = read_line(&mut stream)?;
-    println!("{line}");
     match line.as_str() {
-        "OK" => Ok(true),
-        "NOT_FOUND" => Ok(false),
-        other if other.starts_with("CLIENT_ERROR unauthenticated") => bail!(
-            "the LB refused the proof: is {} the cluster file of the cluster this LB runs?",
-            path.display()
-        ),
+        "OK" | "NOT_FOUND" => {
+            println!("{line}");
+            Ok(RemoveReply::Done(line == "OK"))
+        }
+        "NOT_LEADER" => Ok(RemoveReply::NotLeader(None)),
+        other if other.starts_with("NOT_LEADER ") => Ok(RemoveReply::NotLeader(
+            other["NOT_LEADER ".len()..].parse().ok(),
+        )),
+        other if other.starts_with("CLIENT_ERROR unauthenticated") => {
+            println!("{line}");
+            Ok(RemoveReply::Unauthenticated)
+        }
         other => bail!("unexpected reply from the LB: {other:?}"),
     }
 }
@@ -483,13 +528,7 @@ fn addlb(args: AddlbArgs) -> anyhow::Result<()> {
         election_timeout_ms: args.election_timeout_ms,
         peers: match &args.peers {
             None => Vec::new(),
-            Some(text) => lbs(text)?
-                .iter()
-                .map(|lb| {
-                    lb.parse()
-                        .with_context(|| format!("--peers: not an address: {lb}"))
-                })
-                .collect::<anyhow::Result<_>>()?,
+            Some(text) => lb_addrs(text).context("--peers")?,
         },
         cluster_file: args.cluster_file,
     };
@@ -549,11 +588,12 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
         shutdown_enabled: args.shutdown_enabled,
         cluster: match args.lb {
             None => None,
-            Some(lb) => {
-                let (_, cluster) = load_cluster_file(args.cluster_file.as_deref(), lb.port())?;
+            Some(text) => {
+                let lbs = lb_addrs(&text)?;
+                let (_, cluster) = load_cluster_file(args.cluster_file.as_deref(), lbs[0].port())?;
                 Some(server::config::ClusterSettings {
                     group: data::frame::GroupId::FIRST,
-                    elector: server::config::Elector::Lb(lb),
+                    elector: server::config::Elector::Lb(lbs),
                     cluster,
                     udp_listen: std::net::SocketAddr::new(args.listen, args.udp_port),
                     udp_advertise: args.udp_advertise,

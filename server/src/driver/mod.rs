@@ -240,6 +240,8 @@ struct Driver {
 struct DriverIo {
     id: ServerId,
     group: GroupId,
+    /// Every LB's UDP address (none in a group that elects itself).
+    lbs: Vec<SocketAddr>,
     cluster: ClusterFile,
     data_dir: PathBuf,
     tcp_advertise: SocketAddr,
@@ -301,8 +303,13 @@ impl Driver {
         );
         core.set_lease_answers_followers(start.settings.read_mode == ReadMode::Linearizable);
         let mut peers_tcp = HashMap::new();
+        let lbs = match &start.settings.elector {
+            Elector::Lb(lbs) => lbs.clone(),
+            Elector::Vote(_) => Vec::new(),
+        };
         let lb = match &start.settings.elector {
-            Elector::Lb(lb) => Some(*lb),
+            // The core addresses "the LB" as one; the sends go to each.
+            Elector::Lb(lbs) => Some(lbs[0]),
             Elector::Vote(group) => {
                 core.elect_by_vote(now_ms(), &group.members);
                 peers_tcp.extend(group.members.iter().map(|m| (m.id, m.tcp)));
@@ -314,6 +321,7 @@ impl Driver {
         let io = DriverIo {
             id,
             group: start.settings.group,
+            lbs,
             cluster: start.settings.cluster.clone(),
             data_dir: start.data_dir,
             tcp_advertise: start.tcp_advertise,
@@ -546,8 +554,19 @@ impl Io<ServerTypes> for DriverIo {
         }
         // UDP is lossy anyway: a datagram the socket buffer cannot take
         // within a moment is one more lost, which retransmission covers.
-        if send_datagram(&self.socket, &self.out, addr) {
-            self.view.frames_sent.fetch_add(1, Relaxed);
+        // What the core sends to "the LB" goes to every LB of the LB group:
+        // only the one that leads acts on it, and which one that is changes
+        // without the data group hearing of it (DESIGN §3c).
+        let lbs = std::slice::from_ref(&addr);
+        let to_addrs = if to == ServerId::LB {
+            &self.lbs[..]
+        } else {
+            lbs
+        };
+        for to_addr in to_addrs {
+            if send_datagram(&self.socket, &self.out, *to_addr) {
+                self.view.frames_sent.fetch_add(1, Relaxed);
+            }
         }
         Ok(())
     }
