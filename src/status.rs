@@ -1,6 +1,8 @@
-//! `store status`: asks the LB for `stats` over its TCP port and shows the
-//! cluster: term, leader, and per server its role, addresses, indexes, lag
-//! and last heartbeat, as a table or as JSON.
+//! `store status`: asks the LBs for `stats` over their TCP ports and shows
+//! the cluster: each LB of the LB group (its role, LB term, log indexes,
+//! whether it answered), then the data group as the leading LB sees it
+//! (term, leader, and per server its role, addresses, indexes, lag and last
+//! heartbeat), as a table or as JSON.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -18,6 +20,26 @@ pub struct ClusterStatus {
     pub cluster: BTreeMap<String, String>,
     /// server id → field → value.
     pub servers: BTreeMap<String, BTreeMap<String, String>>,
+    /// The LB group's members as this LB lists them: LB id → field → value
+    /// (`addr`, its discovery address); empty for an LB alone.
+    pub lbs: BTreeMap<String, BTreeMap<String, String>>,
+}
+
+/// One LB as `store status` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LbStatus {
+    pub addr: String,
+    /// Its own fields (`role`, `lb_term`, ...), or why it did not answer.
+    pub stats: Result<BTreeMap<String, String>, String>,
+}
+
+/// The LB group and the data group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupStatus {
+    pub lbs: Vec<LbStatus>,
+    /// The data group as the LB leading the LB group sees it (the one that
+    /// hears every server), else as the first LB that answered.
+    pub data: ClusterStatus,
 }
 
 impl ClusterStatus {
@@ -43,17 +65,56 @@ impl ClusterStatus {
     }
 }
 
-/// Fetches `stats` from the first LB of `lbs` that answers (a `--lb` list,
-/// [`client::discovery::lb_list`]); the error names every LB's failure.
-pub fn fetch_from_any(lbs: &[String], timeout: Duration) -> anyhow::Result<ClusterStatus> {
+/// Fetches `stats` from the first LB of `lbs` that answers, then from
+/// every LB of its group (and every LB listed), so that one LB's address is
+/// enough to see them all and a dead one is shown as such.
+pub fn fetch_group(lbs: &[String], timeout: Duration) -> anyhow::Result<GroupStatus> {
     let mut failures = Vec::new();
+    let mut first = None;
     for lb in lbs {
         match fetch(lb, timeout) {
-            Ok(status) => return Ok(status),
+            Ok(status) => {
+                first = Some((lb.clone(), status));
+                break;
+            }
             Err(e) => failures.push(format!("{e:#}")),
         }
     }
-    bail!("no LB answered: {}", failures.join("; "))
+    let Some((first_addr, first_status)) = first else {
+        bail!("no LB answered: {}", failures.join("; "));
+    };
+    let mut addrs: Vec<String> = first_status
+        .lbs
+        .values()
+        .filter_map(|fields| fields.get("addr").cloned())
+        .collect();
+    for lb in lbs {
+        if !addrs.contains(lb) {
+            addrs.push(lb.clone());
+        }
+    }
+    let mut rows = Vec::new();
+    let mut data = None;
+    for addr in addrs {
+        let fetched = if addr == first_addr {
+            Ok(first_status.clone())
+        } else {
+            fetch(&addr, timeout).map_err(|e| format!("{e:#}"))
+        };
+        if let Ok(status) = &fetched {
+            if data.is_none() && status.cluster.get("role").map(String::as_str) == Some("leader") {
+                data = Some(status.clone());
+            }
+        }
+        rows.push(LbStatus {
+            addr,
+            stats: fetched.map(|status| status.cluster),
+        });
+    }
+    Ok(GroupStatus {
+        lbs: rows,
+        data: data.unwrap_or(first_status),
+    })
 }
 
 /// Fetches `stats` from the LB's TCP port.
@@ -81,23 +142,72 @@ pub fn fetch(lb: &str, timeout: Duration) -> anyhow::Result<ClusterStatus> {
         else {
             bail!("unexpected line from the LB: {line:?}");
         };
-        match name
-            .strip_prefix("server.")
-            .and_then(|rest| rest.split_once('.'))
-        {
-            Some((id, field)) => {
-                status
-                    .servers
-                    .entry(id.to_string())
-                    .or_default()
-                    .insert(field.to_string(), value.to_string());
-            }
-            None => {
+        let per = |prefix: &str| {
+            name.strip_prefix(prefix)
+                .and_then(|rest| rest.split_once('.'))
+        };
+        let (map, key, field) = match (per("server."), per("lb.")) {
+            (Some((id, field)), _) => (&mut status.servers, id, field),
+            (None, Some((id, field))) => (&mut status.lbs, id, field),
+            (None, None) => {
                 status.cluster.insert(name.to_string(), value.to_string());
+                continue;
             }
-        }
+        };
+        map.entry(key.to_string())
+            .or_default()
+            .insert(field.to_string(), value.to_string());
     }
     bail!("the LB closed the connection before END")
+}
+
+/// The LB group, then the data group, as tables a person can read.
+pub fn render_group_table(group: &GroupStatus) -> String {
+    let columns = [
+        ("lb", "addr"),
+        ("id", "lb_id"),
+        ("role", "role"),
+        ("lb term", "lb_term"),
+        ("last", "lb_last_index"),
+        ("commit", "lb_commit_index"),
+    ];
+    let rows: Vec<Vec<String>> = group
+        .lbs
+        .iter()
+        .map(|lb| {
+            columns
+                .iter()
+                .map(|(_, key)| match (&lb.stats, *key) {
+                    (_, "addr") => lb.addr.clone(),
+                    (Err(_), "role") => "unreachable".into(),
+                    (Ok(fields), key) => fields.get(key).cloned().unwrap_or_else(|| "-".into()),
+                    (Err(_), _) => "-".into(),
+                })
+                .collect()
+        })
+        .collect();
+    let mut out = format!("lbs {}\n", group.lbs.len());
+    out.push_str(&table(&columns, &rows));
+    out.push_str(&render_table(&group.data));
+    out
+}
+
+/// Both groups as JSON: `{"lbs": {"<addr>": {...} | {"error": "..."}},
+/// "cluster": {...}, "servers": {...}}`.
+pub fn render_group_json(group: &GroupStatus) -> String {
+    let lbs: Vec<String> = group
+        .lbs
+        .iter()
+        .map(|lb| {
+            let fields = match &lb.stats {
+                Ok(fields) => object(fields),
+                Err(e) => format!("{{\"error\":{}}}", json_string(e)),
+            };
+            format!("{}:{}", json_string(&lb.addr), fields)
+        })
+        .collect();
+    let data = render_json(&group.data);
+    format!("{{\"lbs\":{{{}}},{}", lbs.join(","), &data[1..])
 }
 
 /// A table a person can read.
@@ -142,6 +252,12 @@ pub fn render_table(status: &ClusterStatus) -> String {
                 .collect()
         })
         .collect();
+    out.push_str(&table(&columns, &rows));
+    out
+}
+
+/// Columns titled by the first of each pair, as wide as their widest cell.
+fn table(columns: &[(&str, &str)], rows: &[Vec<String>]) -> String {
     let widths: Vec<usize> = columns
         .iter()
         .enumerate()
@@ -153,7 +269,7 @@ pub fn render_table(status: &ClusterStatus) -> String {
                 .unwrap_or(0)
         })
         .collect();
-    let line = |cells: Vec<String>| {
+    let line = |cells: &[String]| {
         let padded: Vec<String> = cells
             .iter()
             .zip(&widths)
@@ -161,7 +277,8 @@ pub fn render_table(status: &ClusterStatus) -> String {
             .collect();
         padded.join("  ").trim_end().to_string() + "\n"
     };
-    out.push_str(&line(columns.iter().map(|(t, _)| t.to_string()).collect()));
+    let titles: Vec<String> = columns.iter().map(|(t, _)| t.to_string()).collect();
+    let mut out = line(&titles);
     for row in rows {
         out.push_str(&line(row));
     }
@@ -170,13 +287,6 @@ pub fn render_table(status: &ClusterStatus) -> String {
 
 /// The same as JSON: `{"cluster": {...}, "servers": {"<id>": {...}}}`.
 pub fn render_json(status: &ClusterStatus) -> String {
-    fn object(map: &BTreeMap<String, String>) -> String {
-        let fields: Vec<String> = map
-            .iter()
-            .map(|(k, v)| format!("{}:{}", json_string(k), json_value(v)))
-            .collect();
-        format!("{{{}}}", fields.join(","))
-    }
     let servers: Vec<String> = status
         .servers
         .iter()
@@ -187,6 +297,14 @@ pub fn render_json(status: &ClusterStatus) -> String {
         object(&status.cluster),
         servers.join(",")
     )
+}
+
+fn object(map: &BTreeMap<String, String>) -> String {
+    let fields: Vec<String> = map
+        .iter()
+        .map(|(k, v)| format!("{}:{}", json_string(k), json_value(v)))
+        .collect();
+    format!("{{{}}}", fields.join(","))
 }
 
 /// Numbers stay numbers; everything else is a string.
@@ -232,6 +350,54 @@ mod tests {
         assert_eq!(
             render_json(&status),
             r#"{"cluster":{"leader":"00aa","term":3},"servers":{"00aa":{"lag":0,"role":"leader"}}}"#
+        );
+    }
+
+    #[test]
+    fn the_lb_group_is_shown_above_the_data_group() {
+        let mut data = ClusterStatus::default();
+        data.cluster.insert("term".into(), "5".into());
+        data.cluster.insert("leader".into(), "00aa".into());
+        let leader: BTreeMap<String, String> = [
+            ("role", "leader"),
+            ("lb_id", "1"),
+            ("lb_term", "2"),
+            ("lb_last_index", "9"),
+            ("lb_commit_index", "9"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let group = GroupStatus {
+            lbs: vec![
+                LbStatus {
+                    addr: "127.0.0.1:11311".into(),
+                    stats: Ok(leader),
+                },
+                LbStatus {
+                    addr: "127.0.0.1:11312".into(),
+                    stats: Err("cannot reach the LB".into()),
+                },
+            ],
+            data,
+        };
+        let table = render_group_table(&group);
+        assert!(table.starts_with("lbs 2\nlb "), "{table}");
+        assert!(
+            table.contains("127.0.0.1:11311  1   leader       2        9     9\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("127.0.0.1:11312  -   unreachable"),
+            "{table}"
+        );
+        assert!(
+            table.contains("term 5  leader 00aa  servers 0\n"),
+            "{table}"
+        );
+        assert_eq!(
+            render_group_json(&group),
+            r#"{"lbs":{"127.0.0.1:11311":{"lb_commit_index":9,"lb_id":1,"lb_last_index":9,"lb_term":2,"role":"leader"},"127.0.0.1:11312":{"error":"cannot reach the LB"}},"cluster":{"leader":"00aa","term":5},"servers":{}}"#
         );
     }
 

@@ -1,7 +1,8 @@
-//! `store up`: a whole local cluster from one command. Starts one LB and N
-//! servers as child processes of this binary, data under one directory,
-//! the cluster file wired to every server; the first server bootstraps the
-//! group and the others join one at a time (DESIGN §3, membership). Prints
+//! `store up`: a whole local cluster from one command. Starts the LBs (a
+//! group of three by default, DESIGN §3c, or one) and N servers as child
+//! processes of this binary, data under one directory, one cluster file
+//! wired to every process; the first server bootstraps the group and the
+//! others join one at a time (DESIGN §3, membership). Prints
 //! the addresses and a `client` line to try, and on Ctrl-C (or SIGTERM)
 //! stops them all cleanly. Run again with the same directory, it brings the
 //! same cluster back with its data.
@@ -21,6 +22,8 @@ use crate::status;
 
 /// Servers `store up` starts at most.
 pub const SERVERS_MAX: usize = 9;
+/// LBs `store up` starts at most (an LB group's size).
+pub const LBS_MAX: usize = lb::group::LBS_MAX;
 /// How long a process gets to come up (bind, recover) before `store up` gives up.
 pub const START_DEADLINE_MS: u64 = 30_000;
 /// How long a server gets to become leader or voter after it started.
@@ -34,8 +37,11 @@ const LOG_TAIL_LINES: usize = 8;
 #[derive(Clone, Debug)]
 pub struct UpConfig {
     pub servers: usize,
+    /// LBs: 1, an LB alone, or a group (`--peers`) of this many.
+    pub lbs: usize,
     pub data_dir: PathBuf,
-    /// The LB's TCP discovery port; its UDP control port has the same number.
+    /// The first LB's TCP discovery port (its UDP control port has the
+    /// same number); the others take the next ones, the servers those after.
     pub port: u16,
     pub heartbeat_ms: u64,
     pub election_timeout_ms: u64,
@@ -55,7 +61,10 @@ struct Process {
 /// The running cluster; its processes are stopped when it is dropped.
 pub struct Cluster {
     processes: Vec<Process>,
+    /// The first LB.
     pub lb: SocketAddr,
+    /// Every LB (`lb-1`, `lb-2`, ... in a group; `lb` alone).
+    pub lbs: Vec<SocketAddr>,
     pub servers: Vec<SocketAddr>,
     exe: PathBuf,
 }
@@ -73,40 +82,36 @@ impl Cluster {
         if config.servers == 0 || config.servers > SERVERS_MAX {
             bail!("--servers must be between 1 and {SERVERS_MAX}");
         }
+        if config.lbs == 0 || config.lbs > LBS_MAX {
+            bail!("--lbs must be between 1 and {LBS_MAX}");
+        }
         fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
-        let lb = SocketAddr::from(([127, 0, 0, 1], config.port));
+        let lbs = lb_addrs(config)?;
         let mut cluster = Cluster {
             processes: Vec::new(),
-            lb,
+            lb: lbs[0],
+            lbs: lbs.clone(),
             servers: Vec::new(),
             exe: config.exe.clone(),
         };
-        let lb_dir = config.data_dir.join("lb");
         let timing = [
             "--heartbeat-ms".to_string(),
             config.heartbeat_ms.to_string(),
             "--election-timeout-ms".to_string(),
             config.election_timeout_ms.to_string(),
         ];
-        let mut args = vec!["addlb".to_string(), "-p".into(), config.port.to_string()];
-        args.extend(["--data-dir".into(), path_arg(&lb_dir)]);
-        args.extend(timing.iter().cloned());
-        cluster.spawn(config, "lb", &args)?;
-        let cluster_file = lb_dir.join("cluster");
-        cluster
-            .wait_started("lb", || {
-                cluster_file.is_file() && TcpStream::connect(lb).is_ok()
-            })
-            .context("the LB did not come up (see lb.log)")?;
+        let cluster_file = cluster.start_lbs(config, &timing)?;
+        let lb_list: Vec<String> = lbs.iter().map(SocketAddr::to_string).collect();
+        let lb_list = lb_list.join(",");
 
         for i in 1..=config.servers {
-            let port = free_port(config.port.wrapping_add(i as u16))?;
+            let port = free_port(config.port.wrapping_add((config.lbs - 1 + i) as u16))?;
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let name = format!("server-{i}");
             let mut args = vec!["addsrv".to_string(), "-p".into(), port.to_string()];
             args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
-            args.extend(["--lb".into(), lb.to_string()]);
+            args.extend(["--lb".into(), lb_list.clone()]);
             args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
             args.extend(timing.iter().cloned());
             args.extend(memory_args(config.servers, server_args));
@@ -118,7 +123,7 @@ impl Cluster {
             // One change at a time: the next server starts once this one is
             // the leader (the first) or a voter.
             let joined = wait_until(JOIN_DEADLINE_MS, || {
-                Ok(role_of(lb, addr).is_some_and(|role| role == "leader" || role == "follower"))
+                Ok(role_of(&lbs, addr).is_some_and(|role| role == "leader" || role == "follower"))
             });
             if joined.is_err() {
                 eprintln!(
@@ -128,6 +133,48 @@ impl Cluster {
             cluster.servers.push(addr);
         }
         Ok(cluster)
+    }
+
+    /// Starts the LBs and returns the cluster file every process uses: an
+    /// LB alone makes it in its data directory (`lb/`); for a group it is
+    /// made here once, `cluster` in the data directory, and shared.
+    fn start_lbs(&mut self, config: &UpConfig, timing: &[String]) -> anyhow::Result<PathBuf> {
+        if config.lbs == 1 {
+            let lb_dir = config.data_dir.join("lb");
+            let mut args = vec!["addlb".to_string(), "-p".into(), config.port.to_string()];
+            args.extend(["--data-dir".into(), path_arg(&lb_dir)]);
+            args.extend(timing.iter().cloned());
+            self.spawn(config, "lb", &args)?;
+            let cluster_file = lb_dir.join("cluster");
+            let lb = self.lb;
+            self.wait_started("lb", || {
+                cluster_file.is_file() && TcpStream::connect(lb).is_ok()
+            })
+            .context("the LB did not come up (see lb.log)")?;
+            return Ok(cluster_file);
+        }
+        let cluster_file = config.data_dir.join("cluster");
+        if !cluster_file.is_file() {
+            // The OS's RNG: the secret keys every datagram's MAC.
+            let made = lb::cluster_file::generate(&mut rand::rngs::OsRng);
+            lb::cluster_file::create(&config.data_dir, &made).context("make the cluster file")?;
+        }
+        let peers: Vec<String> = self.lbs.iter().map(SocketAddr::to_string).collect();
+        for (i, lb) in self.lbs.clone().into_iter().enumerate() {
+            let name = format!("lb-{}", i + 1);
+            let mut args = vec!["addlb".to_string(), "-p".into(), lb.port().to_string()];
+            args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
+            args.extend(["--peers".into(), peers.join(",")]);
+            args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
+            args.extend(timing.iter().cloned());
+            self.spawn(config, &name, &args)?;
+        }
+        for (i, lb) in self.lbs.clone().into_iter().enumerate() {
+            let name = format!("lb-{}", i + 1);
+            self.wait_started(&name, || TcpStream::connect(lb).is_ok())
+                .with_context(|| format!("{name} did not come up (see {name}.log)"))?;
+        }
+        Ok(cluster_file)
     }
 
     fn spawn(&mut self, config: &UpConfig, name: &str, args: &[String]) -> anyhow::Result<()> {
@@ -300,10 +347,33 @@ fn spawn_logged(exe: &Path, args: &[String], log_path: &Path) -> anyhow::Result<
         .context("spawn")
 }
 
-/// The role the LB reports for the server whose memcached address is `addr`.
-pub fn role_of(lb: SocketAddr, addr: SocketAddr) -> Option<String> {
-    let status = status::fetch(&lb.to_string(), Duration::from_millis(500)).ok()?;
-    status.row_of(addr)?.1.get("role").cloned()
+/// The role the leading LB reports for the server whose memcached address
+/// is `addr`.
+pub fn role_of(lbs: &[SocketAddr], addr: SocketAddr) -> Option<String> {
+    let lbs: Vec<String> = lbs.iter().map(SocketAddr::to_string).collect();
+    let status = status::fetch_group(&lbs, Duration::from_millis(500)).ok()?;
+    status.data.row_of(addr)?.1.get("role").cloned()
+}
+
+/// The LBs' addresses: `port` and the ones after it. An LB of a group also
+/// needs its port + PEER_PORT_OFFSET (UDP): the LBs' ports are fixed
+/// rather than moved to free ones, so that a cluster restarted from its
+/// directory finds its group as it was.
+fn lb_addrs(config: &UpConfig) -> anyhow::Result<Vec<SocketAddr>> {
+    (0..config.lbs)
+        .map(|i| {
+            let port = u16::try_from(usize::from(config.port) + i)
+                .ok()
+                .filter(|p| config.lbs == 1 || p.checked_add(lb::group::PEER_PORT_OFFSET).is_some())
+                .with_context(|| {
+                    format!(
+                        "--port {} leaves no room for {} LBs",
+                        config.port, config.lbs
+                    )
+                })?;
+            Ok(SocketAddr::from(([127, 0, 0, 1], port)))
+        })
+        .collect()
 }
 
 /// `preferred` if nothing listens there, else any free port.

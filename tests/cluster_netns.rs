@@ -154,7 +154,7 @@ impl Hosts {
             );
             let addr = cluster.server(server);
             let joined = poll_until(CLUSTER_DEADLINE, || {
-                let role = store::up::role_of(lb, addr);
+                let role = store::up::role_of(&[lb], addr);
                 matches!(role.as_deref(), Some("leader") | Some("follower"))
             });
             assert!(joined, "{server} did not join\n{}", cluster.log_tails());

@@ -429,3 +429,46 @@ fn a_write_succeeds_after_the_lb_leader_and_then_the_data_leader_are_killed() {
         group.lbs[leading].servers()
     );
 }
+
+#[test]
+fn store_up_starts_an_lb_group_and_status_shows_every_lb() {
+    let mut cluster = common::cluster::start_with_lbs(LBS, 3, &[]);
+    assert_eq!(cluster.lbs.len(), LBS);
+    let status = |lb: SocketAddr| {
+        let output = Command::new(StoreServer::store_bin())
+            .args(["status", "--json", "--lb", &lb.to_string()])
+            .output()
+            .expect("run store status");
+        assert!(output.status.success(), "store status: {output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    // One LB's address is enough to see all three, one of them leading.
+    let lb_1 = cluster.lbs[0];
+    let json = status(lb_1);
+    for lb in &cluster.lbs {
+        assert!(
+            json.contains(&format!("\"{lb}\":{{")),
+            "{lb} missing: {json}"
+        );
+    }
+    // "leader" three times: the leading LB among `lbs`, its own fields
+    // again as `cluster` (the data group is its view), the data leader.
+    let leaders = |json: &str| json.matches("\"role\":\"leader\"").count();
+    assert_eq!(leaders(&json), 3, "one LB and one server lead: {json}");
+    // The leading LB killed: status still shows the group, that LB as
+    // unreachable, and the data group as the new leading LB sees it.
+    let leading = (0..LBS)
+        .find(|i| {
+            let reply = request(cluster.lbs[*i], b"stats\r\n", b"END\r\n").unwrap_or_default();
+            String::from_utf8_lossy(&reply).contains("STAT role leader\r\n")
+        })
+        .expect("a leading LB");
+    cluster.kill(&format!("lb-{}", leading + 1));
+    let alive = cluster.lbs[(leading + 1) % LBS];
+    let mut json = String::new();
+    let recovered = poll_until(DEADLINE, || {
+        json = status(alive);
+        json.contains("\"error\":") && leaders(&json) == 3
+    });
+    assert!(recovered, "status after the leading LB died: {json}");
+}

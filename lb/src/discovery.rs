@@ -233,7 +233,7 @@ pub fn encode_servers(view: &ClusterView, out: &mut BytesMut) {
 }
 
 /// Where this LB stands in its group, for `stats`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Standing {
     /// It runs the election core: alone, or leading its group.
     pub leads: bool,
@@ -245,6 +245,29 @@ pub struct Standing {
     pub lb_term: u64,
     /// The discovery address of the LB that leads the group, if known.
     pub lb_leader: Option<std::net::SocketAddr>,
+    /// This LB's replica of the group's log: its last entry and how far it
+    /// knows the log committed (0 alone).
+    pub lb_last_index: u64,
+    pub lb_commit_index: u64,
+    /// Every LB of the group by id, with its discovery address (none
+    /// alone), so that one LB's `stats` leads to all of them.
+    pub peers: Vec<(u64, std::net::SocketAddr)>,
+}
+
+impl Standing {
+    /// An LB alone: it leads its group of one.
+    pub fn alone() -> Standing {
+        Standing {
+            leads: true,
+            id: 1,
+            lbs: 1,
+            lb_term: 0,
+            lb_leader: None,
+            lb_last_index: 0,
+            lb_commit_index: 0,
+            peers: Vec::new(),
+        }
+    }
 }
 
 /// `remove-server <id>`'s reply.
@@ -290,6 +313,11 @@ pub fn encode_stats(
             .lb_leader
             .map_or_else(|| "-".to_string(), |a| a.to_string()),
     );
+    stat("lb_last_index", &standing.lb_last_index);
+    stat("lb_commit_index", &standing.lb_commit_index);
+    for (id, addr) in &standing.peers {
+        stat(&format!("lb.{id}.addr"), addr);
+    }
     stat("term", &view.term);
     stat("leader", &view.leader.unwrap_or(ServerId::LB));
     stat(
@@ -573,13 +601,7 @@ mod tests {
     fn stats_has_per_server_lines_and_lag() {
         let mut out = BytesMut::new();
         encode_stats(
-            &Standing {
-                leads: true,
-                id: 1,
-                lbs: 1,
-                lb_term: 0,
-                lb_leader: None,
-            },
+            &Standing::alone(),
             &view(),
             &[("frames_bad_mac", 4)],
             &mut out,

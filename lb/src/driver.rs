@@ -312,7 +312,7 @@ pub async fn run(
             Authority::Group {
                 log: LbLog::new(log),
                 leading: None,
-                size: peers.members.len(),
+                peers: peers.clone(),
             }
         }
     };
@@ -381,7 +381,7 @@ enum Authority {
         log: LbLog,
         /// The LB term the running core was made in.
         leading: Option<Term>,
-        size: usize,
+        peers: Peers,
     },
 }
 
@@ -646,21 +646,18 @@ impl Control {
 
     fn standing(&self) -> Standing {
         match &self.authority {
-            Authority::Alone(_) => Standing {
-                leads: true,
-                id: 1,
-                lbs: 1,
-                lb_term: 0,
-                lb_leader: None,
-            },
-            Authority::Group { log, size, .. } => {
+            Authority::Alone(_) => Standing::alone(),
+            Authority::Group { log, peers, .. } => {
                 let view = log.view();
                 Standing {
                     leads: self.core.is_some(),
                     id: view.id.load(Ordering::Relaxed),
-                    lbs: *size,
+                    lbs: peers.members.len(),
                     lb_term: view.term.load(Ordering::Relaxed),
                     lb_leader: view.leader_tcp(),
+                    lb_last_index: view.last_index.load(Ordering::Relaxed),
+                    lb_commit_index: view.commit_index.load(Ordering::Relaxed),
+                    peers: peers.members.iter().map(|m| (m.id.0, m.tcp)).collect(),
                 }
             }
         }

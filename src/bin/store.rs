@@ -49,7 +49,7 @@ enum Command {
     /// bring it back with its data.
     ///
     /// Examples:
-    ///   store up                              # LB on 11311, 3 servers on 11312..11314
+    ///   store up                              # LBs on 11311..11313, 3 servers on 11314..11316
     ///   store up --servers 5 --data-dir /tmp/five --port 22311
     #[command(verbatim_doc_comment)]
     Up(UpArgs),
@@ -81,11 +81,17 @@ struct UpArgs {
     /// How many servers.
     #[arg(long, default_value_t = 3)]
     servers: usize,
-    /// Where the LB's and every server's data go.
+    /// How many LBs: a group of LBs that elects its own leader, so failover
+    /// goes on with one LB dead, or 1 [default: 3, or 1 for a directory an
+    /// LB alone made before].
+    #[arg(long)]
+    lbs: Option<usize>,
+    /// Where the LBs' and every server's data go.
     #[arg(long, default_value = "store-data/cluster")]
     data_dir: PathBuf,
-    /// The LB's port (TCP discovery and UDP control); servers take the
-    /// next ports when they are free.
+    /// The first LB's port (TCP discovery and UDP control); the other LBs
+    /// take the next ports, and the servers the ones after when they are
+    /// free. An LB of a group also uses UDP port + 1000.
     #[arg(short = 'p', long = "port", default_value_t = lb::driver::PORT_DEFAULT)]
     port: u16,
     #[arg(long, default_value_t = lb::driver::HEARTBEAT_MS_DEFAULT)]
@@ -282,8 +288,14 @@ fn main() -> anyhow::Result<()> {
 
 fn up(args: UpArgs) -> anyhow::Result<()> {
     check_timing(args.heartbeat_ms, args.election_timeout_ms)?;
+    // A directory an LB alone made keeps its one LB: a new LB group would
+    // start with an empty registry.
+    let alone_before = args.data_dir.join("lb").is_dir() && !args.data_dir.join("lb-1").is_dir();
     let config = store::up::UpConfig {
         servers: args.servers,
+        lbs: args
+            .lbs
+            .unwrap_or(if alone_before { 1 } else { UP_LBS_DEFAULT }),
         data_dir: args.data_dir,
         port: args.port,
         heartbeat_ms: args.heartbeat_ms,
@@ -303,23 +315,23 @@ fn up(args: UpArgs) -> anyhow::Result<()> {
         cluster.servers.len(),
         config.data_dir.display()
     );
-    println!(
-        "  lb       {}   (get-servers, stats; store status --lb {})",
-        cluster.lb, cluster.lb
-    );
+    let lb_list: Vec<String> = cluster.lbs.iter().map(|lb| lb.to_string()).collect();
+    let lb_list = lb_list.join(",");
+    if let [lb] = cluster.lbs[..] {
+        println!("  lb       {lb}   (get-servers, stats; store status --lb {lb})");
+    } else {
+        for (i, lb) in cluster.lbs.iter().enumerate() {
+            println!("  lb-{}     {lb}   (get-servers, stats)", i + 1);
+        }
+    }
     for (i, server) in cluster.servers.iter().enumerate() {
-        let role = store::up::role_of(cluster.lb, *server).unwrap_or_else(|| "starting".into());
+        let role = store::up::role_of(&cluster.lbs, *server).unwrap_or_else(|| "starting".into());
         println!("  server-{} {}   ({role})", i + 1, server);
     }
     println!("Try, from another terminal:");
-    println!(
-        "  cargo run --release --bin client -- --lb {} set hello world",
-        cluster.lb
-    );
-    println!(
-        "  cargo run --release --bin client -- --lb {} get hello",
-        cluster.lb
-    );
+    println!("  cargo run --release --bin client -- --lb {lb_list} set hello world");
+    println!("  cargo run --release --bin client -- --lb {lb_list} get hello");
+    println!("  cargo run --release --bin store -- status --lb {lb_list}");
     println!(
         "Logs: {}/*.log. Ctrl-C stops the cluster.",
         config.data_dir.display()
@@ -356,14 +368,17 @@ fn lb_addrs(text: &str) -> anyhow::Result<Vec<std::net::SocketAddr>> {
 
 fn status(args: StatusArgs) -> anyhow::Result<()> {
     let lbs = lbs(&args.lb)?;
-    let status = store::status::fetch_from_any(&lbs, std::time::Duration::from_secs(5))?;
+    let status = store::status::fetch_group(&lbs, std::time::Duration::from_secs(5))?;
     if args.json {
-        println!("{}", store::status::render_json(&status));
+        println!("{}", store::status::render_group_json(&status));
     } else {
-        print!("{}", store::status::render_table(&status));
+        print!("{}", store::status::render_group_table(&status));
     }
     Ok(())
 }
+
+/// LBs `store up` starts unless told: a group that survives one LB's loss.
+const UP_LBS_DEFAULT: usize = 3;
 
 /// How long `remove-server` waits to connect and for each of the LB's
 /// replies.

@@ -34,13 +34,20 @@ impl std::ops::DerefMut for TestCluster {
 }
 
 /// `servers` servers with the default timings (100 ms heartbeats, 1 s
-/// election timeout), each also given `server_args`.
+/// election timeout), each also given `server_args`, and one LB (these
+/// tests ask it for every server's status).
 pub fn start_with(servers: usize, server_args: &[&str]) -> TestCluster {
+    start_with_lbs(1, servers, server_args)
+}
+
+/// [`start_with`] with `lbs` LBs (a group of LBs when more than one).
+pub fn start_with_lbs(lbs: usize, servers: usize, server_args: &[&str]) -> TestCluster {
     let dir = tempfile::tempdir().expect("temp dir");
     let config = UpConfig {
         servers,
+        lbs,
         data_dir: dir.path().to_path_buf(),
-        port: free_port(),
+        port: lb_base_port(lbs),
         heartbeat_ms: 100,
         election_timeout_ms: ELECTION_TIMEOUT_MS,
         exe: env!("CARGO_BIN_EXE_store").into(),
@@ -52,6 +59,29 @@ pub fn start_with(servers: usize, server_args: &[&str]) -> TestCluster {
 
 pub fn start(servers: usize) -> TestCluster {
     start_with(servers, &[])
+}
+
+/// A first LB port for `lbs` LBs: free a moment ago, and so were the
+/// ports after it that the other LBs take (TCP and UDP), and their LB
+/// group ports (UDP, + 1000).
+fn lb_base_port(lbs: usize) -> u16 {
+    loop {
+        let base = free_port();
+        if lbs == 1 {
+            return base;
+        }
+        let free = (0..lbs as u16).all(|i| {
+            let (Some(port), Some(peer)) = (base.checked_add(i), base.checked_add(i + 1000)) else {
+                return false;
+            };
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", peer)).is_ok()
+        });
+        if free {
+            return base;
+        }
+    }
 }
 
 /// The LB's `stats` (empty if it cannot be reached).
