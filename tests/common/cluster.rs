@@ -89,6 +89,15 @@ pub fn lb_status(lb: SocketAddr) -> ClusterStatus {
     status::fetch(&lb.to_string(), REQUEST_TIMEOUT).unwrap_or_default()
 }
 
+/// The data group as the LB leading the LB group sees it, through any of
+/// `lbs` (empty if none answers).
+pub fn group_view(lbs: &[SocketAddr]) -> ClusterStatus {
+    let lbs: Vec<String> = lbs.iter().map(SocketAddr::to_string).collect();
+    status::fetch_group(&lbs, REQUEST_TIMEOUT)
+        .map(|group| group.data)
+        .unwrap_or_default()
+}
+
 /// The memcached address of the server the LB names leader.
 pub fn leader(lb: SocketAddr) -> Option<SocketAddr> {
     lb_status(lb).leader_tcp()
