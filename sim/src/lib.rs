@@ -3,8 +3,9 @@
 //! ([`server::replica::host::Host`], the core and everything the
 //! replication driver keeps around it) over a simulated disk, network and
 //! clock, and the LB runs its sans-IO core ([`lb::core::Core`]) under a
-//! simulated LB driver, on virtual time, with a seeded scheduler that
-//! injects faults. Same seed, same run.
+//! simulated LB driver (or, with `lbs`, each LB of a group is a replica of
+//! the group's log and the leading one runs the core), on virtual time,
+//! with a seeded scheduler that injects faults. Same seed, same run.
 //!
 //! # Layout
 //!
@@ -18,6 +19,9 @@
 //! - `client`: clients issuing get/gets/set/add/cas/incr/decr/delete to the
 //!   server they believe leads, recording the history for `check`.
 //! - `checker`: the invariants, checked after every step.
+//! - `lb_group`: with `--lbs 3|5`, the LBs as one group: each LB a replica
+//!   of the group's log, the leading one's election core and its driver
+//!   (a registry write committed before the actions after it).
 //!
 //! Nothing here reads the OS clock or an OS random source, and every map
 //! that is iterated is ordered, so a seed replays byte for byte.
@@ -26,6 +30,7 @@
 
 mod checker;
 mod client;
+mod lb_group;
 mod node;
 pub mod rng;
 mod world;
@@ -44,11 +49,14 @@ pub struct Bugs {
     /// follower installs the file under the term of the frame that
     /// carried it, not the term of the file's last entry.
     pub frame_term_as_snapshot_term: bool,
+    /// The LB group's (`lb_group`): the LB leading the group acts on a
+    /// registry it proposed without waiting for it to commit.
+    pub lb_acts_before_commit: bool,
 }
 
 impl Bugs {
     /// The names the binary and the tests use.
-    pub const NAMES: [&'static str; 10] = [
+    pub const NAMES: [&'static str; 11] = [
         "commit-on-minority",
         "skip-noop",
         "accept-stale-append",
@@ -59,6 +67,7 @@ impl Bugs {
         "snapshot-frame-term",
         "follower-read-before-apply",
         "vote-for-older-log",
+        "lb-acts-before-commit",
     ];
 
     /// The switch named `name` turned on, or `None` for an unknown name.
@@ -75,6 +84,7 @@ impl Bugs {
             "snapshot-frame-term" => bugs.frame_term_as_snapshot_term = true,
             "follower-read-before-apply" => bugs.replica.follower_read_before_apply = true,
             "vote-for-older-log" => bugs.replica.vote_for_older_log = true,
+            "lb-acts-before-commit" => bugs.lb_acts_before_commit = true,
             _ => return None,
         }
         Some(bugs)
@@ -106,6 +116,11 @@ pub struct Options {
     /// in their place the serving leader is cut off from every peer, or
     /// from one follower (which then stands while the others hear it).
     pub by_vote: bool,
+    /// LBs: 0 for one LB process (its registry on its own disk), or 3 or 5
+    /// LBs as one group (DESIGN §3c): each a replica of the LB group's log
+    /// (the same host and core as the servers, ids after theirs), the one
+    /// leading it running the election core on the registry the log holds.
+    pub lbs: usize,
 }
 
 impl Options {
@@ -121,6 +136,7 @@ impl Options {
             bootstrap: false,
             remove_server: true,
             by_vote: false,
+            lbs: 0,
         }
     }
 }
@@ -203,6 +219,9 @@ pub fn replay_command(options: &Options) -> String {
     }
     if options.by_vote {
         command.push_str(" --by-vote");
+    }
+    if options.lbs > 0 {
+        command.push_str(&format!(" --lbs {}", options.lbs));
     }
     command.push_str(" --trace");
     command

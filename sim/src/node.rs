@@ -150,11 +150,13 @@ pub(crate) struct Server {
 }
 
 impl Server {
-    pub fn new(id: u64, servers: u64, opts: &Options) -> Server {
-        let config = if opts.bootstrap {
+    /// A node of a group whose voters are `voters` (its data group's, or
+    /// the LB group's), empty at first with `bootstrap`.
+    pub fn new(id: u64, voters: Vec<u64>, bootstrap: bool, opts: &Options) -> Server {
+        let config = if bootstrap {
             (Vec::new(), Vec::new())
         } else {
-            ((1..=servers).collect(), Vec::new())
+            (voters, Vec::new())
         };
         let mut empty = State::restore(ITEM_BYTES_MAX, 0, None, 0, std::iter::empty());
         empty.set_config(config);
@@ -189,6 +191,13 @@ impl Server {
     /// The last entry its state applied.
     pub fn applied(&self) -> LogIndex {
         self.host.as_ref().map_or(self.applied, |h| h.applied())
+    }
+
+    /// The value of `key` in the running process's state.
+    pub fn read(&mut self, key: &[u8]) -> Option<Vec<u8>> {
+        let host = self.host.as_mut()?;
+        let item = host.state().get(key, 0)?;
+        Some(item.data().to_vec())
     }
 }
 
@@ -328,10 +337,8 @@ impl Io<SimTypes> for SimIo<'_> {
         let write_id = disk.next_write_id;
         disk.next_write_id += 1;
         disk.log.push((term, payload.clone(), write_id));
-        let appended = self
-            .world
-            .checker
-            .appended(id, index, term, prev_term, payload);
+        let (checker, _) = self.world.checker_of(id);
+        let appended = checker.appended(id, index, term, prev_term, payload);
         self.check(appended)
     }
 
@@ -410,21 +417,17 @@ impl Io<SimTypes> for SimIo<'_> {
                 continue;
             };
             let commit_term = leader_term.unwrap_or(term_now);
-            let world = &mut *self.world;
-            let committed =
-                world
-                    .checker
-                    .committed(id, i, term, payload, commit_term, &world.servers);
+            let (checker, group) = self.world.checker_of(id);
+            let committed = checker.committed(id, i, term, payload, commit_term, group);
             self.check(committed)?;
         }
         Ok(())
     }
 
     fn applied(&mut self, index: LogIndex, state: &State) -> Result<(), Violated> {
-        let applied = self
-            .world
-            .checker
-            .applied(self.id, index, state_hash(state));
+        let id = self.id;
+        let (checker, _) = self.world.checker_of(id);
+        let applied = checker.applied(id, index, state_hash(state));
         self.check(applied)
     }
 
@@ -438,6 +441,24 @@ impl Io<SimTypes> for SimIo<'_> {
         (client, req, proposed): (usize, u64, Bytes),
         answer: Result<Written, CommitError>,
     ) -> Result<(), Violated> {
+        if client == crate::lb_group::REGISTRY_WRITER {
+            // An LB's registry write (`lb_group`): its driver goes on, or
+            // stops acting, once the event is handled.
+            let committed = answer.is_ok_and(|w| w.payload == proposed);
+            let id = self.id;
+            let incarnation = self.server().incarnation;
+            let now = self.world.now;
+            self.world.schedule(
+                now,
+                Event::LbPersisted {
+                    id,
+                    incarnation,
+                    write: req,
+                    committed,
+                },
+            );
+            return Ok(());
+        }
         let written = match answer {
             Ok(written) => written,
             // The entry at our index is another leader's, or the log after
@@ -580,7 +601,7 @@ impl World {
 
     /// The server's monotonic clock, which its core runs on (as the real
     /// driver's): no jumps, a rate a little off true time.
-    fn server_now(&self, id: u64) -> u64 {
+    pub(crate) fn server_now(&self, id: u64) -> u64 {
         self.servers[id as usize - 1].mono_now(self.now)
     }
 
@@ -595,7 +616,7 @@ impl World {
     /// The host is out of the server meanwhile (the checker's look at every
     /// core skips this one, which is not a later leader of anything it
     /// commits).
-    fn with_host(
+    pub(crate) fn with_host(
         &mut self,
         id: u64,
         f: impl FnOnce(&mut Host<SimTypes>, &mut SimIo) -> Result<(), Violated>,
@@ -617,18 +638,27 @@ impl World {
         let bugs = self.opts.bugs;
         let shape = stream_shape(self.opts.seed);
         let now = self.server_now(id);
-        // By vote: every server, as a static `--peers` list.
-        let by_vote_members: Option<Vec<Peer>> = self.opts.by_vote.then(|| {
-            (1..=self.opts.servers as u64)
+        // By vote: every member, as a static `--peers` list (an LB of the
+        // LB group always; a data server with `--by-vote`).
+        let lb_member = self.is_lb_member(id);
+        let members: Vec<u64> = if lb_member {
+            self.lb_member_ids().collect()
+        } else {
+            (1..=self.opts.servers as u64).collect()
+        };
+        let by_vote_members: Option<Vec<Peer>> = (self.opts.by_vote || lb_member).then(|| {
+            members
+                .iter()
                 .map(|peer| Peer {
-                    id: ServerId(peer),
-                    tcp: tcp_addr(peer),
-                    udp: udp_addr(peer),
+                    id: ServerId(*peer),
+                    tcp: tcp_addr(*peer),
+                    udp: udp_addr(*peer),
                 })
                 .collect()
         });
-        // By vote there is no LB to register with.
-        let lb = (!self.opts.by_vote).then(|| udp_addr(0));
+        // By vote there is no LB to register with. With a group of LBs,
+        // what the core sends to the LB goes to each (`World::send`).
+        let lb = (!self.opts.by_vote && !lb_member).then(|| udp_addr(0));
         let s = self.server(id);
         let state = s.disk.snapshot.state();
         let durable = Durable {
@@ -673,6 +703,9 @@ impl World {
         s.disk.log.truncate(s.disk.synced);
         s.incarnation += 1;
         self.trace(|| format!("n{id}  CRASH, {lost} unsynced entries lost"));
+        if self.is_lb_member(id) {
+            self.lb_member_crashed(id);
+        }
     }
 
     pub(crate) fn server_tick(&mut self, id: u64, incarnation: u32) {
@@ -700,9 +733,14 @@ impl World {
         }
         let line = crate::world::short(&packet);
         self.trace(|| format!("recv {from}->{id} {line}"));
-        let Packet::Frame { term, message } = packet;
+        let (from, term, message) = match packet {
+            Packet::Frame { term, message } => (ServerId(from), term, message),
+            // An LB of the group speaks as "the LB", as a real LB does.
+            Packet::FromLb { term, message } => (ServerId::LB, term, message),
+            Packet::ToLb { .. } => unreachable!("frames to an LB go to its driver"),
+        };
         self.with_host(id, |host, io| {
-            host.receive(io, ServerId(from), term, message);
+            host.receive(io, from, term, message);
             Ok(())
         });
     }

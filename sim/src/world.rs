@@ -43,7 +43,20 @@ const STEPS_MAX: u64 = 1_000_000;
 #[derive(Clone, Debug)]
 pub(crate) enum Packet {
     /// A control or replication frame (`data::frame::Message`).
-    Frame { term: Term, message: Message },
+    Frame {
+        term: Term,
+        message: Message,
+    },
+    /// With a group of LBs: a data server's frame to "the LB", for one
+    /// LB's driver, and an LB's frame to a data server, from "the LB".
+    ToLb {
+        term: Term,
+        message: Message,
+    },
+    FromLb {
+        term: Term,
+        message: Message,
+    },
 }
 
 #[derive(Debug)]
@@ -95,6 +108,13 @@ pub(crate) enum Event {
         id: u64,
     },
     RestartLb,
+    /// An LB's registry write (`lb_group`) was committed, or not.
+    LbPersisted {
+        id: u64,
+        incarnation: u32,
+        write: u64,
+        committed: bool,
+    },
     EndFaults,
 }
 
@@ -175,6 +195,11 @@ pub(crate) struct World {
     pub end_ms: u64,
     pub clients_stop_ms: u64,
     pub checker: Checker,
+    /// The LB group's replicas' invariants (with `opts.lbs`).
+    pub lb_checker: Checker,
+    /// Each LB's driver (with `opts.lbs`), and every data term's issuer.
+    pub lb_members: BTreeMap<u64, crate::lb_group::LbMember>,
+    pub issued_terms: crate::lb_group::IssuedTerms,
     pub history: Vec<check::Op>,
     pub violation: Option<Violation>,
     pub steps: u64,
@@ -211,9 +236,20 @@ impl World {
             !(opts.by_vote && opts.bootstrap),
             "a group that elects by vote starts configured"
         );
+        assert!(
+            opts.lbs == 0 || ((opts.lbs == 3 || opts.lbs == 5) && !opts.by_vote),
+            "0, 3 or 5 LBs, and not by vote"
+        );
         let mut rng = Rng::new(opts.seed);
         let n = opts.servers as u64;
-        let servers = (1..=n).map(|id| Server::new(id, n, &opts)).collect();
+        let lbs = n + 1..=n + opts.lbs as u64;
+        let mut servers: Vec<Server> = (1..=n)
+            .map(|id| Server::new(id, (1..=n).collect(), opts.bootstrap, &opts))
+            .collect();
+        servers.extend(
+            lbs.clone()
+                .map(|id| Server::new(id, lbs.clone().collect(), false, &opts)),
+        );
         let clients_n = rng.range(2, 4) as usize;
         let clients = (0..clients_n).map(|c| Client::new(c, n)).collect();
         let fault_weights = [
@@ -259,6 +295,9 @@ impl World {
         let end_ms = START_MS + opts.faults_ms + opts.settle_ms;
         let mut world = World {
             checker: Checker::new(opts.servers),
+            lb_checker: Checker::new(opts.lbs),
+            lb_members: BTreeMap::new(),
+            issued_terms: BTreeMap::new(),
             trace_hasher: opts.trace_hash.then(DefaultHasher::new),
             opts,
             rng,
@@ -305,10 +344,10 @@ impl World {
             world.fault_gap_max_ms
         );
         world.trace(|| setup);
-        if !world.opts.by_vote {
+        if !world.opts.by_vote && world.opts.lbs == 0 {
             world.start_lb();
         }
-        for id in 1..=n {
+        for id in 1..=world.nodes() {
             world.boot_server(id);
         }
         for c in 0..world.clients.len() {
@@ -410,7 +449,9 @@ impl World {
     fn target(event: &Event) -> Option<u64> {
         match event {
             Event::Deliver { to, .. } if *to != 0 => Some(*to),
-            Event::ServerTick { id, .. } | Event::Fsync { id, .. } => Some(*id),
+            Event::ServerTick { id, .. }
+            | Event::Fsync { id, .. }
+            | Event::LbPersisted { id, .. } => Some(*id),
             Event::Request { server, .. } => Some(*server),
             Event::Held { event, .. } => Self::target(event),
             _ => None,
@@ -444,14 +485,24 @@ impl World {
         }
         match event {
             Event::Held { event, .. } => self.handle(*event),
-            Event::Deliver { from, to, packet } => {
-                if to == 0 {
-                    self.lb_deliver(from, packet);
-                } else {
-                    self.server_deliver(to, from, packet);
+            Event::Deliver { from, to, packet } => match packet {
+                Packet::ToLb { term, message } => self.lb_member_deliver(to, from, term, message),
+                packet if to == 0 => self.lb_deliver(from, packet),
+                packet => self.server_deliver(to, from, packet),
+            },
+            Event::ServerTick { id, incarnation } => {
+                self.server_tick(id, incarnation);
+                if self.is_lb_member(id) && self.servers[id as usize - 1].incarnation == incarnation
+                {
+                    self.lb_member_tick(id);
                 }
             }
-            Event::ServerTick { id, incarnation } => self.server_tick(id, incarnation),
+            Event::LbPersisted {
+                id,
+                incarnation,
+                write,
+                committed,
+            } => self.lb_persisted(id, incarnation, write, committed),
             Event::LbTick { incarnation } => self.lb_tick(incarnation),
             Event::Fsync {
                 id,
@@ -483,10 +534,47 @@ impl World {
         }
     }
 
+    // ---- the nodes ----
+
+    /// Data servers and LBs of the LB group: ids 1 to this.
+    pub(crate) fn nodes(&self) -> u64 {
+        (self.opts.servers + self.opts.lbs) as u64
+    }
+
+    /// The LB group's members (none with one LB process).
+    pub(crate) fn lb_member_ids(&self) -> std::ops::RangeInclusive<u64> {
+        self.opts.servers as u64 + 1..=self.nodes()
+    }
+
+    pub(crate) fn is_lb_member(&self, id: u64) -> bool {
+        id > self.opts.servers as u64
+    }
+
+    /// The checker of node `id`'s group, and that group's nodes.
+    pub(crate) fn checker_of(&mut self, id: u64) -> (&mut Checker, &[Server]) {
+        let n = self.opts.servers;
+        if self.is_lb_member(id) {
+            (&mut self.lb_checker, &self.servers[n..])
+        } else {
+            (&mut self.checker, &self.servers[..n])
+        }
+    }
+
     // ---- the network ----
 
-    /// Sends a packet from node `from` to node `to` (0 is the LB).
+    /// Sends a packet from node `from` to node `to` (0 is the LB; with a
+    /// group of LBs, each of them).
     pub fn send(&mut self, from: u64, to: u64, packet: Packet) {
+        if to == 0 && self.opts.lbs > 0 {
+            let Packet::Frame { term, message } = packet else {
+                unreachable!("only a data server's frames go to the LB");
+            };
+            for lb in self.lb_member_ids() {
+                let message = message.clone();
+                self.send(from, lb, Packet::ToLb { term, message });
+            }
+            return;
+        }
         if self.blocked.contains(&(from, to)) {
             self.trace(|| format!("cut  {from}->{to} {}", short(&packet)));
             return;
@@ -525,7 +613,7 @@ impl World {
         self.now.saturating_add_signed(self.lb.clock_offset_ms)
     }
 
-    fn lb_config() -> CoreConfig {
+    pub(crate) fn lb_config() -> CoreConfig {
         CoreConfig {
             heartbeat_ms: HEARTBEAT_MS,
             election_timeout_ms: ELECTION_TIMEOUT_MS,
@@ -555,6 +643,22 @@ impl World {
     /// lives (a firewall's REJECT rule between them), so it starts an
     /// election at once, while the leader may still hold a read lease.
     fn leader_refused(&mut self) {
+        if self.opts.lbs > 0 {
+            let Some(id) = self.acting_lb() else {
+                return;
+            };
+            let now = self.server_now(id);
+            let Some(core) = self.acting_core() else {
+                return;
+            };
+            let Some(leader) = core.leader() else {
+                return;
+            };
+            let actions = core.unreachable(now, leader);
+            self.trace(|| format!("FAULT lb{id} told n{} refused a datagram", leader.0));
+            self.lb_member_actions(id, actions.into());
+            return;
+        }
         let now = self.lb_now();
         let Some(leader) = self.lb.core.as_ref().and_then(|core| core.leader()) else {
             return;
@@ -577,7 +681,7 @@ impl World {
         let Some(leader) = self.leader_now() else {
             return;
         };
-        for other in 0..=self.opts.servers as u64 {
+        for other in 0..=self.nodes() {
             if other != leader.0 {
                 self.blocked.insert((leader.0, other));
                 self.blocked.insert((other, leader.0));
@@ -585,6 +689,23 @@ impl World {
         }
         self.trace(|| format!("FAULT n{} cut off from the LB and its peers", leader.0));
         self.leader_refused();
+    }
+
+    /// The LB acting for the group loses its links to the other LBs, and
+    /// only those: the data servers still hear it while the other LBs
+    /// elect another. Every bug of acting on an uncommitted registry shows
+    /// here first.
+    fn acting_lb_cut_from_lbs(&mut self) {
+        let Some(id) = self.acting_lb() else {
+            return;
+        };
+        for other in self.lb_member_ids() {
+            if other != id {
+                self.blocked.insert((id, other));
+                self.blocked.insert((other, id));
+            }
+        }
+        self.trace(|| format!("FAULT lb{id} cut off from the other LBs"));
     }
 
     /// By vote: the link between the leader and one follower goes, both
@@ -605,6 +726,10 @@ impl World {
     /// The leader the LB names; by vote, the serving leader of the highest
     /// term.
     fn leader_now(&self) -> Option<ServerId> {
+        if self.opts.lbs > 0 {
+            let id = self.acting_lb()?;
+            return self.lb_members.get(&id)?.core.as_ref()?.leader();
+        }
         if !self.opts.by_vote {
             return self.lb.core.as_ref().and_then(|core| core.leader());
         }
@@ -630,19 +755,15 @@ impl World {
     }
 
     fn lb_deliver(&mut self, from: u64, packet: Packet) {
-        let Packet::Frame { term, message } = packet;
+        let Packet::Frame { term, message } = packet else {
+            unreachable!("the LB alone gets plain frames");
+        };
         if self.lb.core.is_none() {
             return;
         }
         let now = self.lb_now();
         self.trace(|| format!("recv {from}->lb t{term} {message:?}"));
-        let header = Header {
-            cluster: ClusterId(1),
-            group: GroupId::FIRST,
-            from: ServerId(from),
-            to: ServerId::LB,
-            term,
-        };
+        let header = to_lb_header(from, term);
         let actions = self
             .lb
             .core
@@ -692,8 +813,15 @@ impl World {
     /// The operator stops a removed server once the LB forgot it (its
     /// removal done) and starts it again a little later, so it registers
     /// anew and the leader adds it back.
-    fn rejoin_removed(&mut self) {
-        let members = &self.lb.durable.members;
+    pub(crate) fn rejoin_removed(&mut self) {
+        let members = if self.opts.lbs > 0 {
+            match self.acting_registry() {
+                Some(registry) => &registry.members,
+                None => return,
+            }
+        } else {
+            &self.lb.durable.members
+        };
         let done: Vec<u64> = self
             .removed
             .iter()
@@ -723,7 +851,9 @@ impl World {
         if !self.faults_on {
             return;
         }
-        let n = self.opts.servers as u64;
+        // With a group of LBs, its members are nodes like the servers:
+        // paused, crashed, cut and their clocks jumped alike.
+        let n = self.nodes();
         match self.rng.weighted(&self.fault_weights) {
             0 => {
                 let id = self.rng.range(1, n);
@@ -762,9 +892,11 @@ impl World {
                 self.trace(|| format!("FAULT partition {side:?} ({} links cut)", blocked.len()));
             }
             3 => {
+                // Node 0 is the LB alone; a group's LBs are nodes.
+                let first = if self.opts.lbs > 0 { 1 } else { 0 };
                 for _ in 0..self.rng.range(1, 3) {
-                    let a = self.rng.range(0, n);
-                    let b = self.rng.range(0, n);
+                    let a = self.rng.range(first, n);
+                    let b = self.rng.range(first, n);
                     if a != b {
                         self.blocked.insert((a, b));
                         self.trace(|| format!("FAULT one-way cut {a}->{b}"));
@@ -782,6 +914,19 @@ impl World {
                     self.leader_cut_from_one();
                 }
             }
+            5 if self.opts.lbs > 0 => match self.rng.below(4) {
+                0 => {
+                    if let Some(id) = self.acting_lb() {
+                        self.crash_server(id);
+                        self.crashes += 1;
+                        let at = self.now + self.rng.range(100, 3_000);
+                        self.schedule(at, Event::RestartServer { id });
+                    }
+                }
+                1 => self.leader_refused(),
+                2 => self.leader_cut_off(),
+                _ => self.acting_lb_cut_from_lbs(),
+            },
             5 => match self.rng.below(3) {
                 0 => {
                     self.crash_lb();
@@ -791,7 +936,8 @@ impl World {
                 _ => self.leader_cut_off(),
             },
             6 => {
-                let node = self.rng.range(0, n);
+                let first = if self.opts.lbs > 0 { 1 } else { 0 };
+                let node = self.rng.range(first, n);
                 let jump = self.rng.range(0, 4_000) as i64 - 1_000;
                 if node == 0 {
                     self.lb.clock_offset_ms += jump;
@@ -824,14 +970,21 @@ impl World {
     fn remove_server(&mut self) {
         let id = self.rng.range(1, self.opts.servers as u64);
         let stop = self.rng.below(2) == 0;
-        let Some(core) = self.lb.core.as_mut() else {
-            return;
-        };
-        let Ok(actions) = core.remove_server(ServerId(id)) else {
-            return;
-        };
-        self.trace(|| format!("FAULT remove-server n{id}"));
-        self.lb_actions(actions);
+        if self.opts.lbs > 0 {
+            if !self.lb_group_remove(ServerId(id)) {
+                return;
+            }
+            self.trace(|| format!("FAULT remove-server n{id}"));
+        } else {
+            let Some(core) = self.lb.core.as_mut() else {
+                return;
+            };
+            let Ok(actions) = core.remove_server(ServerId(id)) else {
+                return;
+            };
+            self.trace(|| format!("FAULT remove-server n{id}"));
+            self.lb_actions(actions);
+        }
         if stop && self.servers[id as usize - 1].up {
             self.crash_server(id);
             self.crashes += 1;
@@ -847,10 +1000,10 @@ impl World {
         self.blocked.clear();
         self.net = Net::CALM;
         self.trace(|| "END OF FAULTS: heal, restart all, calm network".to_string());
-        if self.lb.core.is_none() && !self.opts.by_vote {
+        if self.lb.core.is_none() && !self.opts.by_vote && self.opts.lbs == 0 {
             self.start_lb();
         }
-        for id in 1..=self.opts.servers as u64 {
+        for id in 1..=self.nodes() {
             if !self.servers[id as usize - 1].up && !self.waits_to_rejoin(id) {
                 self.boot_server(id);
             }
@@ -903,8 +1056,14 @@ impl World {
     /// removed that has not rejoined, once the configuration no longer has
     /// it.
     fn check_liveness(&mut self) {
-        let serving: Vec<u64> = self
-            .servers
+        if self.opts.lbs > 0 {
+            self.check_lb_liveness();
+            if self.violation.is_some() {
+                return;
+            }
+        }
+        let data = &self.servers[..self.opts.servers];
+        let serving: Vec<u64> = data
             .iter()
             .filter(|s| s.core().is_some_and(|c| c.is_serving()))
             .map(|s| s.id)
@@ -928,8 +1087,7 @@ impl World {
             let id = ServerId(id);
             !members.voters.contains(&id) && !members.learners.contains(&id)
         };
-        let lagging: Vec<(u64, u64)> = self
-            .servers
+        let lagging: Vec<(u64, u64)> = self.servers[..self.opts.servers]
             .iter()
             // Removed and not yet back: still being removed, or stopped
             // by the operator until a rejoin that may fall after the run's
@@ -950,17 +1108,34 @@ impl World {
     }
 
     fn check_step(&mut self) {
-        let result = self.checker.after_step(&self.servers, self.now);
+        let n = self.opts.servers;
+        let mut result = self.checker.after_step(&self.servers[..n], self.now);
+        if result.is_ok() && self.opts.lbs > 0 {
+            result = self.lb_checker.after_step(&self.servers[n..], self.now);
+        }
         if let Err((invariant, detail)) = result {
             self.fail(invariant, detail);
         }
     }
 }
 
+/// The header of a frame from data server `from` to the LB.
+pub(crate) fn to_lb_header(from: u64, term: Term) -> Header {
+    Header {
+        cluster: ClusterId(1),
+        group: GroupId::FIRST,
+        from: ServerId(from),
+        to: ServerId::LB,
+        term,
+    }
+}
+
 /// A packet's one-line summary for the trace.
 pub(crate) fn short(packet: &Packet) -> String {
     match packet {
-        Packet::Frame { term, message } => match message {
+        Packet::Frame { term, message }
+        | Packet::ToLb { term, message }
+        | Packet::FromLb { term, message } => match message {
             Message::Append {
                 seq,
                 prev_index,

@@ -34,7 +34,8 @@ struct Args {
     /// Turn on a deliberate bug: commit-on-minority, skip-noop,
     /// accept-stale-append, ack-before-fsync, read-without-read-index,
     /// promise-during-lease, lease-ignores-holds, snapshot-frame-term,
-    /// follower-read-before-apply, vote-for-older-log (with --by-vote).
+    /// follower-read-before-apply, vote-for-older-log (with --by-vote),
+    /// lb-acts-before-commit (with --lbs).
     #[arg(long)]
     bug: Option<String>,
     /// Start from an empty membership (the first leader bootstraps).
@@ -47,6 +48,10 @@ struct Args {
     /// group's election, DESIGN §3b).
     #[arg(long)]
     by_vote: bool,
+    /// LBs: 0 for one LB process, 3 or 5 for a group of LBs that keeps its
+    /// registry in a replicated log and elects its own leader (DESIGN §3c).
+    #[arg(long, default_value_t = 0)]
+    lbs: usize,
     /// Virtual milliseconds of faults per run.
     #[arg(long, default_value_t = 12_000)]
     faults_ms: u64,
@@ -59,6 +64,10 @@ fn main() -> ExitCode {
     let args = Args::parse();
     if args.servers != 3 && args.servers != 5 {
         eprintln!("--servers must be 3 or 5");
+        return ExitCode::from(2);
+    }
+    if ![0, 3, 5].contains(&args.lbs) || (args.lbs > 0 && args.by_vote) {
+        eprintln!("--lbs must be 0, 3 or 5, and not with --by-vote (no LB there)");
         return ExitCode::from(2);
     }
     if args.by_vote && args.bootstrap {
@@ -92,6 +101,7 @@ fn main() -> ExitCode {
         options.bootstrap = args.bootstrap;
         options.remove_server = !args.no_remove_server;
         options.by_vote = args.by_vote;
+        options.lbs = args.lbs;
         options.faults_ms = args.faults_ms;
         let report = run(&options);
         ran += 1;

@@ -1,0 +1,360 @@
+//! The LBs as one group (DESIGN §3c), as `lb::driver` runs them: each LB
+//! is a replica of the LB group's log (a [`crate::node::Server`] with ids
+//! after the data servers', electing its leader by vote), and the one that
+//! leads the group, once its first entry of the term is committed and
+//! applied, runs the election core ([`lb::core::Core`]) made from the
+//! registry its state holds. Every state the core persists is proposed to
+//! the group's log, and the actions after it wait until it is committed
+//! (or are dropped with the core, if it is not). Frames the data servers
+//! send to "the LB" reach every LB; the one without a core drops them.
+//!
+//! Checked here: an LB sends only under a registry it has seen committed
+//! ("LB persist before send"), and a data term is issued once ever: every
+//! Prepare of a data term comes from one LB's one leadership.
+
+use std::collections::{BTreeMap, VecDeque};
+
+use bytes::BytesMut;
+use data::command::{Command, Op, StoreMode};
+use data::frame::{Message, Role, ServerId, Term};
+use lb::core::{Action as LbAction, Core};
+use lb::group::REGISTRY_KEY;
+use lb::registry::{self, DurableState};
+
+use crate::world::{Packet, World};
+
+/// The proposer an LB's registry writes are answered to (no client has
+/// this index).
+pub(crate) const REGISTRY_WRITER: usize = usize::MAX;
+
+/// Frames an LB keeps while a registry write is in flight (the real
+/// driver's socket buffer); more are dropped, as the kernel would.
+const INBOX_MAX: usize = 256;
+
+/// One LB's driver state.
+#[derive(Debug, Default)]
+pub(crate) struct LbMember {
+    /// The election core, while this LB acts for the cluster.
+    pub core: Option<Core>,
+    /// The LB term the core was made in.
+    leading: Option<Term>,
+    /// The registry write in flight (its number) and the actions after it.
+    writing: Option<u64>,
+    held: VecDeque<LbAction>,
+    /// Frames that arrived while a write was in flight.
+    inbox: VecDeque<(u64, Term, Message)>,
+    /// The data term of the registry this LB last saw committed.
+    committed_term: Term,
+    /// Registry writes proposed, to tell an answer from an older one.
+    writes: u64,
+}
+
+impl LbMember {
+    /// Stops acting: the core and everything it still meant to do go.
+    fn depose(&mut self) {
+        self.core = None;
+        self.leading = None;
+        self.writing = None;
+        self.held.clear();
+        self.inbox.clear();
+    }
+}
+
+/// Who issued a data term: an LB, in one incarnation, in one LB term.
+type Issuer = (u64, u32, Term);
+
+impl World {
+    /// LB `id` (a node of the LB group) looks at whether it leads the
+    /// group: a core made once it does, dropped once it does not.
+    fn follow_lb_leadership(&mut self, id: u64) {
+        let now = self.server_now(id);
+        let s = &self.servers[id as usize - 1];
+        let leading = s
+            .core()
+            .filter(|c| c.role() == Role::Leader && c.is_serving())
+            .filter(|c| s.applied() == c.commit_index())
+            .map(|c| c.term());
+        let member = self.lb_members.entry(id).or_default();
+        if leading == member.leading {
+            return;
+        }
+        if member.leading.is_some() {
+            self.trace(|| format!("lb{id} no longer leads the LB group"));
+        }
+        self.lb_members.entry(id).or_default().depose();
+        let Some(term) = leading else {
+            return;
+        };
+        let registry = match self.servers[id as usize - 1].read(REGISTRY_KEY) {
+            None => DurableState::default(),
+            Some(bytes) => match registry::decode(&bytes) {
+                Ok(registry) => registry,
+                Err(e) => {
+                    self.fail("registry decodes", format!("lb{id}: {e}"));
+                    return;
+                }
+            },
+        };
+        let data_term = registry.term;
+        self.trace(|| format!("lb{id} leads the LB group in t{term}: registry t{data_term}"));
+        let member = self.lb_members.entry(id).or_default();
+        member.core = Some(Core::new(Self::lb_config(), registry, now));
+        member.leading = Some(term);
+        member.committed_term = data_term;
+    }
+
+    /// A tick of LB `id`'s driver (its replica ticked just before).
+    pub(crate) fn lb_member_tick(&mut self, id: u64) {
+        self.follow_lb_leadership(id);
+        let now = self.server_now(id);
+        let member = self.lb_members.entry(id).or_default();
+        if member.writing.is_some() {
+            return;
+        }
+        let Some(core) = member.core.as_mut() else {
+            return;
+        };
+        let actions = core.tick(now);
+        self.lb_member_actions(id, actions.into());
+        // The operator, as with one LB: a removed server the acting LB
+        // forgot is stopped and started again to rejoin.
+        self.rejoin_removed();
+    }
+
+    /// A frame from data server `from` reaches LB `id`.
+    pub(crate) fn lb_member_deliver(&mut self, id: u64, from: u64, term: Term, message: Message) {
+        if !self.servers[id as usize - 1].up {
+            return;
+        }
+        self.trace(|| format!("recv {from}->lb{id} t{term} {message:?}"));
+        self.follow_lb_leadership(id);
+        let member = self.lb_members.entry(id).or_default();
+        if member.core.is_none() {
+            return;
+        }
+        if member.writing.is_some() {
+            if member.inbox.len() < INBOX_MAX {
+                member.inbox.push_back((from, term, message));
+            }
+            return;
+        }
+        self.lb_member_receive(id, from, term, message);
+    }
+
+    fn lb_member_receive(&mut self, id: u64, from: u64, term: Term, message: Message) {
+        let now = self.server_now(id);
+        let header = crate::world::to_lb_header(from, term);
+        let Some(core) = self.lb_members.entry(id).or_default().core.as_mut() else {
+            return;
+        };
+        let actions = core.receive(now, &header, message);
+        self.lb_member_actions(id, actions.into());
+    }
+
+    /// The operator's `remove-server` reaches the LB that acts, if any.
+    pub(crate) fn lb_group_remove(&mut self, server: ServerId) -> bool {
+        let Some(id) = self.acting_lb() else {
+            return false;
+        };
+        let member = self.lb_members.entry(id).or_default();
+        if member.writing.is_some() {
+            return false;
+        }
+        let Some(Ok(actions)) = member.core.as_mut().map(|c| c.remove_server(server)) else {
+            return false;
+        };
+        self.lb_member_actions(id, actions.into());
+        true
+    }
+
+    /// The LB that runs a core, if one does (several may, for a moment: a
+    /// deposed one that has not noticed yet; the highest LB term's).
+    pub(crate) fn acting_lb(&self) -> Option<u64> {
+        self.lb_members
+            .iter()
+            .filter(|(_, m)| m.core.is_some())
+            .max_by_key(|(_, m)| m.leading)
+            .map(|(id, _)| *id)
+    }
+
+    /// The core of the LB that acts, if any.
+    pub(crate) fn acting_core(&mut self) -> Option<&mut Core> {
+        let id = self.acting_lb()?;
+        self.lb_members.get_mut(&id)?.core.as_mut()
+    }
+
+    /// The LB driver's rule in a group: a Persist is a registry write
+    /// through the log; what comes after it waits for it to commit.
+    pub(crate) fn lb_member_actions(&mut self, id: u64, mut actions: VecDeque<LbAction>) {
+        while let Some(action) = actions.pop_front() {
+            match action {
+                LbAction::Persist(state) => {
+                    let member = self.lb_members.entry(id).or_default();
+                    member.writes += 1;
+                    let write = member.writes;
+                    let time_s = self.now / 1000;
+                    let Ok(data) = registry::encode(&state) else {
+                        self.fail("registry encodes", format!("lb{id}: {state:?}"));
+                        return;
+                    };
+                    let command = Command {
+                        time_s,
+                        op: Op::Store {
+                            mode: StoreMode::Set,
+                            key: bytes::Bytes::from_static(REGISTRY_KEY),
+                            flags: 0,
+                            exptime: data::exptime::NEVER,
+                            data: data.into(),
+                            cas_unique: 0,
+                        },
+                    };
+                    let mut payload = BytesMut::with_capacity(command.encoded_len());
+                    command.encode(&mut payload);
+                    let payload = payload.freeze();
+                    let mut taken = false;
+                    self.with_host(id, |host, _| {
+                        taken = host
+                            .propose(payload.clone(), (REGISTRY_WRITER, write, payload))
+                            .is_ok();
+                        Ok(())
+                    });
+                    let (term, leader) = (state.term, state.leader);
+                    if !taken {
+                        self.lb_members.entry(id).or_default().depose();
+                        self.trace(|| format!("lb{id} registry write refused: stops acting"));
+                        return;
+                    }
+                    self.trace(|| {
+                        format!("lb{id} registry write {write}: t{term} leader {leader}")
+                    });
+                    let member = self.lb_members.entry(id).or_default();
+                    if self.opts.bugs.lb_acts_before_commit {
+                        // The deliberate bug: on at once, as if committed.
+                        member.committed_term = member.committed_term.max(term);
+                        continue;
+                    }
+                    member.writing = Some(write);
+                    member.held = actions;
+                    return;
+                }
+                LbAction::Send {
+                    to, term, message, ..
+                } => {
+                    let member = self.lb_members.entry(id).or_default();
+                    let committed = member.committed_term;
+                    let issuer = (
+                        id,
+                        self.servers[id as usize - 1].incarnation,
+                        member.leading.unwrap_or_default(),
+                    );
+                    if term > committed {
+                        self.fail(
+                            "LB persist before send",
+                            format!(
+                                "lb{id} sent in t{term} with a registry of t{committed} committed"
+                            ),
+                        );
+                        return;
+                    }
+                    if matches!(message, Message::Prepare) && !self.issue_data_term(term, issuer) {
+                        return;
+                    }
+                    self.send(id, to.0, Packet::FromLb { term, message });
+                }
+            }
+        }
+    }
+
+    /// Records that `issuer` sent a Prepare in data term `term`; false (and
+    /// a violation) if another LB or leadership issued it before.
+    fn issue_data_term(&mut self, term: Term, issuer: Issuer) -> bool {
+        let first = *self.issued_terms.entry(term.0).or_insert(issuer);
+        if first != issuer {
+            self.fail(
+                "data term issued once",
+                format!(
+                    "t{term} issued by lb{} (incarnation {}, LB t{}) and by lb{} (incarnation {}, LB t{})",
+                    first.0, first.1, first.2, issuer.0, issuer.1, issuer.2
+                ),
+            );
+            return false;
+        }
+        true
+    }
+
+    /// LB `id`'s registry write `write` committed (or not).
+    pub(crate) fn lb_persisted(&mut self, id: u64, incarnation: u32, write: u64, committed: bool) {
+        if self.servers[id as usize - 1].incarnation != incarnation {
+            return;
+        }
+        let member = self.lb_members.entry(id).or_default();
+        if member.writing != Some(write) {
+            return;
+        }
+        member.writing = None;
+        if !committed {
+            member.depose();
+            self.trace(|| format!("lb{id} registry write {write} not committed: stops acting"));
+            return;
+        }
+        let registry = self.servers[id as usize - 1]
+            .read(REGISTRY_KEY)
+            .and_then(|bytes| registry::decode(&bytes).ok());
+        let member = self.lb_members.entry(id).or_default();
+        if let Some(registry) = registry {
+            member.committed_term = member.committed_term.max(registry.term);
+        }
+        let held = std::mem::take(&mut member.held);
+        self.trace(|| format!("lb{id} registry write {write} committed"));
+        self.lb_member_actions(id, held);
+        loop {
+            let member = self.lb_members.entry(id).or_default();
+            if member.writing.is_some() || member.core.is_none() {
+                return;
+            }
+            let Some((from, term, message)) = member.inbox.pop_front() else {
+                return;
+            };
+            self.lb_member_receive(id, from, term, message);
+        }
+    }
+
+    /// An LB crashed: its driver's state is gone with it.
+    pub(crate) fn lb_member_crashed(&mut self, id: u64) {
+        self.lb_members.entry(id).or_default().depose();
+    }
+
+    /// The registry the acting LB's core holds (its members), if one acts.
+    pub(crate) fn acting_registry(&self) -> Option<&DurableState> {
+        let id = self.acting_lb()?;
+        self.lb_members.get(&id)?.core.as_ref().map(Core::durable)
+    }
+
+    /// After the quiet period: exactly one LB runs a core, and it leads
+    /// the LB group.
+    pub(crate) fn check_lb_liveness(&mut self) {
+        let acting: Vec<u64> = self
+            .lb_members
+            .iter()
+            .filter(|(_, m)| m.core.is_some())
+            .map(|(id, _)| *id)
+            .collect();
+        let leads = |w: &World, id: u64| {
+            w.servers[id as usize - 1]
+                .core()
+                .is_some_and(|c| c.role() == Role::Leader)
+        };
+        if acting.len() != 1 || !leads(self, acting[0]) {
+            self.fail(
+                "liveness",
+                format!(
+                    "after {} ms without faults, LBs acting: {acting:?}",
+                    self.opts.settle_ms
+                ),
+            );
+        }
+    }
+}
+
+/// A map from data term to its issuer, kept by the world.
+pub(crate) type IssuedTerms = BTreeMap<u64, Issuer>;
