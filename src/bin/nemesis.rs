@@ -61,6 +61,10 @@ struct Args {
     /// iproute2; without it, UDP is cut by relays and TCP never is.
     #[arg(long)]
     netns: bool,
+    /// LBs: 1, or a group of LBs (3 or 5; with --netns), which the LB
+    /// faults and partitions hit, the leading one half the time.
+    #[arg(long, default_value_t = 1)]
+    lbs: usize,
 }
 
 fn main() -> ExitCode {
@@ -113,14 +117,16 @@ fn run() -> anyhow::Result<bool> {
     config.keys = args.keys;
     config.key_generation = Duration::from_secs_f64(args.key_secs);
     config.netns = args.netns;
+    config.lbs = args.lbs;
 
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone());
     println!(
-        "nemesis: seed {seed}, {} minutes in rounds of {}s, {} servers, {} clients, {} keys at a time (fresh every {}s), cuts by {}",
+        "nemesis: seed {seed}, {} minutes in rounds of {}s, {} servers, {} LB(s), {} clients, {} keys at a time (fresh every {}s), cuts by {}",
         args.minutes,
         args.round_secs,
         args.servers,
+        args.lbs,
         args.clients,
         args.keys,
         args.key_secs,

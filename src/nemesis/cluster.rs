@@ -1,6 +1,7 @@
-//! The processes under test: one LB and N servers (`store addlb`, `store
-//! addsrv`), on 127.0.0.1 each behind its relay (see `relay`) or each on a
-//! host of its own (see `links`), with the signals the nemesis sends them:
+//! The processes under test: one LB, or a group of LBs (on hosts only),
+//! and N servers (`store addlb`, `store addsrv`), on 127.0.0.1 each behind
+//! its relay (see `relay`) or each on a host of its own (see `links`),
+//! with the signals the nemesis sends them:
 //! SIGKILL, SIGTERM, SIGSTOP, SIGCONT, and starting a process again on its
 //! data directory and ports.
 //!
@@ -58,6 +59,9 @@ pub struct ClusterConfig {
     pub server_threads: usize,
     /// Every node on a host of its own, cut by links (see `links`).
     pub netns: bool,
+    /// LBs: 1, or a group of LBs (DESIGN §3c; hosts only: the group's
+    /// own port is the discovery port + 1000, which no relay stands in).
+    pub lbs: usize,
 }
 
 /// Whether a process is running, stopped by SIGSTOP, or gone.
@@ -79,11 +83,13 @@ struct Node {
     tcp: SocketAddr,
 }
 
-/// The LB and servers, and the relays in front of them. Node 0 is the LB,
-/// node i (1..=N) is `server-i`.
+/// The LBs and servers, and the relays in front of them. Node 0 is the
+/// (first) LB, node i (1..=N) is `server-i`, and with a group of LBs nodes
+/// N+1.. are the others (`lb-2`, ...).
 pub struct Cluster {
     exe: PathBuf,
     nodes: Vec<Node>,
+    servers: usize,
     pub net: Links,
     /// Processes that exited without the nemesis asking them to, with how.
     pub unexpected_exits: Vec<String>,
@@ -96,14 +102,20 @@ impl Cluster {
         if config.servers == 0 {
             bail!("a cluster needs at least one server");
         }
+        if config.lbs == 0 || (config.lbs > 1 && !config.netns) {
+            bail!("one LB, or a group of LBs on hosts of their own (--netns)");
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("create {}", config.data_dir.display()))?;
+        let names: Vec<String> = (0..config.servers + config.lbs)
+            .map(|node| node_name(node, config))
+            .collect();
         let net = if config.netns {
-            let hosts: Vec<String> = (0..=config.servers).map(Links::host_name).collect();
-            let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
-            Links::Hosts(Net::create(HOSTS_TAG, &hosts).map_err(|e| {
+            let hosts: Vec<&str> = names.iter().map(String::as_str).collect();
+            let net = Net::create(HOSTS_TAG, &hosts).map_err(|e| {
                 anyhow::anyhow!("--netns needs network namespaces (root, iproute2): {e}")
-            })?)
+            })?;
+            Links::Hosts { net, names }
         } else {
             // Node i's real UDP port is udp[i]; its relay forwards there.
             let udp: Vec<u16> = (0..=config.servers)
@@ -114,6 +126,7 @@ impl Cluster {
         let mut cluster = Cluster {
             exe: config.exe.clone(),
             nodes: Vec::new(),
+            servers: config.servers,
             net,
             unexpected_exits: Vec::new(),
         };
@@ -124,34 +137,61 @@ impl Cluster {
             config.election_timeout_ms.to_string(),
         ];
 
-        let lb_dir = config.data_dir.join("lb");
-        let mut args = vec!["addlb".to_string(), "-v".into()];
-        let (lb_tcp, lb_udp) = match &cluster.net {
-            Links::Relays(network) => {
-                let lb_tcp = SocketAddr::from(([127, 0, 0, 1], free_port()?));
-                args.extend(["-p".into(), lb_tcp.port().to_string()]);
-                args.extend(["--udp-port".into(), network.target_port(LB).to_string()]);
-                (lb_tcp, network.relay_of(LB))
+        // Each LB's discovery address (its UDP control port has the same
+        // number) and what every LB and server is given.
+        let lb_nodes: Vec<NodeId> = std::iter::once(LB)
+            .chain(config.servers + 1..config.servers + config.lbs)
+            .collect();
+        let mut lb_addrs = Vec::new();
+        let mut lb_args = Vec::new();
+        for node in &lb_nodes {
+            let mut args = vec!["addlb".to_string(), "-v".into()];
+            let (tcp, udp) = match &cluster.net {
+                Links::Relays(network) => {
+                    let tcp = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+                    args.extend(["-p".into(), tcp.port().to_string()]);
+                    args.extend(["--udp-port".into(), network.target_port(LB).to_string()]);
+                    (tcp, network.relay_of(LB))
+                }
+                Links::Hosts { net, names } => {
+                    let addr: std::net::IpAddr = net.addr(&names[*node]).into();
+                    args.extend(["-l".into(), addr.to_string()]);
+                    args.extend(["-p".into(), HOST_LB_PORT.to_string()]);
+                    let lb = SocketAddr::new(addr, HOST_LB_PORT);
+                    (lb, lb)
+                }
+            };
+            let name = node_name(*node, config);
+            args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
+            args.extend(timing.iter().cloned());
+            lb_addrs.push((tcp, udp));
+            lb_args.push(args);
+        }
+        let cluster_file = if config.lbs == 1 {
+            config.data_dir.join(node_name(LB, config)).join("cluster")
+        } else {
+            // One cluster file for the group, made here (as `store up`).
+            if !config.data_dir.join("cluster").is_file() {
+                let made = lb::cluster_file::generate(&mut rand::rngs::OsRng);
+                lb::cluster_file::create(&config.data_dir, &made)
+                    .context("make the cluster file")?;
             }
-            Links::Hosts(net) => {
-                let addr: std::net::IpAddr = net.addr(&Links::host_name(LB)).into();
-                args.extend(["-l".into(), addr.to_string()]);
-                args.extend(["-p".into(), HOST_LB_PORT.to_string()]);
-                let lb = SocketAddr::new(addr, HOST_LB_PORT);
-                (lb, lb)
+            let peers: Vec<String> = lb_addrs.iter().map(|(tcp, _)| tcp.to_string()).collect();
+            let file = config.data_dir.join("cluster");
+            for args in &mut lb_args {
+                args.extend(["--peers".into(), peers.join(",")]);
+                args.extend(["--cluster-file".into(), path_arg(&file)]);
             }
+            file
         };
-        args.extend(["--data-dir".into(), path_arg(&lb_dir)]);
-        args.extend(timing.iter().cloned());
-        cluster.add(config, "lb", args, lb_tcp)?;
-        let cluster_file = lb_dir.join("cluster");
-        wait_until(START_DEADLINE, || {
-            cluster_file.is_file() && TcpStream::connect(lb_tcp).is_ok()
-        })
-        .context("the LB did not come up (see lb.log)")?;
+        let lb_list: Vec<String> = lb_addrs.iter().map(|(_, udp)| udp.to_string()).collect();
+        let lb_list = lb_list.join(",");
 
+        // Nodes in id order; processes started LBs first, then one server
+        // at a time.
+        let mut server_args = Vec::new();
         for i in 1..=config.servers {
-            let name = Links::host_name(i);
+            let name = node_name(i, config);
             let mut args = vec!["addsrv".to_string(), "-v".into()];
             let tcp = match &cluster.net {
                 Links::Relays(network) => {
@@ -160,7 +200,7 @@ impl Cluster {
                     args.extend(["--udp-advertise".into(), network.relay_of(i).to_string()]);
                     tcp
                 }
-                Links::Hosts(net) => {
+                Links::Hosts { net, .. } => {
                     let addr: std::net::IpAddr = net.addr(&name).into();
                     args.extend(["-l".into(), addr.to_string()]);
                     args.extend(["--udp-port".into(), HOST_SERVER_UDP_PORT.to_string()]);
@@ -170,14 +210,39 @@ impl Cluster {
             args.extend(["-p".into(), tcp.port().to_string()]);
             args.extend(["-t".into(), config.server_threads.to_string()]);
             args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
-            args.extend(["--lb".into(), lb_udp.to_string()]);
+            args.extend(["--lb".into(), lb_list.clone()]);
             args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
             args.extend(timing.iter().cloned());
-            cluster.add(config, &name, args, tcp)?;
+            server_args.push((name, args, tcp));
+        }
+        let mut lb_args = lb_args.into_iter();
+        let first_args = lb_args.next().expect("an LB");
+        cluster.push(config, &node_name(LB, config), first_args, lb_addrs[0].0);
+        for (name, args, tcp) in &server_args {
+            cluster.push(config, name, args.clone(), *tcp);
+        }
+        for ((node, args), (tcp, _)) in lb_nodes[1..].iter().zip(lb_args).zip(&lb_addrs[1..]) {
+            cluster.push(config, &node_name(*node, config), args, *tcp);
+        }
+        for node in &lb_nodes {
+            cluster.spawn(*node)?;
+        }
+        let first_lb = lb_addrs[0].0;
+        wait_until(START_DEADLINE, || {
+            cluster_file.is_file() && TcpStream::connect(first_lb).is_ok()
+        })
+        .context("the LB did not come up (see its log)")?;
+        for (node, (tcp, _)) in lb_nodes.iter().zip(&lb_addrs) {
+            let name = node_name(*node, config);
+            wait_until(START_DEADLINE, || TcpStream::connect(tcp).is_ok())
+                .with_context(|| format!("{name} did not come up (see {name}.log)"))?;
+        }
+        for (i, (name, _, tcp)) in server_args.iter().enumerate() {
+            cluster.spawn(i + 1)?;
             wait_until(START_DEADLINE, || TcpStream::connect(tcp).is_ok())
                 .with_context(|| format!("{name} did not come up (see {name}.log)"))?;
             wait_until(JOIN_DEADLINE, || {
-                let role = stats(tcp).get("repl_role").cloned();
+                let role = stats(*tcp).get("repl_role").cloned();
                 role.is_some_and(|r| r == "leader" || r == "follower")
             })
             .with_context(|| format!("{name} did not join the group (see {name}.log)"))?;
@@ -185,23 +250,24 @@ impl Cluster {
         Ok(cluster)
     }
 
-    fn add(
-        &mut self,
-        config: &ClusterConfig,
-        name: &str,
-        args: Vec<String>,
-        tcp: SocketAddr,
-    ) -> anyhow::Result<()> {
+    /// A node, not started yet.
+    fn push(&mut self, config: &ClusterConfig, name: &str, args: Vec<String>, tcp: SocketAddr) {
         let log_path = config.data_dir.join(format!("{name}.log"));
-        let child = spawn_logged(self.command(self.nodes.len()), &args, &log_path)?;
         self.nodes.push(Node {
             name: name.to_string(),
             args,
             log_path,
-            child: Some(child),
+            child: None,
             paused: false,
             tcp,
         });
+    }
+
+    /// Starts node `node`'s process.
+    fn spawn(&mut self, node: NodeId) -> anyhow::Result<()> {
+        let command = self.command(node);
+        let n = &mut self.nodes[node];
+        n.child = Some(spawn_logged(command, &n.args, &n.log_path)?);
         Ok(())
     }
 
@@ -209,13 +275,33 @@ impl Cluster {
     fn command(&self, node: NodeId) -> Command {
         match &self.net {
             Links::Relays(_) => Command::new(&self.exe),
-            Links::Hosts(net) => net.command(&Links::host_name(node), &self.exe),
+            Links::Hosts { net, names } => net.command(&names[node], &self.exe),
         }
     }
 
-    /// Server count (nodes are 0..=servers).
+    /// Server count (servers are nodes 1..=servers).
     pub fn servers(&self) -> usize {
-        self.nodes.len() - 1
+        self.servers
+    }
+
+    /// Node count: the servers and the LBs.
+    pub fn nodes(&self) -> usize {
+        self.nodes.len()
+    }
+
+    /// The LBs' nodes: 0, then those after the servers.
+    pub fn lb_nodes(&self) -> Vec<NodeId> {
+        std::iter::once(LB)
+            .chain(self.servers + 1..self.nodes.len())
+            .collect()
+    }
+
+    /// The LB that says it leads its group (or the LB alone), if any.
+    pub fn leading_lb(&self) -> Option<NodeId> {
+        self.lb_nodes().into_iter().find(|node| {
+            self.state(*node) == RunState::Running
+                && stats(self.nodes[*node].tcp).get("role").map(String::as_str) == Some("leader")
+        })
     }
 
     pub fn name(&self, node: NodeId) -> &str {
@@ -228,7 +314,7 @@ impl Cluster {
 
     /// The servers' memcached addresses, server 1 first.
     pub fn server_addrs(&self) -> Vec<SocketAddr> {
-        self.nodes[1..].iter().map(|n| n.tcp).collect()
+        self.nodes[1..=self.servers].iter().map(|n| n.tcp).collect()
     }
 
     pub fn log_path(&self, node: NodeId) -> &Path {
@@ -348,7 +434,7 @@ impl Cluster {
     /// running server (not the LB, which may be down or cut off).
     pub fn leader(&self) -> Option<NodeId> {
         let mut best: Option<(u64, NodeId)> = None;
-        for node in 1..self.nodes.len() {
+        for node in 1..=self.servers {
             if self.state(node) != RunState::Running {
                 continue;
             }
@@ -451,6 +537,17 @@ fn wait_until(deadline: Duration, mut ready: impl FnMut() -> bool) -> anyhow::Re
         std::thread::sleep(POLL);
     }
     bail!("not ready after {deadline:?}")
+}
+
+/// Node `node`'s name (and its host's): `lb` alone, or `lb-1`.. in a
+/// group; `server-i`.
+fn node_name(node: NodeId, config: &ClusterConfig) -> String {
+    match node {
+        LB if config.lbs == 1 => "lb".to_string(),
+        LB => "lb-1".to_string(),
+        n if n <= config.servers => format!("server-{n}"),
+        n => format!("lb-{}", n - config.servers + 1),
+    }
 }
 
 fn path_arg(path: &Path) -> String {

@@ -27,9 +27,11 @@ pub enum FaultKind {
     RestartServer,
     /// SIGSTOP a server; SIGCONT when the fault ends.
     PauseServer,
-    /// SIGKILL the LB; start it again when the fault ends.
+    /// SIGKILL the LB (in a group, the leading one half the time); start
+    /// it again when the fault ends.
     KillLb,
-    /// SIGSTOP the LB; SIGCONT when the fault ends.
+    /// SIGSTOP the LB (in a group, the leading one half the time); SIGCONT
+    /// when the fault ends.
     PauseLb,
     /// Drop UDP one way: one link, or everything into or out of one node
     /// (relays only: a link taken down is down both ways).
@@ -130,7 +132,6 @@ impl Nemesis {
 
     /// Applies a fault of `kind` to the cluster.
     pub fn inject(&mut self, kind: FaultKind, cluster: &mut Cluster) -> anyhow::Result<Active> {
-        let servers = cluster.servers();
         let (what, undo) = match kind {
             FaultKind::KillServer => {
                 let (node, role) = self.pick_server(cluster);
@@ -162,15 +163,23 @@ impl Nemesis {
                 )
             }
             FaultKind::KillLb => {
-                cluster.kill(LB);
-                ("SIGKILL lb".to_string(), Undo::Restart(LB))
+                let (node, role) = self.pick_lb(cluster);
+                cluster.kill(node);
+                (
+                    format!("SIGKILL {} ({role})", cluster.name(node)),
+                    Undo::Restart(node),
+                )
             }
             FaultKind::PauseLb => {
-                cluster.pause(LB);
-                ("SIGSTOP lb".to_string(), Undo::Resume(LB))
+                let (node, role) = self.pick_lb(cluster);
+                cluster.pause(node);
+                (
+                    format!("SIGSTOP {} ({role})", cluster.name(node)),
+                    Undo::Resume(node),
+                )
             }
             FaultKind::CutOneWay => {
-                let nodes = servers + 1;
+                let nodes = cluster.nodes();
                 let x = self.pick_node(cluster);
                 let links: Vec<(NodeId, NodeId)> = match self.rng.gen_range(0..3) {
                     0 => {
@@ -201,13 +210,15 @@ impl Nemesis {
                 )
             }
             FaultKind::CutSymmetric => {
-                let nodes = servers + 1;
+                let nodes = cluster.nodes();
                 // A random split into two non-empty sides; half the time the
-                // leader alone (with or without the LB) on one side.
+                // leader alone (with or without each LB) on one side.
                 let mut side: Vec<bool> = (0..nodes).map(|_| self.rng.gen_bool(0.5)).collect();
                 if let (Some(leader), true) = (cluster.leader(), self.rng.gen_bool(0.5)) {
                     side = (0..nodes).map(|n| n == leader).collect();
-                    side[LB] = self.rng.gen_bool(0.5);
+                    for lb in cluster.lb_nodes() {
+                        side[lb] = self.rng.gen_bool(0.5);
+                    }
                 }
                 if side.iter().all(|s| *s) || side.iter().all(|s| !*s) {
                     let n = self.rng.gen_range(0..nodes);
@@ -260,14 +271,29 @@ impl Nemesis {
         }
     }
 
-    /// The leader a third of the time, else any node (the LB included).
+    /// The leader a third of the time, else any node (the LBs included).
     fn pick_node(&mut self, cluster: &Cluster) -> NodeId {
         if self.rng.gen_bool(1.0 / 3.0) {
             if let Some(leader) = cluster.leader() {
                 return leader;
             }
         }
-        self.rng.gen_range(0..=cluster.servers())
+        self.rng.gen_range(0..cluster.nodes())
+    }
+
+    /// The LB alone; in a group, the one leading it half the time (when
+    /// one says so), else any.
+    fn pick_lb(&mut self, cluster: &Cluster) -> (NodeId, &'static str) {
+        let lbs = cluster.lb_nodes();
+        if lbs.len() == 1 {
+            return (LB, "alone");
+        }
+        if self.rng.gen_bool(0.5) {
+            if let Some(leading) = cluster.leading_lb() {
+                return (leading, "leading");
+            }
+        }
+        (*lbs.choose(&mut self.rng).expect("an LB"), "any")
     }
 }
 

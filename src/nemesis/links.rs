@@ -10,24 +10,19 @@
 //!   every host by a link it never cuts, so clients keep reaching a node
 //!   cut off from the others (a deposed leader among them).
 
-use super::relay::{Network, NodeId, RelayCounters, LB};
+use super::relay::{Network, NodeId, RelayCounters};
 use crate::netns::Net;
 
 pub enum Links {
     Relays(Network),
-    Hosts(Net),
+    /// The hosts, and each node's host name by node id.
+    Hosts {
+        net: Net,
+        names: Vec<String>,
+    },
 }
 
 impl Links {
-    /// The name of node `node`'s host (`Hosts`).
-    pub fn host_name(node: NodeId) -> String {
-        if node == LB {
-            "lb".to_string()
-        } else {
-            format!("server-{node}")
-        }
-    }
-
     /// Whether a cut is one way (`Relays`) or both (`Hosts`).
     pub fn one_way(&self) -> bool {
         matches!(self, Links::Relays(_))
@@ -38,7 +33,7 @@ impl Links {
     pub fn cut(&self, from: NodeId, to: NodeId) {
         match self {
             Links::Relays(network) => network.cut(from, to),
-            Links::Hosts(net) => net.cut(&Self::host_name(from), &Self::host_name(to)),
+            Links::Hosts { net, names } => net.cut(&names[from], &names[to]),
         }
     }
 
@@ -46,7 +41,7 @@ impl Links {
     pub fn heal(&self) {
         match self {
             Links::Relays(network) => network.heal(),
-            Links::Hosts(net) => net.heal_all(),
+            Links::Hosts { net, .. } => net.heal_all(),
         }
     }
 
@@ -61,7 +56,7 @@ impl Links {
     pub fn open(&self, node: NodeId) -> bool {
         match self {
             Links::Relays(network) => network.open(node),
-            Links::Hosts(_) => true,
+            Links::Hosts { .. } => true,
         }
     }
 
@@ -69,7 +64,7 @@ impl Links {
     pub fn describe(&self, node: NodeId) -> String {
         match self {
             Links::Relays(network) => format!("udp relay {}", network.relay_of(node)),
-            Links::Hosts(net) => format!("host {}", net.addr(&Self::host_name(node))),
+            Links::Hosts { net, names } => format!("host {}", net.addr(&names[node])),
         }
     }
 
@@ -77,7 +72,7 @@ impl Links {
     pub fn counters(&self) -> Option<&RelayCounters> {
         match self {
             Links::Relays(network) => Some(&network.counters),
-            Links::Hosts(_) => None,
+            Links::Hosts { .. } => None,
         }
     }
 }

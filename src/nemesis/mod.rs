@@ -106,6 +106,9 @@ pub struct Config {
     /// Every node on a host of its own, cuts by links taken down, TCP
     /// included (root; see `links`), instead of UDP relays.
     pub netns: bool,
+    /// LBs: 1, or a group of LBs (with `netns`; DESIGN §3c), whose leader
+    /// the LB faults pick half the time.
+    pub lbs: usize,
 }
 
 impl Config {
@@ -132,6 +135,7 @@ impl Config {
             server_threads: 2,
             reply_timeout: Duration::from_secs(4),
             netns: false,
+            lbs: 1,
         }
     }
 }
@@ -260,21 +264,26 @@ pub fn run(
         election_timeout_ms: config.election_timeout_ms,
         server_threads: config.server_threads,
         netns: config.netns,
+        lbs: config.lbs,
     })?;
-    say(&format!(
-        "cluster up in {:.1}s: lb {} ({}), servers {}; data and logs in {}",
-        started.elapsed().as_secs_f64(),
-        cluster.tcp(cluster::LB),
-        cluster.net.describe(cluster::LB),
-        (1..=cluster.servers())
-            .map(|n| format!(
-                "{} {} ({})",
-                cluster.name(n),
-                cluster.tcp(n),
-                cluster.net.describe(n)
-            ))
+    let describe = |nodes: &mut dyn Iterator<Item = usize>| {
+        nodes
+            .map(|n| {
+                format!(
+                    "{} {} ({})",
+                    cluster.name(n),
+                    cluster.tcp(n),
+                    cluster.net.describe(n)
+                )
+            })
             .collect::<Vec<_>>()
-            .join(", "),
+            .join(", ")
+    };
+    say(&format!(
+        "cluster up in {:.1}s: {}, servers {}; data and logs in {}",
+        started.elapsed().as_secs_f64(),
+        describe(&mut cluster.lb_nodes().into_iter()),
+        describe(&mut (1..=cluster.servers())),
         config.data_dir.display(),
     ));
     let kinds = FaultKind::available(cluster.net.one_way());
@@ -487,7 +496,7 @@ fn run_round(
         let path = config
             .data_dir
             .join(format!("finding-round{round}-{key}.txt"));
-        let logs: Vec<PathBuf> = (0..=cluster.servers())
+        let logs: Vec<PathBuf> = (0..cluster.nodes())
             .map(|n| cluster.log_path(n).to_path_buf())
             .collect();
         let evidence = evidence(config, round, key, &on_key, &verdict, &events, &logs);
