@@ -42,19 +42,22 @@ enum Command {
     ///   store addlb                           # tcp and udp 127.0.0.1:11311, data in ./store-data/lb-11311
     ///   store addlb -p 22311 --udp-port 22312 --data-dir /var/lib/store-lb
     ///   store addlb --heartbeat-ms 50 --election-timeout-ms 500
+    ///   store addlb -p 11312 --peers 127.0.0.1:11311,127.0.0.1:11312,127.0.0.1:11313 \
+    ///     --cluster-file store-data/cluster  # one of a group of three LBs
     #[command(verbatim_doc_comment)]
     Addlb(AddlbArgs),
-    /// Start a whole local cluster: one LB and N servers, data under one
-    /// directory. Ctrl-C stops it; run again with the same --data-dir to
-    /// bring it back with its data.
+    /// Start a whole local cluster: a group of three LBs (or one) and N
+    /// servers, data under one directory. Ctrl-C stops it; run again with
+    /// the same --data-dir to bring it back with its data.
     ///
     /// Examples:
     ///   store up                              # LBs on 11311..11313, 3 servers on 11314..11316
     ///   store up --servers 5 --data-dir /tmp/five --port 22311
     #[command(verbatim_doc_comment)]
     Up(UpArgs),
-    /// Show the cluster as the LB sees it: term, leader, and each server's
-    /// role, indexes and lag.
+    /// Show the cluster: each LB of the LB group (role, LB term, log
+    /// indexes), then, as the leading LB sees it, the term, the leader, and
+    /// each server's role, indexes and lag.
     ///
     /// Examples:
     ///   store status
