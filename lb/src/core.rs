@@ -497,16 +497,26 @@ impl Core {
         }) else {
             return;
         };
-        let candidate = *candidate;
-        let voters: BTreeSet<ServerId> = if promise.voters.is_empty() {
-            // A server that never joined a group founds one as {itself},
-            // but only if no group was ever founded: otherwise it would
-            // start a second group beside the real one, whose founder may
-            // have committed writes before anyone joined (found by the
-            // simulator: seeds 97 and 1239 of the bootstrap runs).
-            if self.durable.founded {
-                return;
+        let (mut candidate, mut promise) = (*candidate, promise);
+        let founding = promise.voters.is_empty();
+        if founding && self.durable.founded {
+            // No promiser holds a configuration, yet a group was founded.
+            // Another server founding one would start a second group beside
+            // the real one, whose founder may have committed writes before
+            // anyone joined (found by the simulator: seeds 97 and 1239 of
+            // the bootstrap runs). The founder itself may found it again:
+            // with no configuration on its disk it committed nothing (its
+            // configuration is its log's first entry, durable before any
+            // after it), which happens when it went down before its
+            // NewLeader arrived (found by the simulator with a group of
+            // LBs, bootstrap seed 18: stuck for good without this).
+            let founder = self.durable.founder;
+            match election.promises.get(&founder) {
+                Some(again) if again.voters.is_empty() => (candidate, promise) = (founder, again),
+                _ => return,
             }
+        }
+        let voters: BTreeSet<ServerId> = if founding {
             BTreeSet::from([candidate])
         } else {
             promise.voters.clone()
@@ -519,6 +529,9 @@ impl Core {
             return;
         }
         let term = election.term;
+        if founding {
+            self.durable.founder = candidate;
+        }
         self.name_leader(now_ms, term, candidate, actions);
     }
 

@@ -16,15 +16,17 @@
 //! ```text
 //! offset  size  field
 //! 0       8     magic b"STORELB\0"
-//! 8       1     version = 2 (REGISTRY_VERSION); version 1 is read too
+//! 8       1     version = 3 (REGISTRY_VERSION); versions 1 and 2 are read too
 //! 9       1     flags: bit 0 = founded (a leader was ever named); other
 //!               bits 0 (version 1: the whole byte 0, founded read as
 //!               "leader named")
 //! 10      2     reserved, 0
 //! 12      8     term: the highest term the LB has used
 //! 20      8     leader named in that term (0 = none)
-//! 28      2     member count N (at most MEMBERS_MAX)
-//! 30      ...   N members, ids strictly increasing: [id u64][tcp address][udp address]
+//! 28      8     founder: the server named to found the group (0 = none
+//!               or unknown; absent before version 3)
+//! 36      2     member count N (at most MEMBERS_MAX)
+//! 38      ...   N members, ids strictly increasing: [id u64][tcp address][udp address]
 //! end-4   4     crc32c over every byte before it
 //! ```
 //!
@@ -51,9 +53,11 @@ const REGISTRY_TMP_FILE: &str = "registry.tmp";
 pub const REGISTRY_MAGIC: [u8; 8] = *b"STORELB\0";
 
 /// Version of the format above. Bump it on any change.
-pub const REGISTRY_VERSION: u8 = 2;
+pub const REGISTRY_VERSION: u8 = 3;
 /// The first version, without flags; still read.
 const REGISTRY_VERSION_1: u8 = 1;
+/// The second, without the founder; still read.
+const REGISTRY_VERSION_2: u8 = 2;
 /// Flag bit: a leader was named at least once.
 const FLAG_FOUNDED: u8 = 1;
 
@@ -64,7 +68,7 @@ pub const MEMBERS_MAX: usize = 16;
 
 const ADDR_BYTES_MAX: usize = 1 + 16 + 2;
 const MEMBER_BYTES_MAX: usize = 8 + 2 * ADDR_BYTES_MAX;
-const HEADER_BYTES: usize = 8 + 1 + 3 + 8 + 8 + 2;
+const HEADER_BYTES: usize = 8 + 1 + 3 + 8 + 8 + 8 + 2;
 const CRC_BYTES: usize = 4;
 
 /// The largest valid registry file; anything longer is refused unread.
@@ -95,6 +99,10 @@ pub struct DurableState {
     /// never joined it may not found another (its founder may have
     /// committed writes before anyone else joined).
     pub founded: bool,
+    /// The server named to found the group, which alone may found it
+    /// again while no server holds a configuration ([`ServerId::LB`]: none,
+    /// or a registry from before it was recorded).
+    pub founder: ServerId,
     /// Registered servers by id; never holds id 0 or more than
     /// [`MEMBERS_MAX`].
     pub members: BTreeMap<ServerId, Member>,
@@ -156,6 +164,7 @@ pub fn encode(state: &DurableState) -> Result<Vec<u8>, RegistryError> {
     out.extend_from_slice(&[0; 2]);
     out.extend_from_slice(&state.term.0.to_le_bytes());
     out.extend_from_slice(&state.leader.0.to_le_bytes());
+    out.extend_from_slice(&state.founder.0.to_le_bytes());
     // Bounded by MEMBERS_MAX just above.
     out.extend_from_slice(&(state.members.len() as u16).to_le_bytes());
     for (id, member) in &state.members {
@@ -181,7 +190,8 @@ pub fn decode(bytes: &[u8]) -> Result<DurableState, RegistryError> {
     if bytes.len() > REGISTRY_BYTES_MAX {
         return Err(RegistryError::TooLong(bytes.len()));
     }
-    if bytes.len() < HEADER_BYTES + CRC_BYTES {
+    // Versions before 3 are 8 bytes shorter (no founder).
+    if bytes.len() < HEADER_BYTES - 8 + CRC_BYTES {
         return Err(RegistryError::Truncated);
     }
     let (body, crc) = bytes.split_at(bytes.len() - CRC_BYTES);
@@ -197,20 +207,25 @@ pub fn decode(bytes: &[u8]) -> Result<DurableState, RegistryError> {
     }
     let mut r = wire::Reader::new(&body[8..], BodyErrors);
     let version = r.u8()?;
-    if version != REGISTRY_VERSION && version != REGISTRY_VERSION_1 {
+    if ![REGISTRY_VERSION, REGISTRY_VERSION_2, REGISTRY_VERSION_1].contains(&version) {
         return Err(RegistryError::UnsupportedVersion(version));
     }
     let flags = r.u8()?;
-    let known_flags = if version == REGISTRY_VERSION {
-        FLAG_FOUNDED
-    } else {
+    let known_flags = if version == REGISTRY_VERSION_1 {
         0
+    } else {
+        FLAG_FOUNDED
     };
     if flags & !known_flags != 0 || r.bytes(2)? != [0, 0] {
         return Err(RegistryError::ReservedNonZero);
     }
     let term = Term(r.u64()?);
     let leader = ServerId(r.u64()?);
+    let founder = if version == REGISTRY_VERSION {
+        ServerId(r.u64()?)
+    } else {
+        ServerId::LB
+    };
     // Version 1 did not record it; a named leader proves it.
     let founded =
         flags & FLAG_FOUNDED != 0 || (version == REGISTRY_VERSION_1 && leader != ServerId::LB);
@@ -239,6 +254,7 @@ pub fn decode(bytes: &[u8]) -> Result<DurableState, RegistryError> {
         term,
         leader,
         founded,
+        founder,
         members,
     })
 }
@@ -371,6 +387,7 @@ mod tests {
             term: Term(5),
             leader: ServerId(9),
             founded: true,
+            founder: ServerId(7),
             members,
         }
     }
@@ -385,11 +402,12 @@ mod tests {
         let bytes = encode(&sample()).expect("fits");
         let expected = [
             "53544f52454c4200",                       // magic "STORELB\0"
-            "02",                                     // version
+            "03",                                     // version
             "01",                                     // flags: founded
             "0000",                                   // reserved
             "0500000000000000",                       // term 5
             "0900000000000000",                       // leader 9
+            "0700000000000000",                       // founder 7
             "0200",                                   // two members
             "0700000000000000",                       // id 7
             "047f000001cb2b",                         // tcp 127.0.0.1:11211
@@ -405,15 +423,37 @@ mod tests {
         assert_eq!(decode(&bytes).expect("valid"), sample());
     }
 
-    #[test]
-    fn version_1_files_are_read_with_founded_from_the_leader() {
+    /// `sample()` as a file of an older `version` with these `flags`: no
+    /// founder field.
+    fn older(version: u8, flags: u8) -> Vec<u8> {
         let mut bytes = encode(&sample()).expect("fits");
+        bytes.drain(28..36);
+        bytes[8] = version;
+        bytes[9] = flags;
         let body_len = bytes.len() - CRC_BYTES;
-        bytes[8] = 1;
-        bytes[9] = 0;
         let crc = crc32c::crc32c(&bytes[..body_len]);
         bytes[body_len..].copy_from_slice(&crc.to_le_bytes());
-        assert_eq!(decode(&bytes).expect("valid"), sample());
+        bytes
+    }
+
+    #[test]
+    fn version_2_files_are_read_with_no_founder() {
+        let unknown = DurableState {
+            founder: ServerId::LB,
+            ..sample()
+        };
+        assert_eq!(decode(&older(2, FLAG_FOUNDED)).expect("valid"), unknown);
+    }
+
+    #[test]
+    fn version_1_files_are_read_with_founded_from_the_leader() {
+        let mut bytes = older(1, 0);
+        let body_len = bytes.len() - CRC_BYTES;
+        let unknown = DurableState {
+            founder: ServerId::LB,
+            ..sample()
+        };
+        assert_eq!(decode(&bytes).expect("valid"), unknown);
         // A version 1 file with flags set is damaged.
         bytes[9] = 1;
         let crc = crc32c::crc32c(&bytes[..body_len]);

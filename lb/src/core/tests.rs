@@ -329,6 +329,31 @@ fn a_server_that_never_joined_does_not_found_a_second_group() {
 }
 
 #[test]
+fn a_founder_that_founded_nothing_founds_the_group_again() {
+    // Server 2 is named to found the group but goes down before it hears
+    // so: no server holds a configuration. The others may not found
+    // another group; the founder may, once it is back.
+    let mut core = Core::new(config(), DurableState::default(), 0);
+    register(&mut core, 0, 2);
+    promise(&mut core, 1, 2, Term(1), (0, 0), &[]);
+    assert_eq!(core.leader(), Some(id(2)));
+    assert_eq!(core.durable().founder, id(2));
+    register(&mut core, 2, 1);
+    register(&mut core, 3, 3);
+    core.unreachable(10, id(2));
+    promise(&mut core, 11, 1, Term(2), (0, 0), &[]);
+    let actions = promise(&mut core, 11, 3, Term(2), (0, 0), &[]);
+    assert!(
+        new_leaders(&actions).is_empty(),
+        "only the founder may found"
+    );
+    let actions = promise(&mut core, 12, 2, Term(2), (0, 0), &[]);
+    assert_eq!(new_leaders(&actions).len(), 3);
+    assert_eq!(core.leader(), Some(id(2)));
+    assert!(persisted(&actions).iter().all(|d| d.founder == id(2)));
+}
+
+#[test]
 fn persists_term_before_prepare() {
     let mut core = Core::new(config(), DurableState::default(), 0);
     let actions = register(&mut core, 0, 1);
