@@ -117,6 +117,38 @@ pub fn fetch_group(lbs: &[String], timeout: Duration) -> anyhow::Result<GroupSta
     })
 }
 
+/// A `stats` reply larger than this is not a store's.
+const STATS_BYTES_MAX: usize = 1 << 20;
+
+/// A server's (or an LB's) `stats` as a map, each wait bounded by
+/// `timeout`; empty if it cannot be reached.
+pub fn stats_of(addr: std::net::SocketAddr, timeout: Duration) -> BTreeMap<String, String> {
+    use std::io::Read;
+    let mut map = BTreeMap::new();
+    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
+        return map;
+    };
+    if stream.set_read_timeout(Some(timeout)).is_err() || stream.write_all(b"stats\r\n").is_err() {
+        return map;
+    }
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 8192];
+    while !reply.ends_with(b"END\r\n") && reply.len() < STATS_BYTES_MAX {
+        match stream.read(&mut chunk) {
+            Ok(0) | Err(_) => return map,
+            Ok(n) => reply.extend_from_slice(&chunk[..n]),
+        }
+    }
+    for line in String::from_utf8_lossy(&reply).lines() {
+        let mut words = line.splitn(3, ' ');
+        if let (Some("STAT"), Some(name), Some(value)) = (words.next(), words.next(), words.next())
+        {
+            map.insert(name.to_string(), value.to_string());
+        }
+    }
+    map
+}
+
 /// Fetches `stats` from the LB's TCP port.
 pub fn fetch(lb: &str, timeout: Duration) -> anyhow::Result<ClusterStatus> {
     let addr = lb

@@ -24,6 +24,9 @@ use crate::status;
 pub const SERVERS_MAX: usize = 9;
 /// LBs `store up` starts at most (an LB group's size).
 pub const LBS_MAX: usize = lb::group::LBS_MAX;
+/// Starts of a server `store up` makes, each on another port if the last
+/// one was taken meanwhile.
+const SERVER_START_ATTEMPTS: usize = 3;
 /// How long a process gets to come up (bind, recover) before `store up` gives up.
 pub const START_DEADLINE_MS: u64 = 30_000;
 /// How long a server gets to become leader or voter after it started.
@@ -106,20 +109,37 @@ impl Cluster {
         let lb_list = lb_list.join(",");
 
         for i in 1..=config.servers {
-            let port = free_port(config.port.wrapping_add((config.lbs - 1 + i) as u16))?;
-            let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let name = format!("server-{i}");
-            let mut args = vec!["addsrv".to_string(), "-p".into(), port.to_string()];
-            args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
-            args.extend(["--lb".into(), lb_list.clone()]);
-            args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
-            args.extend(timing.iter().cloned());
-            args.extend(memory_args(config.servers, server_args));
-            args.extend(server_args.iter().cloned());
-            cluster.spawn(config, &name, &args)?;
-            cluster
-                .wait_started(&name, || TcpStream::connect(addr).is_ok())
-                .with_context(|| format!("{name} did not come up (see {name}.log)"))?;
+            let mut port = free_port(config.port.wrapping_add((config.lbs - 1 + i) as u16))?;
+            let mut attempts = 0;
+            let addr = loop {
+                attempts += 1;
+                let addr = SocketAddr::from(([127, 0, 0, 1], port));
+                let mut args = vec!["addsrv".to_string(), "-p".into(), port.to_string()];
+                args.extend(["--data-dir".into(), path_arg(&config.data_dir.join(&name))]);
+                args.extend(["--lb".into(), lb_list.clone()]);
+                args.extend(["--cluster-file".into(), path_arg(&cluster_file)]);
+                args.extend(timing.iter().cloned());
+                args.extend(memory_args(config.servers, server_args));
+                args.extend(server_args.iter().cloned());
+                cluster.spawn(config, &name, &args)?;
+                // Ours, not another process that took the port between the
+                // look and the bind (then ours exits: taken, try another).
+                let pid = cluster.pid_of(&name);
+                match cluster.wait_started(&name, || serves_as(addr, pid)) {
+                    Ok(()) => break addr,
+                    Err(e)
+                        if attempts < SERVER_START_ATTEMPTS
+                            && format!("{e:#}").contains("in use") =>
+                    {
+                        cluster.processes.retain(|p| p.name != name);
+                        port = free_port(0)?;
+                    }
+                    Err(e) => {
+                        return Err(e.context(format!("{name} did not come up (see {name}.log)")))
+                    }
+                }
+            };
             // One change at a time: the next server starts once this one is
             // the leader (the first) or a voter.
             let joined = wait_until(JOIN_DEADLINE_MS, || {
@@ -374,6 +394,13 @@ fn lb_addrs(config: &UpConfig) -> anyhow::Result<Vec<SocketAddr>> {
             Ok(SocketAddr::from(([127, 0, 0, 1], port)))
         })
         .collect()
+}
+
+/// Whether the memcached server at `addr` is the process `pid` (its
+/// `stats` says so), and not another that took the port first.
+fn serves_as(addr: SocketAddr, pid: Option<u32>) -> bool {
+    let stats = status::stats_of(addr, Duration::from_millis(POLL_MS * 10));
+    pid.is_some_and(|pid| stats.get("pid") == Some(&pid.to_string()))
 }
 
 /// `preferred` if nothing listens there, else any free port.

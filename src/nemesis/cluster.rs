@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -37,8 +37,6 @@ const TERM_DEADLINE: Duration = Duration::from_secs(10);
 /// Deadline for one `stats` request to a server or the LB.
 const STATS_TIMEOUT: Duration = Duration::from_millis(500);
 const POLL: Duration = Duration::from_millis(20);
-/// A `stats` reply larger than this is not a store's.
-const STATS_BYTES_MAX: usize = 1 << 20;
 /// Ports on a node's own host (`--netns`): nothing else listens there.
 const HOST_LB_PORT: u16 = 7000;
 const HOST_SERVER_PORT: u16 = 11211;
@@ -461,31 +459,7 @@ impl Drop for Cluster {
 
 /// A server's (or the LB's) `stats` as a map; empty if it cannot be reached.
 pub fn stats(addr: SocketAddr) -> BTreeMap<String, String> {
-    let mut map = BTreeMap::new();
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, STATS_TIMEOUT) else {
-        return map;
-    };
-    if stream.set_read_timeout(Some(STATS_TIMEOUT)).is_err()
-        || stream.write_all(b"stats\r\n").is_err()
-    {
-        return map;
-    }
-    let mut reply = Vec::new();
-    let mut chunk = [0u8; 8192];
-    while !reply.ends_with(b"END\r\n") && reply.len() < STATS_BYTES_MAX {
-        match stream.read(&mut chunk) {
-            Ok(0) | Err(_) => return map,
-            Ok(n) => reply.extend_from_slice(&chunk[..n]),
-        }
-    }
-    for line in String::from_utf8_lossy(&reply).lines() {
-        let mut words = line.splitn(3, ' ');
-        if let (Some("STAT"), Some(name), Some(value)) = (words.next(), words.next(), words.next())
-        {
-            map.insert(name.to_string(), value.to_string());
-        }
-    }
-    map
+    crate::status::stats_of(addr, STATS_TIMEOUT)
 }
 
 fn spawn_logged(mut command: Command, args: &[String], log_path: &Path) -> anyhow::Result<Child> {
