@@ -173,12 +173,12 @@ impl Cluster {
             .context("the LB did not come up (see lb.log)")?;
             return Ok(cluster_file);
         }
-        let cluster_file = config.data_dir.join("cluster");
-        if !cluster_file.is_file() {
-            // The OS's RNG: the secret keys every datagram's MAC.
-            let made = lb::cluster_file::generate(&mut rand::rngs::OsRng);
-            lb::cluster_file::create(&config.data_dir, &made).context("make the cluster file")?;
-        }
+        // The OS's RNG: the secret keys every datagram's MAC.
+        lb::cluster_file::load_or_create(&config.data_dir, || {
+            lb::cluster_file::generate(&mut rand::rngs::OsRng)
+        })
+        .context("the cluster file")?;
+        let cluster_file = lb::cluster_file::path_in(&config.data_dir);
         let peers: Vec<String> = self.lbs.iter().map(SocketAddr::to_string).collect();
         for (i, lb) in self.lbs.clone().into_iter().enumerate() {
             let name = format!("lb-{}", i + 1);

@@ -295,8 +295,7 @@ fn set(addr: SocketAddr, key: &str, value: &str) -> bool {
 
 /// The cluster as `store status` sees it through every LB.
 fn group_status(cluster: &Cluster) -> Option<GroupStatus> {
-    let lbs: Vec<String> = cluster.lbs.iter().map(SocketAddr::to_string).collect();
-    store::status::fetch_group(&lbs, Duration::from_secs(1)).ok()
+    common::cluster::group_status(&cluster.lbs)
 }
 
 /// Every LB answers and one leads; every server is a reachable leader or

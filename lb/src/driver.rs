@@ -515,7 +515,7 @@ impl Control {
     /// the registry every earlier leader committed), and drops it when it no
     /// longer leads. Alone: nothing to do.
     async fn follow_group_leadership(&mut self) -> Result<(), LbError> {
-        let Authority::Group { log, leading, .. } = &mut self.authority else {
+        let Authority::Group { log, leading, .. } = &self.authority else {
             return Ok(());
         };
         let now_leading = log.leading();
@@ -525,11 +525,12 @@ impl Control {
         if leading.is_some() {
             tracing::info!(term = ?leading, "no longer leads the LB group");
         }
-        *leading = None;
-        self.core = None;
-        self.probe = None;
+        self.stop_acting();
         let Some(term) = now_leading else {
             return Ok(());
+        };
+        let Authority::Group { log, leading, .. } = &mut self.authority else {
+            unreachable!("an LB alone does not change");
         };
         // A barrier: the leader's first entry of its term committed, every
         // registry an earlier leader committed is applied here.
@@ -556,6 +557,16 @@ impl Control {
             // next turn looks again.
             Ok(Err(GroupError::Deposed)) | Err(_) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
+        }
+    }
+
+    /// An LB of a group stops acting for the cluster: its core, the LB
+    /// term it was made in and its leader probe go together.
+    fn stop_acting(&mut self) {
+        if let Authority::Group { leading, .. } = &mut self.authority {
+            *leading = None;
+            self.core = None;
+            self.probe = None;
         }
     }
 
@@ -693,9 +704,7 @@ impl Control {
                                     // Not committed (or not known to be): act on
                                     // none of it, nor on anything after it.
                                     tracing::info!(lb_term = ?leading, "deposed while committing the registry: stops acting");
-                                    *leading = None;
-                                    self.core = None;
-                                    self.probe = None;
+                                    self.stop_acting();
                                     return Ok(());
                                 }
                                 Err(e) => return Err(e.into()),

@@ -141,6 +141,12 @@ impl Peers {
     }
 }
 
+/// The registry a group's state holds under [`REGISTRY_KEY`] (`value`):
+/// empty until a first one is committed.
+pub fn registry_of(value: Option<&[u8]>) -> Result<DurableState, RegistryError> {
+    value.map_or_else(|| Ok(DurableState::default()), registry::decode)
+}
+
 /// The `at`th LB of the sorted list's id: from 1, as 0 is "the LB".
 fn member_id(at: usize) -> ServerId {
     ServerId(at as u64 + 1)
@@ -200,10 +206,7 @@ impl LbLog {
     /// The registry as this LB's replica has applied it (empty before the
     /// first is committed).
     pub fn registry(&self) -> Result<DurableState, GroupError> {
-        match self.log.get(REGISTRY_KEY) {
-            None => Ok(DurableState::default()),
-            Some(bytes) => Ok(registry::decode(&bytes)?),
-        }
+        Ok(registry_of(self.log.get(REGISTRY_KEY).as_deref())?)
     }
 
     /// Commits `state` as the registry; `Ok` once a majority of LBs hold it.

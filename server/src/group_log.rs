@@ -100,7 +100,7 @@ pub async fn open(
 pub struct GroupLog {
     handle: ClusterHandle,
     state: SharedState,
-    worker: Option<JoinHandle<Result<(), StorageError>>>,
+    worker: JoinHandle<Result<(), StorageError>>,
 }
 
 /// The files of the LB group's log are small: its state is one registry.
@@ -132,7 +132,7 @@ impl GroupLog {
         Ok(GroupLog {
             handle: group.handle,
             state: group.state,
-            worker: Some(group.worker),
+            worker: group.worker,
         })
     }
 
@@ -151,17 +151,7 @@ impl GroupLog {
     /// Sets `key` to `value` through the group's log; `Ok` once the entry is
     /// committed on a majority and applied here.
     pub async fn set(&self, key: &'static [u8], value: Vec<u8>) -> Result<(), CommitError> {
-        let command = Command {
-            time_s: crate::clock::now_s(),
-            op: Op::Store {
-                mode: data::command::StoreMode::Set,
-                key: Bytes::from_static(key),
-                flags: 0,
-                exptime: data::exptime::NEVER,
-                data: Bytes::from(value),
-                cas_unique: 0,
-            },
-        };
+        let command = set_command(key, value, crate::clock::now_s());
         let outcome = self.handle.submit(command, Reservation::none()).await?;
         match outcome.await.unwrap_or(Err(CommitError::Storage))? {
             Outcome::Stored => Ok(()),
@@ -185,12 +175,31 @@ impl GroupLog {
     }
 
     /// Stops replicating: the driver drains its queue and syncs its log.
-    pub async fn close(mut self) -> Result<(), ServerError> {
-        let worker = self.worker.take().expect("closed once");
-        let GroupLog { handle, state, .. } = self;
+    pub async fn close(self) -> Result<(), ServerError> {
+        let GroupLog {
+            handle,
+            state,
+            worker,
+        } = self;
         drop(handle);
         drop(state);
         join_worker(worker, "group log").await
+    }
+}
+
+/// The command [`GroupLog::set`] proposes: `key` set to `value`, never
+/// expiring, at wall time `time_s` (the simulator proposes the same).
+pub fn set_command(key: &'static [u8], value: Vec<u8>, time_s: u64) -> Command {
+    Command {
+        time_s,
+        op: Op::Store {
+            mode: data::command::StoreMode::Set,
+            key: Bytes::from_static(key),
+            flags: 0,
+            exptime: data::exptime::NEVER,
+            data: Bytes::from(value),
+            cas_unique: 0,
+        },
     }
 }
 

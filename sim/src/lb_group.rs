@@ -15,11 +15,11 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::BytesMut;
-use data::command::{Command, Op, StoreMode};
 use data::frame::{Message, Role, ServerId, Term};
 use lb::core::{Action as LbAction, Core};
-use lb::group::REGISTRY_KEY;
+use lb::group::{registry_of, REGISTRY_KEY};
 use lb::registry::{self, DurableState};
+use server::group_log::set_command;
 
 use crate::world::{Packet, World};
 
@@ -85,15 +85,13 @@ impl World {
         let Some(term) = leading else {
             return;
         };
-        let registry = match self.servers[id as usize - 1].read(REGISTRY_KEY) {
-            None => DurableState::default(),
-            Some(bytes) => match registry::decode(&bytes) {
-                Ok(registry) => registry,
-                Err(e) => {
-                    self.fail("registry decodes", format!("lb{id}: {e}"));
-                    return;
-                }
-            },
+        let value = self.servers[id as usize - 1].read(REGISTRY_KEY);
+        let registry = match registry_of(value.as_deref()) {
+            Ok(registry) => registry,
+            Err(e) => {
+                self.fail("registry decodes", format!("lb{id}: {e}"));
+                return;
+            }
         };
         let data_term = registry.term;
         self.trace(|| format!("lb{id} leads the LB group in t{term}: registry t{data_term}"));
@@ -192,22 +190,11 @@ impl World {
                     let member = self.lb_members.entry(id).or_default();
                     member.writes += 1;
                     let write = member.writes;
-                    let time_s = self.now / 1000;
                     let Ok(data) = registry::encode(&state) else {
                         self.fail("registry encodes", format!("lb{id}: {state:?}"));
                         return;
                     };
-                    let command = Command {
-                        time_s,
-                        op: Op::Store {
-                            mode: StoreMode::Set,
-                            key: bytes::Bytes::from_static(REGISTRY_KEY),
-                            flags: 0,
-                            exptime: data::exptime::NEVER,
-                            data: data.into(),
-                            cas_unique: 0,
-                        },
-                    };
+                    let command = set_command(REGISTRY_KEY, data, self.now / 1000);
                     let mut payload = BytesMut::with_capacity(command.encoded_len());
                     command.encode(&mut payload);
                     let payload = payload.freeze();
@@ -297,11 +284,9 @@ impl World {
             self.trace(|| format!("lb{id} registry write {write} not committed: stops acting"));
             return;
         }
-        let registry = self.servers[id as usize - 1]
-            .read(REGISTRY_KEY)
-            .and_then(|bytes| registry::decode(&bytes).ok());
+        let value = self.servers[id as usize - 1].read(REGISTRY_KEY);
         let member = self.lb_members.entry(id).or_default();
-        if let Some(registry) = registry {
+        if let Ok(registry) = registry_of(value.as_deref()) {
             member.committed_term = member.committed_term.max(registry.term);
         }
         let held = std::mem::take(&mut member.held);

@@ -169,13 +169,12 @@ impl Cluster {
             config.data_dir.join(node_name(LB, config)).join("cluster")
         } else {
             // One cluster file for the group, made here (as `store up`).
-            if !config.data_dir.join("cluster").is_file() {
-                let made = lb::cluster_file::generate(&mut rand::rngs::OsRng);
-                lb::cluster_file::create(&config.data_dir, &made)
-                    .context("make the cluster file")?;
-            }
+            lb::cluster_file::load_or_create(&config.data_dir, || {
+                lb::cluster_file::generate(&mut rand::rngs::OsRng)
+            })
+            .context("the cluster file")?;
             let peers: Vec<String> = lb_addrs.iter().map(|(tcp, _)| tcp.to_string()).collect();
-            let file = config.data_dir.join("cluster");
+            let file = lb::cluster_file::path_in(&config.data_dir);
             for args in &mut lb_args {
                 args.extend(["--peers".into(), peers.join(",")]);
                 args.extend(["--cluster-file".into(), path_arg(&file)]);

@@ -89,11 +89,17 @@ pub fn lb_status(lb: SocketAddr) -> ClusterStatus {
     status::fetch(&lb.to_string(), REQUEST_TIMEOUT).unwrap_or_default()
 }
 
+/// The LBs and the data group, as `store status` shows them through any
+/// of `lbs` (`None` if none answers).
+pub fn group_status(lbs: &[SocketAddr]) -> Option<status::GroupStatus> {
+    let lbs: Vec<String> = lbs.iter().map(SocketAddr::to_string).collect();
+    status::fetch_group(&lbs, REQUEST_TIMEOUT).ok()
+}
+
 /// The data group as the LB leading the LB group sees it, through any of
 /// `lbs` (empty if none answers).
 pub fn group_view(lbs: &[SocketAddr]) -> ClusterStatus {
-    let lbs: Vec<String> = lbs.iter().map(SocketAddr::to_string).collect();
-    status::fetch_group(&lbs, REQUEST_TIMEOUT)
+    group_status(lbs)
         .map(|group| group.data)
         .unwrap_or_default()
 }
