@@ -97,8 +97,13 @@ fn stat_u64(stats: &BTreeMap<String, String>, name: &str) -> u64 {
 }
 
 /// The index of the one LB among `up` that says it leads, once the others
-/// name it too.
+/// name it too, all in a group of three.
 fn await_lb_leader(lbs: &[Lb], up: &[usize]) -> usize {
+    await_lb_leader_of(lbs, up, LBS)
+}
+
+/// As [`await_lb_leader`], in a group of `size` LBs.
+fn await_lb_leader_of(lbs: &[Lb], up: &[usize], size: usize) -> usize {
     let mut leader = None;
     let agreed = poll_until(DEADLINE, || {
         let stats: Vec<_> = up.iter().map(|i| (*i, lbs[*i].stats())).collect();
@@ -115,10 +120,13 @@ fn await_lb_leader(lbs: &[Lb], up: &[usize]) -> usize {
             let addr = lbs[one].addr.to_string();
             stats
                 .iter()
-                .all(|(_, s)| stat(s, "lb_leader") == addr && stat(s, "lbs") == "3")
+                .all(|(_, s)| stat(s, "lb_leader") == addr && stat_u64(s, "lbs") == size as u64)
         })
     });
-    let logs: Vec<String> = up.iter().map(|i| lbs[*i].log()).collect();
+    let logs: Vec<String> = up
+        .iter()
+        .map(|i| format!("{}: {:?}\n{}", lbs[*i].addr, lbs[*i].stats(), lbs[*i].log()))
+        .collect();
     assert!(
         agreed,
         "no LB leader all agree on; logs:\n{}",
@@ -157,6 +165,8 @@ impl Group {
                 let lb_dir = dir.path().join(format!("lb-{}", i + 1));
                 let args = [
                     "addlb",
+                    "-v",
+                    "-v",
                     "-p",
                     &port.to_string(),
                     "--data-dir",
@@ -185,6 +195,34 @@ impl Group {
             cluster_path,
             lbs,
         }
+    }
+}
+
+impl Group {
+    /// `store` with `args` and the group's cluster file; its exit code and
+    /// output.
+    fn admin(&self, args: &[&str]) -> (i32, String) {
+        let output = Command::new(StoreServer::store_bin())
+            .args(args)
+            .arg("--cluster-file")
+            .arg(&self.cluster_path)
+            .output()
+            .expect("run store");
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        (output.status.code().unwrap_or(-1), text)
+    }
+
+    /// Every LB's discovery address, comma-separated.
+    fn addrs(&self, which: &[usize]) -> String {
+        which
+            .iter()
+            .map(|i| self.lbs[*i].addr.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
     }
 }
 
@@ -558,4 +596,120 @@ fn store_up_starts_an_lb_group_and_status_shows_every_lb() {
         json.contains("\"error\":") && leaders(&json) == 3
     });
     assert!(recovered, "status after the leading LB died: {json}");
+}
+
+#[test]
+fn lbs_are_added_and_removed_at_run_time_one_change_at_a_time() {
+    let mut group = Group::start();
+    let logs = group.logs.clone();
+    let all: Vec<usize> = (0..LBS).collect();
+    let first = await_lb_leader(&group.lbs, &all);
+
+    // Changing the group needs the cluster secret: a bare request is
+    // refused and counted.
+    let reply =
+        request(group.lbs[first].addr, b"add-lb 127.0.0.1:1\r\n", b"\r\n").unwrap_or_default();
+    assert!(
+        reply.starts_with(b"CLIENT_ERROR unauthenticated"),
+        "{}",
+        String::from_utf8_lossy(&reply)
+    );
+    assert!(stat_u64(&group.lbs[first].stats(), "admin_refused") >= 1);
+
+    // A fourth LB: the group commits it (asked through a follower, which
+    // points at the leader), then it starts and joins.
+    let port = lb_port();
+    let fourth = SocketAddr::from(([127, 0, 0, 1], port));
+    let follower = all
+        .iter()
+        .copied()
+        .find(|i| *i != first)
+        .expect("a follower");
+    let via = group.addrs(&[follower]);
+    let (code, text) = group.admin(&["add-lb", &fourth.to_string(), "--lb", &via]);
+    assert_eq!((code, text.trim()), (0, "OK 4"), "add-lb");
+    // Once: a second add is refused, and changes nothing.
+    let (code, text) = group.admin(&["add-lb", &fourth.to_string(), "--lb", &via]);
+    assert_eq!((code, text.trim()), (1, "EXISTS"), "add-lb again");
+    // While it has not caught up and voted, no other change is taken.
+    let (code, text) = group.admin(&[
+        "remove-lb",
+        &group.lbs[follower].addr.to_string(),
+        "--lb",
+        &via,
+    ]);
+    assert_eq!(
+        code, 2,
+        "a second change while the first is under way: {text}"
+    );
+    assert!(text.contains("under way"), "{text}");
+
+    let lb_dir = group._dir.path().join("lb-4");
+    let args = [
+        "addlb",
+        "-v",
+        "-p",
+        &port.to_string(),
+        "--data-dir",
+        &lb_dir.display().to_string(),
+        "--join",
+        &group.addrs(&all),
+        "--cluster-file",
+        &group.cluster_path.display().to_string(),
+    ]
+    .map(String::from)
+    .to_vec();
+    let mut lb = Lb {
+        addr: fourth,
+        dir: lb_dir,
+        args,
+        proc: None,
+    };
+    lb.start(&logs);
+    group.lbs.push(lb);
+    let four: Vec<usize> = (0..=LBS).collect();
+    let leader = await_lb_leader_of(&group.lbs, &four, LBS + 1);
+    assert_eq!(leader, first, "adding an LB changes no leader");
+    let voting = poll_until(DEADLINE, || {
+        four.iter()
+            .all(|i| stat(&group.lbs[*i].stats(), "lb.4.voter") == "1")
+    });
+    assert!(
+        voting,
+        "the added LB never came to vote: {:?}\n{}",
+        group.lbs[LBS].stats(),
+        group.lbs[LBS].log()
+    );
+
+    // The leading LB removed: it hands over once its removal is
+    // committed, and stops by itself.
+    let leader_addr = group.lbs[first].addr.to_string();
+    let (code, text) = group.admin(&["remove-lb", &leader_addr, "--lb", &via]);
+    assert_eq!(code, 0, "remove-lb of the leading LB: {text}");
+    let stopped = group.lbs[first]
+        .proc
+        .as_mut()
+        .expect("started")
+        .wait_exit(DEADLINE);
+    assert!(
+        stopped.is_some(),
+        "the removed LB still runs:\n{}",
+        group.lbs[first].log()
+    );
+    assert!(group.lbs[first].log().contains("removed from the LB group"));
+    let rest: Vec<usize> = four.iter().copied().filter(|i| *i != first).collect();
+    let second = await_lb_leader_of(&group.lbs, &rest, LBS);
+    assert_ne!(second, first);
+
+    // The added LB votes: with one more of the founders down, it and the
+    // last founder are a majority of three and keep a leader (the same, or
+    // one they elect if the founder killed led).
+    let founders: Vec<usize> = rest.iter().copied().filter(|i| *i != LBS).collect();
+    let [killed, founder] = founders[..] else {
+        panic!("two founders left: {founders:?}");
+    };
+    group.lbs[killed].kill9();
+    let left: Vec<usize> = [founder, LBS].to_vec();
+    let third = await_lb_leader_of(&group.lbs, &left, LBS);
+    assert!(left.contains(&third));
 }

@@ -10,12 +10,22 @@
 //! ```text
 //! get-servers        -> <leader ip:port>\r\n <other ip:port>\r\n ... end\r\n
 //! stats              -> STAT <name> <value>\r\n ... END\r\n
+//! lbs                -> the LB group's list: lbs v1\r\n next <id>\r\n
+//!                       <id> <ip:port>\r\n ... END\r\n (an LB alone:
+//!                       END alone)
 //! challenge          -> CHALLENGE <64 hex digits>\r\n
 //! remove-server <id> <proof>
 //!                    -> OK\r\n | NOT_FOUND\r\n
 //!                     | NOT_LEADER [<leader LB ip:port>]\r\n (an LB that
 //!                       does not lead its group)
 //!                     | CLIENT_ERROR unauthenticated: <why>\r\n
+//! add-lb <ip:port> <proof>
+//!                    -> OK <id>\r\n (committed in the LB group's log; the
+//!                       LB is a learner until it has caught up) | EXISTS\r\n
+//!                     | NOT_LEADER [...]\r\n | SERVER_ERROR <why>\r\n
+//!                     | CLIENT_ERROR unauthenticated: <why>\r\n
+//! remove-lb <ip:port> <proof>
+//!                    -> OK <id>\r\n | NOT_FOUND\r\n | as add-lb
 //! anything else      -> ERROR\r\n
 //! a line over LINE_BYTES_MAX -> CLIENT_ERROR line too long\r\n (the rest of
 //!                       the line is skipped; the connection stays open)
@@ -32,11 +42,14 @@ use bytes::{BufMut, BytesMut};
 use data::admin_proof::{self, CHALLENGE_BYTES, PROOF_BYTES};
 use data::frame::{Role, ServerId, SECRET_BYTES};
 
+use std::net::SocketAddr;
+
 use crate::core::{ClusterView, RemoveError};
+use crate::group::ChangeError;
 
 /// Longest request line, newline included. The longest valid one is
-/// `remove-server 18446744073709551615 <64 hex digits>\r\n`, 101 bytes.
-pub const LINE_BYTES_MAX: usize = 128;
+/// `remove-lb [<IPv6, 45 bytes>]:65535 <64 hex digits>\r\n`, 130 bytes.
+pub const LINE_BYTES_MAX: usize = 160;
 
 /// One discovery request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,6 +62,49 @@ pub enum Request {
         id: ServerId,
         proof: Proof,
     },
+    /// The LB group's list ([`crate::group::Peers::encode`]).
+    Lbs,
+    /// Add or remove an LB of the group.
+    ChangeLbs {
+        change: LbChange,
+        proof: Proof,
+    },
+}
+
+/// A change of the LB group's members.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LbChange {
+    Add(SocketAddr),
+    Remove(SocketAddr),
+}
+
+impl LbChange {
+    /// The words of the command that its proof covers.
+    pub fn command(self) -> String {
+        match self {
+            LbChange::Add(addr) => format!("add-lb {addr}"),
+            LbChange::Remove(addr) => format!("remove-lb {addr}"),
+        }
+    }
+}
+
+/// Why an `add-lb` or `remove-lb` was not done.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LbChangeError {
+    #[error("{0}")]
+    Change(#[from] ChangeError),
+    #[error("not the leading LB")]
+    NotLeader(Option<SocketAddr>),
+    #[error("this LB runs alone (no --peers): there is no LB group to change")]
+    Alone,
+    #[error(
+        "a change of the LB group is under way (an added LB catching up, or a removal): wait until it is done (store status)"
+    )]
+    Busy,
+    #[error(
+        "the change may or may not have been committed (the LB group's leadership changed): see store status, then ask again"
+    )]
+    Unknown,
 }
 
 /// The proof a command that changes the cluster carries.
@@ -178,18 +234,35 @@ fn request(line: &[u8]) -> Option<Request> {
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_digit()) {
                 return None;
             }
-            let proof = match words.next() {
-                None => Proof::Missing,
-                Some(hex) => admin_proof::from_hex(hex).map_or(Proof::Malformed, Proof::Given),
-            };
             Request::RemoveServer {
                 id: ServerId(id.parse().ok()?),
-                proof,
+                proof: proof(words.next()),
+            }
+        }
+        ("lbs", None) => Request::Lbs,
+        (verb @ ("add-lb" | "remove-lb"), Some(addr)) => {
+            let addr: SocketAddr = addr.parse().ok()?;
+            let change = if verb == "add-lb" {
+                LbChange::Add(addr)
+            } else {
+                LbChange::Remove(addr)
+            };
+            Request::ChangeLbs {
+                change,
+                proof: proof(words.next()),
             }
         }
         _ => return None,
     };
     words.next().is_none().then_some(request)
+}
+
+/// The proof word of a command that changes the cluster, if any.
+fn proof(word: Option<&str>) -> Proof {
+    match word {
+        None => Proof::Missing,
+        Some(hex) => admin_proof::from_hex(hex).map_or(Proof::Malformed, Proof::Given),
+    }
 }
 
 /// Bytes to drop while skipping the rest of an overlong line: through the
@@ -252,6 +325,9 @@ pub struct Standing {
     /// Every LB of the group by id, with its discovery address (none
     /// alone), so that one LB's `stats` leads to all of them.
     pub peers: Vec<(u64, std::net::SocketAddr)>,
+    /// The ids that vote in the group's configuration as this LB knows it
+    /// (an LB added is a learner until it has caught up).
+    pub voters: Vec<u64>,
 }
 
 impl Standing {
@@ -266,6 +342,7 @@ impl Standing {
             lb_last_index: 0,
             lb_commit_index: 0,
             peers: Vec::new(),
+            voters: Vec::new(),
         }
     }
 }
@@ -280,6 +357,29 @@ pub fn encode_remove(result: Result<(), RemoveError>, out: &mut BytesMut) {
         }
         Err(RemoveError::NotLeader(None)) => out.put_slice(b"NOT_LEADER\r\n"),
     }
+}
+
+/// `add-lb`'s or `remove-lb`'s reply: the LB's id when done.
+pub fn encode_lb_change(result: Result<ServerId, LbChangeError>, out: &mut BytesMut) {
+    let line = match result {
+        Ok(id) => format!("OK {}\r\n", id.0),
+        Err(LbChangeError::Change(ChangeError::Exists(_))) => "EXISTS\r\n".to_string(),
+        Err(LbChangeError::Change(ChangeError::NotFound(_))) => "NOT_FOUND\r\n".to_string(),
+        Err(LbChangeError::NotLeader(Some(leader))) => format!("NOT_LEADER {leader}\r\n"),
+        Err(LbChangeError::NotLeader(None)) => "NOT_LEADER\r\n".to_string(),
+        Err(other) => format!("SERVER_ERROR {other}\r\n"),
+    };
+    out.put_slice(line.as_bytes());
+}
+
+/// `lbs`: the list ([`crate::group::Peers::encode`], one entry per line),
+/// then `END`.
+pub fn encode_lbs(list: &[u8], out: &mut BytesMut) {
+    for line in list.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        out.put_slice(line);
+        out.put_slice(b"\r\n");
+    }
+    out.put_slice(b"END\r\n");
 }
 
 pub fn encode_challenge(challenge: &[u8; CHALLENGE_BYTES], out: &mut BytesMut) {
@@ -317,6 +417,10 @@ pub fn encode_stats(
     stat("lb_commit_index", &standing.lb_commit_index);
     for (id, addr) in &standing.peers {
         stat(&format!("lb.{id}.addr"), addr);
+        stat(
+            &format!("lb.{id}.voter"),
+            &u8::from(standing.voters.contains(id)),
+        );
     }
     stat("term", &view.term);
     stat("leader", &view.leader.unwrap_or(ServerId::LB));
@@ -406,6 +510,21 @@ mod tests {
             (b"stats\r\n", Request::Stats),
             (b"stats\n", Request::Stats),
             (b"challenge\r\n", Request::Challenge),
+            (b"lbs\r\n", Request::Lbs),
+            (
+                b"add-lb 127.0.0.1:11314\r\n",
+                Request::ChangeLbs {
+                    change: LbChange::Add("127.0.0.1:11314".parse().unwrap()),
+                    proof: Proof::Missing,
+                },
+            ),
+            (
+                b"remove-lb [::1]:11311 zz\r\n",
+                Request::ChangeLbs {
+                    change: LbChange::Remove("[::1]:11311".parse().unwrap()),
+                    proof: Proof::Malformed,
+                },
+            ),
             (
                 b"remove-server 42\r\n",
                 Request::RemoveServer {
@@ -453,6 +572,10 @@ mod tests {
             b"remove-server 18446744073709551616\r\n",
             b"remove-server 1 2 3\r\n",
             b"challenge 1\r\n",
+            b"lbs 1\r\n",
+            b"add-lb\r\n",
+            b"add-lb localhost:11311\r\n",
+            b"remove-lb 127.0.0.1\r\n",
             b"\xff\xfe\r\n",
         ] {
             assert_eq!(

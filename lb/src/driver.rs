@@ -45,8 +45,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::cluster_file::{self, ClusterFile, ClusterFileError};
 use crate::core::{Action, ClusterView, Core, CoreConfig, RemoveError};
-use crate::discovery::{self, Parsed, Request, Standing, LINE_BYTES_MAX};
+use crate::discovery::{self, LbChange, LbChangeError, Parsed, Request, Standing, LINE_BYTES_MAX};
 use crate::group::{GroupError, LbLog, Peers, PeersError};
+use crate::join;
 use crate::registry::{DurableState, RegistryError, RegistryFile};
 
 /// `store addlb`'s default TCP discovery port (and UDP control port).
@@ -87,6 +88,10 @@ pub struct LbConfig {
     /// Every LB of this LB's group by discovery address, this one included
     /// (`--peers`, [`crate::group`]); empty for an LB alone.
     pub peers: Vec<SocketAddr>,
+    /// LBs of a running group this LB was added to (`--join`, after
+    /// `add-lb`): it asks them for the group's list, unless it kept one
+    /// ([`crate::join`]). Empty unless it joins; never with `peers`.
+    pub join: Vec<SocketAddr>,
     /// The cluster file to use instead of the data directory's (which is
     /// made on a first start): every LB of a group shares one.
     pub cluster_file: Option<PathBuf>,
@@ -101,6 +106,11 @@ impl LbConfig {
     }
 
     fn validate(&self) -> Result<CoreConfig, LbError> {
+        if !self.peers.is_empty() && !self.join.is_empty() {
+            return Err(LbError::Config(
+                "--peers founds a group and --join joins one: give one of them".to_string(),
+            ));
+        }
         if !(1..=HEARTBEAT_MS_MAX).contains(&self.heartbeat_ms) {
             return Err(LbError::Config(format!(
                 "--heartbeat-ms must be between 1 and {HEARTBEAT_MS_MAX}"
@@ -159,6 +169,11 @@ pub enum LbError {
     Receive(#[source] io::Error),
     #[error("a blocking file task panicked")]
     TaskPanicked,
+    #[error("joining the LB group: {0}")]
+    Join(String),
+    /// `remove-lb` took this LB out of its group: it stops.
+    #[error("removed from the LB group (store remove-lb): this LB stops; its data directory is no longer needed")]
+    Removed,
 }
 
 /// The driver's counters; `stats` reads them as they are.
@@ -207,6 +222,9 @@ impl Counters {
 enum CoreRequest {
     View(oneshot::Sender<(Standing, ClusterView)>),
     Remove(ServerId, oneshot::Sender<Result<(), RemoveError>>),
+    /// The LB group's list ([`Peers::encode`]; empty alone).
+    Lbs(oneshot::Sender<Vec<u8>>),
+    ChangeLbs(LbChange, oneshot::Sender<Result<ServerId, LbChangeError>>),
 }
 
 /// Runs the LB until `shutdown` is cancelled (then returns `Ok`) or a fatal
@@ -224,7 +242,7 @@ pub async fn run(
     };
     let dir = config.data_dir.clone();
     let shared_cluster_file = config.cluster_file.clone();
-    let (cluster, durable, _data_dir_lock) = tokio::task::spawn_blocking(move || {
+    let (cluster, durable, kept_list, _data_dir_lock) = tokio::task::spawn_blocking(move || {
         let data_dir_error = |source| LbError::DataDir {
             path: dir.clone(),
             source,
@@ -259,10 +277,25 @@ pub async fn run(
         };
         // In a group the registry lives in the group's log instead.
         let durable = RegistryFile::new(&dir).load()?;
-        Ok::<_, LbError>((cluster, durable, lock))
+        let kept_list = join::load_members(&dir).map_err(data_dir_error)?;
+        Ok::<_, LbError>((cluster, durable, kept_list, lock))
     })
     .await
     .map_err(|_| LbError::TaskPanicked)??;
+    let peers = match (peers, config.join.is_empty()) {
+        (None, false) => {
+            let list = match &kept_list {
+                Some(list) => list.clone(),
+                None => join::ask_members(&config.join)
+                    .await
+                    .map_err(|e| LbError::Join(e.to_string()))?,
+            };
+            let peers = Peers::join(&list, config.listen, config.tcp_port)
+                .map_err(|e| LbError::Join(e.to_string()))?;
+            Some(peers)
+        }
+        (peers, _) => peers,
+    };
 
     let udp_addr = SocketAddr::new(config.listen, config.udp_port);
     let socket = UdpSocket::bind(udp_addr)
@@ -308,11 +341,21 @@ pub async fn run(
             );
             let dir = server::storage::layout::group_dir(&config.data_dir, GroupId::LB);
             let log = server::group_log::GroupLog::open(settings, &dir, peers.me().tcp).await?;
-            tracing::info!(id = %peers.me, lbs = peers.members.len(), "replicating the registry in the LB group");
+            let log = LbLog::new(log);
+            // The founders' list is the group's first configuration (in the
+            // settings); the list this LB kept may name LBs added since.
+            let peers = match &kept_list {
+                Some(list) => peers.with_list(list).map_err(GroupError::from)?,
+                None => peers.clone(),
+            };
+            log.set_members(&peers, false).await?;
+            tracing::info!(id = %peers.me, lbs = peers.members.len(), joining = peers.joining, "replicating the registry in the LB group");
             Authority::Group {
-                log: LbLog::new(log),
+                log,
                 leading: None,
-                peers: peers.clone(),
+                peers,
+                list_seen: kept_list,
+                data_dir: config.data_dir.clone(),
             }
         }
     };
@@ -381,7 +424,12 @@ enum Authority {
         log: LbLog,
         /// The LB term the running core was made in.
         leading: Option<Term>,
+        /// The group's LBs, as this LB last applied its list.
         peers: Peers,
+        /// That list, as the log holds it (`None` while the founders').
+        list_seen: Option<Vec<u8>>,
+        /// Where the list is kept for a restart ([`join::MEMBERS_FILE`]).
+        data_dir: PathBuf,
     },
 }
 
@@ -471,6 +519,7 @@ impl Control {
         // arrives truncated at that length and decode refuses it as too long.
         let mut buf = vec![0u8; DATAGRAM_BYTES_MAX + 1];
         loop {
+            self.follow_members(false).await?;
             self.follow_group_leadership().await?;
             let now = self.now_ms();
             let mut next_ms = self
@@ -494,7 +543,7 @@ impl Control {
                     }
                     Err(e) => return Err(LbError::Receive(e)),
                 },
-                Some(request) = requests.recv() => self.on_request(request),
+                Some(request) = requests.recv() => self.on_request(request).await?,
                 id = Probe::refused(self.probe.as_ref()) => {
                     tracing::info!(server = %id, "the leader's UDP port refused a datagram");
                     // The next frame to it goes out on a fresh socket.
@@ -551,13 +600,108 @@ impl Control {
                 *leading = Some(term);
                 self.core = Some(Core::new(self.core_config, durable.clone(), self.now_ms()));
                 self.last_logged = durable;
-                Ok(())
+                // The list every earlier leader committed is applied too:
+                // the configuration follows it from here.
+                self.follow_members(true).await
             }
             // Not yet (its first entry is not committed) or no longer: the
             // next turn looks again.
             Ok(Err(GroupError::Deposed)) | Err(_) => Ok(()),
             Ok(Err(e)) => Err(e.into()),
         }
+    }
+
+    /// In a group: follows the LB group's list as this LB has applied it:
+    /// the members' addresses to its replica (and while it leads, or with
+    /// `retarget`, the configuration to move toward), kept on disk for a
+    /// restart. An LB the list no longer has stops, once it does not lead
+    /// (a leader removed leads until its removal is committed).
+    async fn follow_members(&mut self, retarget: bool) -> Result<(), LbError> {
+        let Authority::Group {
+            log,
+            leading,
+            peers,
+            list_seen,
+            data_dir,
+        } = &mut self.authority
+        else {
+            return Ok(());
+        };
+        let list = log.members_list();
+        let changed = list.is_some() && list != *list_seen;
+        if changed {
+            let bytes = list.clone().expect("a changed list is some");
+            match peers.with_list(&bytes) {
+                Ok(next) => {
+                    *peers = next;
+                    tracing::info!(
+                        lbs = peers.members.len(),
+                        ids = ?peers.members.iter().map(|m| m.id.0).collect::<Vec<_>>(),
+                        "the LB group's list changed"
+                    );
+                    let dir = data_dir.clone();
+                    tokio::task::spawn_blocking(move || join::store_members(&dir, &bytes))
+                        .await
+                        .map_err(|_| LbError::TaskPanicked)?
+                        .map_err(|source| LbError::DataDir {
+                            path: data_dir.clone(),
+                            source,
+                        })?;
+                }
+                Err(e) => tracing::error!(error = %e, "keeps the last LB list it could read"),
+            }
+            *list_seen = list;
+        }
+        if changed || retarget {
+            log.set_members(peers, leading.is_some()).await?;
+        }
+        if peers.removed() && log.leading().is_none() {
+            return Err(LbError::Removed);
+        }
+        Ok(())
+    }
+
+    /// `add-lb` or `remove-lb` on the leading LB: the group's new list,
+    /// committed in its log before the reply; the configuration follows it
+    /// ([`Self::follow_members`]). One change at a time: while an added LB
+    /// catches up or a removal is under way, only the removal of an LB not
+    /// yet voting (undoing an add) is taken.
+    async fn change_lbs(
+        &mut self,
+        change: LbChange,
+    ) -> Result<Result<ServerId, LbChangeError>, LbError> {
+        let leader = self.group_leader();
+        let Authority::Group { log, peers, .. } = &self.authority else {
+            return Ok(Err(LbChangeError::Alone));
+        };
+        if self.core.is_none() {
+            return Ok(Err(LbChangeError::NotLeader(leader)));
+        }
+        let config = log.view().config();
+        let listed: Vec<u64> = peers.members.iter().map(|m| m.id.0).collect();
+        let settled = config.committed && config.learners.is_empty() && config.voters == listed;
+        let planned = match change {
+            LbChange::Add(addr) => peers.adding(addr),
+            LbChange::Remove(addr) => peers.removing(addr),
+        };
+        let (next, id) = match planned {
+            Ok(planned) => planned,
+            Err(e) => return Ok(Err(e.into())),
+        };
+        let undoes_an_add = matches!(change, LbChange::Remove(_)) && !config.voters.contains(&id.0);
+        if !settled && !undoes_an_add {
+            return Ok(Err(LbChangeError::Busy));
+        }
+        let wait =
+            Duration::from_millis(PERSIST_WAIT_TIMEOUTS * self.core_config.election_timeout_ms);
+        match timeout(wait, log.commit_members(&next)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(GroupError::Storage)) => return Err(GroupError::Storage.into()),
+            Ok(Err(_)) | Err(_) => return Ok(Err(LbChangeError::Unknown)),
+        }
+        tracing::info!(?change, %id, "the LB group's list committed");
+        self.follow_members(false).await?;
+        Ok(Ok(id))
     }
 
     /// An LB of a group stops acting for the cluster: its core, the LB
@@ -614,8 +758,21 @@ impl Control {
         core.receive(now, &frame.header, frame.message)
     }
 
-    fn on_request(&mut self, request: CoreRequest) -> Vec<Action> {
-        match request {
+    async fn on_request(&mut self, request: CoreRequest) -> Result<Vec<Action>, LbError> {
+        Ok(match request {
+            CoreRequest::Lbs(reply) => {
+                let list = match &self.authority {
+                    Authority::Alone(_) => Vec::new(),
+                    Authority::Group { peers, .. } => peers.encode(),
+                };
+                let _ = reply.send(list);
+                Vec::new()
+            }
+            CoreRequest::ChangeLbs(change, reply) => {
+                let answer = self.change_lbs(change).await?;
+                let _ = reply.send(answer);
+                Vec::new()
+            }
             CoreRequest::View(reply) => {
                 let view = match (&self.core, &self.authority) {
                     (Some(core), _) => core.view(self.now_ms()),
@@ -644,7 +801,7 @@ impl Control {
                 let _ = reply.send(answer);
                 actions
             }
-        }
+        })
     }
 
     /// The discovery address of the LB that leads this LB's group, if known.
@@ -669,6 +826,7 @@ impl Control {
                     lb_last_index: view.last_index.load(Ordering::Relaxed),
                     lb_commit_index: view.commit_index.load(Ordering::Relaxed),
                     peers: peers.members.iter().map(|m| (m.id.0, m.tcp)).collect(),
+                    voters: view.config().voters,
                 }
             }
         }
@@ -981,6 +1139,40 @@ async fn answer(
                 return false;
             };
             discovery::encode_remove(result, output);
+        }
+        Request::Lbs => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send(CoreRequest::Lbs(tx)).await.is_err() {
+                return false;
+            }
+            let Ok(list) = rx.await else {
+                return false;
+            };
+            discovery::encode_lbs(&list, output);
+        }
+        Request::ChangeLbs { change, proof } => {
+            let command = change.command();
+            if let Err(why) =
+                discovery::check_proof(proof, challenge.take(), &shared.secret, &command)
+            {
+                Counters::bump(&counters.admin_refused);
+                tracing::warn!(?change, ?why, "refused an LB change without a valid proof");
+                discovery::encode_unauthenticated(why, output);
+                return true;
+            }
+            Counters::bump(&counters.admin_accepted);
+            let (tx, rx) = oneshot::channel();
+            if requests
+                .send(CoreRequest::ChangeLbs(change, tx))
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let Ok(result) = rx.await else {
+                return false;
+            };
+            discovery::encode_lb_change(result, output);
         }
     }
     true

@@ -9,9 +9,16 @@
 //!
 //! Each LB is known by its discovery address (`HOST:PORT`, the one servers
 //! and clients list in `--lb`); it replicates over UDP on
-//! `PORT + PEER_PORT_OFFSET` of the same host. Its member id is its place
-//! in the sorted list of every LB's address, from 1 (0 names "the LB" in
-//! frames to data servers).
+//! `PORT + PEER_PORT_OFFSET` of the same host. The LBs that found the group
+//! (`--peers`) have as member ids their places in the sorted list of their
+//! addresses, from 1 (0 names "the LB" in frames to data servers); an LB
+//! added later (`add-lb`) gets the next id never used.
+//!
+//! Which LBs the group should have is itself in the log ([`MEMBERS_KEY`]):
+//! `add-lb` and `remove-lb` commit a new list, every LB learns the
+//! addresses from it, and the leading LB's replica moves the group's
+//! configuration toward it one change at a time (an added LB is a learner
+//! until it has caught up, then votes).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -35,13 +42,50 @@ pub const LBS_MAX: usize = 7;
 /// The key the registry is kept under in the group's state.
 pub const REGISTRY_KEY: &[u8] = b"lb/registry";
 
+/// The key the LBs the group should have are kept under (absent until the
+/// first `add-lb` or `remove-lb`: the founders, then).
+pub const MEMBERS_KEY: &[u8] = b"lb/members";
+
 /// The LB group's members and which one this LB is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peers {
     pub me: ServerId,
-    /// Every LB, this one included, in id order.
+    /// Every LB, in id order (this one too, unless it was removed).
     pub members: Vec<Peer>,
+    /// The id the next LB added gets: ids are never used twice, so that
+    /// a removed LB still running is never taken for a new one.
+    pub next_id: u64,
+    /// Whether this LB joins a running group (`--join`) rather than
+    /// founding it.
+    pub joining: bool,
 }
+
+/// Why an `add-lb` or `remove-lb` cannot be done.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChangeError {
+    #[error("{0} is already an LB of the group")]
+    Exists(SocketAddr),
+    #[error("{0} is no LB of the group")]
+    NotFound(SocketAddr),
+    #[error("the LB group has {LBS_MAX} LBs, the most it takes")]
+    Full,
+    #[error("an LB group keeps at least one LB")]
+    Last,
+    #[error("{0}'s peer port (port + {PEER_PORT_OFFSET}) does not exist")]
+    PortTooHigh(SocketAddr),
+}
+
+/// Why [`MEMBERS_KEY`]'s value could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum MembersError {
+    #[error("the LB list in the LB group's log is malformed")]
+    Malformed,
+    #[error("the LB list in the LB group's log is version {0}; this release reads version 1")]
+    Version(String),
+}
+
+/// The version line of [`Peers::encode`]'s format.
+const MEMBERS_VERSION: &str = "lbs v1";
 
 /// Why `--peers` does not describe a group this LB is in.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -91,21 +135,35 @@ impl Peers {
         let members = sorted
             .iter()
             .enumerate()
-            .map(|(at, addr)| {
-                let peer_port = addr
-                    .port()
-                    .checked_add(PEER_PORT_OFFSET)
-                    .ok_or(PeersError::PortTooHigh(*addr))?;
-                Ok(Peer {
-                    id: member_id(at),
-                    tcp: *addr,
-                    udp: SocketAddr::new(addr.ip(), peer_port),
-                })
-            })
+            .map(|(at, addr)| peer(member_id(at), *addr).ok_or(PeersError::PortTooHigh(*addr)))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Peers {
             me: member_id(me),
+            next_id: member_id(sorted.len()).0,
             members,
+            joining: false,
+        })
+    }
+
+    /// This LB joining a running group whose list ([`Self::encode`]) is
+    /// `list`, read from one of its LBs: this LB is the entry listening on
+    /// `listen:port` (as in [`Self::new`]), added there before it starts.
+    pub fn join(list: &[u8], listen: IpAddr, port: u16) -> Result<Peers, JoinError> {
+        let (members, next_id) = decode_members(list)?;
+        let mine: Vec<&Peer> = members
+            .iter()
+            .filter(|m| m.tcp.port() == port && (listen.is_unspecified() || m.tcp.ip() == listen))
+            .collect();
+        let me = match mine[..] {
+            [me] => me.id,
+            [] => return Err(JoinError::NotAdded { listen, port }),
+            _ => return Err(JoinError::Peers(PeersError::Ambiguous(port))),
+        };
+        Ok(Peers {
+            me,
+            members,
+            next_id,
+            joining: true,
         })
     }
 
@@ -115,6 +173,65 @@ impl Peers {
             .iter()
             .find(|m| m.id == self.me)
             .expect("me is a member")
+    }
+
+    /// Whether the group took this LB out: it is not in a list made after
+    /// it was added (ids are handed out in order, never twice).
+    pub fn removed(&self) -> bool {
+        self.next_id > self.me.0 && !self.members.iter().any(|m| m.id == self.me)
+    }
+
+    /// The same LB in the group as `list` ([`Self::encode`]) has it.
+    pub fn with_list(&self, list: &[u8]) -> Result<Peers, MembersError> {
+        let (members, next_id) = decode_members(list)?;
+        Ok(Peers {
+            me: self.me,
+            members,
+            next_id,
+            joining: self.joining,
+        })
+    }
+
+    /// The group with an LB at `addr` added, and its id.
+    pub fn adding(&self, addr: SocketAddr) -> Result<(Peers, ServerId), ChangeError> {
+        if self.members.iter().any(|m| m.tcp == addr) {
+            return Err(ChangeError::Exists(addr));
+        }
+        if self.members.len() >= LBS_MAX {
+            return Err(ChangeError::Full);
+        }
+        let id = ServerId(self.next_id);
+        let added = peer(id, addr).ok_or(ChangeError::PortTooHigh(addr))?;
+        let mut next = self.clone();
+        next.members.push(added);
+        next.next_id += 1;
+        Ok((next, id))
+    }
+
+    /// The group without the LB at `addr`, and its id.
+    pub fn removing(&self, addr: SocketAddr) -> Result<(Peers, ServerId), ChangeError> {
+        let id = self
+            .members
+            .iter()
+            .find(|m| m.tcp == addr)
+            .ok_or(ChangeError::NotFound(addr))?
+            .id;
+        if self.members.len() == 1 {
+            return Err(ChangeError::Last);
+        }
+        let mut next = self.clone();
+        next.members.retain(|m| m.id != id);
+        Ok((next, id))
+    }
+
+    /// The list as the group's log keeps it: a version line, the next id,
+    /// then one `ID HOST:PORT` line per LB.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut text = format!("{MEMBERS_VERSION}\nnext {}\n", self.next_id);
+        for member in &self.members {
+            text.push_str(&format!("{} {}\n", member.id.0, member.tcp));
+        }
+        text.into_bytes()
     }
 
     /// The settings of this LB's replica in the group: where its UDP socket
@@ -130,6 +247,7 @@ impl Peers {
             elector: Elector::Vote(StaticGroup {
                 id: self.me,
                 members: self.members.clone(),
+                joining: self.joining,
             }),
             cluster,
             udp_listen: SocketAddr::new(listen, self.me().udp.port()),
@@ -152,6 +270,66 @@ fn member_id(at: usize) -> ServerId {
     ServerId(at as u64 + 1)
 }
 
+/// The LB `id` at discovery address `addr`, with its peer port; `None` if
+/// that port would pass 65535.
+fn peer(id: ServerId, addr: SocketAddr) -> Option<Peer> {
+    let peer_port = addr.port().checked_add(PEER_PORT_OFFSET)?;
+    Some(Peer {
+        id,
+        tcp: addr,
+        udp: SocketAddr::new(addr.ip(), peer_port),
+    })
+}
+
+/// [`Peers::encode`]'s members (in id order) and next id.
+fn decode_members(list: &[u8]) -> Result<(Vec<Peer>, u64), MembersError> {
+    let text = std::str::from_utf8(list).map_err(|_| MembersError::Malformed)?;
+    let mut lines = text.lines();
+    match lines.next() {
+        Some(MEMBERS_VERSION) => {}
+        Some(other) if other.starts_with("lbs ") => {
+            return Err(MembersError::Version(other[4..].to_string()))
+        }
+        _ => return Err(MembersError::Malformed),
+    }
+    let next_id: u64 = lines
+        .next()
+        .and_then(|line| line.strip_prefix("next "))
+        .and_then(|n| n.parse().ok())
+        .ok_or(MembersError::Malformed)?;
+    let mut members = Vec::new();
+    for line in lines {
+        let (id, addr) = line.split_once(' ').ok_or(MembersError::Malformed)?;
+        let id = ServerId(id.parse().map_err(|_| MembersError::Malformed)?);
+        let addr: SocketAddr = addr.parse().map_err(|_| MembersError::Malformed)?;
+        if id == ServerId::LB || id.0 >= next_id || members.len() == LBS_MAX {
+            return Err(MembersError::Malformed);
+        }
+        members.push(peer(id, addr).ok_or(MembersError::Malformed)?);
+    }
+    members.sort_by_key(|m| m.id);
+    let unique = members
+        .windows(2)
+        .all(|w| w[0].id != w[1].id && w[0].tcp != w[1].tcp);
+    if members.is_empty() || !unique {
+        return Err(MembersError::Malformed);
+    }
+    Ok((members, next_id))
+}
+
+/// Why a joining LB cannot take its place in the group.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("the LB group's list: {0}")]
+    Members(#[from] MembersError),
+    #[error(
+        "this LB ({listen}:{port}) is not in the LB group: add it first with `store add-lb HOST:PORT`"
+    )]
+    NotAdded { listen: IpAddr, port: u16 },
+    #[error("{0}")]
+    Peers(PeersError),
+}
+
 /// Why the registry could not be read from or written to the group's log.
 #[derive(Debug, thiserror::Error)]
 pub enum GroupError {
@@ -164,6 +342,8 @@ pub enum GroupError {
     Storage,
     #[error("the registry in the LB group's log: {0}")]
     Registry(#[from] RegistryError),
+    #[error(transparent)]
+    Members(#[from] MembersError),
 }
 
 impl From<CommitError> for GroupError {
@@ -213,6 +393,26 @@ impl LbLog {
     pub async fn persist(&self, state: &DurableState) -> Result<(), GroupError> {
         let bytes = registry::encode(state)?;
         self.log.set(REGISTRY_KEY, bytes).await?;
+        Ok(())
+    }
+
+    /// The LB group's list ([`Peers::encode`]) as this LB's replica has
+    /// applied it; `None` before the first change of the founders.
+    pub fn members_list(&self) -> Option<Vec<u8>> {
+        self.log.get(MEMBERS_KEY)
+    }
+
+    /// Commits `peers` as the group's list; `Ok` once a majority holds it.
+    pub async fn commit_members(&self, peers: &Peers) -> Result<(), GroupError> {
+        self.log.set(MEMBERS_KEY, peers.encode()).await?;
+        Ok(())
+    }
+
+    /// Hands the group's members to this LB's replica: their addresses,
+    /// and with `target` (while leading, after the read barrier) the
+    /// configuration to move toward.
+    pub async fn set_members(&self, peers: &Peers, target: bool) -> Result<(), GroupError> {
+        self.log.set_members(peers.members.clone(), target).await?;
         Ok(())
     }
 
@@ -294,5 +494,82 @@ mod tests {
             Peers::new(&high, local, 65000),
             Err(PeersError::PortTooHigh(addr("127.0.0.1:65000")))
         );
+    }
+
+    #[test]
+    fn lbs_added_get_ids_never_used_and_the_list_round_trips() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let founders = [addr("127.0.0.1:11311"), addr("127.0.0.1:11312")];
+        let peers = Peers::new(&founders, local, 11311).unwrap();
+        assert_eq!(peers.next_id, 3);
+        let (added, id) = peers.adding(addr("127.0.0.1:11313")).unwrap();
+        assert_eq!(id, ServerId(3));
+        assert_eq!(
+            added.adding(addr("127.0.0.1:11313")),
+            Err(ChangeError::Exists(addr("127.0.0.1:11313")))
+        );
+        let (fewer, gone) = added.removing(addr("127.0.0.1:11312")).unwrap();
+        assert_eq!(gone, ServerId(2));
+        // The id of a removed LB is not handed out again.
+        let (again, id) = fewer.adding(addr("127.0.0.1:11312")).unwrap();
+        assert_eq!(id, ServerId(4));
+        // Every LB reads the list the same, whoever it is.
+        let list = again.encode();
+        assert_eq!(
+            String::from_utf8(list.clone()).unwrap(),
+            "lbs v1\nnext 5\n1 127.0.0.1:11311\n3 127.0.0.1:11313\n4 127.0.0.1:11312\n"
+        );
+        assert_eq!(peers.with_list(&list).unwrap(), again);
+        let joined = Peers::join(&list, local, 11312).unwrap();
+        assert_eq!((joined.me, joined.joining), (ServerId(4), true));
+        assert_eq!(joined.me().udp, addr("127.0.0.1:12312"));
+        assert_eq!(
+            Peers::join(&list, local, 11399),
+            Err(JoinError::NotAdded {
+                listen: local,
+                port: 11399
+            })
+        );
+    }
+
+    #[test]
+    fn an_lb_knows_it_was_removed_only_from_a_list_made_after_it_was_added() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let founders = [addr("127.0.0.1:1"), addr("127.0.0.1:2")];
+        let peers = Peers::new(&founders, local, 1).unwrap();
+        let (added, _) = peers.adding(addr("127.0.0.1:3")).unwrap();
+        let joiner = Peers::join(&added.encode(), local, 3).unwrap();
+        assert!(!joiner.removed());
+        // An older list, applied on the way, lacks it but is no removal.
+        let older = joiner.with_list(&peers.encode()).unwrap();
+        assert!(!older.removed());
+        let (without, _) = added.removing(addr("127.0.0.1:3")).unwrap();
+        assert!(joiner.with_list(&without.encode()).unwrap().removed());
+        // Nor is the last one removed.
+        let (one, _) = peers.removing(addr("127.0.0.1:2")).unwrap();
+        assert_eq!(one.removing(addr("127.0.0.1:1")), Err(ChangeError::Last));
+    }
+
+    #[test]
+    fn a_malformed_or_newer_list_is_refused() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let peers = Peers::new(&[addr("127.0.0.1:1")], local, 1).unwrap();
+        for (list, error) in [
+            (
+                &b"lbs v2\nnext 2\n1 127.0.0.1:1\n"[..],
+                MembersError::Version("v2".into()),
+            ),
+            (b"lbs v1\nnext 2\n", MembersError::Malformed),
+            (b"lbs v1\nnext 2\n2 127.0.0.1:1\n", MembersError::Malformed),
+            (
+                b"lbs v1\nnext 3\n1 127.0.0.1:1\n1 127.0.0.1:2\n",
+                MembersError::Malformed,
+            ),
+            (b"lbs v1\nnext 3\n0 127.0.0.1:1\n", MembersError::Malformed),
+            (b"lbs v1\nnext 3\n1 somewhere:1\n", MembersError::Malformed),
+            (b"", MembersError::Malformed),
+        ] {
+            assert_eq!(peers.with_list(list), Err(error), "{list:?}");
+        }
     }
 }

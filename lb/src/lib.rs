@@ -11,9 +11,11 @@
 //! - [`core`]: the election and membership state machine; sans-IO, time is
 //!   an input, its outputs are persist and send actions.
 //! - [`discovery`]: the TCP discovery protocol (`get-servers`, `stats`,
-//!   `remove-server`) as pure parse and encode functions.
+//!   `lbs`, `remove-server`, `add-lb`, `remove-lb`) as pure parse and
+//!   encode functions.
 //! - [`group`]: several LBs as one group: the registry in a replicated
 //!   log (the data servers' replica core), and who among them acts.
+//! - [`join`]: how an LB added at run time finds the group's list.
 //! - [`driver`]: the only code that touches sockets, timers and files on
 //!   tokio: one UDP control socket, the tick timer, persistence on a
 //!   blocking thread, and the TCP discovery listener. [`run`] starts it.
@@ -24,6 +26,7 @@ pub mod core;
 pub mod discovery;
 pub mod driver;
 pub mod group;
+pub mod join;
 pub mod registry;
 
 pub use driver::{run, LbConfig, LbError};

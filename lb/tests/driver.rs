@@ -49,6 +49,7 @@ impl RunningLb {
             heartbeat_ms,
             election_timeout_ms,
             peers: Vec::new(),
+            join: Vec::new(),
             cluster_file: None,
         };
         let shutdown = CancellationToken::new();

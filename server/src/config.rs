@@ -122,6 +122,10 @@ pub struct StaticGroup {
     pub id: ServerId,
     /// Every member, this server included, with its addresses.
     pub members: Vec<Peer>,
+    /// Whether this member joins a running group (added by its leader, the
+    /// configuration comes in the log) rather than founding it with
+    /// `members` as the first voters.
+    pub joining: bool,
 }
 
 /// Cluster settings from `store addsrv --lb`.

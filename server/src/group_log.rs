@@ -166,6 +166,18 @@ impl GroupLog {
         self.handle.read_barrier().await
     }
 
+    /// This group's members' addresses (it elects by vote), and with
+    /// `target` (only while this member leads, once it has applied every
+    /// entry committed before), the members it should have: it moves the
+    /// configuration toward them, one change at a time.
+    pub async fn set_members(
+        &self,
+        members: Vec<data::frame::Peer>,
+        target: bool,
+    ) -> Result<(), CommitError> {
+        self.handle.set_members(members, target).await
+    }
+
     /// `key`'s value in the applied state.
     pub fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
         let state = state::read(&self.state);

@@ -52,6 +52,7 @@ impl Member {
                 elector: Elector::Vote(StaticGroup {
                     id,
                     members: members.to_vec(),
+                    joining: false,
                 }),
                 cluster: cluster.clone(),
                 udp_listen: peer.udp,

@@ -77,6 +77,44 @@ enum Command {
     ///       --cluster-file /tmp/five/lb/cluster
     #[command(verbatim_doc_comment)]
     RemoveServer(RemoveServerArgs),
+    /// Add an LB to the LB group: the group commits it in its list (one
+    /// change at a time), then start it with `store addlb --join`. It
+    /// catches up as a learner, then votes. Authenticated like
+    /// remove-server. Prints `OK <id>`; exits 0 when added, 1 if the group
+    /// has it already, 2 on error.
+    ///
+    /// Examples:
+    ///   store add-lb 127.0.0.1:11314 --lb 127.0.0.1:11311 \
+    ///       --cluster-file store-data/cluster/cluster
+    ///   store addlb -p 11314 --join 127.0.0.1:11311 \
+    ///       --cluster-file store-data/cluster/cluster
+    #[command(verbatim_doc_comment)]
+    AddLb(LbChangeArgs),
+    /// Take an LB out of the LB group (one change at a time; the leading
+    /// LB too: it hands over once its removal is committed). The LB taken
+    /// out stops by itself. Exits 0 when removed, 1 if the group has no
+    /// such LB, 2 on error.
+    ///
+    /// Example:
+    ///   store remove-lb 127.0.0.1:11311 --lb 127.0.0.1:11312 \
+    ///       --cluster-file store-data/cluster/cluster
+    #[command(verbatim_doc_comment)]
+    RemoveLb(LbChangeArgs),
+}
+
+#[derive(clap::Args)]
+struct LbChangeArgs {
+    /// The LB's discovery address, HOST:PORT (as --lb lists it).
+    addr: std::net::SocketAddr,
+    /// An LB of the group's TCP address, or several, comma-separated: the
+    /// first that takes the connection is asked (it points at the leading
+    /// LB).
+    #[arg(long, default_value_t = format!("127.0.0.1:{}", lb::driver::PORT_DEFAULT))]
+    lb: String,
+    /// The cluster file every LB of the group uses (its secret proves the
+    /// request) [default: cluster in the LB's default data directory].
+    #[arg(long)]
+    cluster_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -158,6 +196,12 @@ struct AddlbArgs {
     /// alone.
     #[arg(long)]
     peers: Option<String>,
+    /// Join a running group of LBs instead, after `store add-lb` added
+    /// this one: HOST:PORT of some of its LBs (comma-separated) to ask for
+    /// the group's list. Give the same on a restart (the LB keeps the last
+    /// list it knew, and needs none of them then).
+    #[arg(long, conflicts_with = "peers")]
+    join: Option<String>,
     /// The cluster file to use, shared by every LB of a group
     /// [default: DATA_DIR/cluster, made on the first start].
     #[arg(long)]
@@ -273,19 +317,28 @@ fn main() -> anyhow::Result<()> {
         Command::Up(args) => up(args),
         Command::Status(args) => status(args),
         Command::RemoveServer(args) => {
-            // Exit codes are part of the interface (scripts tell "no such
-            // server" from "could not ask"), so they are set here rather
-            // than through anyhow's single failure code.
-            let code = match remove_server(&args) {
-                Ok(true) => 0,
-                Ok(false) => 1,
-                Err(e) => {
-                    eprintln!("store remove-server: {e:#}");
-                    2
-                }
-            };
-            std::process::exit(code);
+            let command = lb::discovery::remove_server_command(data::frame::ServerId(args.id));
+            admin_exit(
+                "remove-server",
+                admin(&args.lb, args.cluster_file.as_deref(), &command),
+            )
         }
+        Command::AddLb(args) => admin_exit(
+            "add-lb",
+            admin(
+                &args.lb,
+                args.cluster_file.as_deref(),
+                &lb::discovery::LbChange::Add(args.addr).command(),
+            ),
+        ),
+        Command::RemoveLb(args) => admin_exit(
+            "remove-lb",
+            admin(
+                &args.lb,
+                args.cluster_file.as_deref(),
+                &lb::discovery::LbChange::Remove(args.addr).command(),
+            ),
+        ),
     }
 }
 
@@ -383,69 +436,76 @@ fn status(args: StatusArgs) -> anyhow::Result<()> {
 /// LBs `store up` starts unless told: a group that survives one LB's loss.
 const UP_LBS_DEFAULT: usize = 3;
 
-/// How long `remove-server` waits to connect and for each of the LB's
-/// replies.
-const REMOVE_SERVER_TIMEOUT_MS: u64 = 5_000;
-/// The LB's replies to `challenge` and `remove-server` are one line each
-/// (`CHALLENGE <hex>`, `OK`, `NOT_FOUND` or a `CLIENT_ERROR` with its
-/// reason); anything longer is not an answer.
-const REMOVE_SERVER_REPLY_BYTES_MAX: usize = 512;
+/// How long an admin command (`remove-server`, `add-lb`, `remove-lb`)
+/// waits to connect and for each of the LB's replies.
+const ADMIN_TIMEOUT_MS: u64 = 5_000;
+/// The LB's replies to `challenge` and an admin command are one line each
+/// (`CHALLENGE <hex>`, `OK`, `NOT_FOUND`, an error with its reason);
+/// anything longer is not an answer.
+const ADMIN_REPLY_BYTES_MAX: usize = 512;
 
-/// LBs `remove-server` asks at most: each of `--lb` and the leaders they
+/// LBs an admin command asks at most: each of `--lb` and the leaders they
 /// point at.
-const REMOVE_SERVER_ASKS_MAX: usize = 16;
+const ADMIN_ASKS_MAX: usize = 16;
 
-/// What an LB answered to `remove-server`.
-enum RemoveReply {
-    /// `OK` (true) or `NOT_FOUND` (false).
-    Done(bool),
+/// What an LB answered to an admin command.
+enum AdminReply {
+    /// A reply that settles it (`OK ...`, `NOT_FOUND`, `EXISTS`).
+    Done(String),
     /// It does not lead its LB group; the one at this address does.
     NotLeader(Option<std::net::SocketAddr>),
     /// It refused the proof of the cluster secret.
     Unauthenticated,
 }
 
-/// Asks the LBs of `--lb` in turn (an LB that does not lead its group
-/// points at the one that does, which is asked next) for a challenge, then
-/// `remove-server <id>` with the proof of the cluster secret for it, and
-/// prints the reply that settles it: true for `OK`, false for `NOT_FOUND`,
-/// an error for anything else or if no LB settles it.
-fn remove_server(args: &RemoveServerArgs) -> anyhow::Result<bool> {
-    let addrs = lb_addrs(&args.lb)?;
+/// Asks the LBs of `lb` in turn (an LB that does not lead its group points
+/// at the one that does, which is asked next) for a challenge, then
+/// `command` with the proof of the cluster secret for it, prints the reply
+/// that settles it and returns it; an error for anything else or if no LB
+/// settles it.
+fn admin(
+    lb: &str,
+    cluster_file: Option<&std::path::Path>,
+    command: &str,
+) -> anyhow::Result<String> {
+    let addrs = lb_addrs(lb)?;
     // The default cluster file is the first LB's (every LB has the same).
-    let (path, cluster) = load_cluster_file(args.cluster_file.as_deref(), addrs[0].port())?;
+    let (path, cluster) = load_cluster_file(cluster_file, addrs[0].port())?;
     let mut to_ask: std::collections::VecDeque<std::net::SocketAddr> = addrs.into();
     let mut failures = Vec::new();
-    for _ in 0..REMOVE_SERVER_ASKS_MAX {
+    for _ in 0..ADMIN_ASKS_MAX {
         let Some(addr) = to_ask.pop_front() else {
             break;
         };
-        match ask_remove(addr, args.id, &cluster) {
-            Ok(RemoveReply::Done(found)) => return Ok(found),
-            Ok(RemoveReply::NotLeader(leader)) => {
+        match ask_admin(addr, command, &cluster) {
+            Ok(AdminReply::Done(line)) => {
+                println!("{line}");
+                return Ok(line);
+            }
+            Ok(AdminReply::NotLeader(leader)) => {
                 failures.push(format!("{addr}: does not lead the LB group"));
                 if let Some(leader) = leader {
                     to_ask.push_front(leader);
                 }
             }
-            Ok(RemoveReply::Unauthenticated) => bail!(
+            Ok(AdminReply::Unauthenticated) => bail!(
                 "the LB at {addr} refused the proof: is {} the cluster file of the cluster this LB runs?",
                 path.display()
             ),
             Err(e) => failures.push(format!("{addr}: {e:#}")),
         }
     }
-    bail!("no LB carried out the removal: {}", failures.join("; "))
+    bail!("no LB carried out `{command}`: {}", failures.join("; "))
 }
 
-/// One LB's answer to `remove-server <id>`, after its challenge.
-fn ask_remove(
+/// One LB's answer to `command`, after its challenge.
+fn ask_admin(
     addr: std::net::SocketAddr,
-    id: u64,
+    command: &str,
     cluster: &data::cluster_file::ClusterFile,
-) -> anyhow::Result<RemoveReply> {
+) -> anyhow::Result<AdminReply> {
     use std::io::Write;
-    let timeout = std::time::Duration::from_millis(REMOVE_SERVER_TIMEOUT_MS);
+    let timeout = std::time::Duration::from_millis(ADMIN_TIMEOUT_MS);
     let mut stream = std::net::TcpStream::connect_timeout(&addr, timeout).context("connect")?;
     stream.set_read_timeout(Some(timeout))?;
     stream
@@ -455,27 +515,42 @@ fn ask_remove(
     let Some(challenge) = lb::discovery::parse_challenge(&line) else {
         bail!("the LB gave no challenge (an older LB?): {line:?}");
     };
-    let command = lb::discovery::remove_server_command(data::frame::ServerId(id));
-    let request = lb::discovery::authenticated_line(&command, &cluster.secret, &challenge);
+    let request = lb::discovery::authenticated_line(command, &cluster.secret, &challenge);
     stream
         .write_all(request.as_bytes())
         .context("send to the LB")?;
     let line = read_line(&mut stream)?;
     match line.as_str() {
-        "OK" | "NOT_FOUND" => {
-            println!("{line}");
-            Ok(RemoveReply::Done(line == "OK"))
-        }
-        "NOT_LEADER" => Ok(RemoveReply::NotLeader(None)),
-        other if other.starts_with("NOT_LEADER ") => Ok(RemoveReply::NotLeader(
+        "OK" | "NOT_FOUND" | "EXISTS" => Ok(AdminReply::Done(line)),
+        other if other.starts_with("OK ") => Ok(AdminReply::Done(line)),
+        "NOT_LEADER" => Ok(AdminReply::NotLeader(None)),
+        other if other.starts_with("NOT_LEADER ") => Ok(AdminReply::NotLeader(
             other["NOT_LEADER ".len()..].parse().ok(),
         )),
         other if other.starts_with("CLIENT_ERROR unauthenticated") => {
             println!("{line}");
-            Ok(RemoveReply::Unauthenticated)
+            Ok(AdminReply::Unauthenticated)
         }
-        other => bail!("unexpected reply from the LB: {other:?}"),
+        other => match other.strip_prefix("SERVER_ERROR ") {
+            Some(why) => bail!("the LB at {addr}: {why}"),
+            None => bail!("unexpected reply from the LB: {other:?}"),
+        },
     }
+}
+
+/// Exit codes of admin commands, part of their interface (scripts tell
+/// "nothing to do" from "could not ask"): 0 done, 1 the LB knows no such
+/// member (or already has it), 2 an error.
+fn admin_exit(what: &str, result: anyhow::Result<String>) -> ! {
+    let code = match result {
+        Ok(line) if line == "OK" || line.starts_with("OK ") => 0,
+        Ok(_) => 1,
+        Err(e) => {
+            eprintln!("store {what}: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
 }
 
 /// The cluster file at `path`, by default the one in the default data
@@ -505,7 +580,7 @@ fn read_line(stream: &mut std::net::TcpStream) -> anyhow::Result<String> {
     // so nothing after the newline is there to lose anyway, and the lines
     // are short.
     while !reply.ends_with(b"\n") {
-        if reply.len() >= REMOVE_SERVER_REPLY_BYTES_MAX {
+        if reply.len() >= ADMIN_REPLY_BYTES_MAX {
             bail!("the LB's reply is too long");
         }
         let n = stream.read(&mut byte).context("read the LB's reply")?;
@@ -547,6 +622,10 @@ fn addlb(args: AddlbArgs) -> anyhow::Result<()> {
         peers: match &args.peers {
             None => Vec::new(),
             Some(text) => lb_addrs(text).context("--peers")?,
+        },
+        join: match &args.join {
+            None => Vec::new(),
+            Some(text) => lb_addrs(text).context("--join")?,
         },
         cluster_file: args.cluster_file,
     };

@@ -42,7 +42,7 @@ use crate::write_path::{CommitError, ProposalReply};
 mod transfer;
 mod view;
 
-pub use view::{ClusterHandle, ClusterView, DriverRequest};
+pub use view::{ClusterHandle, ClusterView, Configuration, DriverRequest};
 
 /// Requests waiting for the driver at most; connections wait beyond it.
 pub const REQUESTS_QUEUED_MAX: usize = 16 * 1024;
@@ -281,8 +281,12 @@ impl Driver {
     ) -> Driver {
         let mut snapshot_membership = Membership::of(state::read(&start.state).config());
         if let Elector::Vote(group) = &start.settings.elector {
-            if snapshot_membership.voters.is_empty() && snapshot_membership.learners.is_empty() {
-                // A fixed group starts with every member a voter.
+            let empty =
+                snapshot_membership.voters.is_empty() && snapshot_membership.learners.is_empty();
+            if empty && !group.joining {
+                // A group founded with these members starts with every one
+                // a voter; a member joining a running group waits for the
+                // configuration in its leader's log.
                 snapshot_membership.voters = group.members.iter().map(|m| m.id).collect();
             }
         }
@@ -430,6 +434,21 @@ impl Driver {
             DriverRequest::Read { reply } => {
                 if let Err((refused, reply)) = self.host.read(now_ms(), reply) {
                     let _ = reply.send(Err(refusal(refused)));
+                }
+            }
+            DriverRequest::Members { members, target } => {
+                if members.is_empty() || !matches!(self.settings.elector, Elector::Vote(_)) {
+                    tracing::warn!("ignored a member list for a group that cannot take one");
+                    return;
+                }
+                for member in &members {
+                    self.io.peers_tcp.insert(member.id, member.tcp);
+                }
+                let core = self.host.core_mut();
+                if target {
+                    core.set_target_members(now_ms(), &members);
+                } else {
+                    core.learn_members(&members);
                 }
             }
         }
@@ -699,6 +718,18 @@ impl DriverIo {
             .leader_tcp
             .lock()
             .expect("view lock is never held across a panic") = tcp;
+        if core.elects_by_vote() {
+            let membership = core.membership();
+            let config = Configuration {
+                voters: membership.voters.iter().map(|id| id.0).collect(),
+                learners: membership.learners.iter().map(|id| id.0).collect(),
+                committed: core.config_committed(),
+            };
+            *view
+                .config
+                .lock()
+                .expect("view lock is never held across a panic") = config;
+        }
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
 
 use data::command::Command;
-use data::frame::Role;
+use data::frame::{Peer, Role};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::ReadMode;
@@ -45,6 +45,18 @@ pub struct ClusterView {
     /// and the milliseconds they waited in all.
     pub reads_waited_for_apply: AtomicU64,
     pub read_apply_wait_ms: AtomicU64,
+    /// A group that elects by vote (the LB group): its latest
+    /// configuration, as the LB shows it and changes it one step at a time.
+    pub config: Mutex<Configuration>,
+}
+
+/// A configuration as the driver last published it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Configuration {
+    pub voters: Vec<u64>,
+    pub learners: Vec<u64>,
+    /// Whether it is committed, as far as this member knows.
+    pub committed: bool,
 }
 
 impl ClusterView {
@@ -59,6 +71,13 @@ impl ClusterView {
     /// Whether this server, the leader, holds a read lease now.
     pub fn holds_lease(&self) -> bool {
         self.lease_until_ms.load(Ordering::Acquire) > crate::clock::mono_ms()
+    }
+
+    pub fn config(&self) -> Configuration {
+        self.config
+            .lock()
+            .expect("view lock is never held across a panic")
+            .clone()
     }
 
     pub fn leader_tcp(&self) -> Option<SocketAddr> {
@@ -159,6 +178,11 @@ pub enum DriverRequest {
     Read {
         reply: oneshot::Sender<Result<(), CommitError>>,
     },
+    /// A group that elects by vote: its members' addresses, and whether
+    /// they are the members it should have, for its leader to move the
+    /// configuration toward
+    /// ([`crate::replica::Replica::set_target_members`]).
+    Members { members: Vec<Peer>, target: bool },
 }
 
 impl WritePath for ClusterHandle {
@@ -190,5 +214,16 @@ impl ClusterHandle {
             .await
             .map_err(|_| CommitError::Storage)?;
         rx.await.unwrap_or(Err(CommitError::Storage))
+    }
+
+    /// A group that elects by vote: its members' addresses, and with
+    /// `target`, the members it should have (its leader moves the
+    /// configuration toward them, one change at a time; a leader forgets
+    /// them when it steps down).
+    pub async fn set_members(&self, members: Vec<Peer>, target: bool) -> Result<(), CommitError> {
+        self.tx
+            .send(DriverRequest::Members { members, target })
+            .await
+            .map_err(|_| CommitError::Storage)
     }
 }

@@ -133,6 +133,7 @@ impl Replica {
         }
         self.progress.clear();
         self.noop_index = None;
+        self.target_members = None;
         self.leader = leader;
         self.role = self.idle_role();
     }

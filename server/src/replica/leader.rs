@@ -388,6 +388,14 @@ impl Replica {
         if candidate > self.commit && self.log.term_at(candidate) == Some(self.term) {
             self.commit = candidate;
             self.actions.push(Action::Commit(candidate));
+            let removed = !self.membership().voters.contains(&self.id);
+            if self.elects_by_vote && removed && self.config_committed() {
+                // A configuration without this leader is committed (Ongaro
+                // §4.2.2): the remaining voters elect one of their own. (A
+                // data group's LB names the next leader itself, §3a.)
+                tracing::info!(term = self.term.0, "removed from the group; steps down");
+                self.step_down(None);
+            }
         }
     }
 }

@@ -39,17 +39,57 @@ impl Replica {
         self.append_config(now_ms, next);
     }
 
-    /// One change at a time (Ongaro §4.1): add a pending server as a learner,
-    /// or promote a learner that has caught up to the commit index.
+    /// A group that elects by vote and changes its members at run time:
+    /// `members` is every member it should have, with addresses (the LB
+    /// group keeps them in its log). While leading, this server moves its
+    /// configuration toward them one change at a time
+    /// ([`Self::maybe_change_membership`]); every server learns the
+    /// addresses, for the votes it may ask for.
+    /// Only the leader keeps a target, and only once its caller knows it
+    /// is current (the LB sets it after its read barrier): stepping down
+    /// forgets it, so that a new leader does not act on a list an earlier
+    /// leader replaced.
+    pub fn set_target_members(&mut self, now_ms: u64, members: &[Peer]) {
+        assert!(!members.is_empty(), "a group keeps at least one member");
+        self.learn_members(members);
+        if self.role != Role::Leader {
+            return;
+        }
+        let target: BTreeSet<ServerId> = members.iter().map(|m| m.id).collect();
+        if self.target_members.as_ref() != Some(&target) {
+            self.target_members = Some(target);
+            self.maybe_change_membership(now_ms);
+        }
+    }
+
+    /// The addresses of a group's members (that elects by vote), for the
+    /// votes this server may ask for and the entries it may send.
+    pub fn learn_members(&mut self, members: &[Peer]) {
+        let others: Vec<Peer> = members
+            .iter()
+            .filter(|m| m.id != self.id)
+            .copied()
+            .collect();
+        self.learn_peers(&others);
+    }
+
+    /// One change at a time (Ongaro §4.1): promote a learner that has
+    /// caught up to the commit index, else add a pending server (or a
+    /// target member) as a learner, else remove a member the target no
+    /// longer has, this leader last: it leads until that change commits,
+    /// then steps down ([`Self::advance_commit`]).
     pub(super) fn maybe_change_membership(&mut self, now_ms: u64) {
         if self.role != Role::Leader || !self.config_committed() {
             return;
         }
         let current = self.membership().clone();
+        let wanted = |id: &ServerId| self.target_members.as_ref().is_none_or(|t| t.contains(id));
         let caught_up = current.learners.iter().copied().find(|id| {
-            self.progress
-                .get(id)
-                .is_some_and(|p| p.matched >= self.commit)
+            wanted(id)
+                && self
+                    .progress
+                    .get(id)
+                    .is_some_and(|p| p.matched >= self.commit)
         });
         if let Some(id) = caught_up {
             let mut next = current;
@@ -58,15 +98,40 @@ impl Replica {
             self.append_config(now_ms, next);
             return;
         }
-        if let Some(id) = self.pending_adds.iter().copied().next() {
+        let target_add = self.target_members.as_ref().and_then(|target| {
+            target
+                .iter()
+                .copied()
+                .find(|id| !current.contains(*id) && self.addrs.contains_key(id))
+        });
+        if let Some(id) = self.pending_adds.iter().copied().next().or(target_add) {
             self.pending_adds.remove(&id);
             let mut next = current;
             next.learners.insert(id);
             self.append_config(now_ms, next);
+            return;
+        }
+        let unwanted = current
+            .voters
+            .iter()
+            .chain(current.learners.iter())
+            .copied()
+            .filter(|id| !wanted(id))
+            // This leader last.
+            .min_by_key(|id| *id == self.id);
+        if let Some(id) = unwanted {
+            let mut next = current;
+            next.voters.remove(&id);
+            next.learners.remove(&id);
+            if !next.voters.is_empty() {
+                self.append_config(now_ms, next);
+            }
         }
     }
 
-    pub(super) fn config_committed(&self) -> bool {
+    /// Whether the latest configuration in the log is committed, as far
+    /// as this server knows.
+    pub fn config_committed(&self) -> bool {
         self.configs
             .keys()
             .next_back()

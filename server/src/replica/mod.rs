@@ -343,6 +343,11 @@ pub struct Replica {
     lease_answers_followers: bool,
     /// Leader only: servers the LB asked to add.
     pending_adds: BTreeSet<ServerId>,
+    /// A group that elects by vote and changes its members at run time
+    /// (the LB group): the members it should have, which the leader moves
+    /// its configuration toward ([`Self::set_target_members`]); `None`
+    /// while none was given.
+    target_members: Option<BTreeSet<ServerId>>,
     last_leader_contact_ms: Option<u64>,
     last_heartbeat_ms: u64,
     reassembly: Option<Reassembly>,
@@ -418,6 +423,7 @@ impl Replica {
             follower_reads: FollowerReads::new(jitter_seed),
             lease_answers_followers: true,
             pending_adds: BTreeSet::new(),
+            target_members: None,
             last_leader_contact_ms: None,
             last_heartbeat_ms: 0,
             reassembly: None,

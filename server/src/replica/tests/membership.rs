@@ -9,13 +9,7 @@ fn new_server_joins_as_learner_then_voter() {
     g.elect(1, 1);
     assert!(g.node(1).replica.is_serving());
     // Server 2 appears (registered with the LB, empty log).
-    let durable = Durable {
-        term: Term(0),
-        snapshot_index: LogIndex(0),
-        snapshot_term: Term(0),
-        entries: Vec::new(),
-        snapshot_membership: Membership::default(),
-    };
+    let durable = fresh_durable(Membership::default());
     let mut two = Replica::new(ServerId(2), Timing::default(), durable, 2, 0);
     let peers = vec![
         Peer {

@@ -52,6 +52,17 @@ fn payload_of(n: u64, bytes: usize) -> Bytes {
     )
 }
 
+/// What a server with an empty log and `membership` recovers.
+fn fresh_durable(membership: Membership) -> Durable {
+    Durable {
+        term: Term(0),
+        snapshot_index: LogIndex(0),
+        snapshot_term: Term(0),
+        entries: Vec::new(),
+        snapshot_membership: membership,
+    }
+}
+
 /// One replica plus what its driver would have done.
 struct Node {
     replica: Replica,

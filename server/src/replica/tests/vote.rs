@@ -340,3 +340,137 @@ fn a_pre_vote_changes_nothing_on_the_voter() {
         .receive(now, ServerId(3), Term(1), request);
     assert!(sent_vote(&g.node(1).replica.take_actions(), true));
 }
+
+/// Four nodes electing by vote, of which 1..3 found the group and 4 joins
+/// it: an empty state with no configuration, as `store addlb --join`
+/// starts.
+fn three_and_a_joiner() -> Group {
+    let mut g = by_vote(&[1, 2, 3, 4]);
+    let now = g.now_ms;
+    let durable = fresh_durable(Membership::default());
+    let mut joiner = Replica::new(ServerId(4), Timing::default(), durable, 4, now);
+    joiner.elect_by_vote(now, &peers(&[1, 2, 3, 4]));
+    g.node(4).replica = joiner;
+    let founders = Membership {
+        voters: [1, 2, 3].into_iter().map(ServerId).collect(),
+        learners: BTreeSet::new(),
+    };
+    for id in [1, 2, 3] {
+        let durable = fresh_durable(founders.clone());
+        let mut replica = Replica::new(ServerId(id), Timing::default(), durable, id, now);
+        replica.elect_by_vote(now, &peers(&[1, 2, 3]));
+        g.node(id).replica = replica;
+    }
+    g
+}
+
+/// Every node up is given `ids` as the members the group should have.
+fn target(g: &mut Group, ids: &[u64]) {
+    let now = g.now_ms;
+    for node in g.nodes.values_mut().filter(|n| n.up) {
+        node.replica.set_target_members(now, &peers(ids));
+    }
+    g.settle();
+}
+
+fn voters(g: &mut Group, id: u64) -> Vec<u64> {
+    g.node(id)
+        .replica
+        .membership()
+        .voters
+        .iter()
+        .map(|v| v.0)
+        .collect()
+}
+
+/// Ticks until `done` holds, or panics after the election wait.
+fn tick_until(g: &mut Group, what: &str, mut done: impl FnMut(&mut Group) -> bool) {
+    for _ in 0..ELECTION_WAIT_MS / STEP_MS {
+        if done(g) {
+            return;
+        }
+        g.tick(STEP_MS);
+    }
+    panic!("{what}: not within {ELECTION_WAIT_MS} ms");
+}
+
+#[test]
+fn a_joining_member_never_stands_until_its_leader_adds_it() {
+    let mut g = three_and_a_joiner();
+    let leader = await_leader(&mut g);
+    assert_ne!(leader, 4, "a member with no configuration does not stand");
+    assert_eq!(g.node(4).replica.role(), Role::Learner);
+    // Until the target names it, the leader does not add it.
+    for _ in 0..40 {
+        g.tick(STEP_MS);
+    }
+    assert_eq!(voters(&mut g, leader), vec![1, 2, 3]);
+    assert!(g.node(4).replica.membership().voters.is_empty());
+}
+
+#[test]
+fn ongaro_4_1_a_target_member_is_added_as_a_learner_then_promoted_once_caught_up() {
+    let mut g = three_and_a_joiner();
+    let leader = await_leader(&mut g);
+    for n in 0..5 {
+        g.propose(leader, payload(n)).unwrap();
+    }
+    g.settle();
+    target(&mut g, &[1, 2, 3, 4]);
+    tick_until(&mut g, "node 4 promoted and the change committed", |g| {
+        voters(g, leader) == [1, 2, 3, 4] && g.node(leader).replica.config_committed()
+    });
+    // The joiner holds the log and follows, now a voter.
+    tick_until(&mut g, "node 4 follows as a voter", |g| {
+        g.node(4).replica.role() == Role::Follower
+    });
+    assert_eq!(voters(&mut g, 4), vec![1, 2, 3, 4]);
+    let led = g.node(leader).disk[..5].to_vec();
+    assert_eq!(g.node(4).disk[..5], led[..]);
+}
+
+#[test]
+fn ongaro_4_2_2_a_leader_removed_by_the_target_commits_its_removal_then_steps_down() {
+    let mut g = three_and_a_joiner();
+    let old = await_leader(&mut g);
+    target(&mut g, &[1, 2, 3, 4]);
+    tick_until(&mut g, "four voters", |g| {
+        voters(g, old) == [1, 2, 3, 4] && g.node(old).replica.config_committed()
+    });
+    let rest: Vec<u64> = [1, 2, 3, 4].into_iter().filter(|id| *id != old).collect();
+    target(&mut g, &rest);
+    tick_until(&mut g, "a new leader among the rest", |g| {
+        serving(g).len() == 1 && serving(g)[0] != old
+    });
+    let new = serving(&g)[0];
+    assert_eq!(voters(&mut g, new), rest);
+    assert!(g.node(new).replica.config_committed());
+    // The old leader is out: it neither leads nor stands again.
+    assert_ne!(g.node(old).replica.role(), Role::Leader);
+    let term = g.node(new).replica.term();
+    for _ in 0..60 {
+        g.tick(STEP_MS);
+    }
+    assert_eq!(
+        serving(&g),
+        vec![new],
+        "the removed leader disrupted nobody"
+    );
+    assert_eq!(g.node(new).replica.term(), term);
+}
+
+#[test]
+fn a_follower_removed_by_the_target_leaves_the_configuration() {
+    let (mut g, leader) = three_with_a_leader();
+    let gone = [1, 2, 3].into_iter().find(|id| *id != leader).unwrap();
+    let rest: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != gone).collect();
+    target(&mut g, &rest);
+    tick_until(&mut g, "the follower removed", |g| {
+        voters(g, leader) == rest && g.node(leader).replica.config_committed()
+    });
+    // The two left commit on their own.
+    g.node(gone).up = false;
+    let index = g.propose(leader, payload(9)).unwrap();
+    g.settle();
+    assert!(g.node(leader).committed >= index);
+}

@@ -1,0 +1,97 @@
+//! How an LB finds its place in a running LB group (`store addlb --join`,
+//! DESIGN §3c): the group's list of LBs, from the file this LB keeps of
+//! the last list it applied, else from the first of the given LBs that
+//! answers `lbs`.
+
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+/// The file in an LB's data directory that holds the LB group's list as
+/// this LB last applied it ([`crate::group::Peers::encode`]), so that a
+/// restart knows every LB even when none answers.
+pub const MEMBERS_FILE: &str = "lb-members";
+
+/// How long one LB may take to answer `lbs`.
+const ASK_MS: u64 = 2_000;
+
+/// The longest `lbs` reply: seven lines of at most 70 bytes and a few more.
+const REPLY_BYTES_MAX: usize = 1024;
+
+/// Why no list could be had from the LBs given.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("none of the LBs given (--join) answered `lbs`: {0}")]
+    NoAnswer(String),
+}
+
+pub fn members_path(data_dir: &Path) -> PathBuf {
+    data_dir.join(MEMBERS_FILE)
+}
+
+/// The list this LB kept, if it kept one.
+pub fn load_members(data_dir: &Path) -> io::Result<Option<Vec<u8>>> {
+    match std::fs::read(members_path(data_dir)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Keeps `list` as this LB's last applied list: written aside, synced and
+/// renamed over the old one, so a crash leaves one or the other whole.
+pub fn store_members(data_dir: &Path, list: &[u8]) -> io::Result<()> {
+    let path = members_path(data_dir);
+    let tmp = path.with_extension("tmp");
+    {
+        let mut file = std::fs::File::create(&tmp)?;
+        io::Write::write_all(&mut file, list)?;
+        file.sync_all()?;
+    }
+    std::fs::rename(&tmp, &path)?;
+    std::fs::File::open(data_dir)?.sync_all()
+}
+
+/// The group's list from the first of `lbs` that answers `lbs` with one.
+pub async fn ask_members(lbs: &[SocketAddr]) -> Result<Vec<u8>, AskError> {
+    let mut why = Vec::new();
+    for lb in lbs {
+        match timeout(Duration::from_millis(ASK_MS), ask_one(*lb)).await {
+            Ok(Ok(list)) => return Ok(list),
+            Ok(Err(e)) => why.push(format!("{lb}: {e}")),
+            Err(_) => why.push(format!("{lb}: no answer within {ASK_MS} ms")),
+        }
+    }
+    Err(AskError::NoAnswer(why.join("; ")))
+}
+
+async fn ask_one(lb: SocketAddr) -> io::Result<Vec<u8>> {
+    let mut stream = TcpStream::connect(lb).await?;
+    stream.write_all(b"lbs\r\n").await?;
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 256];
+    while !reply.ends_with(b"END\r\n") {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 || reply.len() + n > REPLY_BYTES_MAX {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "no whole `lbs` reply",
+            ));
+        }
+        reply.extend_from_slice(&chunk[..n]);
+    }
+    reply.truncate(reply.len() - b"END\r\n".len());
+    if reply.is_empty() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            "an LB alone (no --peers): there is no group to join",
+        ));
+    }
+    // The list's own format has bare newlines.
+    Ok(reply.into_iter().filter(|b| *b != b'\r').collect())
+}
