@@ -604,6 +604,26 @@ fn lbs_are_added_and_removed_at_run_time_one_change_at_a_time() {
     let logs = group.logs.clone();
     let all: Vec<usize> = (0..LBS).collect();
     let first = await_lb_leader(&group.lbs, &all);
+    // A data server told of the first leading LB only: it learns the
+    // group's LBs from the LB that acts, and keeps reaching whichever acts
+    // after that LB is removed.
+    let args = server_args(&group.lbs[first].addr.to_string(), &group.cluster_path);
+    let server = StoreServer::start(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let server_addr: SocketAddr = format!("127.0.0.1:{}", server.port)
+        .parse()
+        .expect("an address");
+    let server_id = server_stats(server_addr)
+        .get("repl_id")
+        .cloned()
+        .expect("the server's id");
+    let named = poll_until(DEADLINE, || {
+        stat(&group.lbs[first].stats(), "leader") == server_id
+    });
+    assert!(
+        named,
+        "no data leader named: {:?}",
+        group.lbs[first].stats()
+    );
 
     // Changing the group needs the cluster secret: a bare request is
     // refused and counted.
@@ -712,4 +732,22 @@ fn lbs_are_added_and_removed_at_run_time_one_change_at_a_time() {
     let left: Vec<usize> = [founder, LBS].to_vec();
     let third = await_lb_leader_of(&group.lbs, &left, LBS);
     assert!(left.contains(&third));
+
+    // The LB that acts now hears the server, which was told of none of
+    // them, and the server still takes writes.
+    let reachable = format!("server.{server_id}.reachable");
+    let heard = poll_until(DEADLINE, || {
+        stat(&group.lbs[third].stats(), &reachable) == "1"
+    });
+    assert!(
+        heard,
+        "the acting LB does not hear the server: {:?}\n{}",
+        group.lbs[third].stats(),
+        server
+            .proc
+            .as_ref()
+            .map(|p| p.stderr_text())
+            .unwrap_or_default()
+    );
+    assert!(set(server_addr, "after-the-lb-changes", "1"));
 }

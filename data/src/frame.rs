@@ -154,7 +154,11 @@ mod kind {
     pub const READ_INDEX_REPLY: u8 = 18;
     pub const REQUEST_VOTE: u8 = 19;
     pub const VOTE: u8 = 20;
+    pub const LBS: u8 = 21;
 }
+
+/// LBs in one LB group at most (DESIGN §3c), and so in an [`Message::Lbs`].
+pub const LBS_MAX: usize = 7;
 
 macro_rules! newtype_u64 {
     ($(#[$doc:meta])* $name:ident) => {
@@ -424,6 +428,11 @@ pub enum Message {
     /// Peer→candidate, the answer to RequestVote (`pre` as asked) in the
     /// peer's term. `[granted u8 (0 or 1)][pre u8 (0 or 1)]`
     Vote { granted: bool, pre: bool },
+    /// LB→server: the LBs of the LB group (their UDP control addresses),
+    /// as the group's list numbered `epoch` has them (DESIGN §3c); a
+    /// server takes a list no older than the one it has.
+    /// `[epoch u64][count u16][addr]*`, at most [`LBS_MAX`] addresses.
+    Lbs { epoch: u64, lbs: Vec<SocketAddr> },
 }
 
 /// Why a frame could not be encoded or a datagram was rejected.
@@ -469,6 +478,9 @@ pub enum FrameError {
         len: usize,
         total_len: u64,
     },
+    /// An LB list longer than [`LBS_MAX`].
+    #[error("{0} LBs listed, over the {LBS_MAX} of a group")]
+    TooManyLbs(usize),
     /// Encoding only: the message does not fit in one datagram.
     #[error("payload of {payload_len} bytes over the {PAYLOAD_BYTES_MAX}-byte limit")]
     PayloadTooLarge { payload_len: usize },
@@ -502,6 +514,7 @@ impl Message {
             Message::ReadIndexReply { .. } => kind::READ_INDEX_REPLY,
             Message::RequestVote { .. } => kind::REQUEST_VOTE,
             Message::Vote { .. } => kind::VOTE,
+            Message::Lbs { .. } => kind::LBS,
         }
     }
 
@@ -530,6 +543,7 @@ impl Message {
             Message::SnapshotAck { .. } | Message::ReadIndexReply { .. } => 16,
             Message::RequestVote { .. } => 17,
             Message::Vote { .. } => 2,
+            Message::Lbs { lbs, .. } => 8 + 2 + lbs.iter().map(addr_len).sum::<usize>(),
             Message::ReadIndex { .. } => 8,
             Message::SnapshotChunk { bytes, .. } => SNAPSHOT_CHUNK_FIXED_BYTES + bytes.len(),
         }
@@ -545,6 +559,12 @@ impl Message {
             }
             Message::Heartbeat { peers, .. } => peers.iter().try_for_each(check_peer),
             Message::AddServer { peer } => check_peer(peer),
+            Message::Lbs { lbs, .. } => {
+                if lbs.len() > LBS_MAX {
+                    return Err(FrameError::TooManyLbs(lbs.len()));
+                }
+                lbs.iter().try_for_each(check_addr)
+            }
             Message::AppendFragment {
                 total_len,
                 offset,
@@ -707,6 +727,13 @@ impl Message {
                 out.put_u8(u8::from(*granted));
                 out.put_u8(u8::from(*pre));
             }
+            Message::Lbs { epoch, lbs } => {
+                out.put_u64_le(*epoch);
+                put_count(out, lbs.len());
+                for lb in lbs {
+                    put_addr(out, lb);
+                }
+            }
         }
     }
 
@@ -844,6 +871,18 @@ impl Message {
                 granted: flag(kind, r.u8()?)?,
                 pre: flag(kind, r.u8()?)?,
             },
+            kind::LBS => {
+                let epoch = r.u64()?;
+                let count = r.count(ADDR_BYTES_MIN)?;
+                if count > LBS_MAX {
+                    return Err(FrameError::TooManyLbs(count));
+                }
+                let mut lbs = Vec::with_capacity(count);
+                for _ in 0..count {
+                    lbs.push(r.addr()?);
+                }
+                Message::Lbs { epoch, lbs }
+            }
             other => return Err(FrameError::UnknownKind(other)),
         };
         r.finish()?;
@@ -1602,8 +1641,8 @@ mod tests {
             decode(&group, &SECRET).map(|f| f.header.group),
             Ok(GroupId(0x010b))
         );
-        let unknown = sealed_raw(|b| b[5] = 21);
-        assert_eq!(decode(&unknown, &SECRET), Err(FrameError::UnknownKind(21)));
+        let unknown = sealed_raw(|b| b[5] = 22);
+        assert_eq!(decode(&unknown, &SECRET), Err(FrameError::UnknownKind(22)));
         // A Vote's flags are 1 or 0, nothing else.
         for (bytes, decoded) in [
             ([0, 1], Ok((false, true))),
@@ -1891,6 +1930,11 @@ mod tests {
             }),
             (any::<bool>(), any::<bool>())
                 .prop_map(|(granted, pre)| Message::Vote { granted, pre }),
+            (
+                any::<u64>(),
+                proptest::collection::vec(arb_addr(), 0..=LBS_MAX)
+            )
+                .prop_map(|(epoch, lbs)| Message::Lbs { epoch, lbs }),
         ]
     }
 

@@ -19,7 +19,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use data::frame::{
     decode, encode, seal, ClusterId, Entry, Frame, FrameError, GroupId, Header, LogIndex, Message,
-    Peer, Role, ServerId, Term, DATAGRAM_BYTES_MAX, FRAME_OVERHEAD_BYTES, PAYLOAD_BYTES_MAX,
+    Peer, Role, ServerId, Term, DATAGRAM_BYTES_MAX, LBS_MAX, FRAME_OVERHEAD_BYTES, PAYLOAD_BYTES_MAX,
 };
 use libfuzzer_sys::fuzz_target;
 
@@ -78,7 +78,7 @@ impl Seed<'_> {
     }
 
     fn message(&mut self) -> Message {
-        match self.u8() % 20 {
+        match self.u8() % 21 {
             0 => Message::Register {
                 tcp: self.addr(),
                 udp: self.addr(),
@@ -193,10 +193,16 @@ impl Seed<'_> {
                 last_index: LogIndex(self.u64()),
                 pre: self.u8() & 1 == 1,
             },
-            _ => Message::Vote {
+            19 => Message::Vote {
                 granted: self.u8() & 1 == 1,
                 pre: self.u8() & 1 == 1,
             },
+            _ => {
+                // Sometimes more than a group has, which encode refuses.
+                let epoch = self.u64();
+                let lbs = (0..self.count(LBS_MAX + 1)).map(|_| self.addr()).collect();
+                Message::Lbs { epoch, lbs }
+            }
         }
     }
 
@@ -256,7 +262,9 @@ fuzz_target!(|input: &[u8]| {
             assert_eq!(reported, payload_len);
             assert!(out.is_empty());
         }
-        Err(FrameError::ChunkOutOfRange { .. }) | Err(FrameError::UnsupportedAddress(_)) => {
+        Err(FrameError::ChunkOutOfRange { .. })
+        | Err(FrameError::UnsupportedAddress(_))
+        | Err(FrameError::TooManyLbs(_)) => {
             assert!(payload_len <= PAYLOAD_BYTES_MAX);
             assert!(!decodable(&frame.message), "refused {frame:?}");
             assert!(out.is_empty());
@@ -278,6 +286,7 @@ fn decodable(message: &Message) -> bool {
         Message::Register { tcp, udp } => addr_ok(tcp) && addr_ok(udp),
         Message::Heartbeat { peers, .. } => peers.iter().all(peer_ok),
         Message::AddServer { peer } => peer_ok(peer),
+        Message::Lbs { lbs, .. } => lbs.len() <= LBS_MAX && lbs.iter().all(addr_ok),
         Message::AppendFragment {
             total_len,
             offset,

@@ -111,6 +111,15 @@ impl LbConfig {
                 "--peers founds a group and --join joins one: give one of them".to_string(),
             ));
         }
+        let in_group = !self.peers.is_empty() || !self.join.is_empty();
+        if in_group && self.udp_port != self.tcp_port {
+            // The group's list names each LB by one address; servers send
+            // their control datagrams to it.
+            return Err(LbError::Config(
+                "an LB of a group takes control datagrams on its discovery port: leave --udp-port out"
+                    .to_string(),
+            ));
+        }
         if !(1..=HEARTBEAT_MS_MAX).contains(&self.heartbeat_ms) {
             return Err(LbError::Config(format!(
                 "--heartbeat-ms must be between 1 and {HEARTBEAT_MS_MAX}"
@@ -171,6 +180,10 @@ pub enum LbError {
     TaskPanicked,
     #[error("joining the LB group: {0}")]
     Join(String),
+    /// The LB group's list could not be kept in or read from the data
+    /// directory.
+    #[error(transparent)]
+    Storage(#[from] server::storage::StorageError),
     /// `remove-lb` took this LB out of its group: it stops.
     #[error("removed from the LB group (store remove-lb): this LB stops; its data directory is no longer needed")]
     Removed,
@@ -277,7 +290,7 @@ pub async fn run(
         };
         // In a group the registry lives in the group's log instead.
         let durable = RegistryFile::new(&dir).load()?;
-        let kept_list = join::load_members(&dir).map_err(data_dir_error)?;
+        let kept_list = join::load_members(&dir)?;
         Ok::<_, LbError>((cluster, durable, kept_list, lock))
     })
     .await
@@ -393,6 +406,7 @@ pub async fn run(
         out: BytesMut::with_capacity(DATAGRAM_BYTES_MAX),
         probe: None,
         other_versions: OtherVersions::default(),
+        announced: None,
     };
     let (authority, result) = control.run(&shutdown, requests_rx).await;
     if let Err(e) = &result {
@@ -441,6 +455,11 @@ const LEADERSHIP_POLL_MS: u64 = 10;
 /// commit before it takes itself to be deposed.
 const PERSIST_WAIT_TIMEOUTS: u64 = 3;
 
+/// How often the acting LB of a group tells every server the group's list
+/// of LBs ([`data::frame::Message::Lbs`]), besides at once when it changes:
+/// a server that missed it, or restarted, hears it within this.
+const LBS_ANNOUNCE_MS: u64 = 1_000;
+
 /// The longest the control task sleeps with nothing to do (an LB with no
 /// core has no deadline of its own).
 const IDLE_WAKE_MS: u64 = 1_000;
@@ -463,6 +482,8 @@ struct Control {
     probe: Option<Probe>,
     /// Frames of another release, reported once per version.
     other_versions: OtherVersions,
+    /// The epoch of the LB list last told to the servers, and when.
+    announced: Option<(u64, u64)>,
 }
 
 /// A UDP socket connected to one server's registered address.
@@ -557,7 +578,43 @@ impl Control {
                 }
             };
             self.execute(actions).await?;
+            let announce = self.announce_lbs();
+            self.execute(announce).await?;
         }
+    }
+
+    /// The acting LB of a group tells every registered server the group's
+    /// list of LBs when it changed and every [`LBS_ANNOUNCE_MS`], so that
+    /// servers send to the LBs there are (DESIGN §3c).
+    fn announce_lbs(&mut self) -> Vec<Action> {
+        let (Some(core), Authority::Group { peers, .. }) = (&self.core, &self.authority) else {
+            self.announced = None;
+            return Vec::new();
+        };
+        let now = self.now_ms();
+        let due = self.announced.is_none_or(|(epoch, at)| {
+            epoch != peers.epoch || now >= at.saturating_add(LBS_ANNOUNCE_MS)
+        });
+        if !due {
+            return Vec::new();
+        }
+        self.announced = Some((peers.epoch, now));
+        // An LB of a group takes control datagrams on its discovery address.
+        let lbs: Vec<SocketAddr> = peers.members.iter().map(|m| m.tcp).collect();
+        let term = core.durable().term;
+        core.durable()
+            .members
+            .iter()
+            .map(|(id, member)| Action::Send {
+                to: *id,
+                addr: member.udp,
+                term,
+                message: frame::Message::Lbs {
+                    epoch: peers.epoch,
+                    lbs: lbs.clone(),
+                },
+            })
+            .collect()
     }
 
     /// In a group: makes a core when this LB has come to lead the group (from
@@ -642,11 +699,7 @@ impl Control {
                     let dir = data_dir.clone();
                     tokio::task::spawn_blocking(move || join::store_members(&dir, &bytes))
                         .await
-                        .map_err(|_| LbError::TaskPanicked)?
-                        .map_err(|source| LbError::DataDir {
-                            path: data_dir.clone(),
-                            source,
-                        })?;
+                        .map_err(|_| LbError::TaskPanicked)??;
                 }
                 Err(e) => tracing::error!(error = %e, "keeps the last LB list it could read"),
             }

@@ -36,8 +36,9 @@ use crate::registry::{self, DurableState, RegistryError};
 /// `--lb`) names every port of every LB.
 pub const PEER_PORT_OFFSET: u16 = 1000;
 
-/// LBs in one group, at most: a registry change waits for a majority.
-pub const LBS_MAX: usize = 7;
+/// LBs in one group, at most: a registry change waits for a majority,
+/// and servers are told the list in one datagram.
+pub const LBS_MAX: usize = data::frame::LBS_MAX;
 
 /// The key the registry is kept under in the group's state.
 pub const REGISTRY_KEY: &[u8] = b"lb/registry";
@@ -55,6 +56,10 @@ pub struct Peers {
     /// The id the next LB added gets: ids are never used twice, so that
     /// a removed LB still running is never taken for a new one.
     pub next_id: u64,
+    /// Which list this is: the founders' is 0, each change adds 1, so a
+    /// server told the list by a deposed LB can tell it is older
+    /// ([`data::frame::Message::Lbs`]).
+    pub epoch: u64,
     /// Whether this LB joins a running group (`--join`) rather than
     /// founding it.
     pub joining: bool,
@@ -140,6 +145,7 @@ impl Peers {
         Ok(Peers {
             me: member_id(me),
             next_id: member_id(sorted.len()).0,
+            epoch: 0,
             members,
             joining: false,
         })
@@ -149,7 +155,7 @@ impl Peers {
     /// `list`, read from one of its LBs: this LB is the entry listening on
     /// `listen:port` (as in [`Self::new`]), added there before it starts.
     pub fn join(list: &[u8], listen: IpAddr, port: u16) -> Result<Peers, JoinError> {
-        let (members, next_id) = decode_members(list)?;
+        let (members, next_id, epoch) = decode_members(list)?;
         let mine: Vec<&Peer> = members
             .iter()
             .filter(|m| m.tcp.port() == port && (listen.is_unspecified() || m.tcp.ip() == listen))
@@ -163,6 +169,7 @@ impl Peers {
             me,
             members,
             next_id,
+            epoch,
             joining: true,
         })
     }
@@ -183,11 +190,12 @@ impl Peers {
 
     /// The same LB in the group as `list` ([`Self::encode`]) has it.
     pub fn with_list(&self, list: &[u8]) -> Result<Peers, MembersError> {
-        let (members, next_id) = decode_members(list)?;
+        let (members, next_id, epoch) = decode_members(list)?;
         Ok(Peers {
             me: self.me,
             members,
             next_id,
+            epoch,
             joining: self.joining,
         })
     }
@@ -205,6 +213,7 @@ impl Peers {
         let mut next = self.clone();
         next.members.push(added);
         next.next_id += 1;
+        next.epoch += 1;
         Ok((next, id))
     }
 
@@ -221,13 +230,17 @@ impl Peers {
         }
         let mut next = self.clone();
         next.members.retain(|m| m.id != id);
+        next.epoch += 1;
         Ok((next, id))
     }
 
     /// The list as the group's log keeps it: a version line, the next id,
-    /// then one `ID HOST:PORT` line per LB.
+    /// the epoch, then one `ID HOST:PORT` line per LB.
     pub fn encode(&self) -> Vec<u8> {
-        let mut text = format!("{MEMBERS_VERSION}\nnext {}\n", self.next_id);
+        let mut text = format!(
+            "{MEMBERS_VERSION}\nnext {}\nepoch {}\n",
+            self.next_id, self.epoch
+        );
         for member in &self.members {
             text.push_str(&format!("{} {}\n", member.id.0, member.tcp));
         }
@@ -281,8 +294,8 @@ fn peer(id: ServerId, addr: SocketAddr) -> Option<Peer> {
     })
 }
 
-/// [`Peers::encode`]'s members (in id order) and next id.
-fn decode_members(list: &[u8]) -> Result<(Vec<Peer>, u64), MembersError> {
+/// [`Peers::encode`]'s members (in id order), next id and epoch.
+fn decode_members(list: &[u8]) -> Result<(Vec<Peer>, u64, u64), MembersError> {
     let text = std::str::from_utf8(list).map_err(|_| MembersError::Malformed)?;
     let mut lines = text.lines();
     match lines.next() {
@@ -292,11 +305,15 @@ fn decode_members(list: &[u8]) -> Result<(Vec<Peer>, u64), MembersError> {
         }
         _ => return Err(MembersError::Malformed),
     }
-    let next_id: u64 = lines
-        .next()
-        .and_then(|line| line.strip_prefix("next "))
-        .and_then(|n| n.parse().ok())
-        .ok_or(MembersError::Malformed)?;
+    let mut number = |name: &str| -> Result<u64, MembersError> {
+        lines
+            .next()
+            .and_then(|line| line.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|n| n.parse().ok())
+            .ok_or(MembersError::Malformed)
+    };
+    let next_id = number("next")?;
+    let epoch = number("epoch")?;
     let mut members = Vec::new();
     for line in lines {
         let (id, addr) = line.split_once(' ').ok_or(MembersError::Malformed)?;
@@ -314,7 +331,7 @@ fn decode_members(list: &[u8]) -> Result<(Vec<Peer>, u64), MembersError> {
     if members.is_empty() || !unique {
         return Err(MembersError::Malformed);
     }
-    Ok((members, next_id))
+    Ok((members, next_id, epoch))
 }
 
 /// Why a joining LB cannot take its place in the group.
@@ -517,7 +534,7 @@ mod tests {
         let list = again.encode();
         assert_eq!(
             String::from_utf8(list.clone()).unwrap(),
-            "lbs v1\nnext 5\n1 127.0.0.1:11311\n3 127.0.0.1:11313\n4 127.0.0.1:11312\n"
+            "lbs v1\nnext 5\nepoch 3\n1 127.0.0.1:11311\n3 127.0.0.1:11313\n4 127.0.0.1:11312\n"
         );
         assert_eq!(peers.with_list(&list).unwrap(), again);
         let joined = Peers::join(&list, local, 11312).unwrap();
@@ -559,14 +576,24 @@ mod tests {
                 &b"lbs v2\nnext 2\n1 127.0.0.1:1\n"[..],
                 MembersError::Version("v2".into()),
             ),
-            (b"lbs v1\nnext 2\n", MembersError::Malformed),
-            (b"lbs v1\nnext 2\n2 127.0.0.1:1\n", MembersError::Malformed),
+            (b"lbs v1\nnext 2\nepoch 0\n", MembersError::Malformed),
+            (b"lbs v1\nnext 2\n1 127.0.0.1:1\n", MembersError::Malformed),
             (
-                b"lbs v1\nnext 3\n1 127.0.0.1:1\n1 127.0.0.1:2\n",
+                b"lbs v1\nnext 2\nepoch 1\n2 127.0.0.1:1\n",
                 MembersError::Malformed,
             ),
-            (b"lbs v1\nnext 3\n0 127.0.0.1:1\n", MembersError::Malformed),
-            (b"lbs v1\nnext 3\n1 somewhere:1\n", MembersError::Malformed),
+            (
+                b"lbs v1\nnext 3\nepoch 1\n1 127.0.0.1:1\n1 127.0.0.1:2\n",
+                MembersError::Malformed,
+            ),
+            (
+                b"lbs v1\nnext 3\nepoch 1\n0 127.0.0.1:1\n",
+                MembersError::Malformed,
+            ),
+            (
+                b"lbs v1\nnext 3\nepoch 1\n1 somewhere:1\n",
+                MembersError::Malformed,
+            ),
             (b"", MembersError::Malformed),
         ] {
             assert_eq!(peers.with_list(list), Err(error), "{list:?}");

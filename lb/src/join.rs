@@ -3,10 +3,12 @@
 //! the last list it applied, else from the first of the given LBs that
 //! answers `lbs`.
 
-use std::io;
+use std::io::{self, Write};
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
+
+use server::storage::{read_if_exists, replace_file, StorageError};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -16,6 +18,7 @@ use tokio::time::timeout;
 /// this LB last applied it ([`crate::group::Peers::encode`]), so that a
 /// restart knows every LB even when none answers.
 pub const MEMBERS_FILE: &str = "lb-members";
+const MEMBERS_TMP_FILE: &str = "lb-members.tmp";
 
 /// How long one LB may take to answer `lbs`.
 const ASK_MS: u64 = 2_000;
@@ -30,31 +33,20 @@ pub enum AskError {
     NoAnswer(String),
 }
 
-pub fn members_path(data_dir: &Path) -> PathBuf {
-    data_dir.join(MEMBERS_FILE)
-}
-
 /// The list this LB kept, if it kept one.
-pub fn load_members(data_dir: &Path) -> io::Result<Option<Vec<u8>>> {
-    match std::fs::read(members_path(data_dir)) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e),
-    }
+pub fn load_members(data_dir: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+    read_if_exists(&data_dir.join(MEMBERS_FILE))
 }
 
-/// Keeps `list` as this LB's last applied list: written aside, synced and
-/// renamed over the old one, so a crash leaves one or the other whole.
-pub fn store_members(data_dir: &Path, list: &[u8]) -> io::Result<()> {
-    let path = members_path(data_dir);
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = std::fs::File::create(&tmp)?;
-        io::Write::write_all(&mut file, list)?;
-        file.sync_all()?;
-    }
-    std::fs::rename(&tmp, &path)?;
-    std::fs::File::open(data_dir)?.sync_all()
+/// Keeps `list` as this LB's last applied list, whole or not at all.
+pub fn store_members(data_dir: &Path, list: &[u8]) -> Result<(), StorageError> {
+    replace_file(
+        data_dir,
+        MEMBERS_FILE,
+        MEMBERS_TMP_FILE,
+        list.len(),
+        |out| out.write_all(list),
+    )
 }
 
 /// The group's list from the first of `lbs` that answers `lbs` with one.

@@ -39,8 +39,11 @@ use crate::stats::Stats;
 use crate::storage::{meta, Log, Meta, StorageError};
 use crate::write_path::{CommitError, ProposalReply};
 
+mod known_lbs;
 mod transfer;
 mod view;
+
+pub use known_lbs::KnownLbs;
 
 pub use view::{ClusterHandle, ClusterView, Configuration, DriverRequest};
 
@@ -241,7 +244,7 @@ struct DriverIo {
     id: ServerId,
     group: GroupId,
     /// Every LB's UDP address (none in a group that elects itself).
-    lbs: Vec<SocketAddr>,
+    lbs: Option<KnownLbs>,
     cluster: ClusterFile,
     data_dir: PathBuf,
     tcp_advertise: SocketAddr,
@@ -268,6 +271,24 @@ impl Drop for Driver {
     /// connections would otherwise go on reading under the lease.
     fn drop(&mut self) {
         self.io.view.lease_until_ms.store(0, Ordering::SeqCst);
+    }
+}
+
+impl DriverIo {
+    /// Takes the LB group's list the acting LB announced (DESIGN §3c), and
+    /// keeps it for a restart when the LBs changed.
+    fn learn_lbs(&mut self, epoch: u64, lbs: &[SocketAddr]) {
+        let Some(known) = self.lbs.as_mut() else {
+            return;
+        };
+        if !known.learn(epoch, lbs) {
+            return;
+        }
+        tracing::info!(epoch, lbs = ?known.addrs, "the LB group changed: sending to its LBs");
+        if let Err(error) = known.store(&self.data_dir) {
+            // Only a restart with an old --lb list misses it.
+            tracing::warn!(%error, "cannot keep the LB group's list");
+        }
     }
 }
 
@@ -308,8 +329,8 @@ impl Driver {
         core.set_lease_answers_followers(start.settings.read_mode == ReadMode::Linearizable);
         let mut peers_tcp = HashMap::new();
         let lbs = match &start.settings.elector {
-            Elector::Lb(lbs) => lbs.clone(),
-            Elector::Vote(_) => Vec::new(),
+            Elector::Lb(lbs) => Some(KnownLbs::new(lbs, KnownLbs::load(&start.data_dir))),
+            Elector::Vote(_) => None,
         };
         let lb = match &start.settings.elector {
             // The core addresses "the LB" as one; the sends go to each.
@@ -492,6 +513,11 @@ impl Driver {
                 self.io.peers_tcp.insert(peer.id, peer.tcp);
             }
         }
+        // The LB group's list is the driver's: the core addresses one LB.
+        if let (ServerId::LB, Message::Lbs { epoch, lbs }) = (header.from, &message) {
+            self.io.learn_lbs(*epoch, lbs);
+            return;
+        }
         self.host
             .receive(&mut self.io, header.from, header.term, message);
     }
@@ -578,7 +604,7 @@ impl Io<ServerTypes> for DriverIo {
         // without the data group hearing of it (DESIGN §3c).
         let lbs = std::slice::from_ref(&addr);
         let to_addrs = if to == ServerId::LB {
-            &self.lbs[..]
+            self.lbs.as_ref().map_or(&[][..], |lbs| &lbs.addrs[..])
         } else {
             lbs
         };

@@ -1,7 +1,8 @@
 //! The two file system moves every storage file relies on: fsync of a
 //! directory (so a create, rename or delete survives a crash) and atomic
 //! replacement of a small-or-large whole file (write temp, fsync, rename,
-//! fsync directory). Used by the log, keystore and meta modules only.
+//! fsync directory). Used by the log, keystore and meta modules, and for
+//! the small files of the LB lists (`driver::KnownLbs`, the LB's list).
 
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
@@ -21,7 +22,7 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<(), StorageError> {
 /// buffer of `buffer_bytes`, fsyncs it, renames it over `dir/name` and fsyncs
 /// `dir`. On failure the temp file is removed (best effort) and the old file
 /// is untouched.
-pub(crate) fn replace_file<T>(
+pub fn replace_file<T>(
     dir: &Path,
     name: &str,
     tmp_name: &str,
@@ -66,7 +67,7 @@ pub(crate) fn remove_leftover(dir: &Path, tmp_name: &str) -> Result<(), StorageE
 }
 
 /// Reads a whole file, or `None` if it does not exist.
-pub(crate) fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
+pub fn read_if_exists(path: &Path) -> Result<Option<Vec<u8>>, StorageError> {
     match fs::read(path) {
         Ok(bytes) => Ok(Some(bytes)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),

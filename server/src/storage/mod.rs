@@ -25,7 +25,7 @@ use std::path::PathBuf;
 
 use thiserror::Error;
 
-pub use self::fsutil::{lock_dir, DirLockError, LOCK_FILE};
+pub use self::fsutil::{lock_dir, read_if_exists, replace_file, DirLockError, LOCK_FILE};
 pub use self::log::{Log, LOG_DIR, SEGMENT_BYTES_DEFAULT};
 pub use self::meta::Meta;
 pub use data::record::Record;
