@@ -671,8 +671,10 @@ impl Control {
     /// In a group: follows the LB group's list as this LB has applied it:
     /// the members' addresses to its replica (and while it leads, or with
     /// `retarget`, the configuration to move toward), kept on disk for a
-    /// restart. An LB the list no longer has stops, once it does not lead
-    /// (a leader removed leads until its removal is committed).
+    /// restart. An LB the list no longer has stops once it does not lead
+    /// and knows a configuration without it committed: until then the
+    /// others may still need its vote (a leader that took itself out leads
+    /// until its removal commits; if it steps down before, it stays).
     async fn follow_members(&mut self, retarget: bool) -> Result<(), LbError> {
         let Authority::Group {
             log,
@@ -708,7 +710,7 @@ impl Control {
         if changed || retarget {
             log.set_members(peers, leading.is_some()).await?;
         }
-        if peers.removed() && log.leading().is_none() {
+        if peers.removed() && log.leading().is_none() && out_of(&log.view().config(), peers.me) {
             return Err(LbError::Removed);
         }
         Ok(())
@@ -1010,6 +1012,12 @@ impl Control {
         }
         self.probe = Some(Probe { to, addr, socket });
     }
+}
+
+/// Whether `config`, committed, has neither `me` as a voter nor as a
+/// learner: this LB's removal is done.
+fn out_of(config: &server::driver::Configuration, me: ServerId) -> bool {
+    config.committed && !config.voters.contains(&me.0) && !config.learners.contains(&me.0)
 }
 
 /// Receive errors that say nothing about the socket itself (an ICMP error

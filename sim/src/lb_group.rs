@@ -15,9 +15,9 @@
 use std::collections::{BTreeMap, VecDeque};
 
 use bytes::BytesMut;
-use data::frame::{Message, Role, ServerId, Term};
+use data::frame::{Message, Peer, Role, ServerId, Term};
 use lb::core::{Action as LbAction, Core};
-use lb::group::{registry_of, REGISTRY_KEY};
+use lb::group::{registry_of, Peers, MEMBERS_KEY, REGISTRY_KEY};
 use lb::registry::{self, DurableState};
 use server::group_log::set_command;
 
@@ -47,6 +47,16 @@ pub(crate) struct LbMember {
     committed_term: Term,
     /// Registry writes proposed, to tell an answer from an older one.
     writes: u64,
+    /// The LB group's list as this LB last applied it (`None`: the
+    /// founders'), and whether it lacks this LB (`remove-lb`).
+    list_seen: Option<Vec<u8>>,
+    removed: bool,
+    /// The list goes to the replica as its target on the next tick (this
+    /// LB has just come to act).
+    retarget: bool,
+    /// A list write in flight (`add-lb`, `remove-lb`; its write number),
+    /// and the spare LB the operator starts once it is committed.
+    list_write: Option<(u64, Option<u64>)>,
 }
 
 impl LbMember {
@@ -55,6 +65,7 @@ impl LbMember {
         self.core = None;
         self.leading = None;
         self.writing = None;
+        self.list_write = None;
         self.held.clear();
         self.inbox.clear();
     }
@@ -99,11 +110,145 @@ impl World {
         member.core = Some(Core::new(Self::lb_config(), registry, now));
         member.leading = Some(term);
         member.committed_term = data_term;
+        member.retarget = true;
+    }
+
+    /// The LB group as `lb::group::Peers` has it for LB `id`: its founders
+    /// (the sim's LB node ids, in order), or the list its state holds.
+    fn lb_peers(&mut self, id: u64) -> Result<Peers, String> {
+        let founders = self.opts.servers as u64 + 1..=(self.opts.servers + self.opts.lbs) as u64;
+        let founding = Peers {
+            me: ServerId(id),
+            members: founders
+                .clone()
+                .map(|f| Peer {
+                    id: ServerId(f),
+                    tcp: crate::world::tcp_addr(f),
+                    udp: crate::world::udp_addr(f),
+                })
+                .collect(),
+            next_id: founders.end() + 1,
+            epoch: 0,
+            joining: false,
+        };
+        match self.servers[id as usize - 1].read(MEMBERS_KEY) {
+            None => Ok(founding),
+            Some(list) => founding.with_list(&list).map_err(|e| e.to_string()),
+        }
+    }
+
+    /// LB `id`'s driver follows the group's list as `lb::driver` does: the
+    /// addresses to its replica, the target too while it acts; an LB the
+    /// list took out stops once it does not lead.
+    fn follow_lb_list(&mut self, id: u64) {
+        if !self.opts.lb_changes || !self.servers[id as usize - 1].up {
+            return;
+        }
+        let now = self.server_now(id);
+        let value = self.servers[id as usize - 1].read(MEMBERS_KEY);
+        let member = self.lb_members.entry(id).or_default();
+        if value != member.list_seen || member.retarget {
+            member.retarget = false;
+            member.list_seen = value;
+            let target = member.leading.is_some();
+            let peers = match self.lb_peers(id) {
+                Ok(peers) => peers,
+                Err(e) => {
+                    self.fail("LB list decodes", format!("lb{id}: {e}"));
+                    return;
+                }
+            };
+            self.lb_members.entry(id).or_default().removed = peers.removed();
+            let ids: Vec<u64> = peers.members.iter().map(|m| m.id.0).collect();
+            self.trace(|| {
+                format!(
+                    "lb{id} list epoch {} {ids:?} (target: {target})",
+                    peers.epoch
+                )
+            });
+            self.with_host(id, |host, _| {
+                let core = host.core_mut();
+                if target {
+                    core.set_target_members(now, &peers.members);
+                } else {
+                    core.learn_members(&peers.members);
+                }
+                Ok(())
+            });
+        }
+        // As lb::driver: once it does not lead and knows its removal is
+        // committed (the others may need its vote until then).
+        let me = ServerId(id);
+        let done = self.servers[id as usize - 1].core().is_some_and(|c| {
+            let config = c.membership();
+            c.role() != Role::Leader
+                && c.config_committed()
+                && !config.voters.contains(&me)
+                && !config.learners.contains(&me)
+        });
+        if self.lb_members.entry(id).or_default().removed && done {
+            self.trace(|| format!("lb{id} removed from the LB group: stops"));
+            self.crash_server(id);
+            self.lb_retired.insert(id);
+        }
+    }
+
+    /// The operator's `add-lb` (the next spare) or `remove-lb` (any LB, the
+    /// acting one too) reaches the LB that acts, which takes it as
+    /// `lb::driver` does: one change at a time, the new list committed in
+    /// the group's log; a spare added is started once it is.
+    pub(crate) fn lb_group_change(&mut self) {
+        let Some(id) = self.acting_lb() else {
+            return;
+        };
+        if self.lb_members.entry(id).or_default().writing.is_some() {
+            return;
+        }
+        let Ok(peers) = self.lb_peers(id) else {
+            return;
+        };
+        let Some(core) = self.servers[id as usize - 1].core() else {
+            return;
+        };
+        let config = core.membership().clone();
+        let listed = peers.members.iter().map(|m| m.id).collect();
+        let settled =
+            core.config_committed() && config.learners.is_empty() && config.voters == listed;
+        let spare = peers.next_id;
+        let add = self.rng.below(2) == 0 && self.lb_retired.contains(&spare);
+        let planned = if add {
+            peers.adding(crate::world::tcp_addr(spare))
+        } else {
+            let at = self.rng.below(peers.members.len() as u64) as usize;
+            peers.removing(peers.members[at].tcp)
+        };
+        let Ok((next, changed)) = planned else {
+            return;
+        };
+        let undoes_an_add = !add && !config.voters.contains(&changed);
+        if !settled && !undoes_an_add {
+            return;
+        }
+        let member = self.lb_members.entry(id).or_default();
+        member.writes += 1;
+        let write = member.writes;
+        if !self.propose_set(id, write, MEMBERS_KEY, next.encode()) {
+            return;
+        }
+        let verb = if add { "add-lb" } else { "remove-lb" };
+        self.trace(|| format!("FAULT {verb} n{changed} through lb{id} (write {write})"));
+        let member = self.lb_members.entry(id).or_default();
+        member.writing = Some(write);
+        member.list_write = Some((write, add.then_some(changed.0)));
     }
 
     /// A tick of LB `id`'s driver (its replica ticked just before).
     pub(crate) fn lb_member_tick(&mut self, id: u64) {
         self.follow_lb_leadership(id);
+        self.follow_lb_list(id);
+        if !self.servers[id as usize - 1].up {
+            return;
+        }
         let now = self.server_now(id);
         let member = self.lb_members.entry(id).or_default();
         if member.writing.is_some() {
@@ -188,23 +333,17 @@ impl World {
             match action {
                 LbAction::Persist(state) => {
                     let member = self.lb_members.entry(id).or_default();
+                    // A list write in flight is no longer waited for: the
+                    // operator does not hear (a spare added is not started;
+                    // removing it undoes the add).
+                    member.list_write = None;
                     member.writes += 1;
                     let write = member.writes;
                     let Ok(data) = registry::encode(&state) else {
                         self.fail("registry encodes", format!("lb{id}: {state:?}"));
                         return;
                     };
-                    let command = set_command(REGISTRY_KEY, data, self.now / 1000);
-                    let mut payload = BytesMut::with_capacity(command.encoded_len());
-                    command.encode(&mut payload);
-                    let payload = payload.freeze();
-                    let mut taken = false;
-                    self.with_host(id, |host, _| {
-                        taken = host
-                            .propose(payload.clone(), (REGISTRY_WRITER, write, payload))
-                            .is_ok();
-                        Ok(())
-                    });
+                    let taken = self.propose_set(id, write, REGISTRY_KEY, data);
                     let (term, leader) = (state.term, state.leader);
                     if !taken {
                         self.lb_members.entry(id).or_default().depose();
@@ -252,6 +391,24 @@ impl World {
         }
     }
 
+    /// LB `id` proposes `key` set to `value` through its replica of the
+    /// group's log (production's command), as write number `write`; false
+    /// if its replica refused it (not leading).
+    fn propose_set(&mut self, id: u64, write: u64, key: &'static [u8], value: Vec<u8>) -> bool {
+        let command = set_command(key, value, self.now / 1000);
+        let mut payload = BytesMut::with_capacity(command.encoded_len());
+        command.encode(&mut payload);
+        let payload = payload.freeze();
+        let mut taken = false;
+        self.with_host(id, |host, _| {
+            taken = host
+                .propose(payload.clone(), (REGISTRY_WRITER, write, payload))
+                .is_ok();
+            Ok(())
+        });
+        taken
+    }
+
     /// Records that `issuer` sent a Prepare in data term `term`; false (and
     /// a violation) if another LB or leadership issued it before.
     fn issue_data_term(&mut self, term: Term, issuer: Issuer) -> bool {
@@ -279,7 +436,17 @@ impl World {
             return;
         }
         member.writing = None;
-        if !committed {
+        let list_write = member.list_write.take().filter(|(w, _)| *w == write);
+        if let Some((_, start)) = list_write {
+            // A list write: the operator's answer. Not committed (or not
+            // known to be), it is asked again later, if at all.
+            self.trace(|| format!("lb{id} list write {write} committed: {committed}"));
+            if let Some(spare) = start.filter(|_| committed) {
+                self.lb_retired.remove(&spare);
+                self.boot_server(spare);
+            }
+            self.follow_lb_list(id);
+        } else if !committed {
             member.depose();
             self.trace(|| format!("lb{id} registry write {write} not committed: stops acting"));
             return;
@@ -290,7 +457,9 @@ impl World {
             member.committed_term = member.committed_term.max(registry.term);
         }
         let held = std::mem::take(&mut member.held);
-        self.trace(|| format!("lb{id} registry write {write} committed"));
+        if list_write.is_none() {
+            self.trace(|| format!("lb{id} registry write {write} committed"));
+        }
         self.lb_member_actions(id, held);
         loop {
             let member = self.lb_members.entry(id).or_default();

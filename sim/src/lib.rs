@@ -121,7 +121,15 @@ pub struct Options {
     /// (the same host and core as the servers, ids after theirs), the one
     /// leading it running the election core on the registry the log holds.
     pub lbs: usize,
+    /// With a group of LBs: the operator adds LBs (`add-lb`, from
+    /// [`LB_SPARES`] spare nodes, ids after the LBs') and removes them
+    /// (`remove-lb`, the acting one too) among the faults, one change at a
+    /// time (DESIGN §3c).
+    pub lb_changes: bool,
 }
+
+/// Nodes kept aside for `add-lb` with [`Options::lb_changes`].
+pub const LB_SPARES: usize = 2;
 
 impl Options {
     pub fn new(seed: u64, servers: usize) -> Options {
@@ -137,6 +145,7 @@ impl Options {
             remove_server: true,
             by_vote: false,
             lbs: 0,
+            lb_changes: false,
         }
     }
 }
@@ -222,6 +231,9 @@ pub fn replay_command(options: &Options) -> String {
     }
     if options.lbs > 0 {
         command.push_str(&format!(" --lbs {}", options.lbs));
+    }
+    if options.lb_changes {
+        command.push_str(" --lb-changes");
     }
     command.push_str(" --trace");
     command

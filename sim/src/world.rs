@@ -191,6 +191,9 @@ pub(crate) struct World {
     /// when it starts them again to rejoin (not sooner: a frame the LB sent
     /// before it forgot them may still be on its way).
     pub rejoin_at: BTreeMap<u64, u64>,
+    /// LB nodes out of the LB group for good (with `opts.lb_changes`):
+    /// spares not added yet, and LBs removed (a removed LB stops itself).
+    pub lb_retired: BTreeSet<u64>,
     pub faults_on: bool,
     pub end_ms: u64,
     pub clients_stop_ms: u64,
@@ -209,7 +212,7 @@ pub(crate) struct World {
     /// Reads a follower served.
     pub follower_reads: u64,
     /// Per seed: chance weights of each fault kind and the mean gap.
-    fault_weights: [u64; 9],
+    fault_weights: [u64; 10],
     fault_gap_max_ms: u64,
     /// Per seed: keystore snapshot every this many applied entries.
     pub compact_every: Option<u64>,
@@ -250,6 +253,16 @@ impl World {
             lbs.clone()
                 .map(|id| Server::new(id, lbs.clone().collect(), false, &opts)),
         );
+        // Spares for add-lb: an empty state whose configuration is the
+        // founders' (the same state every founder starts from, which the
+        // checker compares), none of them this one: a learner that never
+        // stands until its leader adds it, as `store addlb --join` starts.
+        let spares = n + opts.lbs as u64 + 1..=n + (opts.lbs + lb_spares(&opts)) as u64;
+        servers.extend(
+            spares
+                .clone()
+                .map(|id| Server::new(id, lbs.clone().collect(), false, &opts)),
+        );
         let clients_n = rng.range(2, 4) as usize;
         let clients = (0..clients_n).map(|c| Client::new(c, n)).collect();
         let fault_weights = [
@@ -266,6 +279,12 @@ impl World {
             // without the option) replays as it did before this fault.
             if opts.remove_server {
                 crate::node::seeded(opts.seed, 0x5E4A) % 3
+            } else {
+                0
+            },
+            // add-lb or remove-lb, from the seed too (off: as before).
+            if opts.lb_changes {
+                1 + crate::node::seeded(opts.seed, 0x1B5C) % 2
             } else {
                 0
             },
@@ -295,7 +314,7 @@ impl World {
         let end_ms = START_MS + opts.faults_ms + opts.settle_ms;
         let mut world = World {
             checker: Checker::new(opts.servers),
-            lb_checker: Checker::new(opts.lbs),
+            lb_checker: Checker::new(opts.lbs + lb_spares(&opts)),
             lb_members: BTreeMap::new(),
             issued_terms: BTreeMap::new(),
             trace_hasher: opts.trace_hash.then(DefaultHasher::new),
@@ -316,6 +335,7 @@ impl World {
             blocked: BTreeSet::new(),
             removed: BTreeSet::new(),
             rejoin_at: BTreeMap::new(),
+            lb_retired: spares.collect(),
             faults_on: true,
             end_ms,
             clients_stop_ms: end_ms - 2_500,
@@ -348,7 +368,9 @@ impl World {
             world.start_lb();
         }
         for id in 1..=world.nodes() {
-            world.boot_server(id);
+            if !world.lb_retired.contains(&id) {
+                world.boot_server(id);
+            }
         }
         for c in 0..world.clients.len() {
             let at = START_MS + world.rng.range(0, 1_500);
@@ -538,7 +560,7 @@ impl World {
 
     /// Data servers and LBs of the LB group: ids 1 to this.
     pub(crate) fn nodes(&self) -> u64 {
-        (self.opts.servers + self.opts.lbs) as u64
+        (self.opts.servers + self.opts.lbs + lb_spares(&self.opts)) as u64
     }
 
     /// The LB group's members (none with one LB process).
@@ -842,7 +864,7 @@ impl World {
 
     /// A removed server stopped to rejoin later is not started sooner.
     fn waits_to_rejoin(&self, id: u64) -> bool {
-        self.rejoin_at.get(&id).is_some_and(|at| self.now < *at)
+        self.rejoin_at.get(&id).is_some_and(|at| self.now < *at) || self.lb_retired.contains(&id)
     }
 
     // ---- faults ----
@@ -947,6 +969,7 @@ impl World {
                 self.trace(|| format!("FAULT clock jump on {node}: {jump:+} ms"));
             }
             8 => self.remove_server(),
+            9 => self.lb_group_change(),
             _ => {
                 self.net = Net {
                     loss_ppm: self.rng.range(0, 200_000),
@@ -1116,6 +1139,15 @@ impl World {
         if let Err((invariant, detail)) = result {
             self.fail(invariant, detail);
         }
+    }
+}
+
+/// Spare LB nodes the run has: only to add with `opts.lb_changes`.
+fn lb_spares(opts: &Options) -> usize {
+    if opts.lb_changes && opts.lbs > 0 {
+        crate::LB_SPARES
+    } else {
+        0
     }
 }
 

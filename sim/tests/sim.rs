@@ -72,6 +72,20 @@ fn lb_group_with_faults_holds_every_invariant() {
     });
 }
 
+/// LBs added (from spares) and removed, the acting one too, among the
+/// faults, one change at a time (DESIGN §3c).
+#[test]
+fn lb_group_changing_its_lbs_holds_every_invariant() {
+    let changes = |lbs: usize| {
+        move |o: &mut Options| {
+            o.lbs = lbs;
+            o.lb_changes = true;
+        }
+    };
+    assert_clean(0..200, changes(3));
+    assert_clean(0..100, changes(5));
+}
+
 /// Seeds that once found real bugs, kept as regressions: a snapshot
 /// install that threw away log entries the follower had acknowledged (lost
 /// committed entries, and a Nack storm), found by 10,000-seed runs, and a
@@ -94,6 +108,13 @@ fn seeds_that_found_real_bugs_stay_clean() {
     assert_clean(100_373..100_374, |o| {
         as_found(o);
         o.bootstrap = true;
+    });
+    // An LB leader that took itself out and lost its majority before the
+    // entry reached the last LB stopped, and the last LB never had a
+    // majority again (an LB now stops once it knows its removal committed).
+    assert_clean(945..946, |o| {
+        o.lbs = 3;
+        o.lb_changes = true;
     });
 }
 

@@ -134,6 +134,7 @@ impl Replica {
         self.progress.clear();
         self.noop_index = None;
         self.target_members = None;
+        self.leaving.clear();
         self.leader = leader;
         self.role = self.idle_role();
     }

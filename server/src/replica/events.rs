@@ -23,6 +23,7 @@ impl Replica {
             self.step_down(None);
             return;
         }
+        self.forget_leaving(now_ms);
         let heartbeat_due = now_ms >= self.last_heartbeat_ms + self.timing.heartbeat_ms;
         if heartbeat_due {
             self.next_round(now_ms);

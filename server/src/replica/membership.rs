@@ -3,6 +3,10 @@
 
 use super::*;
 
+/// Election timeouts a leader goes on sending to members taken out after
+/// their removal is committed, so that they hear it despite losses.
+const LEAVING_TIMEOUTS: u64 = 3;
+
 impl Replica {
     pub(super) fn learn_peers(&mut self, peers: &[Peer]) {
         for peer in peers {
@@ -152,7 +156,42 @@ impl Replica {
                 self.progress.insert(*id, progress);
             }
         }
-        self.progress.retain(|id, _| membership.contains(*id));
+        if self.elects_by_vote {
+            // Members taken out keep being sent the log until they have
+            // heard their removal committed ([`Self::forget_leaving`]).
+            for id in self.progress.keys() {
+                if !membership.contains(*id) {
+                    self.leaving.insert(*id, u64::MAX);
+                }
+            }
+        } else {
+            self.progress.retain(|id, _| membership.contains(*id));
+        }
         self.broadcast(now_ms);
+    }
+
+    /// On the leader's tick: once the configuration that took members out
+    /// is committed, they are sent heartbeats (carrying that commit index)
+    /// for [`LEAVING_TIMEOUTS`] election timeouts more, then forgotten.
+    pub(super) fn forget_leaving(&mut self, now_ms: u64) {
+        if self.leaving.is_empty() || !self.config_committed() {
+            return;
+        }
+        let grace_ms = LEAVING_TIMEOUTS * self.timing.election_timeout_ms;
+        let membership = self.membership().clone();
+        let progress = &mut self.progress;
+        self.leaving.retain(|id, until| {
+            if membership.contains(*id) {
+                return false;
+            }
+            if *until == u64::MAX {
+                *until = now_ms.saturating_add(grace_ms);
+            }
+            let keep = now_ms < *until;
+            if !keep {
+                progress.remove(id);
+            }
+            keep
+        });
     }
 }

@@ -348,6 +348,11 @@ pub struct Replica {
     /// its configuration toward ([`Self::set_target_members`]); `None`
     /// while none was given.
     target_members: Option<BTreeSet<ServerId>>,
+    /// A group that elects by vote, on its leader: members a configuration
+    /// took out, still sent entries and heartbeats so that they learn
+    /// their removal is committed (an LB then stops, DESIGN §3c), until
+    /// this time (`u64::MAX` while that configuration is not committed).
+    leaving: BTreeMap<ServerId, u64>,
     last_leader_contact_ms: Option<u64>,
     last_heartbeat_ms: u64,
     reassembly: Option<Reassembly>,
@@ -424,6 +429,7 @@ impl Replica {
             lease_answers_followers: true,
             pending_adds: BTreeSet::new(),
             target_members: None,
+            leaving: BTreeMap::new(),
             last_leader_contact_ms: None,
             last_heartbeat_ms: 0,
             reassembly: None,

@@ -52,6 +52,10 @@ struct Args {
     /// registry in a replicated log and elects its own leader (DESIGN §3c).
     #[arg(long, default_value_t = 0)]
     lbs: usize,
+    /// With --lbs: LBs added (from two spare nodes) and removed, the
+    /// acting one too, among the faults (`add-lb`, `remove-lb`).
+    #[arg(long)]
+    lb_changes: bool,
     /// Virtual milliseconds of faults per run.
     #[arg(long, default_value_t = 12_000)]
     faults_ms: u64,
@@ -68,6 +72,10 @@ fn main() -> ExitCode {
     }
     if ![0, 3, 5].contains(&args.lbs) || (args.lbs > 0 && args.by_vote) {
         eprintln!("--lbs must be 0, 3 or 5, and not with --by-vote (no LB there)");
+        return ExitCode::from(2);
+    }
+    if args.lb_changes && args.lbs == 0 {
+        eprintln!("--lb-changes changes a group of LBs: give --lbs 3 or 5");
         return ExitCode::from(2);
     }
     if args.by_vote && args.bootstrap {
@@ -102,6 +110,7 @@ fn main() -> ExitCode {
         options.remove_server = !args.no_remove_server;
         options.by_vote = args.by_vote;
         options.lbs = args.lbs;
+        options.lb_changes = args.lb_changes;
         options.faults_ms = args.faults_ms;
         let report = run(&options);
         ran += 1;

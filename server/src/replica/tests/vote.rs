@@ -468,6 +468,16 @@ fn a_follower_removed_by_the_target_leaves_the_configuration() {
     tick_until(&mut g, "the follower removed", |g| {
         voters(g, leader) == rest && g.node(leader).replica.config_committed()
     });
+    // The member taken out hears its removal committed (and so may stop):
+    // the leader goes on sending to it for a while after the commit.
+    tick_until(
+        &mut g,
+        "the removed member hears its removal committed",
+        |g| {
+            let replica = &g.node(gone).replica;
+            replica.config_committed() && !replica.membership().voters.contains(&ServerId(gone))
+        },
+    );
     // The two left commit on their own.
     g.node(gone).up = false;
     let index = g.propose(leader, payload(9)).unwrap();
