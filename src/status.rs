@@ -108,13 +108,28 @@ pub fn fetch_group(lbs: &[String], timeout: Duration) -> anyhow::Result<GroupSta
         }
         rows.push(LbStatus {
             addr,
-            stats: fetched.map(|status| status.cluster),
+            stats: fetched.map(with_own_vote),
         });
     }
     Ok(GroupStatus {
         lbs: rows,
         data: data.unwrap_or(first_status),
     })
+}
+
+/// An LB's own fields, with `voter` (1, or 0 while an LB added catches up
+/// as a learner) from its `lb.<its id>.voter` line.
+fn with_own_vote(status: ClusterStatus) -> BTreeMap<String, String> {
+    let mut fields = status.cluster;
+    let vote = fields
+        .get("lb_id")
+        .and_then(|id| status.lbs.get(id))
+        .and_then(|lb| lb.get("voter"))
+        .cloned();
+    if let Some(vote) = vote {
+        fields.insert("voter".into(), vote);
+    }
+    fields
 }
 
 /// A `stats` reply larger than this is not a store's.
@@ -199,6 +214,7 @@ pub fn render_group_table(group: &GroupStatus) -> String {
         ("lb", "addr"),
         ("id", "lb_id"),
         ("role", "role"),
+        ("voter", "voter"),
         ("lb term", "lb_term"),
         ("last", "lb_last_index"),
         ("commit", "lb_commit_index"),
@@ -392,6 +408,7 @@ mod tests {
         data.cluster.insert("leader".into(), "00aa".into());
         let leader: BTreeMap<String, String> = [
             ("role", "leader"),
+            ("voter", "1"),
             ("lb_id", "1"),
             ("lb_term", "2"),
             ("lb_last_index", "9"),
@@ -416,7 +433,7 @@ mod tests {
         let table = render_group_table(&group);
         assert!(table.starts_with("lbs 2\nlb "), "{table}");
         assert!(
-            table.contains("127.0.0.1:11311  1   leader       2        9     9\n"),
+            table.contains("127.0.0.1:11311  1   leader       1      2        9     9\n"),
             "{table}"
         );
         assert!(
@@ -429,7 +446,7 @@ mod tests {
         );
         assert_eq!(
             render_group_json(&group),
-            r#"{"lbs":{"127.0.0.1:11311":{"lb_commit_index":9,"lb_id":1,"lb_last_index":9,"lb_term":2,"role":"leader"},"127.0.0.1:11312":{"error":"cannot reach the LB"}},"cluster":{"leader":"00aa","term":5},"servers":{}}"#
+            r#"{"lbs":{"127.0.0.1:11311":{"lb_commit_index":9,"lb_id":1,"lb_last_index":9,"lb_term":2,"role":"leader","voter":1},"127.0.0.1:11312":{"error":"cannot reach the LB"}},"cluster":{"leader":"00aa","term":5},"servers":{}}"#
         );
     }
 
