@@ -711,9 +711,10 @@ fn lbs_are_added_and_removed_at_run_time_one_change_at_a_time() {
         .as_mut()
         .expect("started")
         .wait_exit(DEADLINE);
-    assert!(
-        stopped.is_some(),
-        "the removed LB still runs:\n{}",
+    assert_eq!(
+        stopped.and_then(|s| s.code()),
+        Some(lb::driver::EXIT_REMOVED),
+        "the removed LB did not stop as removed:\n{}",
         group.lbs[first].log()
     );
     assert!(group.lbs[first].log().contains("removed from the LB group"));

@@ -97,7 +97,7 @@ fn run(name: &str, netns: bool, rounds: u64, lbs: usize) {
         totals.summary().replace('\n', "\n  ")
     );
 
-    let missing: Vec<FaultKind> = FaultKind::available(!netns)
+    let missing: Vec<FaultKind> = FaultKind::available(!netns, false)
         .into_iter()
         .filter(|k| totals.faults.get(k).copied().unwrap_or(0) == 0)
         .collect();

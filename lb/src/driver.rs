@@ -50,6 +50,11 @@ use crate::group::{GroupError, LbLog, Peers, PeersError};
 use crate::join;
 use crate::registry::{DurableState, RegistryError, RegistryFile};
 
+/// `store addlb`'s exit code once `store remove-lb` took it out of its
+/// group ([`LbError::Removed`]): a supervisor (or the nemesis) tells it
+/// from a failure.
+pub const EXIT_REMOVED: i32 = 3;
+
 /// `store addlb`'s default TCP discovery port (and UDP control port).
 pub const PORT_DEFAULT: u16 = 11311;
 pub const HEARTBEAT_MS_DEFAULT: u64 = 100;
@@ -297,14 +302,13 @@ pub async fn run(
     .map_err(|_| LbError::TaskPanicked)??;
     let peers = match (peers, config.join.is_empty()) {
         (None, false) => {
-            let list = match &kept_list {
-                Some(list) => list.clone(),
-                None => join::ask_members(&config.join)
+            let peers = match &kept_list {
+                Some(list) => Peers::join(list, config.listen, config.tcp_port)
+                    .map_err(|e| LbError::Join(e.to_string()))?,
+                None => join::find_place(&config.join, config.listen, config.tcp_port)
                     .await
                     .map_err(|e| LbError::Join(e.to_string()))?,
             };
-            let peers = Peers::join(&list, config.listen, config.tcp_port)
-                .map_err(|e| LbError::Join(e.to_string()))?;
             Some(peers)
         }
         (peers, _) => peers,

@@ -1,10 +1,10 @@
 //! How an LB finds its place in a running LB group (`store addlb --join`,
 //! DESIGN §3c): the group's list of LBs, from the file this LB keeps of
-//! the last list it applied, else from the first of the given LBs that
-//! answers `lbs`.
+//! the last list it applied, else from the first of the given LBs whose
+//! `lbs` has it.
 
 use std::io::{self, Write};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use server::storage::{read_if_exists, replace_file, StorageError};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{timeout, Instant};
+
+use crate::group::Peers;
 
 /// The file in an LB's data directory that holds the LB group's list as
 /// this LB last applied it ([`crate::group::Peers::encode`]), so that a
@@ -26,11 +28,16 @@ const ASK_MS: u64 = 2_000;
 /// The longest `lbs` reply: seven lines of at most 70 bytes and a few more.
 const REPLY_BYTES_MAX: usize = 1024;
 
-/// Why no list could be had from the LBs given.
+/// How long a joining LB looks for a list that has it, and how long it
+/// waits between rounds of asking.
+const JOIN_WAIT_MS: u64 = 10_000;
+const JOIN_RETRY_MS: u64 = 200;
+
+/// Why this LB found no place in the group.
 #[derive(Debug, thiserror::Error)]
 pub enum AskError {
-    #[error("none of the LBs given (--join) answered `lbs`: {0}")]
-    NoAnswer(String),
+    #[error("no LB given (--join) has this LB in its list within {JOIN_WAIT_MS} ms: {0}")]
+    NoPlace(String),
 }
 
 /// The list this LB kept, if it kept one.
@@ -49,17 +56,29 @@ pub fn store_members(data_dir: &Path, list: &[u8]) -> Result<(), StorageError> {
     )
 }
 
-/// The group's list from the first of `lbs` that answers `lbs` with one.
-pub async fn ask_members(lbs: &[SocketAddr]) -> Result<Vec<u8>, AskError> {
-    let mut why = Vec::new();
-    for lb in lbs {
-        match timeout(Duration::from_millis(ASK_MS), ask_one(*lb)).await {
-            Ok(Ok(list)) => return Ok(list),
-            Ok(Err(e)) => why.push(format!("{lb}: {e}")),
-            Err(_) => why.push(format!("{lb}: no answer within {ASK_MS} ms")),
+/// This LB's place in the group, from the first of `lbs` whose list has
+/// it: right after `add-lb` an LB that does not lead may not have applied
+/// the list that adds it yet, so each is asked again for up to
+/// [`JOIN_WAIT_MS`].
+pub async fn find_place(lbs: &[SocketAddr], listen: IpAddr, port: u16) -> Result<Peers, AskError> {
+    let deadline = Instant::now() + Duration::from_millis(JOIN_WAIT_MS);
+    loop {
+        let mut why = Vec::new();
+        for lb in lbs {
+            match timeout(Duration::from_millis(ASK_MS), ask_one(*lb)).await {
+                Ok(Ok(list)) => match Peers::join(&list, listen, port) {
+                    Ok(peers) => return Ok(peers),
+                    Err(e) => why.push(format!("{lb}: {e}")),
+                },
+                Ok(Err(e)) => why.push(format!("{lb}: {e}")),
+                Err(_) => why.push(format!("{lb}: no answer within {ASK_MS} ms")),
+            }
         }
+        if Instant::now() >= deadline {
+            return Err(AskError::NoPlace(why.join("; ")));
+        }
+        tokio::time::sleep(Duration::from_millis(JOIN_RETRY_MS)).await;
     }
-    Err(AskError::NoAnswer(why.join("; ")))
 }
 
 async fn ask_one(lb: SocketAddr) -> io::Result<Vec<u8>> {

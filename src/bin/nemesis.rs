@@ -65,6 +65,10 @@ struct Args {
     /// faults and partitions hit, the leading one half the time.
     #[arg(long, default_value_t = 1)]
     lbs: usize,
+    /// With a group of LBs: `store remove-lb` an LB and add it back with
+    /// `store add-lb` and `--join` among the faults (replace-lb).
+    #[arg(long)]
+    lb_changes: bool,
 }
 
 fn main() -> ExitCode {
@@ -118,6 +122,10 @@ fn run() -> anyhow::Result<bool> {
     config.key_generation = Duration::from_secs_f64(args.key_secs);
     config.netns = args.netns;
     config.lbs = args.lbs;
+    config.lb_changes = args.lb_changes;
+    if args.lb_changes && args.lbs < 2 {
+        bail!("--lb-changes changes a group of LBs: give --lbs 3 (with --netns)");
+    }
 
     let stop = Arc::new(AtomicBool::new(false));
     stop_on_signal(stop.clone());

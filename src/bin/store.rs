@@ -313,7 +313,18 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Addsrv(args) => addsrv(args),
-        Command::Addlb(args) => addlb(args),
+        Command::Addlb(args) => match addlb(args) {
+            // Taken out of its group (`store remove-lb`): a code of its
+            // own, so a supervisor does not start it again.
+            Err(e)
+                if e.downcast_ref::<lb::LbError>()
+                    .is_some_and(|e| matches!(e, lb::LbError::Removed)) =>
+            {
+                eprintln!("store addlb: {e:#}");
+                std::process::exit(lb::driver::EXIT_REMOVED);
+            }
+            other => other,
+        },
         Command::Up(args) => up(args),
         Command::Status(args) => status(args),
         Command::RemoveServer(args) => {

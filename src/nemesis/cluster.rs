@@ -62,6 +62,15 @@ pub struct ClusterConfig {
     pub lbs: usize,
 }
 
+/// A process that exited without the nemesis stopping it: a finding,
+/// unless it is an LB that a `remove-lb` whose answer was lost took out
+/// (then it stopped as it should, and was added back).
+#[derive(Clone, Debug)]
+pub struct Exit {
+    pub what: String,
+    pub finding: bool,
+}
+
 /// Whether a process is running, stopped by SIGSTOP, or gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RunState {
@@ -79,6 +88,9 @@ struct Node {
     paused: bool,
     /// Its memcached (servers) or discovery (LB) TCP address.
     tcp: SocketAddr,
+    /// An LB taken out of its group and not added back: never started
+    /// again.
+    retired: bool,
 }
 
 /// The LBs and servers, and the relays in front of them. Node 0 is the
@@ -91,6 +103,9 @@ pub struct Cluster {
     pub net: Links,
     /// Processes that exited without the nemesis asking them to, with how.
     pub unexpected_exits: Vec<String>,
+    /// The LB group's cluster file (none with one LB), which `store
+    /// add-lb` and `remove-lb` prove.
+    cluster_file: Option<PathBuf>,
 }
 
 impl Cluster {
@@ -127,6 +142,7 @@ impl Cluster {
             servers: config.servers,
             net,
             unexpected_exits: Vec::new(),
+            cluster_file: None,
         };
         let timing = [
             "--heartbeat-ms".to_string(),
@@ -181,6 +197,7 @@ impl Cluster {
             }
             file
         };
+        cluster.cluster_file = (config.lbs > 1).then(|| cluster_file.clone());
         let lb_list: Vec<String> = lb_addrs.iter().map(|(_, udp)| udp.to_string()).collect();
         let lb_list = lb_list.join(",");
 
@@ -257,6 +274,7 @@ impl Cluster {
             child: None,
             paused: false,
             tcp,
+            retired: false,
         });
     }
 
@@ -380,7 +398,7 @@ impl Cluster {
 
     /// Starts a node that is down again, on its data directory and ports.
     pub fn restart(&mut self, node: NodeId) -> anyhow::Result<()> {
-        if self.nodes[node].child.is_some() {
+        if self.nodes[node].child.is_some() || self.nodes[node].retired {
             return Ok(());
         }
         if !self.net.open(node) {
@@ -395,7 +413,7 @@ impl Cluster {
 
     /// Notices processes that exited although the nemesis did not stop
     /// them (a crash is a finding), records them and starts them again.
-    pub fn reap_unexpected(&mut self) -> anyhow::Result<Vec<String>> {
+    pub fn reap_unexpected(&mut self) -> anyhow::Result<Vec<Exit>> {
         let mut found = Vec::new();
         for node in 0..self.nodes.len() {
             let n = &mut self.nodes[node];
@@ -406,15 +424,39 @@ impl Cluster {
             if let Some(status) = exited {
                 n.child = None;
                 n.paused = false;
-                found.push(format!(
-                    "{} exited unexpectedly ({status}); see {}",
-                    n.name,
-                    n.log_path.display()
-                ));
+                let taken_out = status.code() == Some(lb::driver::EXIT_REMOVED);
+                if let (true, Some(cluster_file)) = (taken_out, self.cluster_file.clone()) {
+                    // A remove-lb whose answer was lost took effect: the LB
+                    // stopped as it should; it is added back.
+                    self.net.close(node);
+                    let added = self.add_back(node, &cluster_file)?;
+                    found.push(Exit {
+                        what: format!(
+                            "{} stopped, taken out by an earlier remove-lb whose answer was lost: {added}",
+                            self.nodes[node].name
+                        ),
+                        finding: false,
+                    });
+                    continue;
+                }
+                let n = &mut self.nodes[node];
+                found.push(Exit {
+                    what: format!(
+                        "{} exited unexpectedly ({status}); see {}",
+                        n.name,
+                        n.log_path.display()
+                    ),
+                    finding: true,
+                });
                 self.restart(node)?;
             }
         }
-        self.unexpected_exits.extend(found.iter().cloned());
+        self.unexpected_exits.extend(
+            found
+                .iter()
+                .filter(|exit| exit.finding)
+                .map(|exit| exit.what.clone()),
+        );
         Ok(found)
     }
 
@@ -425,6 +467,99 @@ impl Cluster {
             self.restart(node)?;
         }
         Ok(())
+    }
+
+    /// `store remove-lb` LB `node` through the others, waits for it to stop
+    /// by itself (it does once it knows its removal committed), then
+    /// `store add-lb` it back with an empty data directory and starts it
+    /// with `--join` (the group gives it a new id; it catches up, then
+    /// votes). What happened, for the log; an LB the group would not take
+    /// back stays out for the rest of the run.
+    pub fn replace_lb(&mut self, node: NodeId) -> anyhow::Result<String> {
+        let name = self.nodes[node].name.clone();
+        let Some(cluster_file) = self.cluster_file.clone() else {
+            return Ok(format!("nothing: {name} is alone"));
+        };
+        if self.state(node) != RunState::Running {
+            return Ok(format!("nothing: {name} is not running"));
+        }
+        let addr = self.nodes[node].tcp.to_string();
+        let others = self.other_lbs(node);
+        let (removed, said) = self.admin(&["remove-lb", &addr, "--lb", &others], &cluster_file)?;
+        if !removed {
+            // It may still have been done (its answer lost): the LB then
+            // stops by itself later, and `reap_unexpected` adds it back.
+            return Ok(format!("remove-lb {name} not done: {said}"));
+        }
+        let stopped = wait_until(LB_STOP_DEADLINE, || {
+            let child = self.nodes[node].child.as_mut();
+            child.is_some_and(|c| c.try_wait().ok().flatten().is_some())
+        })
+        .is_ok();
+        let how = if stopped {
+            "it stopped by itself"
+        } else {
+            "killed: it did not stop by itself"
+        };
+        // Taken here, so that its exit is not counted as unexpected.
+        self.kill(node);
+        let added = self.add_back(node, &cluster_file)?;
+        Ok(format!("remove-lb {name} ({how}), {added}"))
+    }
+
+    /// The discovery addresses of every LB but `node` still in the run,
+    /// comma-separated (`--lb`, `--join`).
+    fn other_lbs(&self, node: NodeId) -> String {
+        let others: Vec<String> = self
+            .lb_nodes()
+            .into_iter()
+            .filter(|n| *n != node && !self.nodes[*n].retired)
+            .map(|n| self.nodes[n].tcp.to_string())
+            .collect();
+        others.join(",")
+    }
+
+    /// An LB the group took out (and that stopped): its data directory
+    /// emptied, `store add-lb` it back (retried while the removal is under
+    /// way) and started with `--join`. An LB the group would not take back
+    /// stays out for the rest of the run.
+    fn add_back(&mut self, node: NodeId, cluster_file: &Path) -> anyhow::Result<String> {
+        let addr = self.nodes[node].tcp.to_string();
+        let others = self.other_lbs(node);
+        let n = &mut self.nodes[node];
+        let data_dir = arg_after(&n.args, "--data-dir").context("an LB's --data-dir")?;
+        std::fs::remove_dir_all(&data_dir)
+            .with_context(|| format!("empty {}'s data directory", n.name))?;
+        set_arg(&mut n.args, &["--peers", "--join"], "--join", &others);
+        let mut said = String::new();
+        for _ in 0..ADD_LB_TRIES {
+            let (added, reply) = self.admin(&["add-lb", &addr, "--lb", &others], cluster_file)?;
+            if added {
+                self.restart(node)?;
+                return Ok(format!("add-lb {reply}, started with --join"));
+            }
+            said = reply;
+            std::thread::sleep(ADD_LB_RETRY);
+        }
+        self.nodes[node].retired = true;
+        Ok(format!("add-lb refused ({said}): it stays out"))
+    }
+
+    /// Runs `store` with `args` and the cluster file; whether it exited 0,
+    /// and what it printed.
+    fn admin(&self, args: &[&str], cluster_file: &Path) -> anyhow::Result<(bool, String)> {
+        let output = Command::new(&self.exe)
+            .args(args)
+            .arg("--cluster-file")
+            .arg(cluster_file)
+            .output()
+            .with_context(|| format!("run store {}", args[0]))?;
+        let said = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Ok((output.status.success(), said.trim().replace('\n', " ")))
     }
 
     /// The server that says it leads with the highest term, asking every
@@ -454,6 +589,29 @@ impl Drop for Cluster {
             self.kill(node);
         }
     }
+}
+
+/// How long a removed LB has to stop by itself: its removal commits and the
+/// leader's heartbeats tell it within a few election timeouts.
+const LB_STOP_DEADLINE: Duration = Duration::from_secs(15);
+/// `add-lb` is refused while the removal before it is under way (the
+/// configuration still changing): tries, and the pause between them.
+const ADD_LB_TRIES: usize = 20;
+const ADD_LB_RETRY: Duration = Duration::from_millis(500);
+
+/// The value after `flag` in `args`.
+fn arg_after(args: &[String], flag: &str) -> Option<String> {
+    let at = args.iter().position(|a| a == flag)?;
+    args.get(at + 1).cloned()
+}
+
+/// Replaces every one of `flags` and its value in `args` with `to` and
+/// `value`.
+fn set_arg(args: &mut Vec<String>, flags: &[&str], to: &str, value: &str) {
+    while let Some(at) = args.iter().position(|a| flags.contains(&a.as_str())) {
+        args.drain(at..(at + 2).min(args.len()));
+    }
+    args.extend([to.to_string(), value.to_string()]);
 }
 
 /// A server's (or the LB's) `stats` as a map; empty if it cannot be reached.

@@ -40,10 +40,15 @@ pub enum FaultKind {
     /// too), between two sides of a random split of the nodes (the LB
     /// counts as a node; the clients keep reaching both sides).
     CutSymmetric,
+    /// `store remove-lb` an LB of the group (the leading one half the
+    /// time), which stops by itself, then `store add-lb` it back with an
+    /// empty data directory, started with `--join` (a new member id);
+    /// with `--lb-changes` only.
+    ReplaceLb,
 }
 
 impl FaultKind {
-    pub const ALL: [FaultKind; 7] = [
+    pub const ALL: [FaultKind; 8] = [
         FaultKind::KillServer,
         FaultKind::RestartServer,
         FaultKind::PauseServer,
@@ -51,14 +56,17 @@ impl FaultKind {
         FaultKind::PauseLb,
         FaultKind::CutOneWay,
         FaultKind::CutSymmetric,
+        FaultKind::ReplaceLb,
     ];
 
     /// The kinds a run draws from: every one with relays, all but the
-    /// one-way cut with hosts (see `links`).
-    pub fn available(one_way_cuts: bool) -> Vec<FaultKind> {
+    /// one-way cut with hosts (see `links`); the LB group's changes only
+    /// when asked for.
+    pub fn available(one_way_cuts: bool, lb_changes: bool) -> Vec<FaultKind> {
         FaultKind::ALL
             .into_iter()
             .filter(|k| one_way_cuts || *k != FaultKind::CutOneWay)
+            .filter(|k| lb_changes || *k != FaultKind::ReplaceLb)
             .collect()
     }
 
@@ -71,6 +79,7 @@ impl FaultKind {
             FaultKind::PauseLb => "pause-lb",
             FaultKind::CutOneWay => "cut-one-way",
             FaultKind::CutSymmetric => "cut-symmetric",
+            FaultKind::ReplaceLb => "replace-lb",
         }
     }
 }
@@ -177,6 +186,11 @@ impl Nemesis {
                     format!("SIGSTOP {} ({role})", cluster.name(node)),
                     Undo::Resume(node),
                 )
+            }
+            FaultKind::ReplaceLb => {
+                let (node, role) = self.pick_lb(cluster);
+                let what = cluster.replace_lb(node)?;
+                (format!("{what} ({role})"), Undo::Nothing)
             }
             FaultKind::CutOneWay => {
                 let nodes = cluster.nodes();

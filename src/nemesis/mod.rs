@@ -109,6 +109,9 @@ pub struct Config {
     /// LBs: 1, or a group of LBs (with `netns`; DESIGN §3c), whose leader
     /// the LB faults pick half the time.
     pub lbs: usize,
+    /// With a group of LBs: LBs removed and added back among the faults
+    /// (`replace-lb`).
+    pub lb_changes: bool,
 }
 
 impl Config {
@@ -136,6 +139,7 @@ impl Config {
             reply_timeout: Duration::from_secs(4),
             netns: false,
             lbs: 1,
+            lb_changes: false,
         }
     }
 }
@@ -173,6 +177,15 @@ pub struct Totals {
 }
 
 impl Totals {
+    /// A process exit the cluster noticed: a finding unless it was an LB
+    /// stopping as removed ([`cluster::Exit`]).
+    fn count_exit(&mut self, round: u64, exit: &cluster::Exit) {
+        if exit.finding {
+            self.unexpected_exits += 1;
+            self.findings.push(format!("round {round}: {}", exit.what));
+        }
+    }
+
     /// Whether nothing wrong was found (liveness included).
     pub fn clean(&self) -> bool {
         self.violations == 0
@@ -286,7 +299,7 @@ pub fn run(
         describe(&mut (1..=cluster.servers())),
         config.data_dir.display(),
     ));
-    let kinds = FaultKind::available(cluster.net.one_way());
+    let kinds = FaultKind::available(cluster.net.one_way(), config.lb_changes && config.lbs > 1);
     let mut nemesis = Nemesis::new(StdRng::seed_from_u64(config.seed), kinds);
     let mut totals = Totals::default();
     let mut round = 0u64;
@@ -384,9 +397,8 @@ fn run_round(
             say,
         );
         for exit in cluster.reap_unexpected()? {
-            event(&recorder, exit.clone(), say);
-            result.unexpected_exits += 1;
-            result.findings.push(format!("round {round}: {exit}"));
+            event(&recorder, exit.what.clone(), say);
+            result.count_exit(round, &exit);
         }
         let pause = quiet(nemesis);
         sleep_unless(
@@ -425,9 +437,8 @@ fn run_round(
         }
     }
     for exit in cluster.reap_unexpected()? {
-        event(&recorder, exit.clone(), say);
-        result.unexpected_exits += 1;
-        result.findings.push(format!("round {round}: {exit}"));
+        event(&recorder, exit.what.clone(), say);
+        result.count_exit(round, &exit);
     }
 
     let mut ops = recorder.take();
