@@ -46,7 +46,7 @@ use tokio_util::task::TaskTracker;
 use crate::cluster_file::{self, ClusterFile, ClusterFileError};
 use crate::core::{Action, ClusterView, Core, CoreConfig, RemoveError};
 use crate::discovery::{self, LbChange, LbChangeError, Parsed, Request, Standing, LINE_BYTES_MAX};
-use crate::group::{GroupError, LbLog, Peers, PeersError};
+use crate::group::{self, GroupError, LbLog, Peers, PeersError};
 use crate::join;
 use crate::registry::{DurableState, RegistryError, RegistryFile};
 
@@ -714,7 +714,10 @@ impl Control {
         if changed || retarget {
             log.set_members(peers, leading.is_some()).await?;
         }
-        if peers.removed() && log.leading().is_none() && out_of(&log.view().config(), peers.me) {
+        if peers.removed()
+            && log.leading().is_none()
+            && group::removal_committed(&log.view().config(), peers.me)
+        {
             return Err(LbError::Removed);
         }
         Ok(())
@@ -722,9 +725,7 @@ impl Control {
 
     /// `add-lb` or `remove-lb` on the leading LB: the group's new list,
     /// committed in its log before the reply; the configuration follows it
-    /// ([`Self::follow_members`]). One change at a time: while an added LB
-    /// catches up or a removal is under way, only the removal of an LB not
-    /// yet voting (undoing an add) is taken.
+    /// ([`Self::follow_members`]), one change at a time ([`Peers::plan`]).
     async fn change_lbs(
         &mut self,
         change: LbChange,
@@ -736,21 +737,10 @@ impl Control {
         if self.core.is_none() {
             return Ok(Err(LbChangeError::NotLeader(leader)));
         }
-        let config = log.view().config();
-        let listed: Vec<u64> = peers.members.iter().map(|m| m.id.0).collect();
-        let settled = config.committed && config.learners.is_empty() && config.voters == listed;
-        let planned = match change {
-            LbChange::Add(addr) => peers.adding(addr),
-            LbChange::Remove(addr) => peers.removing(addr),
-        };
-        let (next, id) = match planned {
+        let (next, id) = match peers.plan(change, &log.view().config()) {
             Ok(planned) => planned,
-            Err(e) => return Ok(Err(e.into())),
+            Err(e) => return Ok(Err(e)),
         };
-        let undoes_an_add = matches!(change, LbChange::Remove(_)) && !config.voters.contains(&id.0);
-        if !settled && !undoes_an_add {
-            return Ok(Err(LbChangeError::Busy));
-        }
         let wait =
             Duration::from_millis(PERSIST_WAIT_TIMEOUTS * self.core_config.election_timeout_ms);
         match timeout(wait, log.commit_members(&next)).await {
@@ -1018,12 +1008,6 @@ impl Control {
     }
 }
 
-/// Whether `config`, committed, has neither `me` as a voter nor as a
-/// learner: this LB's removal is done.
-fn out_of(config: &server::driver::Configuration, me: ServerId) -> bool {
-    config.committed && !config.voters.contains(&me.0) && !config.learners.contains(&me.0)
-}
-
 /// Receive errors that say nothing about the socket itself (an ICMP error
 /// for an earlier send, an interrupted call).
 fn transient(e: &io::Error) -> bool {
@@ -1160,20 +1144,13 @@ async fn answer(
     challenge: &mut Option<[u8; CHALLENGE_BYTES]>,
     output: &mut BytesMut,
 ) -> bool {
-    let Discovery {
-        requests, counters, ..
-    } = shared;
     match request {
         Request::GetServers | Request::Stats => {
-            let (tx, rx) = oneshot::channel();
-            if requests.send(CoreRequest::View(tx)).await.is_err() {
-                return false;
-            }
-            let Ok((standing, view)) = rx.await else {
+            let Some((standing, view)) = ask(shared, CoreRequest::View).await else {
                 return false;
             };
             if request == Request::Stats {
-                discovery::encode_stats(&standing, &view, &counters.snapshot(), output);
+                discovery::encode_stats(&standing, &view, &shared.counters.snapshot(), output);
             } else {
                 discovery::encode_servers(&view, output);
             }
@@ -1187,58 +1164,68 @@ async fn answer(
         }
         Request::RemoveServer { id, proof } => {
             let command = discovery::remove_server_command(id);
-            if let Err(why) =
-                discovery::check_proof(proof, challenge.take(), &shared.secret, &command)
-            {
-                Counters::bump(&counters.admin_refused);
-                tracing::warn!(%id, ?why, "refused remove-server without a valid proof");
-                discovery::encode_unauthenticated(why, output);
+            if !admit(shared, challenge, proof, &command, output) {
                 return true;
             }
-            Counters::bump(&counters.admin_accepted);
-            let (tx, rx) = oneshot::channel();
-            if requests.send(CoreRequest::Remove(id, tx)).await.is_err() {
-                return false;
-            }
-            let Ok(result) = rx.await else {
+            let Some(result) = ask(shared, |tx| CoreRequest::Remove(id, tx)).await else {
                 return false;
             };
             discovery::encode_remove(result, output);
         }
         Request::Lbs => {
-            let (tx, rx) = oneshot::channel();
-            if requests.send(CoreRequest::Lbs(tx)).await.is_err() {
-                return false;
-            }
-            let Ok(list) = rx.await else {
+            let Some(list) = ask(shared, CoreRequest::Lbs).await else {
                 return false;
             };
             discovery::encode_lbs(&list, output);
         }
         Request::ChangeLbs { change, proof } => {
-            let command = change.command();
-            if let Err(why) =
-                discovery::check_proof(proof, challenge.take(), &shared.secret, &command)
-            {
-                Counters::bump(&counters.admin_refused);
-                tracing::warn!(?change, ?why, "refused an LB change without a valid proof");
-                discovery::encode_unauthenticated(why, output);
+            if !admit(shared, challenge, proof, &change.command(), output) {
                 return true;
             }
-            Counters::bump(&counters.admin_accepted);
-            let (tx, rx) = oneshot::channel();
-            if requests
-                .send(CoreRequest::ChangeLbs(change, tx))
-                .await
-                .is_err()
-            {
-                return false;
-            }
-            let Ok(result) = rx.await else {
+            let Some(result) = ask(shared, |tx| CoreRequest::ChangeLbs(change, tx)).await else {
                 return false;
             };
             discovery::encode_lb_change(result, output);
         }
     }
     true
+}
+
+/// Asks the control task and waits for its answer; `None` if the LB is
+/// going away.
+async fn ask<T>(
+    shared: &Discovery,
+    request: impl FnOnce(oneshot::Sender<T>) -> CoreRequest,
+) -> Option<T> {
+    let (tx, rx) = oneshot::channel();
+    shared.requests.send(request(tx)).await.ok()?;
+    rx.await.ok()
+}
+
+/// Whether a command that changes the cluster (its words `command`)
+/// carried a valid proof for the connection's challenge, which it uses up;
+/// if not, the refusal is counted and written to `output`.
+fn admit(
+    shared: &Discovery,
+    challenge: &mut Option<[u8; CHALLENGE_BYTES]>,
+    proof: discovery::Proof,
+    command: &str,
+    output: &mut BytesMut,
+) -> bool {
+    match discovery::check_proof(proof, challenge.take(), &shared.secret, command) {
+        Ok(()) => {
+            Counters::bump(&shared.counters.admin_accepted);
+            true
+        }
+        Err(why) => {
+            Counters::bump(&shared.counters.admin_refused);
+            tracing::warn!(
+                command,
+                ?why,
+                "refused a command that changes the cluster without a valid proof"
+            );
+            discovery::encode_unauthenticated(why, output);
+            false
+        }
+    }
 }

@@ -25,10 +25,12 @@ use std::net::{IpAddr, SocketAddr};
 use data::cluster_file::ClusterFile;
 use data::frame::{GroupId, Peer, ServerId, Term};
 use server::config::{ClusterSettings, Elector, ReadMode, StaticGroup};
+use server::driver::Configuration;
 use server::group_log::GroupLog;
 use server::replica::Timing;
 use server::write_path::CommitError;
 
+use crate::discovery::{LbChange, LbChangeError};
 use crate::registry::{self, DurableState, RegistryError};
 
 /// An LB's UDP port for its group's log is its discovery port plus this,
@@ -234,6 +236,30 @@ impl Peers {
         Ok((next, id))
     }
 
+    /// `change` planned against the group's configuration `config` (as
+    /// this LB, leading, knows it): the new list and the LB it adds or
+    /// takes out. One change at a time: while the configuration is not yet
+    /// this list (an added LB catching up, a removal under way, a change
+    /// not committed), only the removal of an LB not yet voting, which
+    /// undoes an add, is taken.
+    pub fn plan(
+        &self,
+        change: LbChange,
+        config: &Configuration,
+    ) -> Result<(Peers, ServerId), LbChangeError> {
+        let (next, id) = match change {
+            LbChange::Add(addr) => self.adding(addr)?,
+            LbChange::Remove(addr) => self.removing(addr)?,
+        };
+        let listed: Vec<u64> = self.members.iter().map(|m| m.id.0).collect();
+        let settled = config.committed && config.learners.is_empty() && config.voters == listed;
+        let undoes_an_add = matches!(change, LbChange::Remove(_)) && !config.voters.contains(&id.0);
+        if !settled && !undoes_an_add {
+            return Err(LbChangeError::Busy);
+        }
+        Ok((next, id))
+    }
+
     /// The list as the group's log keeps it: a version line, the next id,
     /// the epoch, then one `ID HOST:PORT` line per LB.
     pub fn encode(&self) -> Vec<u8> {
@@ -276,6 +302,13 @@ impl Peers {
 /// empty until a first one is committed.
 pub fn registry_of(value: Option<&[u8]>) -> Result<DurableState, RegistryError> {
     value.map_or_else(|| Ok(DurableState::default()), registry::decode)
+}
+
+/// Whether `config`, committed, has `me` neither as a voter nor as a
+/// learner: an LB the list took out may stop (until then the others may
+/// still need its vote).
+pub fn removal_committed(config: &Configuration, me: ServerId) -> bool {
+    config.committed && !config.voters.contains(&me.0) && !config.learners.contains(&me.0)
 }
 
 /// The `at`th LB of the sorted list's id: from 1, as 0 is "the LB".
@@ -565,6 +598,54 @@ mod tests {
         // Nor is the last one removed.
         let (one, _) = peers.removing(addr("127.0.0.1:2")).unwrap();
         assert_eq!(one.removing(addr("127.0.0.1:1")), Err(ChangeError::Last));
+    }
+
+    #[test]
+    fn one_change_at_a_time_but_an_add_can_be_undone() {
+        let local: IpAddr = "127.0.0.1".parse().unwrap();
+        let peers = Peers::new(&[addr("127.0.0.1:1"), addr("127.0.0.1:2")], local, 1).unwrap();
+        let config = |voters: &[u64], learners: &[u64], committed| Configuration {
+            voters: voters.to_vec(),
+            learners: learners.to_vec(),
+            committed,
+        };
+        let settled = config(&[1, 2], &[], true);
+        let (added, id) = peers
+            .plan(LbChange::Add(addr("127.0.0.1:3")), &settled)
+            .unwrap();
+        assert_eq!(id, ServerId(3));
+        // LB 3 is listed but still a learner: nothing else is taken ...
+        let catching_up = config(&[1, 2], &[3], true);
+        for change in [
+            LbChange::Add(addr("127.0.0.1:4")),
+            LbChange::Remove(addr("127.0.0.1:1")),
+        ] {
+            assert_eq!(
+                added.plan(change, &catching_up).map(|p| p.1),
+                Err(LbChangeError::Busy)
+            );
+        }
+        // ... but its own removal, which undoes the add.
+        let undone = added.plan(LbChange::Remove(addr("127.0.0.1:3")), &catching_up);
+        assert_eq!(undone.map(|p| p.1), Ok(ServerId(3)));
+        // A configuration not yet committed is a change under way too.
+        assert_eq!(
+            peers
+                .plan(
+                    LbChange::Remove(addr("127.0.0.1:2")),
+                    &config(&[1, 2], &[], false)
+                )
+                .map(|p| p.1),
+            Err(LbChangeError::Busy)
+        );
+        assert_eq!(
+            peers
+                .plan(LbChange::Add(addr("127.0.0.1:1")), &settled)
+                .map(|p| p.1),
+            Err(LbChangeError::Change(ChangeError::Exists(addr(
+                "127.0.0.1:1"
+            ))))
+        );
     }
 
     #[test]

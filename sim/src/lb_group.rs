@@ -17,8 +17,10 @@ use std::collections::{BTreeMap, VecDeque};
 use bytes::BytesMut;
 use data::frame::{Message, Peer, Role, ServerId, Term};
 use lb::core::{Action as LbAction, Core};
-use lb::group::{registry_of, Peers, MEMBERS_KEY, REGISTRY_KEY};
+use lb::discovery::LbChange;
+use lb::group::{registry_of, removal_committed, Peers, MEMBERS_KEY, REGISTRY_KEY};
 use lb::registry::{self, DurableState};
+use server::driver::Configuration;
 use server::group_log::set_command;
 
 use crate::world::{Packet, World};
@@ -178,13 +180,8 @@ impl World {
         }
         // As lb::driver: once it does not lead and knows its removal is
         // committed (the others may need its vote until then).
-        let me = ServerId(id);
         let done = self.servers[id as usize - 1].core().is_some_and(|c| {
-            let config = c.membership();
-            c.role() != Role::Leader
-                && c.config_committed()
-                && !config.voters.contains(&me)
-                && !config.learners.contains(&me)
+            c.role() != Role::Leader && removal_committed(&Configuration::of(c), ServerId(id))
         });
         if self.lb_members.entry(id).or_default().removed && done {
             self.trace(|| format!("lb{id} removed from the LB group: stops"));
@@ -210,25 +207,18 @@ impl World {
         let Some(core) = self.servers[id as usize - 1].core() else {
             return;
         };
-        let config = core.membership().clone();
-        let listed = peers.members.iter().map(|m| m.id).collect();
-        let settled =
-            core.config_committed() && config.learners.is_empty() && config.voters == listed;
+        let config = Configuration::of(core);
         let spare = peers.next_id;
         let add = self.rng.below(2) == 0 && self.lb_retired.contains(&spare);
-        let planned = if add {
-            peers.adding(crate::world::tcp_addr(spare))
+        let change = if add {
+            LbChange::Add(crate::world::tcp_addr(spare))
         } else {
             let at = self.rng.below(peers.members.len() as u64) as usize;
-            peers.removing(peers.members[at].tcp)
+            LbChange::Remove(peers.members[at].tcp)
         };
-        let Ok((next, changed)) = planned else {
+        let Ok((next, changed)) = peers.plan(change, &config) else {
             return;
         };
-        let undoes_an_add = !add && !config.voters.contains(&changed);
-        if !settled && !undoes_an_add {
-            return;
-        }
         let member = self.lb_members.entry(id).or_default();
         member.writes += 1;
         let write = member.writes;

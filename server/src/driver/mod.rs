@@ -745,16 +745,10 @@ impl DriverIo {
             .lock()
             .expect("view lock is never held across a panic") = tcp;
         if core.elects_by_vote() {
-            let membership = core.membership();
-            let config = Configuration {
-                voters: membership.voters.iter().map(|id| id.0).collect(),
-                learners: membership.learners.iter().map(|id| id.0).collect(),
-                committed: core.config_committed(),
-            };
             *view
                 .config
                 .lock()
-                .expect("view lock is never held across a panic") = config;
+                .expect("view lock is never held across a panic") = Configuration::of(core);
         }
     }
 }

@@ -59,6 +59,18 @@ pub struct Configuration {
     pub committed: bool,
 }
 
+impl Configuration {
+    /// `core`'s latest configuration (the simulator reads it so too).
+    pub fn of(core: &crate::replica::Replica) -> Configuration {
+        let membership = core.membership();
+        Configuration {
+            voters: membership.voters.iter().map(|id| id.0).collect(),
+            learners: membership.learners.iter().map(|id| id.0).collect(),
+            committed: core.config_committed(),
+        }
+    }
+}
+
 impl ClusterView {
     pub fn role(&self) -> Role {
         match self.role.load(Relaxed) {

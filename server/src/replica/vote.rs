@@ -43,9 +43,7 @@ impl Replica {
     /// group). Called once by the host, at start.
     pub fn elect_by_vote(&mut self, now_ms: u64, members: &[Peer]) {
         self.elects_by_vote = true;
-        let me = self.id;
-        let peers: Vec<Peer> = members.iter().filter(|m| m.id != me).copied().collect();
-        self.learn_peers(&peers);
+        self.learn_members(members);
         self.reset_election_timer(now_ms);
     }
 
