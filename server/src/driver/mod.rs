@@ -26,7 +26,7 @@ use data::frame::{
     Term,
 };
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use crate::config::{ClusterSettings, Elector, ReadMode};
 use crate::memory::MemoryLimit;
@@ -40,10 +40,12 @@ use crate::storage::{meta, Log, Meta, StorageError};
 use crate::write_path::{CommitError, ProposalReply};
 
 mod known_lbs;
+mod read_gate;
 mod transfer;
 mod view;
 
 pub use known_lbs::KnownLbs;
+use read_gate::{BatchReply, ReadGate};
 
 pub use view::{ClusterHandle, ClusterView, Configuration, DriverRequest};
 
@@ -179,10 +181,12 @@ pub fn start(
     let view = Arc::new(ClusterView::default());
     view.id.store(meta.server_id, Relaxed);
     let (tx, rx) = mpsc::channel(REQUESTS_QUEUED_MAX);
+    let reads = Arc::new(ReadGate::default());
     let handle = ClusterHandle {
         tx,
         view: view.clone(),
         read_mode: start.settings.read_mode,
+        reads: reads.clone(),
     };
     let thread = thread::Builder::new()
         .name("replication".into())
@@ -201,7 +205,7 @@ pub fn start(
                     path: start.data_dir.clone(),
                     source: e,
                 })?;
-                Driver::new(start, meta, socket, udp_advertise, view)
+                Driver::new(start, meta, socket, udp_advertise, view, reads)
                     .run(rx)
                     .await
             })
@@ -211,7 +215,7 @@ pub fn start(
 }
 
 /// How a read barrier's answer reaches its connection.
-type ReadReply = oneshot::Sender<Result<(), CommitError>>;
+type ReadReply = BatchReply;
 
 /// The server's kinds of waiter, keystore file and state under the
 /// replica [`Host`].
@@ -237,6 +241,8 @@ struct Driver {
     other_versions: OtherVersions,
     /// The block proposals are encoded into.
     proposals_buf: BytesMut,
+    /// Where connections' read barriers wait to be taken as one.
+    reads: Arc<ReadGate>,
 }
 
 /// The driver's side of the [`Io`] contract.
@@ -299,6 +305,7 @@ impl Driver {
         socket: UdpSocket,
         udp_advertise: SocketAddr,
         view: Arc<ClusterView>,
+        reads: Arc<ReadGate>,
     ) -> Driver {
         let mut snapshot_membership = Membership::of(state::read(&start.state).config());
         if let Elector::Vote(group) = &start.settings.elector {
@@ -373,6 +380,7 @@ impl Driver {
             settings: start.settings,
             other_versions: OtherVersions::default(),
             proposals_buf: BytesMut::new(),
+            reads,
         }
     }
 
@@ -453,8 +461,10 @@ impl Driver {
                 }
             }
             DriverRequest::Read { reply } => {
+                // Reads after this take the next batch.
+                self.reads.close(&reply);
                 if let Err((refused, reply)) = self.host.read(now_ms(), reply) {
-                    let _ = reply.send(Err(refusal(refused)));
+                    reply.send(Err(refusal(refused)));
                 }
             }
             DriverRequest::Members { members, target } => {
@@ -640,7 +650,7 @@ impl Io<ServerTypes> for DriverIo {
         answer: Result<(), CommitError>,
         _state: &mut SharedState,
     ) {
-        let _ = reply.send(answer);
+        reply.send(answer);
     }
 
     fn open_keystore(&mut self) -> Option<(FileAt, std::fs::File)> {

@@ -8,8 +8,9 @@ use std::sync::{Arc, Mutex};
 
 use data::command::Command;
 use data::frame::{Peer, Role};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
+use super::read_gate::{BatchReply, Joined, ReadGate};
 use crate::config::ReadMode;
 use crate::write_path::{CommitError, ProposalReply, WritePath};
 
@@ -186,10 +187,9 @@ pub enum DriverRequest {
         command: Command,
         reply: ProposalReply,
     },
-    /// A linearizable read barrier: answered once the state may be read.
-    Read {
-        reply: oneshot::Sender<Result<(), CommitError>>,
-    },
+    /// A batch of linearizable read barriers ([`ReadGate`]): answered once
+    /// the state may be read.
+    Read { reply: BatchReply },
     /// A group that elects by vote: its members' addresses, and whether
     /// they are the members it should have, for its leader to move the
     /// configuration toward
@@ -215,17 +215,20 @@ pub struct ClusterHandle {
     pub(super) tx: mpsc::Sender<DriverRequest>,
     pub view: Arc<ClusterView>,
     pub read_mode: ReadMode,
+    /// The read barriers waiting for the driver to take them.
+    pub(super) reads: Arc<ReadGate>,
 }
 
 impl ClusterHandle {
     /// Waits until a linearizable read may be served from the local state.
     pub async fn read_barrier(&self) -> Result<(), CommitError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(DriverRequest::Read { reply })
-            .await
-            .map_err(|_| CommitError::Storage)?;
-        rx.await.unwrap_or(Err(CommitError::Storage))
+        let Joined { batch, send } = self.reads.join();
+        if let Some(reply) = send {
+            // A driver gone drops the request, and with it the batch is
+            // refused.
+            let _ = self.tx.send(DriverRequest::Read { reply }).await;
+        }
+        batch.wait().await
     }
 
     /// A group that elects by vote: its members' addresses, and with
