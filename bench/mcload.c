@@ -12,7 +12,8 @@
  *          --key-size 32 --value-size 100
  *
  * --workload set|get; --preload sets every key once (depth 16) and exits.
- * Keys are drawn uniformly from --keys, zero-padded to --key-size.
+ * Keys are drawn uniformly from --keys: "k" and the number zero-padded to
+ * --key-size, as `client bench` makes them.
  * --server takes a comma-separated list: connection i goes to server
  * i mod n, so each takes 1/n of the load, as with a client that hashes its
  * keys over the servers (which server holds a key makes no difference to
@@ -108,7 +109,9 @@ static void out_reserve(struct conn *c, size_t more) {
 
 static void queue_request(struct conn *c, long key) {
     char k[KEY_BYTES_MAX + 1];
-    int n = snprintf(k, sizeof k, "%0*ld", o.key_size, key);
+    /* `client bench`'s keys ("k" and zero-padded digits), so that a get
+       finds what either generator's preload set. */
+    int n = snprintf(k, sizeof k, "k%0*ld", o.key_size - 1, key);
     out_reserve(c, n + o.value_size + 64);
     char *p = c->out + c->out_len;
     if (o.get && !o.preload) {
@@ -286,7 +289,7 @@ int main(int argc, char **argv) {
         else usage();
     }
     if (!o.servers || o.connections < 1 || o.connections > CONNECTIONS_MAX || o.depth < 1 ||
-        o.depth > DEPTH_MAX || o.keys < 1 || o.key_size < 1 || o.key_size > KEY_BYTES_MAX ||
+        o.depth > DEPTH_MAX || o.keys < 1 || o.key_size < 2 || o.key_size > KEY_BYTES_MAX ||
         o.value_size < 0 || o.value_size > VALUE_BYTES_MAX)
         usage();
     if (o.preload && o.depth < 16) o.depth = 16;
