@@ -79,12 +79,18 @@ pub enum LbChange {
 }
 
 impl LbChange {
+    /// The command's verb, as `store` and the wire name it.
+    pub fn verb(self) -> &'static str {
+        match self {
+            LbChange::Add(_) => "add-lb",
+            LbChange::Remove(_) => "remove-lb",
+        }
+    }
+
     /// The words of the command that its proof covers.
     pub fn command(self) -> String {
-        match self {
-            LbChange::Add(addr) => format!("add-lb {addr}"),
-            LbChange::Remove(addr) => format!("remove-lb {addr}"),
-        }
+        let (LbChange::Add(addr) | LbChange::Remove(addr)) = self;
+        format!("{} {addr}", self.verb())
     }
 }
 

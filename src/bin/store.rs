@@ -334,23 +334,15 @@ fn main() -> anyhow::Result<()> {
                 admin(&args.lb, args.cluster_file.as_deref(), &command),
             )
         }
-        Command::AddLb(args) => admin_exit(
-            "add-lb",
-            admin(
-                &args.lb,
-                args.cluster_file.as_deref(),
-                &lb::discovery::LbChange::Add(args.addr).command(),
-            ),
-        ),
-        Command::RemoveLb(args) => admin_exit(
-            "remove-lb",
-            admin(
-                &args.lb,
-                args.cluster_file.as_deref(),
-                &lb::discovery::LbChange::Remove(args.addr).command(),
-            ),
-        ),
+        Command::AddLb(args) => change_lbs(&args, lb::discovery::LbChange::Add(args.addr)),
+        Command::RemoveLb(args) => change_lbs(&args, lb::discovery::LbChange::Remove(args.addr)),
     }
+}
+
+/// `store add-lb` and `store remove-lb`: the change asked of the LBs.
+fn change_lbs(args: &LbChangeArgs, change: lb::discovery::LbChange) -> ! {
+    let result = admin(&args.lb, args.cluster_file.as_deref(), &change.command());
+    admin_exit(change.verb(), result)
 }
 
 fn up(args: UpArgs) -> anyhow::Result<()> {

@@ -214,9 +214,6 @@ pub fn start(
     Ok((handle, thread))
 }
 
-/// How a read barrier's answer reaches its connection.
-type ReadReply = BatchReply;
-
 /// The server's kinds of waiter, keystore file and state under the
 /// replica [`Host`].
 struct ServerTypes;
@@ -224,7 +221,7 @@ struct ServerTypes;
 impl HostTypes for ServerTypes {
     type State = SharedState;
     type Proposal = ProposalReply;
-    type Read = ReadReply;
+    type Read = BatchReply;
     type Source = std::fs::File;
     type Sink = std::fs::File;
 }
@@ -646,7 +643,7 @@ impl Io<ServerTypes> for DriverIo {
 
     fn answer_read(
         &mut self,
-        reply: ReadReply,
+        reply: BatchReply,
         answer: Result<(), CommitError>,
         _state: &mut SharedState,
     ) {
