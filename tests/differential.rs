@@ -610,12 +610,7 @@ fn differential_against_memcached() {
         return;
     };
     let store = StoreServer::start(&[]);
-    let seed: u64 = match std::env::var("STORE_DIFF_SEED") {
-        Ok(s) => s.trim().parse().expect("STORE_DIFF_SEED must be a u64"),
-        Err(_) => rand::random(),
-    };
-    println!("differential seed: {seed} (replay with STORE_DIFF_SEED={seed})");
-    eprintln!("differential seed: {seed} (replay with STORE_DIFF_SEED={seed})");
+    let seed = diff_seed("differential");
 
     let mut reference = Side {
         name: "memcached",

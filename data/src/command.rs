@@ -84,14 +84,22 @@ pub enum Op {
         data: Bytes,
         cas_unique: u64,
     },
+    /// delete; with a nonzero `cas_unique` only an item with that unique
+    /// (the binary protocol's delete with CAS).
     Delete {
         key: Bytes,
+        cas_unique: u64,
     },
-    /// incr (`incr == true`, wraps at 2^64) or decr (floors at 0).
+    /// incr (`incr == true`, wraps at 2^64) or decr (floors at 0). With a
+    /// nonzero `cas_unique` only an item with that unique; with `initial`,
+    /// a missing item is created holding it (the binary protocol's
+    /// increment and decrement).
     Arith {
         key: Bytes,
         delta: u64,
         incr: bool,
+        cas_unique: u64,
+        initial: Option<Initial>,
     },
     Touch {
         key: Bytes,
@@ -128,13 +136,20 @@ impl Op {
     pub fn first_key(&self) -> Option<&Bytes> {
         match self {
             Op::Store { key, .. }
-            | Op::Delete { key }
+            | Op::Delete { key, .. }
             | Op::Arith { key, .. }
             | Op::Touch { key, .. } => Some(key),
             Op::GetAndTouch { keys, .. } => keys.first(),
             Op::Noop | Op::FlushAll { .. } | Op::Config { .. } | Op::Reclaim { .. } => None,
         }
     }
+}
+
+/// What incr/decr create when the item is missing (binary protocol).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Initial {
+    pub value: u64,
+    pub exptime: AbsTime,
 }
 
 /// A log entry's payload: an [`Op`] and the leader's clock when it accepted it.
@@ -165,6 +180,10 @@ pub enum DecodeError {
     /// accepting it would let two byte strings decode to the same command.
     #[error("flag byte {0} is neither 0 nor 1")]
     BadFlag(u8),
+    /// An extended form carrying only defaults: `encode` writes the short
+    /// form then, and two encodings of one command would not be canonical.
+    #[error("extended encoding of a command that has the short one")]
+    NotCanonical,
 }
 
 const TAG_NOOP: u8 = 0;
@@ -176,6 +195,12 @@ const TAG_GAT: u8 = 5;
 const TAG_FLUSH: u8 = 6;
 const TAG_CONFIG: u8 = 7;
 const TAG_RECLAIM: u8 = 8;
+/// A delete with a CAS unique; one without keeps [`TAG_DELETE`]'s form.
+const TAG_DELETE_CAS: u8 = 9;
+/// An incr/decr with a CAS unique or an initial value; one with neither
+/// keeps [`TAG_ARITH`]'s form, so logs written before these existed read
+/// the same.
+const TAG_ARITH_EXT: u8 = 10;
 
 /// Servers one configuration may name at most.
 pub const CONFIG_MEMBERS_MAX: usize = 64;
@@ -211,15 +236,40 @@ impl Command {
                 out.put_u32_le(data.len() as u32);
                 out.put_slice(data);
             }
-            Op::Delete { key } => {
-                out.put_u8(TAG_DELETE);
+            Op::Delete { key, cas_unique } => {
+                out.put_u8(if *cas_unique == 0 {
+                    TAG_DELETE
+                } else {
+                    TAG_DELETE_CAS
+                });
                 put_key(out, key);
+                if *cas_unique != 0 {
+                    out.put_u64_le(*cas_unique);
+                }
             }
-            Op::Arith { key, delta, incr } => {
-                out.put_u8(TAG_ARITH);
+            Op::Arith {
+                key,
+                delta,
+                incr,
+                cas_unique,
+                initial,
+            } => {
+                let extended = *cas_unique != 0 || initial.is_some();
+                out.put_u8(if extended { TAG_ARITH_EXT } else { TAG_ARITH });
                 out.put_u8(u8::from(*incr));
                 put_key(out, key);
                 out.put_u64_le(*delta);
+                if extended {
+                    out.put_u64_le(*cas_unique);
+                    match initial {
+                        None => out.put_u8(0),
+                        Some(Initial { value, exptime }) => {
+                            out.put_u8(1);
+                            out.put_u64_le(*value);
+                            out.put_u64_le(*exptime);
+                        }
+                    }
+                }
             }
             Op::Touch { key, exptime } => {
                 out.put_u8(TAG_TOUCH);
@@ -257,8 +307,22 @@ impl Command {
             + match &self.op {
                 Op::Noop => 0,
                 Op::Store { key, data, .. } => 1 + 1 + key.len() + 4 + 8 + 8 + 4 + data.len(),
-                Op::Delete { key } => 1 + key.len(),
-                Op::Arith { key, .. } => 1 + 1 + key.len() + 8,
+                Op::Delete { key, cas_unique } => {
+                    1 + key.len() + if *cas_unique == 0 { 0 } else { 8 }
+                }
+                Op::Arith {
+                    key,
+                    cas_unique,
+                    initial,
+                    ..
+                } => {
+                    let extension = match (cas_unique, initial) {
+                        (0, None) => 0,
+                        (_, None) => 8 + 1,
+                        (_, Some(_)) => 8 + 1 + 16,
+                    };
+                    1 + 1 + key.len() + 8 + extension
+                }
                 Op::Touch { key, .. } => 1 + key.len() + 8,
                 Op::GetAndTouch { keys, .. } => 8 + keys_len(keys),
                 Op::Reclaim { keys } => keys_len(keys),
@@ -298,16 +362,42 @@ impl Command {
             }
             TAG_DELETE => Op::Delete {
                 key: get_key(&mut buf)?,
+                cas_unique: 0,
             },
-            TAG_ARITH => {
-                let incr = match get_u8(&mut buf)? {
-                    0 => false,
-                    1 => true,
-                    other => return Err(DecodeError::BadFlag(other)),
-                };
+            TAG_DELETE_CAS => {
+                let key = get_key(&mut buf)?;
+                let cas_unique = get_u64(&mut buf)?;
+                if cas_unique == 0 {
+                    return Err(DecodeError::NotCanonical);
+                }
+                Op::Delete { key, cas_unique }
+            }
+            TAG_ARITH | TAG_ARITH_EXT => {
+                let incr = get_flag(&mut buf)?;
                 let key = get_key(&mut buf)?;
                 let delta = get_u64(&mut buf)?;
-                Op::Arith { key, delta, incr }
+                let (cas_unique, initial) = if tag == TAG_ARITH {
+                    (0, None)
+                } else {
+                    let cas_unique = get_u64(&mut buf)?;
+                    let initial = if get_flag(&mut buf)? {
+                        let value = get_u64(&mut buf)?;
+                        let exptime = get_u64(&mut buf)?;
+                        Some(Initial { value, exptime })
+                    } else if cas_unique == 0 {
+                        return Err(DecodeError::NotCanonical);
+                    } else {
+                        None
+                    };
+                    (cas_unique, initial)
+                };
+                Op::Arith {
+                    key,
+                    delta,
+                    incr,
+                    cas_unique,
+                    initial,
+                }
             }
             TAG_TOUCH => {
                 let key = get_key(&mut buf)?;
@@ -394,6 +484,15 @@ fn put_key(out: &mut BytesMut, key: &[u8]) {
     out.put_slice(key);
 }
 
+/// A boolean byte: 0 or 1, nothing else (see [`DecodeError::BadFlag`]).
+fn get_flag(buf: &mut Bytes) -> Result<bool, DecodeError> {
+    match get_u8(buf)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        other => Err(DecodeError::BadFlag(other)),
+    }
+}
+
 fn get_u8(buf: &mut Bytes) -> Result<u8, DecodeError> {
     buf.try_get_u8().map_err(|_| DecodeError::Truncated)
 }
@@ -469,16 +568,44 @@ mod tests {
             (
                 Op::Delete {
                     key: Bytes::from_static(b"k"),
+                    cas_unique: 0,
                 },
                 vec![2, 1, b'k'],
+            ),
+            (
+                Op::Delete {
+                    key: Bytes::from_static(b"k"),
+                    cas_unique: 4,
+                },
+                vec![9, 1, b'k', 4, 0, 0, 0, 0, 0, 0, 0],
             ),
             (
                 Op::Arith {
                     key: Bytes::from_static(b"k"),
                     delta: 1,
                     incr: true,
+                    cas_unique: 0,
+                    initial: None,
                 },
                 vec![3, 1, 1, b'k', 1, 0, 0, 0, 0, 0, 0, 0],
+            ),
+            (
+                Op::Arith {
+                    key: Bytes::from_static(b"k"),
+                    delta: 1,
+                    incr: false,
+                    cas_unique: 0,
+                    initial: Some(Initial {
+                        value: 5,
+                        exptime: 6,
+                    }),
+                },
+                vec![
+                    10, 0, 1, b'k', 1, 0, 0, 0, 0, 0, 0, 0, // delta
+                    0, 0, 0, 0, 0, 0, 0, 0, // cas unique
+                    1, 5, 0, 0, 0, 0, 0, 0, 0, // initial
+                    6, 0, 0, 0, 0, 0, 0, 0, // its exptime
+                ],
             ),
             (
                 Op::Touch {
@@ -520,6 +647,7 @@ mod tests {
             time_s: 1,
             op: Op::Delete {
                 key: Bytes::from_static(b"key"),
+                cas_unique: 0,
             },
         };
         let mut out = BytesMut::new();
@@ -548,7 +676,9 @@ mod tests {
                 Op::Arith {
                     key: Bytes::from_static(b"k"),
                     delta: 1,
-                    incr
+                    incr,
+                    cas_unique: 0,
+                    initial: None,
                 }
             );
         }
@@ -591,12 +721,22 @@ mod tests {
                     data: Bytes::from(data),
                     cas_unique
                 }),
-            key().prop_map(|key| Op::Delete { key }),
-            (key(), any::<u64>(), any::<bool>()).prop_map(|(key, delta, incr)| Op::Arith {
-                key,
-                delta,
-                incr
-            }),
+            (key(), prop_oneof![Just(0u64), any::<u64>()])
+                .prop_map(|(key, cas_unique)| Op::Delete { key, cas_unique }),
+            (
+                key(),
+                any::<u64>(),
+                any::<bool>(),
+                prop_oneof![Just(0u64), any::<u64>()],
+                proptest::option::of((any::<u64>(), any::<u64>()))
+            )
+                .prop_map(|(key, delta, incr, cas_unique, initial)| Op::Arith {
+                    key,
+                    delta,
+                    incr,
+                    cas_unique,
+                    initial: initial.map(|(value, exptime)| Initial { value, exptime }),
+                }),
             (key(), any::<u64>()).prop_map(|(key, exptime)| Op::Touch { key, exptime }),
             (proptest::collection::vec(key(), 0..8), any::<u64>())
                 .prop_map(|(keys, exptime)| Op::GetAndTouch { keys, exptime }),

@@ -357,6 +357,7 @@ mod tests {
             time_s: 3,
             op: Op::Delete {
                 key: Bytes::from_static(b"k"),
+                cas_unique: 0,
             },
         };
         let bytes = encode(0x0a, 0x0102, &command);
@@ -509,6 +510,8 @@ mod tests {
                         key,
                         delta: number,
                         incr: flags % 2 == 0,
+                        cas_unique: 0,
+                        initial: None,
                     }
                 },
             })

@@ -17,7 +17,7 @@
 
 use bytes::Bytes;
 
-use crate::command::{Command, Op, StoreMode};
+use crate::command::{Command, Initial, Op, StoreMode};
 use crate::exptime::{self, AbsTime};
 pub use crate::items::{Frozen, ItemRef};
 use crate::items::{Items, Meta, RECORD_HEADER_BYTES};
@@ -85,15 +85,21 @@ pub struct Hit {
 /// The reply-relevant result of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    Stored,
+    /// The item now has unique `cas` (the entry's log index).
+    Stored {
+        cas: u64,
+    },
     NotStored,
     /// cas: the item exists with another unique.
     Exists,
     NotFound,
     Deleted,
     Touched,
-    /// The new value after incr/decr.
-    Number(u64),
+    /// The new value after incr/decr, and the item's new unique.
+    Number {
+        value: u64,
+        cas: u64,
+    },
     /// incr/decr on a value that is not a decimal u64.
     NonNumeric,
     /// gat/gats: the hits in request order (misses left out).
@@ -409,15 +415,21 @@ impl State {
                 data,
                 *cas_unique,
             ),
-            Op::Delete { key } => {
-                if self.get(key, now_s).is_some() {
+            Op::Delete { key, cas_unique } => match self.get(key, now_s) {
+                None => Outcome::NotFound,
+                Some(item) if *cas_unique != 0 && item.cas() != *cas_unique => Outcome::Exists,
+                Some(_) => {
                     self.items.remove(key);
                     Outcome::Deleted
-                } else {
-                    Outcome::NotFound
                 }
-            }
-            Op::Arith { key, delta, incr } => self.arith(index, now_s, key, *delta, *incr),
+            },
+            Op::Arith {
+                key,
+                delta,
+                incr,
+                cas_unique,
+                initial,
+            } => self.arith(index, now_s, key, *delta, *incr, *cas_unique, *initial),
             Op::Touch { key, exptime } => {
                 if self.get(key, now_s).is_some() {
                     self.items.set_exptime(key, *exptime);
@@ -485,6 +497,12 @@ impl State {
             }
             (StoreMode::Add, Some(_)) | (StoreMode::Replace, None) => return Outcome::NotStored,
             (StoreMode::Append | StoreMode::Prepend, None) => return Outcome::NotStored,
+            // The binary protocol's append and prepend may name a unique.
+            (StoreMode::Append | StoreMode::Prepend, Some(old))
+                if cas_unique != 0 && old.cas() != cas_unique =>
+            {
+                return Outcome::Exists
+            }
             (StoreMode::Append | StoreMode::Prepend, Some(old)) => {
                 if old.data().len() + data.len() > self.item_bytes_max {
                     // memcached cannot allocate the joined item and answers
@@ -509,13 +527,45 @@ impl State {
                 self.items.insert(key, &[data], meta(flags, exptime));
             }
         }
-        Outcome::Stored
+        Outcome::Stored { cas: index }
     }
 
-    fn arith(&mut self, index: u64, now_s: u64, key: &Bytes, delta: u64, incr: bool) -> Outcome {
-        let Some(old) = self.get(key, now_s) else {
-            return Outcome::NotFound;
+    #[allow(clippy::too_many_arguments)]
+    fn arith(
+        &mut self,
+        index: u64,
+        now_s: u64,
+        key: &Bytes,
+        delta: u64,
+        incr: bool,
+        cas_unique: u64,
+        initial: Option<Initial>,
+    ) -> Outcome {
+        let meta = |flags: u32, exptime: AbsTime| Meta {
+            flags,
+            exptime,
+            cas: index,
+            updated_s: now_s,
         };
+        let mut digits = [0u8; crate::protocol::DECIMAL_BYTES_MAX];
+        let Some(old) = self.get(key, now_s) else {
+            let Some(Initial { value, exptime }) = initial else {
+                return Outcome::NotFound;
+            };
+            // As memcached's binary increment: the initial value, stored
+            // as its decimal text with flags 0; the delta is not applied.
+            let text = crate::protocol::decimal(&mut digits, value);
+            self.items.insert(key, &[text], meta(0, exptime));
+            return Outcome::Number { value, cas: index };
+        };
+        // memcached's order: an empty value, then the unique, then the
+        // number.
+        if old.data().is_empty() {
+            return Outcome::NonNumeric;
+        }
+        if cas_unique != 0 && old.cas() != cas_unique {
+            return Outcome::Exists;
+        }
         let Some(value) = crate::c_number::safe_strtoull(old.data()) else {
             return Outcome::NonNumeric;
         };
@@ -525,16 +575,9 @@ impl State {
         } else {
             value.saturating_sub(delta)
         };
-        let mut digits = [0u8; crate::protocol::DECIMAL_BYTES_MAX];
-        let digits = crate::protocol::decimal(&mut digits, value);
-        let meta = Meta {
-            flags,
-            exptime,
-            cas: index,
-            updated_s: now_s,
-        };
-        self.items.insert(key, &[digits], meta);
-        Outcome::Number(value)
+        let text = crate::protocol::decimal(&mut digits, value);
+        self.items.insert(key, &[text], meta(flags, exptime));
+        Outcome::Number { value, cas: index }
     }
 
     fn is_flushed(&self, item: ItemRef<'_>, now_s: u64) -> bool {
@@ -655,14 +698,64 @@ mod tests {
             key: Bytes::from_static(b"n"),
             delta: 1,
             incr: true,
+            cas_unique: 0,
+            initial: None,
         };
-        assert_eq!(state.apply(2, &cmd(1, incr)), Outcome::Number(0));
+        let zero = |cas| Outcome::Number { value: 0, cas };
+        assert_eq!(state.apply(2, &cmd(1, incr)), zero(2));
         let decr = Op::Arith {
             key: Bytes::from_static(b"n"),
             delta: 5,
             incr: false,
+            cas_unique: 0,
+            initial: None,
         };
-        assert_eq!(state.apply(3, &cmd(1, decr)), Outcome::Number(0));
+        assert_eq!(state.apply(3, &cmd(1, decr)), zero(3));
+    }
+
+    /// The binary protocol's forms: a unique that must match, and an
+    /// initial value for a missing counter.
+    #[test]
+    fn arith_and_delete_may_name_a_unique_and_create() {
+        let mut state = State::new(LIMIT);
+        let arith = |cas_unique, initial| Op::Arith {
+            key: Bytes::from_static(b"n"),
+            delta: 3,
+            incr: true,
+            cas_unique,
+            initial,
+        };
+        let initial = Some(Initial {
+            value: 10,
+            exptime: exptime::NEVER,
+        });
+        assert_eq!(state.apply(1, &cmd(1, arith(0, None))), Outcome::NotFound);
+        let created = Outcome::Number { value: 10, cas: 2 };
+        assert_eq!(state.apply(2, &cmd(1, arith(0, initial))), created);
+        assert_eq!(state.get(b"n", 1).unwrap().data(), b"10");
+        assert_eq!(state.apply(3, &cmd(1, arith(7, initial))), Outcome::Exists);
+        let added = Outcome::Number { value: 13, cas: 4 };
+        assert_eq!(state.apply(4, &cmd(1, arith(2, initial))), added);
+        let delete = |cas_unique| Op::Delete {
+            key: Bytes::from_static(b"n"),
+            cas_unique,
+        };
+        assert_eq!(state.apply(5, &cmd(1, delete(3))), Outcome::Exists);
+        assert_eq!(state.apply(6, &cmd(1, delete(4))), Outcome::Deleted);
+        let append = |cas_unique| Op::Store {
+            mode: StoreMode::Append,
+            key: Bytes::from_static(b"a"),
+            flags: 0,
+            exptime: exptime::NEVER,
+            data: Bytes::from_static(b"x"),
+            cas_unique,
+        };
+        state.apply(7, &cmd(1, set("a", "v")));
+        assert_eq!(state.apply(8, &cmd(1, append(6))), Outcome::Exists);
+        assert_eq!(
+            state.apply(9, &cmd(1, append(7))),
+            Outcome::Stored { cas: 9 }
+        );
     }
 
     #[test]
@@ -694,6 +787,7 @@ mod tests {
                 1,
                 Op::Delete {
                     key: Bytes::from_static(b"k"),
+                    cas_unique: 0,
                 },
             ),
         );
@@ -728,6 +822,7 @@ mod tests {
         assert_eq!(state.growth_bytes(&absent), 0);
         let delete = Op::Delete {
             key: Bytes::from_static(b"k"),
+            cas_unique: 0,
         };
         assert_eq!(state.growth_bytes(&delete), 0);
         state.apply(2, &cmd(1, delete));
@@ -844,6 +939,9 @@ mod tests {
                             (data.to_vec(), *flags)
                         }
                         (StoreMode::Append, Some(old)) | (StoreMode::Prepend, Some(old)) => {
+                            if *cas_unique != 0 && old.2 != *cas_unique {
+                                return Outcome::Exists;
+                            }
                             if old.0.len() + data.len() > LIMIT {
                                 return Outcome::NotStored;
                             }
@@ -853,7 +951,7 @@ mod tests {
                                 [&data[..], &old.0[..]].concat()
                             };
                             self.items.insert(key.to_vec(), (joined, old.1, index));
-                            return Outcome::Stored;
+                            return Outcome::Stored { cas: index };
                         }
                         _ => return Outcome::NotStored,
                     };
@@ -862,16 +960,42 @@ mod tests {
                     } else {
                         self.items.insert(key.to_vec(), (new.0, new.1, index));
                     }
-                    Outcome::Stored
+                    Outcome::Stored { cas: index }
                 }
-                Op::Delete { key } => match self.items.remove(&key[..]) {
-                    Some(_) => Outcome::Deleted,
+                Op::Delete { key, cas_unique } => match self.items.get(&key[..]) {
                     None => Outcome::NotFound,
+                    Some(old) if *cas_unique != 0 && old.2 != *cas_unique => Outcome::Exists,
+                    Some(_) => {
+                        self.items.remove(&key[..]);
+                        Outcome::Deleted
+                    }
                 },
-                Op::Arith { key, delta, incr } => {
+                Op::Arith {
+                    key,
+                    delta,
+                    incr,
+                    cas_unique,
+                    initial,
+                } => {
                     let Some(old) = self.items.get(&key[..]).cloned() else {
-                        return Outcome::NotFound;
+                        let Some(Initial { value, exptime }) = initial else {
+                            return Outcome::NotFound;
+                        };
+                        if *exptime != exptime::EXPIRED {
+                            let text = value.to_string().into_bytes();
+                            self.items.insert(key.to_vec(), (text, 0, index));
+                        }
+                        return Outcome::Number {
+                            value: *value,
+                            cas: index,
+                        };
                     };
+                    if old.0.is_empty() {
+                        return Outcome::NonNumeric;
+                    }
+                    if *cas_unique != 0 && old.2 != *cas_unique {
+                        return Outcome::Exists;
+                    }
                     // strtoull's reading: leading space, digits, then the end
                     // or a space (memcached ignores what follows a space).
                     let text = String::from_utf8_lossy(&old.0).into_owned();
@@ -892,7 +1016,10 @@ mod tests {
                     };
                     self.items
                         .insert(key.to_vec(), (n.to_string().into_bytes(), old.1, index));
-                    Outcome::Number(n)
+                    Outcome::Number {
+                        value: n,
+                        cas: index,
+                    }
                 }
                 Op::Touch { key, exptime } => {
                     if !self.items.contains_key(&key[..]) {
@@ -947,13 +1074,22 @@ mod tests {
                     cas_unique
                 }
             ),
-            key.clone().prop_map(|key| Op::Delete { key }),
+            (key.clone(), prop_oneof![Just(0u64), 0u64..12])
+                .prop_map(|(key, cas_unique)| Op::Delete { key, cas_unique }),
             (
                 key.clone(),
                 prop_oneof![Just(0u64), Just(1), Just(u64::MAX)],
-                any::<bool>()
+                any::<bool>(),
+                prop_oneof![Just(0u64), 0u64..12],
+                proptest::option::of((prop_oneof![Just(0u64), Just(u64::MAX)], exptime.clone()))
             )
-                .prop_map(|(key, delta, incr)| Op::Arith { key, delta, incr }),
+                .prop_map(|(key, delta, incr, cas_unique, initial)| Op::Arith {
+                    key,
+                    delta,
+                    incr,
+                    cas_unique,
+                    initial: initial.map(|(value, exptime)| Initial { value, exptime }),
+                }),
             (key, exptime).prop_map(|(key, exptime)| Op::Touch { key, exptime }),
             Just(Op::FlushAll { deadline_s: 0 }),
             Just(Op::Noop),

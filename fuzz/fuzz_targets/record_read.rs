@@ -25,7 +25,7 @@
 #![no_main]
 
 use bytes::{Bytes, BytesMut};
-use data::command::{Command, Op, StoreMode, CONFIG_MEMBERS_MAX};
+use data::command::{Command, Initial, Op, StoreMode, CONFIG_MEMBERS_MAX};
 use data::limits::KEY_BYTES_MAX;
 use data::record::{
     decode_record, encode_record, record_len, RecordError, RecordHeader, SegmentHeader,
@@ -169,11 +169,19 @@ impl Seed<'_> {
                 cas_unique: self.u64(),
                 data: self.bytes(4096),
             },
-            2 => Op::Delete { key: self.key() },
+            2 => Op::Delete {
+                key: self.key(),
+                cas_unique: self.u64(),
+            },
             3 => Op::Arith {
                 key: self.key(),
                 delta: self.u64(),
                 incr: self.u8() & 1 == 1,
+                cas_unique: self.u64(),
+                initial: (self.u8() & 1 == 1).then(|| Initial {
+                    value: self.u64(),
+                    exptime: self.u64(),
+                }),
             },
             4 => Op::Touch {
                 key: self.key(),

@@ -154,7 +154,7 @@ impl GroupLog {
         let command = set_command(key, value, crate::clock::now_s());
         let outcome = self.handle.submit(command, Reservation::none()).await?;
         match outcome.await.unwrap_or(Err(CommitError::Storage))? {
-            Outcome::Stored => Ok(()),
+            Outcome::Stored { .. } => Ok(()),
             other => unreachable!("a set answered {other:?}"),
         }
     }

@@ -37,7 +37,7 @@ impl Drop for TestDir {
 fn command(n: u64) -> Command {
     let key = Bytes::from(format!("key-{}", n % 50));
     let op = if n % 10 == 9 {
-        Op::Delete { key }
+        Op::Delete { key, cas_unique: 0 }
     } else {
         Op::Store {
             mode: StoreMode::Set,

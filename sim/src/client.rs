@@ -153,6 +153,8 @@ impl World {
                             key: kb.clone(),
                             delta,
                             incr,
+                            cas_unique: 0,
+                            initial: None,
                         },
                     },
                 )
@@ -160,7 +162,10 @@ impl World {
             _ => (
                 Call::Delete,
                 Request::Write {
-                    op: Op::Delete { key: kb.clone() },
+                    op: Op::Delete {
+                        key: kb.clone(),
+                        cas_unique: 0,
+                    },
                 },
             ),
         };

@@ -224,12 +224,12 @@ pub(crate) fn state_hash(state: &State) -> u64 {
 
 fn outcome_ret(outcome: Outcome) -> Option<check::Ret> {
     Some(match outcome {
-        Outcome::Stored => check::Ret::Stored,
+        Outcome::Stored { .. } => check::Ret::Stored,
         Outcome::NotStored => check::Ret::NotStored,
         Outcome::Exists => check::Ret::Exists,
         Outcome::NotFound => check::Ret::NotFound,
         Outcome::Deleted => check::Ret::Deleted,
-        Outcome::Number(n) => check::Ret::Number(n),
+        Outcome::Number { value, .. } => check::Ret::Number(value),
         Outcome::NonNumeric => check::Ret::NonNumeric,
         Outcome::Touched | Outcome::Hits(_) | Outcome::Ok | Outcome::Reclaimed(_) => return None,
     })

@@ -135,6 +135,18 @@ pub fn python_with_pymemcache() -> Option<PathBuf> {
 
 /// A port that was free a moment ago (the OS picks it; the race with other
 /// processes is handled by retrying the start).
+/// The seed of a differential run (`what` names it): `STORE_DIFF_SEED`
+/// replays one, else a random one; printed either way.
+pub fn diff_seed(what: &str) -> u64 {
+    let seed = match std::env::var("STORE_DIFF_SEED") {
+        Ok(s) => s.trim().parse().expect("STORE_DIFF_SEED must be a u64"),
+        Err(_) => rand::random(),
+    };
+    println!("{what} seed: {seed} (replay with STORE_DIFF_SEED={seed})");
+    eprintln!("{what} seed: {seed} (replay with STORE_DIFF_SEED={seed})");
+    seed
+}
+
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr()

@@ -1,4 +1,5 @@
-//! The memcached text protocol, both directions, as pure functions of bytes.
+//! The memcached protocols, as pure functions of bytes: the text protocol
+//! both directions, and the binary protocol ([`binary`]).
 //!
 //! - [`request`]: the server's side: bytes to [`Request`] ([`parse_request`]).
 //! - [`reply`]: the server's side: replies to bytes.
@@ -7,6 +8,7 @@
 //! Wording and limits follow `memcached-protocol.md` §1.16: current upstream
 //! memcached (1.6.45), with a strict `delete`.
 
+pub mod binary;
 pub mod client;
 pub mod reply;
 pub mod request;

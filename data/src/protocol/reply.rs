@@ -60,13 +60,13 @@ impl Reply {
     /// gat/gats hits are encoded by the caller with [`encode_value`].
     pub fn from_outcome(outcome: &Outcome) -> Reply {
         match outcome {
-            Outcome::Stored => Reply::Stored,
+            Outcome::Stored { .. } => Reply::Stored,
             Outcome::NotStored => Reply::NotStored,
             Outcome::Exists => Reply::Exists,
             Outcome::NotFound => Reply::NotFound,
             Outcome::Deleted => Reply::Deleted,
             Outcome::Touched => Reply::Touched,
-            Outcome::Number(n) => Reply::Number(*n),
+            Outcome::Number { value, .. } => Reply::Number(*value),
             Outcome::NonNumeric => Reply::Error(errors::NON_NUMERIC),
             Outcome::Hits(_) => Reply::End,
             // No client sends a reclaim; only the server's reclaimer does.

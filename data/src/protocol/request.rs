@@ -175,8 +175,9 @@ pub enum ParseError {
     },
     /// Close the connection without a reply (line too long, HTTP request).
     Close,
-    /// A binary-protocol request: write `reply` and close.
-    Binary { reply: &'static str },
+    /// A binary-protocol request (first byte 0x80): parse it with
+    /// [`super::binary::parse_binary`].
+    Binary,
 }
 
 pub const ERROR: &str = "ERROR\r\n";
@@ -186,8 +187,6 @@ pub const BAD_EXPTIME: &str = "CLIENT_ERROR invalid exptime argument\r\n";
 pub const BAD_DELTA: &str = "CLIENT_ERROR invalid numeric delta argument\r\n";
 pub const DELETE_USAGE: &str =
     "CLIENT_ERROR bad command line format.  Usage: delete <key> [noreply]\r\n";
-pub const BINARY_UNSUPPORTED: &str =
-    "SERVER_ERROR binary protocol is not supported, use the text protocol\r\n";
 
 /// Keys a single parsed line may carry at most (get/gets/gat/gats); a line
 /// within [`GET_LINE_BYTES_MAX`] can hold about this many one-byte keys.
@@ -201,9 +200,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
         return Ok(None);
     };
     if first == BINARY_REQUEST_MAGIC {
-        return Err(ParseError::Binary {
-            reply: BINARY_UNSUPPORTED,
-        });
+        return Err(ParseError::Binary);
     }
     let Some(newline) = memchr::memchr(b'\n', buf) else {
         return if buf.len() <= LINE_BYTES_MAX
@@ -381,7 +378,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
 }
 
 /// First byte of every binary-protocol request.
-const BINARY_REQUEST_MAGIC: u8 = 0x80;
+const BINARY_REQUEST_MAGIC: u8 = super::binary::REQUEST_MAGIC;
 
 const NOREPLY: &[u8] = b"noreply";
 
@@ -654,7 +651,7 @@ mod tests {
     #[test]
     fn http_and_binary_close() {
         assert_eq!(parse(b"GET / HTTP/1.0\r\n"), Err(ParseError::Close));
-        assert!(matches!(parse(b"\x80\x00"), Err(ParseError::Binary { .. })));
+        assert!(matches!(parse(b"\x80\x00"), Err(ParseError::Binary)));
     }
 
     #[test]

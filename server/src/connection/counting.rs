@@ -22,12 +22,12 @@ pub(super) enum Counted {
 impl From<&Outcome> for Counted {
     fn from(outcome: &Outcome) -> Counted {
         match outcome {
-            Outcome::Stored => Counted::Stored,
+            Outcome::Stored { .. } => Counted::Stored,
             Outcome::Exists => Counted::Exists,
             Outcome::NotFound => Counted::NotFound,
             Outcome::Deleted => Counted::Deleted,
             Outcome::Touched => Counted::Touched,
-            Outcome::Number(_) => Counted::Number,
+            Outcome::Number { .. } => Counted::Number,
             Outcome::Hits(hits) => Counted::Hits(hits.len() as u64),
             Outcome::NotStored | Outcome::NonNumeric | Outcome::Ok | Outcome::Reclaimed(_) => {
                 Counted::Other
@@ -55,6 +55,31 @@ impl Counted {
             Status::Number(_) => Counted::Number,
             Status::Values(hits) => Counted::Hits(hits as u64),
             _ => Counted::Other,
+        })
+    }
+}
+
+impl Counted {
+    /// What a binary response's `status` says of a forwarded request of
+    /// `kind`; `None` where no outcome was reached.
+    pub(super) fn from_binary_status(kind: WriteKind, status: u16) -> Option<Counted> {
+        use data::protocol::binary::Status as S;
+        let read = matches!(kind, WriteKind::Get | WriteKind::GetAndTouch(_));
+        Some(match status {
+            s if s == S::NoError as u16 => match kind {
+                _ if read => Counted::Hits(1),
+                WriteKind::Store(_) => Counted::Stored,
+                WriteKind::Delete => Counted::Deleted,
+                WriteKind::Incr | WriteKind::Decr => Counted::Number,
+                WriteKind::Touch => Counted::Touched,
+                _ => Counted::Other,
+            },
+            s if s == S::KeyNotFound as u16 && read => Counted::Hits(0),
+            s if s == S::KeyNotFound as u16 => Counted::NotFound,
+            s if s == S::KeyExists as u16 => Counted::Exists,
+            s if s == S::OutOfMemory as u16 => Counted::OutOfMemory,
+            s if s == S::NotStored as u16 => Counted::Other,
+            _ => return None,
         })
     }
 }
@@ -87,13 +112,20 @@ impl Connection {
             (WriteKind::Delete, _) => &c.delete_misses,
             (WriteKind::Incr, Counted::NotFound) => &c.incr_misses,
             (WriteKind::Decr, Counted::NotFound) => &c.decr_misses,
-            (WriteKind::Touch, Counted::Touched) => &c.touch_hits,
+            // A binary touch is a gat of one key underneath.
+            (WriteKind::Touch, Counted::Touched | Counted::Hits(1)) => &c.touch_hits,
             (WriteKind::Touch, _) => &c.touch_misses,
             (WriteKind::GetAndTouch(keys), Counted::Hits(hits)) => {
                 // gat counts as memcached does: in the touch counters, per key.
                 Stats::add(&c.cmd_touch, keys);
                 Stats::add(&c.touch_hits, hits);
                 Stats::add(&c.touch_misses, keys.saturating_sub(hits));
+                return;
+            }
+            (WriteKind::Get, Counted::Hits(hits)) => {
+                Stats::bump(&c.cmd_get);
+                Stats::add(&c.get_hits, hits);
+                Stats::add(&c.get_misses, 1 - hits.min(1));
                 return;
             }
             (_, Counted::OutOfMemory) => &c.store_no_memory,

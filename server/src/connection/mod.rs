@@ -21,6 +21,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use data::command::{Command, Op, StoreMode};
 use data::exptime;
 use data::frame::Role;
+use data::protocol::binary;
 use data::protocol::client::{encode_gat, encode_get, scan_response, EncodeError, Expect, Status};
 use data::protocol::reply::{encode_value, errors, Reply};
 use data::protocol::request::{
@@ -34,7 +35,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::clock;
 use crate::config::ReadMode;
-use crate::forward::Relayed;
+use crate::forward::{Framing, Relayed};
 use crate::memory::{Reservation, MEMORY_LIMIT_MB_MAX, MEMORY_LIMIT_MB_MIN};
 use crate::route::{route, Access, Membership, Route};
 use crate::state;
@@ -43,6 +44,7 @@ use crate::write_path::CommitError;
 use crate::{Backend, Shared};
 
 mod admin;
+mod binary_requests;
 mod counting;
 mod retrieval;
 
@@ -68,7 +70,23 @@ enum Render {
     /// gat/gats: VALUE blocks, then END after the last piece.
     Values { with_cas: bool, end: bool },
     /// A fixed reply whatever the outcome (the delete behind a too-large set).
-    Fixed(Option<&'static str>),
+    Fixed(Option<Bytes>),
+    /// A binary-protocol response packet.
+    Binary(binary::Render),
+}
+
+impl Render {
+    /// Writes the error a request gets when it reached no outcome (`line`
+    /// is one of [`errors`]), in its request's protocol.
+    fn put_error(&self, out: &mut BytesMut, line: &'static str) {
+        match self {
+            Render::Binary(render) => {
+                let (status, text) = binary::Status::of_error_line(line);
+                binary::put_error_text(out, render.echo, status, text);
+            }
+            _ => Reply::Error(line).encode(out),
+        }
+    }
 }
 
 /// A request awaiting its reply, in the connection's order: a write on
@@ -122,7 +140,18 @@ enum WriteKind {
     Touch,
     /// gat/gats over this many keys.
     GetAndTouch(u64),
+    /// A binary get of one key forwarded to the leader (counted from its
+    /// reply).
+    Get,
     Other,
+}
+
+/// Where a read is served ([`Connection::read_at`]).
+enum ReadAt {
+    Here,
+    Leader,
+    /// No server can serve it now: this error line.
+    Refused(&'static str),
 }
 
 /// What the connection does after a batch of requests.
@@ -170,6 +199,11 @@ pub struct Connection {
     forwarded_link: bool,
     /// The server's shutdown token, for `shutdown` under `-A`.
     server_shutdown: CancellationToken,
+    /// Whether the first request was a binary one (`None` before it): a
+    /// binary client's connection then takes binary requests only, and a
+    /// packet that is not one closes it, as in memcached. One that began
+    /// with text (a client's, a follower's forwarding lane) takes both.
+    began_binary: Option<bool>,
 }
 
 impl Connection {
@@ -191,6 +225,7 @@ impl Connection {
             broken: false,
             forwarded_link: false,
             server_shutdown: CancellationToken::new(),
+            began_binary: None,
         }
     }
 
@@ -245,6 +280,13 @@ impl Connection {
             if self.output.len() >= OUTPUT_BYTES_FLUSH || self.pending.len() >= PENDING_WRITES_MAX {
                 return Next::Drain;
             }
+            let Some(&first) = self.input.first() else {
+                return Next::Continue;
+            };
+            let binary = first == binary::REQUEST_MAGIC;
+            if *self.began_binary.get_or_insert(binary) && !binary {
+                return Next::Close;
+            }
             match parse_request(&self.input, &limits) {
                 Ok(None) => return Next::Continue,
                 Ok(Some((request, consumed))) => {
@@ -274,28 +316,16 @@ impl Connection {
                 }) => {
                     self.input.advance(consumed);
                     self.discard_bytes = discard;
-                    Stats::bump(&self.shared.stats.counters.store_too_large);
-                    let reply = (!noreply).then_some(errors::TOO_LARGE);
-                    if mode == StoreMode::Set {
-                        // memcached drops the old value so a failed overwrite
-                        // cannot leave stale data behind.
-                        let mut raw = BytesMut::with_capacity(key.len() + 20);
-                        raw.extend_from_slice(b"delete ");
-                        raw.extend_from_slice(&key);
-                        raw.extend_from_slice(b" noreply\r\n");
-                        let op = Op::Delete { key };
-                        let render = Render::Fixed(reply);
-                        self.queue_write(op, render, WriteKind::Other, raw.freeze(), true)
-                            .await;
-                    } else if let Some(reply) = reply {
-                        self.reply_in_order(Reply::Error(reply)).await;
-                    }
+                    let reply =
+                        (!noreply).then(|| Bytes::from_static(errors::TOO_LARGE.as_bytes()));
+                    self.too_large(key, mode == StoreMode::Set, reply).await;
                 }
                 Err(ParseError::Close) => return Next::Close,
-                Err(ParseError::Binary { reply }) => {
-                    self.reply_in_order(Reply::Error(reply)).await;
-                    return Next::Close;
-                }
+                Err(ParseError::Binary) => match self.binary_request(&limits).await {
+                    None => return Next::Continue,
+                    Some(Next::Close) => return Next::Close,
+                    Some(_) => {}
+                },
             }
         }
     }
@@ -378,7 +408,7 @@ impl Connection {
             }
             Request::Delete { key, noreply } => {
                 self.queue_write(
-                    Op::Delete { key },
+                    Op::Delete { key, cas_unique: 0 },
                     Render::Outcome { noreply },
                     WriteKind::Delete,
                     raw,
@@ -398,7 +428,13 @@ impl Connection {
                     WriteKind::Decr
                 };
                 self.queue_write(
-                    Op::Arith { key, delta, incr },
+                    Op::Arith {
+                        key,
+                        delta,
+                        incr,
+                        cas_unique: 0,
+                        initial: None,
+                    },
                     Render::Outcome { noreply },
                     kind,
                     raw,
@@ -516,16 +552,17 @@ impl Connection {
     ) {
         let key = op.first_key().map(|k| k.as_ref());
         if let Route::Leader(_) = route(key, Access::Write, self.membership()) {
-            let expect = match render {
-                Render::Values { .. } => Expect::Retrieval,
-                _ => Expect::Line,
+            let framing = match render {
+                Render::Values { .. } => Framing::Text(Expect::Retrieval),
+                Render::Binary(_) => Framing::Binary,
+                _ => Framing::Text(Expect::Line),
             };
             let then = Then::Write {
                 kind,
                 render,
                 noreply,
             };
-            self.forward(raw, expect, noreply, false, then).await;
+            self.forward(raw, framing, noreply, false, then).await;
             return;
         }
         self.after_forwarded().await;
@@ -547,8 +584,7 @@ impl Connection {
                 Stats::bump(&self.shared.stats.counters.store_no_memory);
             }
             if !noreply {
-                self.reply_in_order(Reply::Error(errors::OUT_OF_MEMORY))
-                    .await;
+                self.fail_in_order(&render, errors::OUT_OF_MEMORY).await;
             }
             return;
         };
@@ -574,10 +610,27 @@ impl Connection {
                 _room: room,
                 counted: self.counts_here(noreply),
             })),
-            Err(error) => {
-                self.reply_in_order(Reply::Error(commit_error_line(error)))
-                    .await
-            }
+            Err(error) => self.fail_in_order(&render, commit_error_line(error)).await,
+        }
+    }
+
+    /// A store over the item limit (its value is being discarded): `reply`
+    /// in order, and for a set the key deleted first, as memcached does, so
+    /// that a failed overwrite cannot leave a stale value behind.
+    async fn too_large(&mut self, key: Bytes, delete: bool, reply: Option<Bytes>) {
+        Stats::bump(&self.shared.stats.counters.store_too_large);
+        if delete {
+            let mut raw = BytesMut::with_capacity(key.len() + 20);
+            raw.extend_from_slice(b"delete ");
+            raw.extend_from_slice(&key);
+            raw.extend_from_slice(b" noreply\r\n");
+            let op = Op::Delete { key, cas_unique: 0 };
+            let render = Render::Fixed(reply);
+            self.queue_write(op, render, WriteKind::Other, raw.freeze(), true)
+                .await;
+        } else if let Some(reply) = reply {
+            self.finish_pending().await;
+            self.output.extend_from_slice(&reply);
         }
     }
 
@@ -612,31 +665,16 @@ impl Connection {
     /// an error line ended the reply here.
     async fn get_piece(&mut self, piece: Piece<'_>, with_cas: bool) -> bool {
         let Piece { keys, raw, last } = piece;
-        let key = keys.first().map(|k| k.as_ref());
-        let routed = route(key, Access::Read, self.membership());
-        if let Route::Leader(_) = routed {
-            self.forward_get_piece(keys.len(), raw, last).await;
-            return true;
-        }
-        // The read sees every write this connection sent before it.
-        self.finish_pending().await;
-        if routed == Route::HereAfterBarrier {
-            if let Err(error) = self.read_barrier().await {
-                // A leader that cannot confirm it leads, and a follower that
-                // no leader answered in time (a forward would wait for one
-                // as long again), refuse the read.
-                if self.membership_role() == Some(Role::Leader)
-                    || error == CommitError::NoLeaderReached
-                {
-                    Reply::Error(commit_error_line(error)).encode(&mut self.output);
-                    return false;
-                }
-                // A follower refused a read index (not a member of the
-                // group yet), or one that became leader meanwhile, lets the
-                // leader answer: forwarded.
+        match self.read_at(keys.first()).await {
+            ReadAt::Leader => {
                 self.forward_get_piece(keys.len(), raw, last).await;
                 return true;
             }
+            ReadAt::Refused(line) => {
+                Reply::Error(line).encode(&mut self.output);
+                return false;
+            }
+            ReadAt::Here => {}
         }
         self.serve_get(keys, with_cas);
         if let Backend::Cluster(cluster) = &self.backend {
@@ -648,6 +686,34 @@ impl Connection {
         true
     }
 
+    /// Where a read of `key` is served ([`route`]): here, after the writes
+    /// this connection sent before it (so it sees them) and after a read
+    /// barrier where one is needed; or by the leader; or nowhere now.
+    async fn read_at(&mut self, key: Option<&Bytes>) -> ReadAt {
+        let routed = route(key.map(|k| k.as_ref()), Access::Read, self.membership());
+        if let Route::Leader(_) = routed {
+            return ReadAt::Leader;
+        }
+        self.finish_pending().await;
+        if routed == Route::HereAfterBarrier {
+            if let Err(error) = self.read_barrier().await {
+                // A leader that cannot confirm it leads, and a follower that
+                // no leader answered in time (a forward would wait for one
+                // as long again), refuse the read.
+                if self.membership_role() == Some(Role::Leader)
+                    || error == CommitError::NoLeaderReached
+                {
+                    return ReadAt::Refused(commit_error_line(error));
+                }
+                // A follower refused a read index (not a member of the
+                // group yet), or one that became leader meanwhile, lets the
+                // leader answer: forwarded.
+                return ReadAt::Leader;
+            }
+        }
+        ReadAt::Here
+    }
+
     /// Forwards one piece of a get (of `keys` keys) to the leader.
     async fn forward_get_piece(&mut self, keys: usize, raw: Bytes, last: bool) {
         let then = Then::GetPiece {
@@ -655,7 +721,7 @@ impl Connection {
             last,
             get: self.gets,
         };
-        self.forward(raw, Expect::Retrieval, false, true, then)
+        self.forward(raw, Framing::Text(Expect::Retrieval), false, true, then)
             .await;
         // The values wait in the replies: at most about one piece's worth
         // before they go out.
@@ -692,7 +758,7 @@ impl Connection {
     async fn forward(
         &mut self,
         raw: Bytes,
-        expect: Expect,
+        framing: Framing,
         noreply: bool,
         read_only: bool,
         then: Then,
@@ -710,7 +776,7 @@ impl Connection {
         let second_hop = self.forwarded_link;
         let lane = *self.lane.get_or_insert_with(|| link.pick_lane(second_hop));
         let reply = link
-            .submit(lane, &view, raw, expect, noreply, read_only)
+            .submit(lane, &view, raw, framing, noreply, read_only)
             .await;
         self.pending
             .push_back(Pending::Forwarded(PendingForward { reply, then }));
@@ -747,6 +813,13 @@ impl Connection {
         reply.encode(&mut self.output);
     }
 
+    /// Appends the error a request that reached no outcome gets (`line`,
+    /// in the protocol `render` is for), after the requests before it.
+    async fn fail_in_order(&mut self, render: &Render, line: &'static str) {
+        self.finish_pending().await;
+        render.put_error(&mut self.output, line);
+    }
+
     /// Waits for every queued request, in order, and renders its reply.
     async fn finish_pending(&mut self) {
         self.pending_hit_keys = 0;
@@ -768,7 +841,9 @@ impl Connection {
         let outcome = match outcome {
             Ok(outcome) => outcome,
             Err(error) => {
-                Reply::Error(commit_error_line(error)).encode(&mut self.output);
+                write
+                    .render
+                    .put_error(&mut self.output, commit_error_line(error));
                 return;
             }
         };
@@ -780,7 +855,8 @@ impl Connection {
             Render::Outcome { noreply: false } => {
                 Reply::from_outcome(&outcome).encode(&mut self.output);
             }
-            Render::Fixed(Some(reply)) => Reply::Error(reply).encode(&mut self.output),
+            Render::Fixed(Some(reply)) => self.output.extend_from_slice(&reply),
+            Render::Binary(render) => render.put_outcome(&mut self.output, &outcome),
             Render::Values { with_cas, end } => {
                 if let Outcome::Hits(hits) = &outcome {
                     for hit in hits {
@@ -810,6 +886,10 @@ impl Connection {
                 render,
                 noreply,
             } => {
+                if let Render::Binary(render) = &render {
+                    self.relay_binary(kind, render, relayed);
+                    return;
+                }
                 match relayed {
                     Relayed::Reply(reply) => {
                         if !noreply {
@@ -825,7 +905,7 @@ impl Connection {
                 match render {
                     // The delete behind a too-large set is forwarded
                     // silently; the client still gets its error line.
-                    Render::Fixed(Some(line)) => Reply::Error(line).encode(&mut self.output),
+                    Render::Fixed(Some(reply)) => self.output.extend_from_slice(&reply),
                     // A gat piece before the last: the next one's values follow.
                     Render::Values { end: false, .. } => {
                         strip_end(&mut self.output);

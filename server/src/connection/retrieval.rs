@@ -74,6 +74,22 @@ impl Connection {
     /// Appends the VALUE blocks of the visible items among `keys`, counting
     /// hits and misses; the caller checked that the state may be read.
     pub(super) fn serve_get(&mut self, keys: &[Bytes], with_cas: bool) {
+        self.look_up(keys, |out, key, item| {
+            if let Some(item) = item {
+                let cas = with_cas.then_some(item.cas());
+                encode_value(out, key, item.flags(), item.data(), cas);
+            }
+        });
+    }
+
+    /// Looks up each of `keys` in the local state, counting hits and
+    /// misses, and lets `emit` write its reply (`None`: a miss); the caller
+    /// checked that the state may be read.
+    pub(super) fn look_up(
+        &mut self,
+        keys: &[Bytes],
+        mut emit: impl FnMut(&mut BytesMut, &Bytes, Option<ItemRef<'_>>),
+    ) {
         let shared = self.shared.clone();
         let counters = &shared.stats.counters;
         let now_s = clock::now_s();
@@ -88,11 +104,12 @@ impl Connection {
         let state = state::read(&shared.state);
         for key in keys {
             bump(&counters.cmd_get);
-            match state.lookup(key, now_s) {
+            let lookup = state.lookup(key, now_s);
+            match lookup {
                 Lookup::Hit(item) => {
                     bump(&counters.get_hits);
-                    let cas = with_cas.then_some(item.cas());
-                    encode_value(&mut self.output, key, item.flags(), item.data(), cas);
+                    emit(&mut self.output, key, Some(item));
+                    continue;
                 }
                 Lookup::Miss => bump(&counters.get_misses),
                 Lookup::Expired => {
@@ -104,6 +121,7 @@ impl Connection {
                     Stats::bump(&counters.get_flushed);
                 }
             }
+            emit(&mut self.output, key, None);
         }
     }
 }

@@ -12,6 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use data::protocol::binary::response_len;
 use data::protocol::client::{encode_forwarder, scan_response, Expect, Status};
 use data::protocol::reply::errors;
 use tokio::io::Interest;
@@ -20,8 +21,9 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::{Duration, Instant};
 
 use super::{
-    LinkError, Relayed, CONNECT_TIMEOUT_MS, FORWARD_FAILOVER_WAIT_MS, FORWARD_REPLY_BYTES_MAX,
-    FORWARD_RETRY_MS, FORWARD_TIMEOUT_MS, LANE_IN_FLIGHT_MAX, LANE_WAITING_MAX,
+    Framing, LinkError, Relayed, CONNECT_TIMEOUT_MS, FORWARD_FAILOVER_WAIT_MS,
+    FORWARD_REPLY_BYTES_MAX, FORWARD_RETRY_MS, FORWARD_TIMEOUT_MS, LANE_IN_FLIGHT_MAX,
+    LANE_WAITING_MAX,
 };
 use crate::driver::ClusterView;
 
@@ -34,7 +36,7 @@ const READ_BYTES_MIN: usize = 16 * 1024;
 /// One request to forward, and where its reply goes.
 pub(super) struct Job {
     pub(super) raw: Bytes,
-    pub(super) expect: Expect,
+    pub(super) framing: Framing,
     pub(super) noreply: bool,
     pub(super) read_only: bool,
     /// It gets `no leader available` if it is still waiting for a leader
@@ -190,13 +192,20 @@ impl Link {
                     Err(bad)
                 };
             };
-            let expect = match &self.in_flight[at].sent {
-                Sent::Job(job) => job.expect,
-                Sent::Hello | Sent::Barrier => Expect::Line,
+            let framing = match &self.in_flight[at].sent {
+                Sent::Job(job) => job.framing,
+                Sent::Hello | Sent::Barrier => Framing::Text(Expect::Line),
             };
-            let Some((status, len)) =
-                scan_response(&self.input, expect).map_err(|_| LinkError::BadReply(self.leader))?
-            else {
+            // Whether the reply is a text `OK`, and its length once whole.
+            let scanned = match framing {
+                Framing::Text(expect) => scan_response(&self.input, expect)
+                    .map(|reply| reply.map(|(status, len)| (status == Status::Ok, len)))
+                    .map_err(|_| ()),
+                Framing::Binary => response_len(&self.input)
+                    .map(|reply| reply.map(|len| (false, len)))
+                    .map_err(|_| ()),
+            };
+            let Some((ok, len)) = scanned.map_err(|()| LinkError::BadReply(self.leader))? else {
                 if self.input.len() > FORWARD_REPLY_BYTES_MAX {
                     return Err(bad);
                 }
@@ -211,7 +220,7 @@ impl Link {
             }
             let answered = self.in_flight.pop_front().expect("found above");
             match answered.sent {
-                Sent::Hello if status != Status::Ok => return Err(bad),
+                Sent::Hello if !ok => return Err(bad),
                 Sent::Hello | Sent::Barrier => {}
                 Sent::Job(job) => job.answer(Relayed::Reply(reply)),
             }

@@ -80,6 +80,16 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// How often a lane without a leader looks for the next one.
 const FORWARD_RETRY_MS: u64 = 20;
 
+/// How the leader's reply to a forwarded request is framed: a text reply
+/// of the kind its request expects, or one binary-protocol response
+/// packet (a follower forwards a binary request in its loud form, so
+/// that every one has a reply).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    Text(Expect),
+    Binary,
+}
+
 /// What became of a request relayed to the leader.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Relayed {
@@ -147,7 +157,7 @@ impl LeaderLink {
         lane: usize,
         view: &Arc<ClusterView>,
         raw: Bytes,
-        expect: Expect,
+        framing: Framing,
         noreply: bool,
         read_only: bool,
     ) -> oneshot::Receiver<Relayed> {
@@ -158,7 +168,7 @@ impl LeaderLink {
         };
         let job = Job {
             raw,
-            expect,
+            framing,
             noreply,
             read_only,
             deadline: Instant::now() + Duration::from_millis(FORWARD_FAILOVER_WAIT_MS),

@@ -46,7 +46,8 @@ async fn submit(
     read_only: bool,
 ) -> oneshot::Receiver<Relayed> {
     let raw = Bytes::from_static(raw.as_bytes());
-    link.submit(0, view, raw, expect, noreply, read_only).await
+    link.submit(0, view, raw, Framing::Text(expect), noreply, read_only)
+        .await
 }
 
 fn reply(text: &'static str) -> Relayed {
