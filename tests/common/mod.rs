@@ -133,8 +133,6 @@ pub fn python_with_pymemcache() -> Option<PathBuf> {
     ok.then_some(py)
 }
 
-/// A port that was free a moment ago (the OS picks it; the race with other
-/// processes is handled by retrying the start).
 /// The seed of a differential run (`what` names it): `STORE_DIFF_SEED`
 /// replays one, else a random one; printed either way.
 pub fn diff_seed(what: &str) -> u64 {
@@ -147,6 +145,8 @@ pub fn diff_seed(what: &str) -> u64 {
     seed
 }
 
+/// A port that was free a moment ago (the OS picks it; the race with other
+/// processes is handled by retrying the start).
 pub fn free_port() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
     l.local_addr()

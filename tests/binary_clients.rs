@@ -1,0 +1,119 @@
+//! Real binary-protocol clients against a single server and against a
+//! follower of a 3-server cluster (whose writes go to the leader and whose
+//! reads are served after a read index): libmemcached through pylibmc in
+//! binary mode (Debian's python3-pylibmc), python-binary-memcached (PyPI)
+//! and memjs (npm, binary only). Each runs the smoke test in tests/clients/
+//! (set, get, multi-get where the client has it, add, replace, append,
+//! prepend, cas, incr/decr, delete, touch, stats and the failure replies),
+//! which passes against memcached 1.6 as it must here.
+//!
+//! `.ci/run` installs them; locally a missing client is skipped (under CI
+//! it fails): `PYLIBMC_PYTHON` names a python that imports pylibmc (else
+//! /usr/bin/python3), `python3` on PATH must import bmemcached, and
+//! `STORE_NODE_MODULES` is a node_modules directory holding memjs.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster;
+use common::*;
+
+/// A smoke run takes well under a second; a hang fails within this.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// One client and how to run its smoke test against an address.
+struct Client {
+    name: &'static str,
+    program: PathBuf,
+    args: Vec<String>,
+    env: Vec<(&'static str, PathBuf)>,
+}
+
+fn scripts() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/clients")
+}
+
+fn python_importing(candidates: &[String], module: &str) -> Option<PathBuf> {
+    candidates.iter().find_map(|py| {
+        let ok = Command::new(py)
+            .args(["-c", &format!("import {module}")])
+            .output()
+            .is_ok_and(|out| out.status.success());
+        ok.then(|| PathBuf::from(py))
+    })
+}
+
+/// The clients found, or the first one missing.
+fn clients() -> Result<Vec<Client>, String> {
+    let smoke = scripts().join("binary_smoke.py").display().to_string();
+    let pylibmc_python = std::env::var("PYLIBMC_PYTHON").unwrap_or("/usr/bin/python3".into());
+    let pylibmc = python_importing(&[pylibmc_python], "pylibmc")
+        .ok_or("no python imports pylibmc (apt-get install python3-pylibmc)")?;
+    let bmemcached = python_importing(&["python3".into()], "bmemcached")
+        .ok_or("python3 does not import bmemcached (pip install python-binary-memcached)")?;
+    let node_modules = std::env::var_os("STORE_NODE_MODULES")
+        .map(PathBuf::from)
+        .filter(|dir| dir.join("memjs").is_dir())
+        .ok_or("STORE_NODE_MODULES does not name a node_modules with memjs (npm install memjs)")?;
+    Ok(vec![
+        Client {
+            name: "pylibmc (binary)",
+            program: pylibmc,
+            args: vec![smoke.clone(), "pylibmc".into()],
+            env: Vec::new(),
+        },
+        Client {
+            name: "python-binary-memcached",
+            program: bmemcached,
+            args: vec![smoke, "bmemcached".into()],
+            env: Vec::new(),
+        },
+        Client {
+            name: "memjs",
+            program: "node".into(),
+            args: vec![scripts().join("memjs_smoke.js").display().to_string()],
+            env: vec![("NODE_PATH", node_modules)],
+        },
+    ])
+}
+
+fn run(client: &Client, addr: SocketAddr) {
+    let mut cmd = Command::new(&client.program);
+    cmd.args(&client.args).arg(addr.to_string());
+    for (name, value) in &client.env {
+        cmd.env(name, value);
+    }
+    let run = run_tool(cmd, CLIENT_TIMEOUT);
+    assert!(
+        run.status.success() && run.stdout.starts_with("ok: "),
+        "{} against {addr}: {}\nstdout:\n{}\nstderr:\n{}",
+        client.name,
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    println!("{} against {addr}: {}", client.name, run.stdout.trim());
+}
+
+#[test]
+fn binary_clients_against_a_server_and_a_follower() {
+    let test = "binary_clients_against_a_server_and_a_follower";
+    let clients = match clients() {
+        Ok(clients) => clients,
+        Err(why) => return skip(test, &why),
+    };
+    let server = StoreServer::start(&[]);
+    let alone: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    for client in &clients {
+        run(client, alone);
+    }
+    let cluster = cluster::start(3);
+    let (_, follower) = cluster::leader_and_follower(&cluster);
+    for client in &clients {
+        run(client, follower);
+    }
+}
