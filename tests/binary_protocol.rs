@@ -24,7 +24,7 @@
 mod common;
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::BytesMut;
 use common::cluster;
@@ -33,8 +33,6 @@ use data::protocol::binary::{opcode, parse_response, put_request, Response, ARIT
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-const STEPS_MAX: usize = 20_000;
-const RUN_TIME_MAX: Duration = Duration::from_secs(60);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Opaque of the noop that ends each step.
 const STEP_END: u32 = 0xffff_ffff;
@@ -348,39 +346,16 @@ fn binary_differential_against_memcached() {
         opaque: 0,
         counters: Default::default(),
     };
-    let started = Instant::now();
-    let mut history: Vec<String> = Vec::new();
-    let mut steps = 0;
-    while steps < STEPS_MAX && started.elapsed() < RUN_TIME_MAX {
-        let requests: Vec<Request> = (0..gen.rng.gen_range(1..6))
-            .map(|_| gen.request())
-            .collect();
-        let sent = format!("{requests:?}");
-        let want = reference
-            .step(&requests)
-            .unwrap_or_else(|e| panic!("seed {seed} step {steps}: memcached: {e}\nsent {sent}"));
-        let got = ours
-            .step(&requests)
-            .unwrap_or_else(|e| panic!("seed {seed} step {steps}: store: {e}\nsent {sent}"));
-        assert_eq!(
-            got,
-            want,
-            "seed {seed} step {steps}: responses differ (left: store, right: memcached)\nsent {sent}\nprevious steps:\n{}",
-            history.join("\n")
-        );
-        history.push(format!("[{steps}] {sent} -> {want:?}"));
-        if history.len() > 6 {
-            history.remove(0);
-        }
-        steps += 1;
-    }
-    println!(
-        "binary differential: {steps} steps in {:?}",
-        started.elapsed()
-    );
-    assert!(
-        steps >= 200,
-        "only {steps} steps ran within {RUN_TIME_MAX:?}"
+    run_differential(
+        "binary differential",
+        seed,
+        || {
+            (0..gen.rng.gen_range(1..6))
+                .map(|_| gen.request())
+                .collect()
+        },
+        |requests| reference.step(requests),
+        |requests| ours.step(requests),
     );
 }
 

@@ -80,6 +80,8 @@ pub struct Hit {
     pub flags: u32,
     pub data: Bytes,
     pub cas: u64,
+    /// When the item was last written (Unix seconds).
+    pub updated_s: u64,
 }
 
 /// The reply-relevant result of applying one command.
@@ -95,10 +97,12 @@ pub enum Outcome {
     NotFound,
     Deleted,
     Touched,
-    /// The new value after incr/decr, and the item's new unique.
+    /// The new value after incr/decr, the item's new unique and its
+    /// expiry (which the meta protocol's `t` returns).
     Number {
         value: u64,
         cas: u64,
+        exptime: AbsTime,
     },
     /// incr/decr on a value that is not a decimal u64.
     NonNumeric,
@@ -449,6 +453,7 @@ impl State {
                         flags: item.flags(),
                         data: Bytes::copy_from_slice(item.data()),
                         cas: item.cas(),
+                        updated_s: item.updated_s(),
                     });
                     self.items.set_exptime(key, *exptime);
                 }
@@ -556,7 +561,11 @@ impl State {
             // as its decimal text with flags 0; the delta is not applied.
             let text = crate::protocol::decimal(&mut digits, value);
             self.items.insert(key, &[text], meta(0, exptime));
-            return Outcome::Number { value, cas: index };
+            return Outcome::Number {
+                value,
+                cas: index,
+                exptime,
+            };
         };
         // memcached's order: an empty value, then the unique, then the
         // number.
@@ -577,7 +586,11 @@ impl State {
         };
         let text = crate::protocol::decimal(&mut digits, value);
         self.items.insert(key, &[text], meta(flags, exptime));
-        Outcome::Number { value, cas: index }
+        Outcome::Number {
+            value,
+            cas: index,
+            exptime,
+        }
     }
 
     fn is_flushed(&self, item: ItemRef<'_>, now_s: u64) -> bool {
@@ -701,7 +714,11 @@ mod tests {
             cas_unique: 0,
             initial: None,
         };
-        let zero = |cas| Outcome::Number { value: 0, cas };
+        let zero = |cas| Outcome::Number {
+            value: 0,
+            cas,
+            exptime: exptime::NEVER,
+        };
         assert_eq!(state.apply(2, &cmd(1, incr)), zero(2));
         let decr = Op::Arith {
             key: Bytes::from_static(b"n"),
@@ -730,11 +747,16 @@ mod tests {
             exptime: exptime::NEVER,
         });
         assert_eq!(state.apply(1, &cmd(1, arith(0, None))), Outcome::NotFound);
-        let created = Outcome::Number { value: 10, cas: 2 };
+        let number = |value, cas| Outcome::Number {
+            value,
+            cas,
+            exptime: exptime::NEVER,
+        };
+        let created = number(10, 2);
         assert_eq!(state.apply(2, &cmd(1, arith(0, initial))), created);
         assert_eq!(state.get(b"n", 1).unwrap().data(), b"10");
         assert_eq!(state.apply(3, &cmd(1, arith(7, initial))), Outcome::Exists);
-        let added = Outcome::Number { value: 13, cas: 4 };
+        let added = number(13, 4);
         assert_eq!(state.apply(4, &cmd(1, arith(2, initial))), added);
         let delete = |cas_unique| Op::Delete {
             key: Bytes::from_static(b"n"),
@@ -988,6 +1010,7 @@ mod tests {
                         return Outcome::Number {
                             value: *value,
                             cas: index,
+                            exptime: *exptime,
                         };
                     };
                     if old.0.is_empty() {
@@ -1016,9 +1039,11 @@ mod tests {
                     };
                     self.items
                         .insert(key.to_vec(), (n.to_string().into_bytes(), old.1, index));
+                    // The model's items never expire.
                     Outcome::Number {
                         value: n,
                         cas: index,
+                        exptime: exptime::NEVER,
                     }
                 }
                 Op::Touch { key, exptime } => {

@@ -197,6 +197,7 @@ fn check_response(request: &BinaryRequest) {
         Outcome::Number {
             value: u64::from(ARITH_NO_CREATE),
             cas: 9,
+            exptime: 0,
         },
         Outcome::Hits(Vec::new()),
     ];

@@ -31,6 +31,7 @@ use data::limits::{
     Limits, GET_LEADING_SPACES_MAX, GET_LINE_BYTES_MAX, KEY_BYTES_MAX, LINE_BYTES_MAX,
 };
 use data::protocol::client::{self, check_key, EncodeError};
+use data::protocol::meta::{self, MetaVerb};
 use data::protocol::request::{
     admin_replies, parse_request, ParseError, Request, StatsGroup, Storage, BAD_DATA_CHUNK,
     BAD_DELTA, BAD_EXPTIME, BAD_FORMAT, DELETE_USAGE, ERROR, LINE_TOKENS_MAX,
@@ -76,10 +77,11 @@ fn tokens(line: &[u8]) -> Vec<&[u8]> {
         .collect()
 }
 
+/// A line followed by a data block: the storage commands and meta's `ms`.
 fn is_storage_verb(verb: &[u8]) -> bool {
     matches!(
         verb,
-        b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas"
+        b"set" | b"add" | b"replace" | b"append" | b"prepend" | b"cas" | b"ms"
     )
 }
 
@@ -173,6 +175,20 @@ fn check_raw(input: &[u8]) {
                         admin_replies::BAD_COMMAND_LINE,
                         admin_replies::DETAIL_USAGE,
                         admin_replies::CRAWLER_SLEEP_MAX,
+                        // The meta commands'.
+                        meta::DUPLICATE_FLAG,
+                        meta::INVALID_FLAG,
+                        meta::INVALID_OR_DUPLICATE_FLAG,
+                        meta::BAD_TOKEN,
+                        meta::KEY_NOT_DECODED,
+                        meta::OPAQUE_TOO_LONG,
+                        meta::FLAGS_TOO_LONG,
+                        meta::MG_FLAGS_TOO_LONG,
+                        meta::M_TOKEN_LENGTH,
+                        meta::MS_BAD_MODE,
+                        meta::MA_BAD_MODE,
+                        meta::BAD_INITIAL,
+                        meta::BAD_DELTA,
                     ]
                     .contains(&reply),
                     "unexpected reply {reply:?}"
@@ -205,7 +221,8 @@ fn check_raw(input: &[u8]) {
             check_key_token(&key);
             let line = line.expect("a complete line");
             let tokens = tokens(line);
-            assert_eq!(tokens[0], mode.verb().as_bytes());
+            // A set's, or an ms (which drops the old value in any mode).
+            assert!(tokens[0] == mode.verb().as_bytes() || tokens[0] == b"ms");
             assert!(discard >= 2 && discard - 2 > LIMITS.item_bytes_max as u64);
             assert_eq!(input[consumed - 1], b'\n');
         }
@@ -237,9 +254,19 @@ fn check_request(input: &[u8], consumed: usize, request: &Request) {
                 assert_eq!(s.cas_unique, 0);
             }
         }
+        Request::Meta(m) if m.verb == MetaVerb::Set => {
+            assert!(!m.key.is_empty() && m.key.len() <= KEY_BYTES_MAX);
+            assert!(m.data.len() <= LIMITS.item_bytes_max);
+            assert_eq!(consumed, line_bytes + m.data.len() + 2);
+            assert_eq!(&input[line_bytes..consumed - 2], &m.data[..]);
+        }
         other => {
             // Everything else is one line.
             assert_eq!(consumed, line_bytes);
+            if let Request::Meta(m) = other {
+                assert!(m.verb == MetaVerb::Noop || !m.key.is_empty());
+                assert!(m.key.len() <= KEY_BYTES_MAX);
+            }
             match other {
                 Request::Get { keys, .. } | Request::GetAndTouch { keys, .. } => {
                     assert!(!keys.is_empty() && keys.len() <= LINE_TOKENS_MAX);

@@ -145,6 +145,51 @@ pub fn diff_seed(what: &str) -> u64 {
     seed
 }
 
+/// Steps of a differential run, at most, and its time budget.
+pub const DIFF_STEPS_MAX: usize = 20_000;
+pub const DIFF_RUN_TIME_MAX: Duration = Duration::from_secs(60);
+
+/// The same steps, each a few requests from `next_step`, given to
+/// memcached (`reference`) and to our server (`ours`), whose answers (as
+/// each side renders them comparable) must be equal; `what` names the run
+/// in its messages. Stops after [`DIFF_STEPS_MAX`] steps or
+/// [`DIFF_RUN_TIME_MAX`], and fails if fewer than 200 ran.
+pub fn run_differential<R: std::fmt::Debug>(
+    what: &str,
+    seed: u64,
+    mut next_step: impl FnMut() -> Vec<R>,
+    mut reference: impl FnMut(&[R]) -> Result<Vec<String>, String>,
+    mut ours: impl FnMut(&[R]) -> Result<Vec<String>, String>,
+) {
+    let started = Instant::now();
+    let mut history: Vec<String> = Vec::new();
+    let mut steps = 0;
+    while steps < DIFF_STEPS_MAX && started.elapsed() < DIFF_RUN_TIME_MAX {
+        let requests = next_step();
+        let sent = format!("{requests:?}");
+        let want = reference(&requests)
+            .unwrap_or_else(|e| panic!("seed {seed} step {steps}: memcached: {e}\nsent {sent}"));
+        let got = ours(&requests)
+            .unwrap_or_else(|e| panic!("seed {seed} step {steps}: store: {e}\nsent {sent}"));
+        assert_eq!(
+            got,
+            want,
+            "seed {seed} step {steps}: responses differ (left: store, right: memcached)\nsent {sent}\nprevious steps:\n{}",
+            history.join("\n")
+        );
+        history.push(format!("[{steps}] {sent} -> {want:?}"));
+        if history.len() > 6 {
+            history.remove(0);
+        }
+        steps += 1;
+    }
+    println!("{what}: {steps} steps in {:?}", started.elapsed());
+    assert!(
+        steps >= 200,
+        "only {steps} steps ran within {DIFF_RUN_TIME_MAX:?}"
+    );
+}
+
 /// A port that was free a moment ago (the OS picks it; the race with other
 /// processes is handled by retrying the start).
 pub fn free_port() -> u16 {

@@ -536,7 +536,7 @@ impl Render {
             Outcome::Deleted | Outcome::Ok | Outcome::Touched | Outcome::Reclaimed(_) => {
                 put_success(out, echo, 0)
             }
-            Outcome::Number { value, cas } => {
+            Outcome::Number { value, cas, .. } => {
                 if !suppressed(echo.opcode, Status::NoError as u16) {
                     let value = value.to_be_bytes();
                     put_response(out, echo, Status::NoError as u16, *cas, &[], &[], &value);
@@ -791,7 +791,14 @@ mod tests {
             echo: echo(opcode::INCREMENTQ),
             key: Bytes::new(),
         }
-        .put_outcome(&mut out, &Outcome::Number { value: 1, cas: 2 });
+        .put_outcome(
+            &mut out,
+            &Outcome::Number {
+                value: 1,
+                cas: 2,
+                exptime: 0,
+            },
+        );
         assert!(out.is_empty());
         put_hit(&mut out, echo(opcode::GETKQ), b"k", 3, b"v", 7);
         let (hit, _) = parse_response(&out).unwrap().unwrap();
@@ -824,6 +831,7 @@ mod tests {
             flags: 1,
             data: Bytes::from_static(b"value"),
             cas: 3,
+            updated_s: 0,
         };
         touch.put_outcome(&mut out, &Outcome::Hits(vec![hit]));
         let (touched, _) = parse_response(&out).unwrap().unwrap();

@@ -471,6 +471,7 @@ pub fn encode_request(buf: &mut BytesMut, request: &Request) -> Result<bool, Enc
         }
         Request::CacheMemlimit { .. } | Request::Admin(_) => return Ok(false),
         Request::Forwarder => encode_forwarder(buf),
+        Request::Meta(meta) => meta.encode(buf),
         Request::Quit => encode_quit(buf),
     }
     Ok(true)

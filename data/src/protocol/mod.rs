@@ -1,5 +1,6 @@
 //! The memcached protocols, as pure functions of bytes: the text protocol
-//! both directions, and the binary protocol ([`binary`]).
+//! both directions, its meta commands ([`meta`]), and the binary protocol
+//! ([`binary`]).
 //!
 //! - [`request`]: the server's side: bytes to [`Request`] ([`parse_request`]).
 //! - [`reply`]: the server's side: replies to bytes.
@@ -10,6 +11,7 @@
 
 pub mod binary;
 pub mod client;
+pub mod meta;
 pub mod reply;
 pub mod request;
 

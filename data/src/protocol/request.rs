@@ -141,6 +141,8 @@ pub enum Request {
     /// client requests over, so that the leader leaves the counting of
     /// them to the follower (DESIGN §2). Answered `OK`.
     Forwarder,
+    /// A meta command (`mg`, `ms`, `md`, `ma`, `mn`, `me`).
+    Meta(Box<super::meta::MetaRequest>),
     /// `cache_memlimit <mb> [noreply]`: sets the memory limit (`-m`).
     CacheMemlimit {
         megabytes: u32,
@@ -256,6 +258,9 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
         b"prepend" => return parse_storage(buf, line_bytes, StoreMode::Prepend, args, limits),
         b"cas" => return parse_storage(buf, line_bytes, StoreMode::Cas, args, limits),
         b"delete" => parse_delete(args, line_bytes)?,
+        b"mg" | b"ms" | b"md" | b"ma" | b"mn" | b"me" => {
+            return super::meta::parse_meta(buf, line_bytes, verb, args, limits)
+        }
         b"incr" | b"decr" => {
             let noreply = ends_with_noreply(args, 2);
             let quiet = |r: &'static str| quiet_reply(r, noreply, line_bytes);
@@ -523,7 +528,7 @@ fn parse_storage(
 
 /// Unsigned decimal as C's strtoul accepts it in a token: an optional `+`,
 /// then digits only.
-fn parse_u64(token: &[u8]) -> Option<u64> {
+pub(crate) fn parse_u64(token: &[u8]) -> Option<u64> {
     let digits = token.strip_prefix(b"+").unwrap_or(token);
     if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
         return None;
@@ -544,8 +549,15 @@ fn parse_i64(token: &[u8]) -> Option<i64> {
     }
 }
 
+/// A data block's declared length, as a storage line may give it.
+pub(crate) fn parse_data_len(token: &[u8]) -> Option<usize> {
+    parse_i64(token)
+        .filter(|n| (0..=DATA_BYTES_FIELD_MAX).contains(n))
+        .map(|n| n as usize)
+}
+
 /// exptime-like fields are 32-bit in memcached.
-fn parse_i32(token: &[u8]) -> Option<i64> {
+pub(crate) fn parse_i32(token: &[u8]) -> Option<i64> {
     parse_i64(token).filter(|n| i32::try_from(*n).is_ok())
 }
 

@@ -60,6 +60,28 @@ impl Counted {
 }
 
 impl Counted {
+    /// What a meta response says of a forwarded request of `kind`, from
+    /// its two-letter `code` (`reply` for an error line); `None` where no
+    /// outcome was reached.
+    pub(super) fn from_meta_code(kind: WriteKind, code: &[u8], reply: &[u8]) -> Option<Counted> {
+        let read = matches!(kind, WriteKind::Get | WriteKind::Touch);
+        Some(match code {
+            b"HD" | b"VA" if read => Counted::Hits(1),
+            b"HD" | b"VA" => match kind {
+                WriteKind::Store(_) => Counted::Stored,
+                WriteKind::Delete => Counted::Deleted,
+                WriteKind::Incr | WriteKind::Decr => Counted::Number,
+                _ => Counted::Other,
+            },
+            b"EN" => Counted::Hits(0),
+            b"NF" => Counted::NotFound,
+            b"EX" => Counted::Exists,
+            b"NS" => Counted::Other,
+            _ if reply == errors::OUT_OF_MEMORY.as_bytes() => Counted::OutOfMemory,
+            _ => return None,
+        })
+    }
+
     /// What a binary response's `status` says of a forwarded request of
     /// `kind`; `None` where no outcome was reached.
     pub(super) fn from_binary_status(kind: WriteKind, status: u16) -> Option<Counted> {

@@ -23,6 +23,7 @@ use data::exptime;
 use data::frame::Role;
 use data::protocol::binary;
 use data::protocol::client::{encode_gat, encode_get, scan_response, EncodeError, Expect, Status};
+use data::protocol::meta::MetaRequest;
 use data::protocol::reply::{encode_value, errors, Reply};
 use data::protocol::request::{
     admin_replies, parse_request, Admin, ParseError, Request, StatsGroup, Storage,
@@ -46,6 +47,7 @@ use crate::{Backend, Shared};
 mod admin;
 mod binary_requests;
 mod counting;
+mod meta_requests;
 mod retrieval;
 
 use counting::Counted;
@@ -73,6 +75,11 @@ enum Render {
     Fixed(Option<Bytes>),
     /// A binary-protocol response packet.
     Binary(binary::Render),
+    /// A meta response; `exptime` is the one a touch (`mg ... T`) set.
+    Meta {
+        request: Box<MetaRequest>,
+        exptime: exptime::AbsTime,
+    },
 }
 
 impl Render {
@@ -530,6 +537,7 @@ impl Connection {
                 };
                 self.reply_in_order(Reply::Error(reply)).await;
             }
+            Request::Meta(request) => self.handle_meta(*request).await,
             Request::Forwarder => {
                 self.forwarded_link = true;
                 self.reply_in_order(Reply::Ok).await;
@@ -555,6 +563,7 @@ impl Connection {
             let framing = match render {
                 Render::Values { .. } => Framing::Text(Expect::Retrieval),
                 Render::Binary(_) => Framing::Binary,
+                Render::Meta { .. } => Framing::Meta,
                 _ => Framing::Text(Expect::Line),
             };
             let then = Then::Write {
@@ -857,6 +866,9 @@ impl Connection {
             }
             Render::Fixed(Some(reply)) => self.output.extend_from_slice(&reply),
             Render::Binary(render) => render.put_outcome(&mut self.output, &outcome),
+            Render::Meta { request, exptime } => {
+                request.put_outcome(&mut self.output, &outcome, exptime, clock::now_s())
+            }
             Render::Values { with_cas, end } => {
                 if let Outcome::Hits(hits) = &outcome {
                     for hit in hits {
@@ -886,9 +898,10 @@ impl Connection {
                 render,
                 noreply,
             } => {
-                if let Render::Binary(render) = &render {
-                    self.relay_binary(kind, render, relayed);
-                    return;
+                match &render {
+                    Render::Binary(render) => return self.relay_binary(kind, render, relayed),
+                    Render::Meta { request, .. } => return self.relay_meta(kind, request, relayed),
+                    _ => {}
                 }
                 match relayed {
                     Relayed::Reply(reply) => {

@@ -201,6 +201,9 @@ impl Link {
                 Framing::Text(expect) => scan_response(&self.input, expect)
                     .map(|reply| reply.map(|(status, len)| (status == Status::Ok, len)))
                     .map_err(|_| ()),
+                Framing::Meta => data::protocol::meta::response_len(&self.input)
+                    .map(|reply| reply.map(|len| (false, len)))
+                    .map_err(|_| ()),
                 Framing::Binary => response_len(&self.input)
                     .map(|reply| reply.map(|len| (false, len)))
                     .map_err(|_| ()),

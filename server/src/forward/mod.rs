@@ -81,12 +81,13 @@ const CONNECT_TIMEOUT_MS: u64 = 1_000;
 const FORWARD_RETRY_MS: u64 = 20;
 
 /// How the leader's reply to a forwarded request is framed: a text reply
-/// of the kind its request expects, or one binary-protocol response
-/// packet (a follower forwards a binary request in its loud form, so
-/// that every one has a reply).
+/// of the kind its request expects, one meta response, or one
+/// binary-protocol response packet (a follower forwards meta and binary
+/// requests in their loud forms, so that every one has a reply).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Framing {
     Text(Expect),
+    Meta,
     Binary,
 }
 

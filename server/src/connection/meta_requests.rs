@@ -1,0 +1,179 @@
+//! Meta commands (DESIGN §5a). Each becomes the operation its classic twin
+//! becomes, on the same paths: `mg` a read after the same read barrier (a
+//! write when it touches, `T`), `ms` a store, `md` a delete, `ma` an incr
+//! or decr that may create its counter, each with the CAS unique `C`
+//! names; on a follower each is forwarded to the leader as its meta line
+//! without `q` (so that every forwarded request has one reply to match by
+//! position), and the reply is handed back under the client's `q`.
+
+use data::command::{Initial, StoreMode};
+use data::protocol::meta::{put_debug, ItemView, MetaRequest, MetaVerb, SetMode};
+
+use super::*;
+
+impl Connection {
+    pub(super) async fn handle_meta(&mut self, request: MetaRequest) {
+        let now_s = clock::now_s();
+        let counted = !self.forwarded_link;
+        let shared = self.shared.clone();
+        let counters = &shared.stats.counters;
+        let mut raw = BytesMut::new();
+        request.encode_loud(&mut raw);
+        let raw = raw.freeze();
+        let key = request.key.clone();
+        let cas_unique = request.compare_cas.unwrap_or(0);
+        let resolve = |ttl: i64| exptime::resolve(ttl, now_s);
+        match request.verb {
+            MetaVerb::Noop => {
+                self.finish_pending().await;
+                self.output.extend_from_slice(b"MN\r\n");
+            }
+            MetaVerb::Get | MetaVerb::Debug if request.ttl.is_none() => {
+                self.meta_read(request, raw).await
+            }
+            MetaVerb::Get | MetaVerb::Debug => {
+                // A touch: the one operation that reads an item as it sets
+                // its expiry is gat's.
+                if counted {
+                    Stats::bump(&counters.cmd_touch);
+                }
+                let exptime = resolve(request.ttl.unwrap_or(0));
+                let op = Op::GetAndTouch {
+                    keys: vec![key],
+                    exptime,
+                };
+                let render = Render::Meta {
+                    request: Box::new(request),
+                    exptime,
+                };
+                self.queue_write(op, render, WriteKind::Touch, raw, false)
+                    .await;
+            }
+            MetaVerb::Set => {
+                if counted {
+                    Stats::bump(&counters.cmd_set);
+                }
+                // As memcached: a unique makes a set or a replace a CAS, an
+                // append or prepend checks it, an add ignores it.
+                let (mode, cas_unique) = match (request.set_mode, request.compare_cas) {
+                    (SetMode::Set | SetMode::Replace, Some(cas)) => (StoreMode::Cas, cas),
+                    (SetMode::Set, None) => (StoreMode::Set, 0),
+                    (SetMode::Replace, None) => (StoreMode::Replace, 0),
+                    (SetMode::Add, _) => (StoreMode::Add, 0),
+                    (SetMode::Append, _) => (StoreMode::Append, cas_unique),
+                    (SetMode::Prepend, _) => (StoreMode::Prepend, cas_unique),
+                };
+                let exptime = resolve(request.ttl.unwrap_or(0));
+                let op = Op::Store {
+                    mode,
+                    key,
+                    flags: request.client_flags,
+                    exptime,
+                    data: request.data.clone(),
+                    cas_unique,
+                };
+                let render = Render::Meta {
+                    request: Box::new(request),
+                    exptime,
+                };
+                self.queue_write(op, render, WriteKind::Store(mode), raw, false)
+                    .await;
+            }
+            MetaVerb::Delete => {
+                // `C0` names no item's unique (none is 0): memcached's md
+                // answers EX to it, where a delete with unique 0 checks none.
+                let cas_unique = match request.compare_cas {
+                    Some(0) => u64::MAX,
+                    _ => cas_unique,
+                };
+                let op = Op::Delete { key, cas_unique };
+                let render = Render::Meta {
+                    request: Box::new(request),
+                    exptime: exptime::NEVER,
+                };
+                self.queue_write(op, render, WriteKind::Delete, raw, false)
+                    .await;
+            }
+            MetaVerb::Arith => {
+                let initial = request.vivify.map(|ttl| Initial {
+                    value: request.initial,
+                    exptime: resolve(ttl),
+                });
+                let kind = if request.incr {
+                    WriteKind::Incr
+                } else {
+                    WriteKind::Decr
+                };
+                let op = Op::Arith {
+                    key,
+                    delta: request.delta,
+                    incr: request.incr,
+                    cas_unique,
+                    initial,
+                };
+                let render = Render::Meta {
+                    request: Box::new(request),
+                    exptime: exptime::NEVER,
+                };
+                self.queue_write(op, render, kind, raw, false).await;
+            }
+        }
+    }
+
+    /// `mg` without a touch, and `me`: served here (after a read barrier
+    /// where one is needed) or by the leader, like a get.
+    async fn meta_read(&mut self, request: MetaRequest, raw: Bytes) {
+        match self.read_at(Some(&request.key)).await {
+            ReadAt::Leader => {
+                let then = Then::Write {
+                    kind: WriteKind::Get,
+                    render: Render::Meta {
+                        request: Box::new(request),
+                        exptime: exptime::NEVER,
+                    },
+                    noreply: false,
+                };
+                self.forward(raw, Framing::Meta, false, true, then).await;
+            }
+            ReadAt::Refused(line) => Reply::Error(line).encode(&mut self.output),
+            ReadAt::Here => {
+                let now_s = clock::now_s();
+                let debug = request.verb == MetaVerb::Debug;
+                self.look_up(std::slice::from_ref(&request.key), |out, key, item| {
+                    let item = item.map(|item| ItemView {
+                        data: item.data(),
+                        flags: item.flags(),
+                        cas: item.cas(),
+                        exptime: item.exptime(),
+                        updated_s: item.updated_s(),
+                    });
+                    match (debug, item) {
+                        (true, Some(item)) => put_debug(out, key, request.base64, item, now_s),
+                        (true, None) => out.extend_from_slice(b"EN\r\n"),
+                        (false, item) => request.put_item(out, item, now_s),
+                    }
+                });
+                if let Backend::Cluster(cluster) = &self.backend {
+                    Stats::bump(&cluster.view.reads_local);
+                }
+            }
+        }
+    }
+
+    /// Hands a forwarded meta request's reply to the client under its own
+    /// `q`, counting it from its code.
+    pub(super) fn relay_meta(&mut self, kind: WriteKind, request: &MetaRequest, relayed: Relayed) {
+        match relayed {
+            Relayed::Reply(reply) => {
+                let code = reply.get(..2).unwrap_or_default();
+                if let Some(counted) = Counted::from_meta_code(kind, code, &reply) {
+                    self.count(kind, counted);
+                }
+                if !request.leaves_out(code) {
+                    self.output.extend_from_slice(&reply);
+                }
+            }
+            Relayed::Failed(line) => Reply::Error(line).encode(&mut self.output),
+        }
+    }
+}
