@@ -5,7 +5,9 @@
 //!
 //! The stream covers the flags both serve: return flags (`v k f c t O`),
 //! `q`, base64 keys (`b`), `T`, `F`, `C` with real, stale and bogus
-//! uniques, every `ms` mode, `ma` with `N`/`J`/`D`/`M`, and errors
+//! uniques, every `ms` mode, `ma` with `N`/`J`/`D`/`M`,
+//! stale-while-revalidate (`mg` `N` and `R`, `md` `I`, and the `W`, `Z`
+//! and `X` they answer), and errors
 //! (duplicate and unknown flags, bad modes). Each step ends with `mn`,
 //! whose `MN` ends its responses. CAS uniques are compared by relation
 //! (each side's in order of first appearance), TTLs to within a second
@@ -211,15 +213,24 @@ impl Gen {
     }
 
     fn request(&mut self) -> Request {
-        let at = self.rng.gen_range(0..KEYS.len());
+        let verb = ["mg", "mg", "mg", "ms", "ms", "md", "ma", "ma"][self.rng.gen_range(0..8)];
+        // Counters (ma) and leases (mg N/R, md I) on keys of their own:
+        // whether memcached keeps an item's lease bits through an incr
+        // depends on whether a reply in flight still holds the item.
+        let at = match verb {
+            "ma" => self.rng.gen_range(2..4),
+            _ => self.rng.gen_range(0..KEYS.len()),
+        };
         let key = KEYS[at];
+        let leases = at < 2;
         let base64 = self.rng.gen_bool(0.15);
         let mut parts = Vec::new();
         let mut data = None;
-        let verb = ["mg", "mg", "mg", "ms", "ms", "md", "ma", "ma"][self.rng.gen_range(0..8)];
         let mut flags = match verb {
+            "mg" if leases => self.some_of(&["v", "k", "f", "c", "t", "q", "u", "N3600", "R7200"]),
             "mg" => self.some_of(&["v", "k", "f", "c", "t", "q", "u"]),
             "ms" => self.some_of(&["k", "c", "q", "T0", "F7", "T3600"]),
+            "md" if leases => self.some_of(&["k", "q", "I", "T3600"]),
             "md" => self.some_of(&["k", "q"]),
             _ => self.some_of(&["v", "k", "c", "t", "q", "N0", "J13", "D3", "MD", "M+"]),
         };
@@ -277,6 +288,10 @@ impl Gen {
                 }
             }
         }
+        // memcached reports `t` as it stands when it reaches the flag, and
+        // sets a created item's TTL when it reaches `N`: N goes first, so
+        // that `t` is the TTL the item has (what this server reports).
+        flags.sort_by_key(|f| !f.starts_with('N'));
         if verb == "mg" && (base64 || self.written_base64.contains(key)) {
             flags.retain(|f| f != "k");
         }
@@ -375,6 +390,34 @@ fn meta_through_a_follower() {
     at_leader.send(b"mg a c v\r\nmn\r\n");
     let responses = read_step(&mut at_leader).expect("mg at the leader");
     assert_eq!(responses[0].line, format!("VA 5 c{cas}"));
+    // Stale-while-revalidate across the group: of two readers on two
+    // servers, one wins (W) and the other is told it was won (Z); after an
+    // invalidation, again exactly one wins.
+    let other = *cluster
+        .servers
+        .iter()
+        .find(|s| **s != follower)
+        .expect("a second server");
+    let mut conn2 = Conn::connect(other.port());
+    let first_line = |conn: &mut Conn, request: &[u8]| {
+        conn.send(request);
+        conn.send(b"mn\r\n");
+        read_step(conn).expect("a reply").remove(0).line
+    };
+    let wins = |lines: &[String]| lines.iter().filter(|l| l.ends_with(" W")).count();
+    let lines = [
+        first_line(&mut conn, b"mg lease N30 v t\r\n"),
+        first_line(&mut conn2, b"mg lease N30 v t\r\n"),
+    ];
+    assert_eq!(wins(&lines), 1, "{lines:?}");
+    assert!(lines.iter().any(|l| l.ends_with(" Z")), "{lines:?}");
+    assert_eq!(first_line(&mut conn2, b"md lease I\r\n"), "HD");
+    let lines = [
+        first_line(&mut conn2, b"mg lease v\r\n"),
+        first_line(&mut conn, b"mg lease v\r\n"),
+    ];
+    assert_eq!(wins(&lines), 1, "{lines:?}");
+    assert!(lines.iter().all(|l| l.contains(" X")), "{lines:?}");
     // md, then the miss is EN on the follower (and NF for a second md).
     conn.send(b"md a\r\nmg a v\r\nmd a q\r\nmn\r\n");
     let lines: Vec<String> = read_step(&mut conn)

@@ -121,6 +121,27 @@ pub enum Op {
         voters: Vec<u64>,
         learners: Vec<u64>,
     },
+    /// The meta protocol's mg when it may change the item (DESIGN §5a):
+    /// with `N` (`vivify`: create a missing item, empty, expiring then),
+    /// `R` (the reader wins the recache if the item expires before
+    /// `recache_before`), `T` (`touch`: a new expiry), or when the item is
+    /// stale with no win given yet. The entry decides the win, so exactly
+    /// one reader gets it.
+    MetaGet {
+        key: Bytes,
+        vivify: Option<AbsTime>,
+        recache_before: Option<AbsTime>,
+        touch: Option<AbsTime>,
+    },
+    /// md with `I`: marks the item stale (served, flagged, until
+    /// rewritten), gives it a new unique, clears its win, and sets
+    /// `exptime` when given; with a nonzero `cas_unique`, only an item
+    /// with that unique.
+    Invalidate {
+        key: Bytes,
+        cas_unique: u64,
+        exptime: Option<AbsTime>,
+    },
     /// Removes those of `keys` that no reader can see at the entry's time
     /// (expired or flushed): the leader's choice of what to reclaim, carried
     /// in the entry so that every replica frees the same items (DESIGN §2).
@@ -137,6 +158,8 @@ impl Op {
         match self {
             Op::Store { key, .. }
             | Op::Delete { key, .. }
+            | Op::MetaGet { key, .. }
+            | Op::Invalidate { key, .. }
             | Op::Arith { key, .. }
             | Op::Touch { key, .. } => Some(key),
             Op::GetAndTouch { keys, .. } => keys.first(),
@@ -201,6 +224,8 @@ const TAG_DELETE_CAS: u8 = 9;
 /// keeps [`TAG_ARITH`]'s form, so logs written before these existed read
 /// the same.
 const TAG_ARITH_EXT: u8 = 10;
+const TAG_META_GET: u8 = 11;
+const TAG_INVALIDATE: u8 = 12;
 
 /// Servers one configuration may name at most.
 pub const CONFIG_MEMBERS_MAX: usize = 64;
@@ -271,6 +296,28 @@ impl Command {
                     }
                 }
             }
+            Op::MetaGet {
+                key,
+                vivify,
+                recache_before,
+                touch,
+            } => {
+                out.put_u8(TAG_META_GET);
+                put_key(out, key);
+                for time in [vivify, recache_before, touch] {
+                    put_optional(out, *time);
+                }
+            }
+            Op::Invalidate {
+                key,
+                cas_unique,
+                exptime,
+            } => {
+                out.put_u8(TAG_INVALIDATE);
+                put_key(out, key);
+                out.put_u64_le(*cas_unique);
+                put_optional(out, *exptime);
+            }
             Op::Touch { key, exptime } => {
                 out.put_u8(TAG_TOUCH);
                 put_key(out, key);
@@ -324,6 +371,19 @@ impl Command {
                     1 + 1 + key.len() + 8 + extension
                 }
                 Op::Touch { key, .. } => 1 + key.len() + 8,
+                Op::MetaGet {
+                    key,
+                    vivify,
+                    recache_before,
+                    touch,
+                } => {
+                    1 + key.len()
+                        + [vivify, recache_before, touch]
+                            .iter()
+                            .map(|t| optional_len(**t))
+                            .sum::<usize>()
+                }
+                Op::Invalidate { key, exptime, .. } => 1 + key.len() + 8 + optional_len(*exptime),
                 Op::GetAndTouch { keys, .. } => 8 + keys_len(keys),
                 Op::Reclaim { keys } => keys_len(keys),
                 Op::FlushAll { .. } => 8,
@@ -404,6 +464,17 @@ impl Command {
                 let exptime = get_u64(&mut buf)?;
                 Op::Touch { key, exptime }
             }
+            TAG_META_GET => Op::MetaGet {
+                key: get_key(&mut buf)?,
+                vivify: get_optional(&mut buf)?,
+                recache_before: get_optional(&mut buf)?,
+                touch: get_optional(&mut buf)?,
+            },
+            TAG_INVALIDATE => Op::Invalidate {
+                key: get_key(&mut buf)?,
+                cas_unique: get_u64(&mut buf)?,
+                exptime: get_optional(&mut buf)?,
+            },
             TAG_GAT => {
                 let exptime = get_u64(&mut buf)?;
                 let keys = get_keys(&mut buf, GAT_KEYS_MAX)?;
@@ -482,6 +553,29 @@ fn put_key(out: &mut BytesMut, key: &[u8]) {
     debug_assert!(!key.is_empty() && key.len() <= KEY_BYTES_MAX);
     out.put_u8(key.len() as u8);
     out.put_slice(key);
+}
+
+/// `[present u8][value u64 if present]`.
+fn put_optional(out: &mut BytesMut, value: Option<u64>) {
+    match value {
+        None => out.put_u8(0),
+        Some(value) => {
+            out.put_u8(1);
+            out.put_u64_le(value);
+        }
+    }
+}
+
+fn optional_len(value: Option<u64>) -> usize {
+    1 + value.map_or(0, |_| 8)
+}
+
+fn get_optional(buf: &mut Bytes) -> Result<Option<u64>, DecodeError> {
+    Ok(if get_flag(buf)? {
+        Some(get_u64(buf)?)
+    } else {
+        None
+    })
 }
 
 /// A boolean byte: 0 or 1, nothing else (see [`DecodeError::BadFlag`]).
@@ -738,6 +832,25 @@ mod tests {
                     initial: initial.map(|(value, exptime)| Initial { value, exptime }),
                 }),
             (key(), any::<u64>()).prop_map(|(key, exptime)| Op::Touch { key, exptime }),
+            (
+                key(),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>()),
+                proptest::option::of(any::<u64>())
+            )
+                .prop_map(|(key, vivify, recache_before, touch)| Op::MetaGet {
+                    key,
+                    vivify,
+                    recache_before,
+                    touch
+                }),
+            (key(), any::<u64>(), proptest::option::of(any::<u64>())).prop_map(
+                |(key, cas_unique, exptime)| Op::Invalidate {
+                    key,
+                    cas_unique,
+                    exptime
+                }
+            ),
             (proptest::collection::vec(key(), 0..8), any::<u64>())
                 .prop_map(|(keys, exptime)| Op::GetAndTouch { keys, exptime }),
             any::<u64>().prop_map(|deadline_s| Op::FlushAll { deadline_s }),

@@ -38,14 +38,16 @@ pub const SEGMENT_BYTES: usize = 1024 * 1024;
 const COMPACT_DEAD_BYTES_MIN: u64 = 4 * SEGMENT_BYTES as u64;
 
 /// Record layout: key length u8, value length u32, flags u32, exptime u64,
-/// updated u64, cas u64 (little endian), then the key, then the value.
+/// updated u64, cas u64 (little endian), lease u8, then the key, then the
+/// value.
 const KEY_LEN_AT: usize = 0;
 const VALUE_LEN_AT: usize = 1;
 const FLAGS_AT: usize = 5;
 const EXPTIME_AT: usize = 9;
 const UPDATED_AT: usize = 17;
 const CAS_AT: usize = 25;
-pub const RECORD_HEADER_BYTES: usize = 33;
+const LEASE_AT: usize = 33;
+pub const RECORD_HEADER_BYTES: usize = 34;
 
 /// A fixed seed: the table's layout, and so the order items are listed in,
 /// is the same on every replica and every run.
@@ -58,6 +60,8 @@ pub struct Meta {
     pub exptime: u64,
     pub updated_s: u64,
     pub cas: u64,
+    /// The meta protocol's lease bits (`crate::state::lease`).
+    pub lease: u8,
 }
 
 /// One item as stored: a view into its segment.
@@ -105,12 +109,17 @@ impl<'a> ItemRef<'a> {
         le_u64(self.record, CAS_AT)
     }
 
+    pub fn lease(&self) -> u8 {
+        self.record[LEASE_AT]
+    }
+
     pub fn meta(&self) -> Meta {
         Meta {
             flags: self.flags(),
             exptime: self.exptime(),
             updated_s: self.updated_s(),
             cas: self.cas(),
+            lease: self.lease(),
         }
     }
 
@@ -302,7 +311,8 @@ impl Items {
         header[FLAGS_AT..EXPTIME_AT].copy_from_slice(&meta.flags.to_le_bytes());
         header[EXPTIME_AT..UPDATED_AT].copy_from_slice(&meta.exptime.to_le_bytes());
         header[UPDATED_AT..CAS_AT].copy_from_slice(&meta.updated_s.to_le_bytes());
-        header[CAS_AT..].copy_from_slice(&meta.cas.to_le_bytes());
+        header[CAS_AT..LEASE_AT].copy_from_slice(&meta.cas.to_le_bytes());
+        header[LEASE_AT] = meta.lease;
         let mut record: Vec<&[u8]> = Vec::with_capacity(parts.len() + 2);
         record.push(&header);
         record.push(key);
@@ -313,15 +323,18 @@ impl Items {
         self.maybe_compact();
     }
 
-    /// Sets the expiry of `key`'s item; false if there is none.
-    pub fn set_exptime(&mut self, key: &[u8], exptime: u64) -> bool {
+    /// Where `key`'s item is.
+    fn locate(&self, key: &[u8]) -> Option<Loc> {
         let hash = self.hasher.hash_one(key);
         let slots = &self.slots;
-        let Some(loc) = self
-            .table
+        self.table
             .find(hash, |loc| item_at(slots, *loc).key() == key)
             .copied()
-        else {
+    }
+
+    /// Sets the expiry of `key`'s item; false if there is none.
+    pub fn set_exptime(&mut self, key: &[u8], exptime: u64) -> bool {
+        let Some(loc) = self.locate(key) else {
             return false;
         };
         // In place when no keystore writer shares the segment.
@@ -337,6 +350,25 @@ impl Items {
         let item = item_at(&self.slots, loc);
         let mut meta = item.meta();
         meta.exptime = exptime;
+        let value = item.data().to_vec();
+        self.insert(key, &[&value], meta);
+        true
+    }
+
+    /// Sets the lease bits of `key`'s item; false if there is none.
+    pub fn set_lease(&mut self, key: &[u8], lease: u8) -> bool {
+        let Some(loc) = self.locate(key) else {
+            return false;
+        };
+        // In place when no keystore writer shares the segment.
+        let slot = &mut self.slots[loc.segment()];
+        if let Some(segment) = slot.data.as_mut().and_then(Arc::get_mut) {
+            segment[loc.offset() + LEASE_AT] = lease;
+            return true;
+        }
+        let item = item_at(&self.slots, loc);
+        let mut meta = item.meta();
+        meta.lease = lease;
         let value = item.data().to_vec();
         self.insert(key, &[&value], meta);
         true
@@ -615,6 +647,7 @@ mod tests {
             },
             updated_s: cas * 7,
             cas,
+            lease: (cas % 4) as u8,
         }
     }
 

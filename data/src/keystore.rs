@@ -14,7 +14,7 @@
 //!          [applied_index u64][applied_term u64][flush_deadline_s u64, 0 = none][item_count u64]
 //! members: [voter count u16][voter id u64]* [learner count u16][learner id u64]*
 //! clock:   [clock_s u64] (version 3 on; the state's latest applied time)
-//! item:    [key_len u8][key][flags u32][exptime u64][cas u64][updated_s u64][value_len u32][value]
+//! item:    [key_len u8][key][flags u32][exptime u64][cas u64][updated_s u64][lease u8 (version 4 on)][value_len u32][value]
 //! trailer: [crc32c u32 of every byte before it]
 //! ```
 
@@ -32,9 +32,10 @@ pub const KEYSTORE_MAGIC: [u8; 8] = *b"STOREKS\0";
 
 /// Version of this format; bump it on any change.
 /// Version 2 added the replica group's membership after the header;
-/// version 3 the state's clock after the membership. Version 2 files are
-/// still read (as of clock 0: every item they hold is kept).
-pub const KEYSTORE_VERSION: u8 = 3;
+/// version 3 the state's clock after the membership; version 4 each item's
+/// lease bits. Version 2 files are still read (as of clock 0: every item
+/// they hold is kept), and 2 and 3 as holding no lease.
+pub const KEYSTORE_VERSION: u8 = 4;
 
 /// The oldest version this build reads.
 const KEYSTORE_VERSION_MIN: u8 = 2;
@@ -47,8 +48,11 @@ pub const KEYSTORE_HEADER_BYTES: usize = 48;
 pub const KEYSTORE_TRAILER_BYTES: usize = 4;
 
 /// An item's bytes besides its key and value: key length, flags, exptime,
-/// cas, updated_s, value length.
-const ITEM_FIELDS_BYTES: usize = 1 + 4 + 8 + 8 + 8 + 4;
+/// cas, updated_s, lease, value length.
+const ITEM_FIELDS_BYTES: usize = 1 + 4 + 8 + 8 + 8 + 1 + 4;
+
+/// The first version whose items carry their lease bits.
+const KEYSTORE_VERSION_LEASE: u8 = 4;
 
 /// What a keystore file says besides its items.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +113,7 @@ pub trait ItemFields {
     fn exptime(&self) -> u64;
     fn cas(&self) -> u64;
     fn updated_s(&self) -> u64;
+    fn lease(&self) -> u8;
 }
 
 impl ItemFields for ItemRef<'_> {
@@ -130,6 +135,9 @@ impl ItemFields for ItemRef<'_> {
     fn updated_s(&self) -> u64 {
         ItemRef::updated_s(self)
     }
+    fn lease(&self) -> u8 {
+        ItemRef::lease(self)
+    }
 }
 
 impl ItemFields for (&Bytes, &Item) {
@@ -150,6 +158,9 @@ impl ItemFields for (&Bytes, &Item) {
     }
     fn updated_s(&self) -> u64 {
         self.1.updated_s
+    }
+    fn lease(&self) -> u8 {
+        self.1.lease
     }
 }
 
@@ -221,8 +232,9 @@ where
         rest[4..12].copy_from_slice(&item.exptime().to_le_bytes());
         rest[12..20].copy_from_slice(&item.cas().to_le_bytes());
         rest[20..28].copy_from_slice(&item.updated_s().to_le_bytes());
+        rest[28] = item.lease();
         // data.len() <= ITEM_BYTES_MAX < u32::MAX, checked above.
-        rest[28..32].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        rest[29..33].copy_from_slice(&(data.len() as u32).to_le_bytes());
         out.write_all(&fields[..ITEM_FIELDS_BYTES + key_len])?;
         out.write_all(data)?;
         written += 1;
@@ -263,6 +275,7 @@ pub fn decode<R: Read>(input: R, item_bytes_max: usize) -> Result<(State, u64), 
         clock_s,
         ItemReader {
             input: &mut input,
+            version: header.version,
             remaining: header.item_count,
             error: &mut error,
         }
@@ -351,7 +364,10 @@ fn read_ids<R: Read>(input: &mut CrcReader<R>) -> Result<Vec<u64>, KeystoreError
     Ok(ids)
 }
 
-fn read_item<R: Read>(input: &mut CrcReader<R>) -> Result<(Bytes, Item), KeystoreError> {
+fn read_item<R: Read>(
+    input: &mut CrcReader<R>,
+    version: u8,
+) -> Result<(Bytes, Item), KeystoreError> {
     let mut key_len = [0u8; 1];
     input.read_exact_or_corrupt(&mut key_len)?;
     let key_len = usize::from(key_len[0]);
@@ -360,9 +376,15 @@ fn read_item<R: Read>(input: &mut CrcReader<R>) -> Result<(Bytes, Item), Keystor
     }
     let mut key = [0u8; KEY_BYTES_MAX];
     input.read_exact_or_corrupt(&mut key[..key_len])?;
+    // Flags, exptime, cas, updated_s, then the lease byte from version 4
+    // on, then the value's length.
     let mut fields = [0u8; ITEM_FIELDS_BYTES - 1];
-    input.read_exact_or_corrupt(&mut fields)?;
-    let value_len = le_u32(&fields[28..32]) as usize;
+    let with_lease = version >= KEYSTORE_VERSION_LEASE;
+    let fields = &mut fields[..ITEM_FIELDS_BYTES - 1 - usize::from(!with_lease)];
+    input.read_exact_or_corrupt(fields)?;
+    let lease = if with_lease { fields[28] } else { 0 };
+    let at = fields.len() - 4;
+    let value_len = le_u32(&fields[at..at + 4]) as usize;
     if value_len > ITEM_BYTES_MAX {
         return Err(input.corrupt(Corruption::ValueLength(value_len)));
     }
@@ -374,6 +396,7 @@ fn read_item<R: Read>(input: &mut CrcReader<R>) -> Result<(Bytes, Item), Keystor
         exptime: le_u64(&fields[4..12]),
         cas: le_u64(&fields[12..20]),
         updated_s: le_u64(&fields[20..28]),
+        lease,
     };
     Ok((Bytes::copy_from_slice(&key[..key_len]), item))
 }
@@ -383,6 +406,8 @@ fn read_item<R: Read>(input: &mut CrcReader<R>) -> Result<(Bytes, Item), Keystor
 /// left in `error` for [`decode`] to return.
 struct ItemReader<'a, R> {
     input: &'a mut CrcReader<R>,
+    /// The file's format version, which decides an item's fields.
+    version: u8,
     remaining: u64,
     error: &'a mut Option<KeystoreError>,
 }
@@ -401,7 +426,7 @@ impl<R: Read> Iterator for ItemReader<'_, R> {
             return None;
         }
         self.remaining -= 1;
-        match read_item(self.input) {
+        match read_item(self.input, self.version) {
             Ok(item) => Some(item),
             Err(error) => {
                 *self.error = Some(error);
@@ -514,6 +539,7 @@ mod tests {
             exptime: n.wrapping_mul(3),
             cas: n,
             updated_s: n.wrapping_mul(5),
+            lease: 0,
         }
     }
 
@@ -563,12 +589,13 @@ mod tests {
                 exptime: 9,
                 cas: 5,
                 updated_s: 6,
+                lease: 2,
             },
         )];
         let bytes = encode_at(0x0102, 3, Some(0x10), 4, &items);
         let body: &[u8] = &[
             b'S', b'T', b'O', b'R', b'E', b'K', b'S', 0, // magic
-            3, // version
+            4, // version
             0, 0, 0, 0, 0, 0, 0, // reserved
             0x02, 0x01, 0, 0, 0, 0, 0, 0, // applied index
             3, 0, 0, 0, 0, 0, 0, 0, // applied term
@@ -582,6 +609,7 @@ mod tests {
             9, 0, 0, 0, 0, 0, 0, 0, // exptime
             5, 0, 0, 0, 0, 0, 0, 0, // cas
             6, 0, 0, 0, 0, 0, 0, 0, // updated_s
+            2, // lease
             3, 0, 0, 0, b'x', b'y', b'z', // value
         ];
         assert_eq!(&bytes[..body.len()], body);
@@ -597,11 +625,22 @@ mod tests {
         assert_eq!(state.bytes(), 5);
     }
 
-    /// A version 2 file (no clock) is still read, every item kept.
+    /// Version 2 (no clock) and 3 (no leases) files are still read, every
+    /// item kept, holding no lease.
     #[test]
-    fn version_2_is_read() {
+    fn versions_2_and_3_are_read() {
         let items = vec![(Bytes::from_static(b"ab"), item(b"xyz", 5))];
-        let v3 = encode_vec(7, 1, None, &items);
+        let v4 = encode_vec(7, 1, None, &items);
+        // Version 3 is version 4 without each item's lease byte, which
+        // follows the key (2 bytes) and four fields (28 bytes).
+        let item_at = KEYSTORE_HEADER_BYTES + 4 + 8;
+        let lease_at = item_at + 1 + 2 + 28;
+        let mut v3 = v4[..lease_at].to_vec();
+        v3[8] = 3;
+        v3.extend_from_slice(&v4[lease_at + 1..v4.len() - 4]);
+        v3.extend_from_slice(&crc32c::crc32c(&v3).to_le_bytes());
+        let (state, _) = decode(&v3[..], ITEM_BYTES_DEFAULT).unwrap();
+        assert_eq!(sorted(&state), items);
         // Version 2 is version 3 without the clock after the membership.
         let mut v2 = v3[..KEYSTORE_HEADER_BYTES + 4].to_vec();
         v2[8] = 2;
@@ -624,6 +663,7 @@ mod tests {
             exptime,
             cas: 1,
             updated_s,
+            lease: 0,
         };
         let items = vec![
             (Bytes::from_static(b"expired"), at(100, 50)),
@@ -708,7 +748,9 @@ mod tests {
     fn value_length_is_checked_before_allocating() {
         let items = vec![(Bytes::from_static(b"k"), item(b"v", 1))];
         let mut bytes = encode_vec(1, 1, None, &items);
-        let at = KEYSTORE_HEADER_BYTES + 4 + 8 + 1 + 1 + 28;
+        // The value length: after the key's length and key, four fields
+        // (28 bytes) and the lease byte.
+        let at = KEYSTORE_HEADER_BYTES + 4 + 8 + 1 + 1 + 28 + 1;
         bytes[at..at + 4].copy_from_slice(&u32::MAX.to_le_bytes());
         let result = decode(&bytes[..], ITEM_BYTES_DEFAULT);
         assert!(

@@ -36,6 +36,20 @@ pub struct Item {
     /// Leader time of the entry that last wrote the item; a delayed flush
     /// hides items written at or before its deadline.
     pub updated_s: u64,
+    /// The meta protocol's lease bits ([`lease`]).
+    pub lease: u8,
+}
+
+/// An item's lease bits: the meta protocol's stale-while-revalidate state,
+/// replicated like the rest of the item, so that one client wins a
+/// recache across the whole group and a failover does not hand out a
+/// second win.
+pub mod lease {
+    /// A client was told it won the right to recache (`W`); later ones are
+    /// told so (`Z`) until the item is written or invalidated again.
+    pub const WON: u8 = 1;
+    /// Invalidated (`md ... I`): served, marked `X`, until rewritten.
+    pub const STALE: u8 = 2;
 }
 
 impl Item {
@@ -45,6 +59,7 @@ impl Item {
             exptime: self.exptime,
             updated_s: self.updated_s,
             cas: self.cas,
+            lease: self.lease,
         }
     }
 }
@@ -58,6 +73,7 @@ impl ItemRef<'_> {
             exptime: self.exptime(),
             cas: self.cas(),
             updated_s: self.updated_s(),
+            lease: self.lease(),
         }
     }
 }
@@ -84,6 +100,19 @@ pub struct Hit {
     pub updated_s: u64,
 }
 
+/// What a meta get that went through the log saw (`W`, `Z`, `X` in its
+/// reply).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Leased {
+    pub hit: Hit,
+    pub exptime: AbsTime,
+    /// This reader won the recache.
+    pub won: bool,
+    /// An earlier reader had won it.
+    pub token_sent: bool,
+    pub stale: bool,
+}
+
 /// The reply-relevant result of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -108,6 +137,9 @@ pub enum Outcome {
     NonNumeric,
     /// gat/gats: the hits in request order (misses left out).
     Hits(Vec<Hit>),
+    /// A meta get that went through the log (`Op::MetaGet`): the item, if
+    /// any, and its lease as this reader saw it.
+    Leased(Option<Leased>),
     /// flush_all and no-ops.
     Ok,
     /// reclaim: how many of its keys were still held and invisible.
@@ -434,6 +466,32 @@ impl State {
                 cas_unique,
                 initial,
             } => self.arith(index, now_s, key, *delta, *incr, *cas_unique, *initial),
+            Op::MetaGet {
+                key,
+                vivify,
+                recache_before,
+                touch,
+            } => self.meta_get(index, now_s, key, *vivify, *recache_before, *touch),
+            Op::Invalidate {
+                key,
+                cas_unique,
+                exptime,
+            } => match self.get(key, now_s) {
+                None => Outcome::NotFound,
+                Some(item) if *cas_unique != 0 && item.cas() != *cas_unique => Outcome::Exists,
+                Some(item) => {
+                    // As memcached: a new unique, stale, and no win given.
+                    let mut meta = item.meta();
+                    meta.cas = index;
+                    meta.lease = lease::STALE;
+                    if let Some(exptime) = exptime {
+                        meta.exptime = *exptime;
+                    }
+                    let data = item.data().to_vec();
+                    self.items.insert(key, &[&data], meta);
+                    Outcome::Deleted
+                }
+            },
             Op::Touch { key, exptime } => {
                 if self.get(key, now_s).is_some() {
                     self.items.set_exptime(key, *exptime);
@@ -495,6 +553,7 @@ impl State {
             exptime,
             cas: index,
             updated_s: now_s,
+            lease: 0,
         };
         match (mode, existing) {
             (StoreMode::Set, _) | (StoreMode::Add, None) | (StoreMode::Replace, Some(_)) => {
@@ -551,6 +610,7 @@ impl State {
             exptime,
             cas: index,
             updated_s: now_s,
+            lease: 0,
         };
         let mut digits = [0u8; crate::protocol::DECIMAL_BYTES_MAX];
         let Some(old) = self.get(key, now_s) else {
@@ -585,12 +645,73 @@ impl State {
             value.saturating_sub(delta)
         };
         let text = crate::protocol::decimal(&mut digits, value);
+        // A new value: the lease bits go, as with any write.
         self.items.insert(key, &[text], meta(flags, exptime));
         Outcome::Number {
             value,
             cas: index,
             exptime,
         }
+    }
+
+    /// [`Op::MetaGet`]: the item (created empty if missing and `vivify`
+    /// says so, its expiry set if `touch` says so) and whether this reader
+    /// wins the recache: it created the item, or no reader won yet and the
+    /// item is stale or expires before `recache_before` (memcached's rules).
+    fn meta_get(
+        &mut self,
+        index: u64,
+        now_s: u64,
+        key: &Bytes,
+        vivify: Option<AbsTime>,
+        recache_before: Option<AbsTime>,
+        touch: Option<AbsTime>,
+    ) -> Outcome {
+        let mut created = false;
+        if self.get(key, now_s).is_none() {
+            let Some(exptime) = vivify else {
+                return Outcome::Leased(None);
+            };
+            let meta = Meta {
+                flags: 0,
+                exptime,
+                cas: index,
+                updated_s: now_s,
+                lease: lease::WON,
+            };
+            self.items.insert(key, &[], meta);
+            created = true;
+        }
+        if let Some(exptime) = touch {
+            self.items.set_exptime(key, exptime);
+        }
+        let Some(item) = self.get(key, now_s) else {
+            // Created already expired.
+            return Outcome::Leased(None);
+        };
+        let before = item.lease();
+        let token_sent = !created && before & lease::WON != 0;
+        let stale = before & lease::STALE != 0;
+        let expires_soon = recache_before
+            .is_some_and(|before| item.exptime() != exptime::NEVER && item.exptime() < before);
+        let won = created || (!token_sent && (stale || expires_soon));
+        let leased = Leased {
+            hit: Hit {
+                key: key.clone(),
+                flags: item.flags(),
+                data: Bytes::copy_from_slice(item.data()),
+                cas: item.cas(),
+                updated_s: item.updated_s(),
+            },
+            exptime: item.exptime(),
+            won,
+            token_sent,
+            stale,
+        };
+        if won && !created {
+            self.items.set_lease(key, before | lease::WON);
+        }
+        Outcome::Leased(Some(leased))
     }
 
     fn is_flushed(&self, item: ItemRef<'_>, now_s: u64) -> bool {
@@ -778,6 +899,73 @@ mod tests {
             state.apply(9, &cmd(1, append(7))),
             Outcome::Stored { cas: 9 }
         );
+    }
+
+    /// Stale-while-revalidate as memcached's mg/md: the reader that creates
+    /// a missing item wins (W), later ones see Z; an invalidated item is
+    /// stale (X), its next reader wins, and a write clears it all.
+    #[test]
+    fn recache_is_won_once() {
+        let mut state = State::new(LIMIT);
+        let mg = |vivify, recache_before| Op::MetaGet {
+            key: Bytes::from_static(b"k"),
+            vivify,
+            recache_before,
+            touch: None,
+        };
+        let seen = |outcome: Outcome| match outcome {
+            Outcome::Leased(Some(l)) => (l.won, l.token_sent, l.stale, l.hit.cas),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(
+            state.apply(1, &cmd(1, mg(None, None))),
+            Outcome::Leased(None)
+        );
+        assert_eq!(
+            seen(state.apply(2, &cmd(1, mg(Some(exptime::NEVER), None)))),
+            (true, false, false, 2)
+        );
+        assert_eq!(
+            seen(state.apply(3, &cmd(1, mg(Some(exptime::NEVER), None)))),
+            (false, true, false, 2)
+        );
+        state.apply(4, &cmd(1, set("k", "v")));
+        let invalidate = |cas_unique| Op::Invalidate {
+            key: Bytes::from_static(b"k"),
+            cas_unique,
+            exptime: Some(500),
+        };
+        assert_eq!(state.apply(5, &cmd(1, invalidate(3))), Outcome::Exists);
+        assert_eq!(state.apply(6, &cmd(1, invalidate(4))), Outcome::Deleted);
+        assert_eq!(state.get(b"k", 1).unwrap().exptime(), 500);
+        assert_eq!(
+            seen(state.apply(7, &cmd(1, mg(None, None)))),
+            (true, false, true, 6)
+        );
+        assert_eq!(
+            seen(state.apply(8, &cmd(1, mg(None, None)))),
+            (false, true, true, 6)
+        );
+        // R: a reader wins when the item expires before its threshold.
+        state.apply(9, &cmd(1, set_until("k", 100)));
+        assert_eq!(
+            seen(state.apply(10, &cmd(1, mg(None, Some(50))))),
+            (false, false, false, 9)
+        );
+        assert_eq!(
+            seen(state.apply(11, &cmd(1, mg(None, Some(150))))),
+            (true, false, false, 9)
+        );
+        assert_eq!(
+            seen(state.apply(12, &cmd(1, mg(None, Some(150))))),
+            (false, true, false, 9)
+        );
+        let missing = Op::Invalidate {
+            key: Bytes::from_static(b"nope"),
+            cas_unique: 0,
+            exptime: None,
+        };
+        assert_eq!(state.apply(13, &cmd(1, missing)), Outcome::NotFound);
     }
 
     #[test]
@@ -1045,6 +1233,9 @@ mod tests {
                         cas: index,
                         exptime: exptime::NEVER,
                     }
+                }
+                Op::MetaGet { .. } | Op::Invalidate { .. } => {
+                    unreachable!("the model's strategy does not make meta ops")
                 }
                 Op::Touch { key, exptime } => {
                     if !self.items.contains_key(&key[..]) {

@@ -231,7 +231,11 @@ fn outcome_ret(outcome: Outcome) -> Option<check::Ret> {
         Outcome::Deleted => check::Ret::Deleted,
         Outcome::Number { value, .. } => check::Ret::Number(value),
         Outcome::NonNumeric => check::Ret::NonNumeric,
-        Outcome::Touched | Outcome::Hits(_) | Outcome::Ok | Outcome::Reclaimed(_) => return None,
+        Outcome::Touched
+        | Outcome::Hits(_)
+        | Outcome::Leased(_)
+        | Outcome::Ok
+        | Outcome::Reclaimed(_) => return None,
     })
 }
 

@@ -542,6 +542,14 @@ impl Render {
                     put_response(out, echo, Status::NoError as u16, *cas, &[], &[], &value);
                 }
             }
+            // Meta's gets only; as a get.
+            Outcome::Leased(leased) => match leased {
+                Some(leased) => {
+                    let hit = &leased.hit;
+                    put_hit(out, echo, &hit.key, hit.flags, &hit.data, hit.cas)
+                }
+                None => put_miss(out, echo, &self.key),
+            },
             Outcome::Hits(hits) => match hits.first() {
                 Some(hit) => put_hit(out, echo, &hit.key, hit.flags, &hit.data, hit.cas),
                 None => match loud_op {

@@ -22,10 +22,14 @@
 //! the uninteresting reply only: `EN` for mg, `HD` for ms, md and ma;
 //! never an error. `P` and `L` (proxy hints) are accepted and ignored.
 //!
-//! Not served yet, refused as an invalid flag rather than ignored: the
-//! stale-while-revalidate flags (`mg` `N` and `R`, `ms` and `md` `I`),
-//! `h` (whether the item was read before), `E` (a CAS the client picks),
-//! `md` `x`, `ma` `T` and `ms` `N`.
+//! Stale-while-revalidate is replicated item state (`crate::state::lease`):
+//! `mg` with `N` (create on a miss and win), `R` (win when the item
+//! expires soon), `md` with `I` (mark stale, and the next reader wins), and
+//! the `W` (won), `Z` (won by another) and `X` (stale) they return.
+//!
+//! Not served yet, refused as an invalid flag rather than ignored: `ms`
+//! `I`, `h` (whether the item was read before), `E` (a CAS the client
+//! picks), `md` `x` and `ma` `T`.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -138,8 +142,13 @@ pub struct MetaRequest {
     pub set_mode: SetMode,
     /// `M<mode>` (ma): increment unless `MD`/`M-`.
     pub incr: bool,
-    /// `N<ttl>` (ma): create a missing counter, expiring so (raw).
+    /// `N<ttl>`: create a missing item (mg, and win its recache) or
+    /// counter (ma), expiring so (raw).
     pub vivify: Option<i64>,
+    /// `R<ttl>` (mg): win the recache if the item has less than this left.
+    pub recache: Option<i64>,
+    /// `I` (md): mark the item stale instead of deleting it.
+    pub invalidate: bool,
     /// `J<initial>` (ma).
     pub initial: u64,
     /// `D<delta>` (ma), 1 unless given.
@@ -159,9 +168,9 @@ fn known(flag: u8) -> bool {
 /// Known flags this server does not serve yet (see the module doc).
 fn unserved(verb: MetaVerb, flag: u8) -> bool {
     match verb {
-        MetaVerb::Get => b"NRh".contains(&flag),
+        MetaVerb::Get => b"h".contains(&flag),
         MetaVerb::Set => b"I".contains(&flag),
-        MetaVerb::Delete => b"IT".contains(&flag),
+        MetaVerb::Delete => false,
         MetaVerb::Arith => b"T".contains(&flag),
         MetaVerb::Noop | MetaVerb::Debug => false,
     }
@@ -203,6 +212,8 @@ pub fn parse_meta(
         set_mode: SetMode::Set,
         incr: true,
         vivify: None,
+        recache: None,
+        invalidate: false,
         initial: 0,
         delta: 1,
         data: Bytes::new(),
@@ -286,6 +297,8 @@ pub fn parse_meta(
             }
             b'T' => request.ttl = Some(signed().ok_or_else(|| flag_error(BAD_TOKEN))?),
             b'N' => request.vivify = Some(signed().ok_or_else(|| flag_error(BAD_TOKEN))?),
+            b'R' => request.recache = Some(signed().ok_or_else(|| flag_error(BAD_TOKEN))?),
+            b'I' => request.invalidate = true,
             b'C' => request.compare_cas = Some(number().ok_or_else(|| flag_error(BAD_TOKEN))?),
             b'F' => {
                 let flags = number().and_then(|n| u32::try_from(n).ok());
@@ -365,6 +378,10 @@ pub struct ItemView<'a> {
     pub cas: u64,
     pub exptime: AbsTime,
     pub updated_s: u64,
+    /// What mg returns of the item's lease: `Z`, `X`, `W` in that order.
+    pub token_sent: bool,
+    pub stale: bool,
+    pub won: bool,
 }
 
 impl MetaRequest {
@@ -437,6 +454,15 @@ impl MetaRequest {
         }
         for returned in &self.returns {
             self.put_returned(out, returned, Some(item), now_s);
+        }
+        for (set, flag) in [
+            (item.token_sent, &b" Z"[..]),
+            (item.stale, b" X"),
+            (item.won, b" W"),
+        ] {
+            if set {
+                out.put_slice(flag);
+            }
         }
         out.put_slice(b"\r\n");
         if self.value {
@@ -511,6 +537,22 @@ impl MetaRequest {
                     cas: hit.cas,
                     exptime,
                     updated_s: hit.updated_s,
+                    token_sent: false,
+                    stale: false,
+                    won: false,
+                });
+                self.put_item(out, item, now_s)
+            }
+            Outcome::Leased(leased) => {
+                let item = leased.as_ref().map(|leased| ItemView {
+                    data: &leased.hit.data,
+                    flags: leased.hit.flags,
+                    cas: leased.hit.cas,
+                    exptime: leased.exptime,
+                    updated_s: leased.hit.updated_s,
+                    token_sent: leased.token_sent,
+                    stale: leased.stale,
+                    won: leased.won,
                 });
                 self.put_item(out, item, now_s)
             }
@@ -528,6 +570,9 @@ impl MetaRequest {
                     cas: *cas,
                     exptime: *exptime,
                     updated_s: now_s,
+                    token_sent: false,
+                    stale: false,
+                    won: false,
                 };
                 if self.leaves_out(b"VA") {
                 } else if self.value {
@@ -677,6 +722,9 @@ mod tests {
             cas: 9,
             exptime: NEVER,
             updated_s: 100,
+            token_sent: false,
+            stale: false,
+            won: false,
         }
     }
 
@@ -723,8 +771,8 @@ mod tests {
             })
         );
         // Flags not served yet are refused, not ignored.
-        assert_eq!(error(b"mg foo N30 v\r\n"), INVALID_FLAG);
-        assert_eq!(error(b"md foo I\r\n"), INVALID_OR_DUPLICATE_FLAG);
+        assert_eq!(error(b"mg foo h v\r\n"), INVALID_FLAG);
+        assert_eq!(error(b"ms foo 1 I\r\nx\r\n"), INVALID_FLAG);
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl Reply {
             Outcome::Touched => Reply::Touched,
             Outcome::Number { value, .. } => Reply::Number(*value),
             Outcome::NonNumeric => Reply::Error(errors::NON_NUMERIC),
-            Outcome::Hits(_) => Reply::End,
+            Outcome::Hits(_) | Outcome::Leased(_) => Reply::End,
             // No client sends a reclaim; only the server's reclaimer does.
             Outcome::Ok | Outcome::Reclaimed(_) => Reply::Ok,
         }

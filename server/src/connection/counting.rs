@@ -29,6 +29,7 @@ impl From<&Outcome> for Counted {
             Outcome::Touched => Counted::Touched,
             Outcome::Number { .. } => Counted::Number,
             Outcome::Hits(hits) => Counted::Hits(hits.len() as u64),
+            Outcome::Leased(leased) => Counted::Hits(u64::from(leased.is_some())),
             Outcome::NotStored | Outcome::NonNumeric | Outcome::Ok | Outcome::Reclaimed(_) => {
                 Counted::Other
             }

@@ -1,13 +1,19 @@
 //! Meta commands (DESIGN §5a). Each becomes the operation its classic twin
-//! becomes, on the same paths: `mg` a read after the same read barrier (a
-//! write when it touches, `T`), `ms` a store, `md` a delete, `ma` an incr
-//! or decr that may create its counter, each with the CAS unique `C`
-//! names; on a follower each is forwarded to the leader as its meta line
-//! without `q` (so that every forwarded request has one reply to match by
-//! position), and the reply is handed back under the client's `q`.
+//! becomes, on the same paths: `mg` a read after the same read barrier, `ms`
+//! a store, `md` a delete, `ma` an incr or decr that may create its
+//! counter, each with the CAS unique `C` names; on a follower each is
+//! forwarded to the leader as its meta line without `q` (so that every
+//! forwarded request has one reply to match by position), and the reply is
+//! handed back under the client's `q`.
+//!
+//! An `mg` that may change the item is a log entry (`Op::MetaGet`): one
+//! with `T`, `N` or `R`, and a plain one that finds the item stale with no
+//! recache won yet (the entry gives the win, so exactly one reader in the
+//! whole group gets it). `md ... I` is `Op::Invalidate`.
 
 use data::command::{Initial, StoreMode};
 use data::protocol::meta::{put_debug, ItemView, MetaRequest, MetaVerb, SetMode};
+use data::state::lease;
 
 use super::*;
 
@@ -28,26 +34,19 @@ impl Connection {
                 self.finish_pending().await;
                 self.output.extend_from_slice(b"MN\r\n");
             }
-            MetaVerb::Get | MetaVerb::Debug if request.ttl.is_none() => {
+            MetaVerb::Debug => self.meta_read(request, raw).await,
+            MetaVerb::Get
+                if request.ttl.is_none()
+                    && request.vivify.is_none()
+                    && request.recache.is_none() =>
+            {
                 self.meta_read(request, raw).await
             }
-            MetaVerb::Get | MetaVerb::Debug => {
-                // A touch: the one operation that reads an item as it sets
-                // its expiry is gat's.
-                if counted {
+            MetaVerb::Get => {
+                if counted && request.ttl.is_some() {
                     Stats::bump(&counters.cmd_touch);
                 }
-                let exptime = resolve(request.ttl.unwrap_or(0));
-                let op = Op::GetAndTouch {
-                    keys: vec![key],
-                    exptime,
-                };
-                let render = Render::Meta {
-                    request: Box::new(request),
-                    exptime,
-                };
-                self.queue_write(op, render, WriteKind::Touch, raw, false)
-                    .await;
+                self.meta_get_logged(request, raw).await
             }
             MetaVerb::Set => {
                 if counted {
@@ -86,7 +85,15 @@ impl Connection {
                     Some(0) => u64::MAX,
                     _ => cas_unique,
                 };
-                let op = Op::Delete { key, cas_unique };
+                let op = if request.invalidate {
+                    Op::Invalidate {
+                        key,
+                        cas_unique,
+                        exptime: request.ttl.map(resolve),
+                    }
+                } else {
+                    Op::Delete { key, cas_unique }
+                };
                 let render = Render::Meta {
                     request: Box::new(request),
                     exptime: exptime::NEVER,
@@ -120,8 +127,40 @@ impl Connection {
         }
     }
 
-    /// `mg` without a touch, and `me`: served here (after a read barrier
-    /// where one is needed) or by the leader, like a get.
+    /// An `mg` that may change the item: a log entry, so that its apply
+    /// decides the recache win once for the whole group.
+    async fn meta_get_logged(&mut self, request: MetaRequest, raw: Bytes) {
+        let now_s = clock::now_s();
+        let resolve = |ttl: i64| exptime::resolve(ttl, now_s);
+        let op = Op::MetaGet {
+            key: request.key.clone(),
+            vivify: request.vivify.map(resolve),
+            recache_before: request.recache.map(resolve),
+            touch: request.ttl.map(resolve),
+        };
+        let kind = if request.ttl.is_some() {
+            WriteKind::Touch
+        } else {
+            WriteKind::Get
+        };
+        let render = Render::Meta {
+            request: Box::new(request),
+            exptime: exptime::NEVER,
+        };
+        self.queue_write(op, render, kind, raw, false).await;
+    }
+
+    /// Whether this server's state holds `key` stale with no recache won:
+    /// the next reader wins it, through the log.
+    fn recache_to_give(&self, key: &[u8]) -> bool {
+        let state = state::read(&self.shared.state);
+        state
+            .get(key, clock::now_s())
+            .is_some_and(|item| item.lease() & lease::STALE != 0 && item.lease() & lease::WON == 0)
+    }
+
+    /// `mg` without `T`, `N` or `R`, and `me`: served here (after a read
+    /// barrier where one is needed) or by the leader, like a get.
     async fn meta_read(&mut self, request: MetaRequest, raw: Bytes) {
         match self.read_at(Some(&request.key)).await {
             ReadAt::Leader => {
@@ -136,6 +175,9 @@ impl Connection {
                 self.forward(raw, Framing::Meta, false, true, then).await;
             }
             ReadAt::Refused(line) => Reply::Error(line).encode(&mut self.output),
+            ReadAt::Here if request.verb == MetaVerb::Get && self.recache_to_give(&request.key) => {
+                self.meta_get_logged(request, raw).await
+            }
             ReadAt::Here => {
                 let now_s = clock::now_s();
                 let debug = request.verb == MetaVerb::Debug;
@@ -146,6 +188,9 @@ impl Connection {
                         cas: item.cas(),
                         exptime: item.exptime(),
                         updated_s: item.updated_s(),
+                        token_sent: item.lease() & lease::WON != 0,
+                        stale: item.lease() & lease::STALE != 0,
+                        won: false,
                     });
                     match (debug, item) {
                         (true, Some(item)) => put_debug(out, key, request.base64, item, now_s),

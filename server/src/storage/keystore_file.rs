@@ -104,6 +104,7 @@ mod tests {
                     exptime: if n % 3 == 0 { 0 } else { 1_700_000_000 + n },
                     cas: n + 1,
                     updated_s: 1_600_000_000 + n,
+                    lease: (n % 3) as u8,
                 };
                 (Bytes::from(format!("key:{n}")), item)
             })
