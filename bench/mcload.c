@@ -12,6 +12,9 @@
  *          --key-size 32 --value-size 100
  *
  * --workload set|get; --preload sets every key once (depth 16) and exits.
+ * --protocol text|meta|binary: get/set, mg <key> v / ms <key> <len>, or
+ * the binary protocol's Get/Set packets (issue 16's figures); a get's miss
+ * counts as answered in each.
  * Keys are drawn uniformly from --keys: "k" and the number zero-padded to
  * --key-size, as `client bench` makes them.
  * --server takes a comma-separated list: connection i goes to server
@@ -45,11 +48,15 @@
 /* Enough for a full window of the largest replies. */
 #define IN_BYTES (DEPTH_MAX * (VALUE_BYTES_MAX + 512))
 
+enum { PROTOCOL_TEXT, PROTOCOL_META, PROTOCOL_BINARY };
+#define BINARY_HEADER_BYTES 24
+
 struct opts {
     char host[SERVERS_MAX][64];
     int port[SERVERS_MAX];
     int servers;
     int get; /* 1: get, 0: set */
+    int protocol; /* PROTOCOL_* */
     int connections;
     int depth;
     double seconds;
@@ -114,10 +121,32 @@ static void queue_request(struct conn *c, long key) {
     int n = snprintf(k, sizeof k, "k%0*ld", o.key_size - 1, key);
     out_reserve(c, n + o.value_size + 64);
     char *p = c->out + c->out_len;
-    if (o.get && !o.preload) {
-        p += sprintf(p, "get %s\r\n", k);
+    int get = o.get && !o.preload;
+    if (o.protocol == PROTOCOL_BINARY) {
+        /* Header: magic, opcode, key length, extras length, data type,
+         * vbucket, body length, opaque, cas; then extras, key, value. */
+        int extras = get ? 0 : 8;
+        int value = get ? 0 : o.value_size;
+        uint32_t body = htonl(extras + n + value);
+        uint16_t key_len = htons(n);
+        memset(p, 0, BINARY_HEADER_BYTES + extras);
+        p[0] = (char)0x80;
+        p[1] = get ? 0x00 : 0x01;
+        memcpy(p + 2, &key_len, 2);
+        p[4] = (char)extras;
+        memcpy(p + 8, &body, 4);
+        p += BINARY_HEADER_BYTES + extras; /* flags and exptime 0 */
+        memcpy(p, k, n);
+        p += n;
+        memcpy(p, value_block, value);
+        p += value;
+    } else if (get) {
+        p += sprintf(p, o.protocol == PROTOCOL_META ? "mg %s v\r\n" : "get %s\r\n", k);
     } else {
-        p += sprintf(p, "set %s 0 0 %d\r\n", k, o.value_size);
+        if (o.protocol == PROTOCOL_META)
+            p += sprintf(p, "ms %s %d\r\n", k, o.value_size);
+        else
+            p += sprintf(p, "set %s 0 0 %d\r\n", k, o.value_size);
         memcpy(p, value_block, o.value_size + 2);
         p += o.value_size + 2;
     }
@@ -158,15 +187,46 @@ static void completed(int error) {
     }
 }
 
+/* Takes every complete binary response from the input buffer: a get's
+ * hit or miss (status 0 or 1), a set's success. */
+static size_t parse_binary(struct conn *c) {
+    size_t pos = 0;
+    int get = o.get && !o.preload;
+    while (c->in_len - pos >= BINARY_HEADER_BYTES) {
+        unsigned char *h = (unsigned char *)c->in + pos;
+        uint32_t body;
+        memcpy(&body, h + 8, 4);
+        size_t need = BINARY_HEADER_BYTES + ntohl(body);
+        if (c->in_len - pos < need) break;
+        int status = h[6] << 8 | h[7];
+        pos += need;
+        c->in_flight--;
+        completed(!(h[0] == 0x81 && (status == 0 || (get && status == 1))));
+    }
+    return pos;
+}
+
 /* Takes every complete reply from the input buffer. */
 static void parse(struct conn *c) {
     size_t pos = 0;
-    for (;;) {
+    int meta = o.protocol == PROTOCOL_META;
+    if (o.protocol == PROTOCOL_BINARY) pos = parse_binary(c);
+    else for (;;) {
         char *start = c->in + pos;
         char *eol = memmem(start, c->in_len - pos, "\r\n", 2);
         if (!eol) break;
         size_t line = eol - start;
-        if (o.get && !o.preload && line > 6 && memcmp(start, "VALUE ", 6) == 0) {
+        if (meta && o.get && !o.preload && line > 3 && memcmp(start, "VA ", 3) == 0) {
+            /* VA <bytes>: the reply is the line and its data block. */
+            long bytes = strtol(start + 3, NULL, 10);
+            size_t need = line + 2 + bytes + 2;
+            if (c->in_len - pos < need) break;
+            pos += need;
+            c->in_flight--;
+            completed(0);
+            continue;
+        }
+        if (!meta && o.get && !o.preload && line > 6 && memcmp(start, "VALUE ", 6) == 0) {
             /* VALUE <key> <flags> <bytes>: skip the data block; the reply
              * ends at END. */
             char *last = memrchr(start, ' ', line);
@@ -178,7 +238,9 @@ static void parse(struct conn *c) {
         }
         pos += line + 2;
         int ok;
-        if (o.get && !o.preload)
+        if (meta)
+            ok = line == 2 && memcmp(start, o.get && !o.preload ? "EN" : "HD", 2) == 0;
+        else if (o.get && !o.preload)
             ok = line == 3 && memcmp(start, "END", 3) == 0;
         else
             ok = line == 6 && memcmp(start, "STORED", 6) == 0;
@@ -250,7 +312,8 @@ static int connect_to(int server) {
 
 static void usage(void) {
     fprintf(stderr,
-            "usage: mcload --server HOST:PORT[,HOST:PORT...] [--workload get|set] [--connections N] "
+            "usage: mcload --server HOST:PORT[,HOST:PORT...] [--workload get|set] "
+            "[--protocol text|meta|binary] [--connections N] "
             "[--depth N] [--seconds S] [--warmup S] [--keys N] [--key-size N] "
             "[--value-size N] [--preload]\n");
     exit(2);
@@ -279,6 +342,11 @@ int main(int argc, char **argv) {
         } else if (!strcmp(a, "--workload")) {
             if (strcmp(v, "get") && strcmp(v, "set")) usage();
             o.get = !strcmp(v, "get");
+        } else if (!strcmp(a, "--protocol")) {
+            if (!strcmp(v, "text")) o.protocol = PROTOCOL_TEXT;
+            else if (!strcmp(v, "meta")) o.protocol = PROTOCOL_META;
+            else if (!strcmp(v, "binary")) o.protocol = PROTOCOL_BINARY;
+            else usage();
         } else if (!strcmp(a, "--connections")) o.connections = atoi(v);
         else if (!strcmp(a, "--depth")) o.depth = atoi(v);
         else if (!strcmp(a, "--seconds")) o.seconds = atof(v);
