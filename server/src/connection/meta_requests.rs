@@ -23,9 +23,6 @@ impl Connection {
         let counted = !self.forwarded_link;
         let shared = self.shared.clone();
         let counters = &shared.stats.counters;
-        let mut raw = BytesMut::new();
-        request.encode_loud(&mut raw);
-        let raw = raw.freeze();
         let key = request.key.clone();
         let cas_unique = request.compare_cas.unwrap_or(0);
         let resolve = |ttl: i64| exptime::resolve(ttl, now_s);
@@ -34,21 +31,23 @@ impl Connection {
                 self.finish_pending().await;
                 self.output.extend_from_slice(b"MN\r\n");
             }
-            MetaVerb::Debug => self.meta_read(request, raw).await,
+            MetaVerb::Debug => self.meta_read(request).await,
             MetaVerb::Get
                 if request.ttl.is_none()
                     && request.vivify.is_none()
                     && request.recache.is_none() =>
             {
-                self.meta_read(request, raw).await
+                self.meta_read(request).await
             }
             MetaVerb::Get => {
                 if counted && request.ttl.is_some() {
                     Stats::bump(&counters.cmd_touch);
                 }
-                self.meta_get_logged(request, raw).await
+                self.meta_get_logged(request).await
             }
             MetaVerb::Set => {
+                // The line a follower forwards (a read served here needs none).
+                let raw = loud_line(&request);
                 if counted {
                     Stats::bump(&counters.cmd_set);
                 }
@@ -79,6 +78,7 @@ impl Connection {
                     .await;
             }
             MetaVerb::Delete => {
+                let raw = loud_line(&request);
                 // `C0` names no item's unique (none is 0): memcached's md
                 // answers EX to it, where a delete with unique 0 checks none.
                 let cas_unique = match request.compare_cas {
@@ -102,6 +102,7 @@ impl Connection {
                     .await;
             }
             MetaVerb::Arith => {
+                let raw = loud_line(&request);
                 let initial = request.vivify.map(|ttl| Initial {
                     value: request.initial,
                     exptime: resolve(ttl),
@@ -129,7 +130,8 @@ impl Connection {
 
     /// An `mg` that may change the item: a log entry, so that its apply
     /// decides the recache win once for the whole group.
-    async fn meta_get_logged(&mut self, request: MetaRequest, raw: Bytes) {
+    async fn meta_get_logged(&mut self, request: MetaRequest) {
+        let raw = loud_line(&request);
         let now_s = clock::now_s();
         let resolve = |ttl: i64| exptime::resolve(ttl, now_s);
         let op = Op::MetaGet {
@@ -161,9 +163,10 @@ impl Connection {
 
     /// `mg` without `T`, `N` or `R`, and `me`: served here (after a read
     /// barrier where one is needed) or by the leader, like a get.
-    async fn meta_read(&mut self, request: MetaRequest, raw: Bytes) {
+    async fn meta_read(&mut self, request: MetaRequest) {
         match self.read_at(Some(&request.key)).await {
             ReadAt::Leader => {
+                let raw = loud_line(&request);
                 let then = Then::Write {
                     kind: WriteKind::Get,
                     render: Render::Meta {
@@ -176,7 +179,7 @@ impl Connection {
             }
             ReadAt::Refused(line) => Reply::Error(line).encode(&mut self.output),
             ReadAt::Here if request.verb == MetaVerb::Get && self.recache_to_give(&request.key) => {
-                self.meta_get_logged(request, raw).await
+                self.meta_get_logged(request).await
             }
             ReadAt::Here => {
                 let now_s = clock::now_s();
@@ -221,4 +224,11 @@ impl Connection {
             Relayed::Failed(line) => Reply::Error(line).encode(&mut self.output),
         }
     }
+}
+
+/// The line a follower sends the leader for `request`: without `q`.
+fn loud_line(request: &MetaRequest) -> Bytes {
+    let mut raw = BytesMut::new();
+    request.encode_loud(&mut raw);
+    raw.freeze()
 }
