@@ -232,6 +232,8 @@ impl Gen {
             "ms" => self.some_of(&["k", "c", "q", "T0", "F7", "T3600"]),
             "md" if leases => self.some_of(&["k", "q", "I", "T3600"]),
             "md" => self.some_of(&["k", "q"]),
+            // Not `T`: memcached 1.6.18's ma answers it but does not keep
+            // the TTL (the upstream doc's is followed, see DESIGN §5a).
             _ => self.some_of(&["v", "k", "c", "t", "q", "N0", "J13", "D3", "MD", "M+"]),
         };
         // A set that cannot fail clears the padding worry below.
@@ -290,7 +292,7 @@ impl Gen {
         }
         // memcached reports `t` as it stands when it reaches the flag, and
         // sets a created item's TTL when it reaches `N`: N goes first, so
-        // that `t` is the TTL the item has (what this server reports).
+        // that `t` is the TTL the item ends with (what this server reports).
         flags.sort_by_key(|f| !f.starts_with('N'));
         if verb == "mg" && (base64 || self.written_base64.contains(key)) {
             flags.retain(|f| f != "k");

@@ -93,13 +93,15 @@ pub enum Op {
     /// incr (`incr == true`, wraps at 2^64) or decr (floors at 0). With a
     /// nonzero `cas_unique` only an item with that unique; with `initial`,
     /// a missing item is created holding it (the binary protocol's
-    /// increment and decrement).
+    /// increment and decrement); with `touch`, the counter then expires
+    /// so (meta's `ma ... T`).
     Arith {
         key: Bytes,
         delta: u64,
         incr: bool,
         cas_unique: u64,
         initial: Option<Initial>,
+        touch: Option<AbsTime>,
     },
     Touch {
         key: Bytes,
@@ -226,6 +228,8 @@ const TAG_DELETE_CAS: u8 = 9;
 const TAG_ARITH_EXT: u8 = 10;
 const TAG_META_GET: u8 = 11;
 const TAG_INVALIDATE: u8 = 12;
+/// [`TAG_ARITH_EXT`]'s fields, then an expiry to set.
+const TAG_ARITH_TOUCH: u8 = 13;
 
 /// Servers one configuration may name at most.
 pub const CONFIG_MEMBERS_MAX: usize = 64;
@@ -278,9 +282,14 @@ impl Command {
                 incr,
                 cas_unique,
                 initial,
+                touch,
             } => {
-                let extended = *cas_unique != 0 || initial.is_some();
-                out.put_u8(if extended { TAG_ARITH_EXT } else { TAG_ARITH });
+                let extended = *cas_unique != 0 || initial.is_some() || touch.is_some();
+                out.put_u8(match (extended, touch) {
+                    (false, _) => TAG_ARITH,
+                    (true, None) => TAG_ARITH_EXT,
+                    (true, Some(_)) => TAG_ARITH_TOUCH,
+                });
                 out.put_u8(u8::from(*incr));
                 put_key(out, key);
                 out.put_u64_le(*delta);
@@ -293,6 +302,9 @@ impl Command {
                             out.put_u64_le(*value);
                             out.put_u64_le(*exptime);
                         }
+                    }
+                    if let Some(touch) = touch {
+                        out.put_u64_le(*touch);
                     }
                 }
             }
@@ -361,14 +373,15 @@ impl Command {
                     key,
                     cas_unique,
                     initial,
+                    touch,
                     ..
                 } => {
-                    let extension = match (cas_unique, initial) {
-                        (0, None) => 0,
-                        (_, None) => 8 + 1,
-                        (_, Some(_)) => 8 + 1 + 16,
+                    let extension = match (cas_unique, initial, touch) {
+                        (0, None, None) => 0,
+                        (_, None, _) => 8 + 1,
+                        (_, Some(_), _) => 8 + 1 + 16,
                     };
-                    1 + 1 + key.len() + 8 + extension
+                    1 + 1 + key.len() + 8 + extension + touch.map_or(0, |_| 8)
                 }
                 Op::Touch { key, .. } => 1 + key.len() + 8,
                 Op::MetaGet {
@@ -432,7 +445,7 @@ impl Command {
                 }
                 Op::Delete { key, cas_unique }
             }
-            TAG_ARITH | TAG_ARITH_EXT => {
+            TAG_ARITH | TAG_ARITH_EXT | TAG_ARITH_TOUCH => {
                 let incr = get_flag(&mut buf)?;
                 let key = get_key(&mut buf)?;
                 let delta = get_u64(&mut buf)?;
@@ -444,12 +457,17 @@ impl Command {
                         let value = get_u64(&mut buf)?;
                         let exptime = get_u64(&mut buf)?;
                         Some(Initial { value, exptime })
-                    } else if cas_unique == 0 {
+                    } else if cas_unique == 0 && tag == TAG_ARITH_EXT {
                         return Err(DecodeError::NotCanonical);
                     } else {
                         None
                     };
                     (cas_unique, initial)
+                };
+                let touch = if tag == TAG_ARITH_TOUCH {
+                    Some(get_u64(&mut buf)?)
+                } else {
+                    None
                 };
                 Op::Arith {
                     key,
@@ -457,6 +475,7 @@ impl Command {
                     incr,
                     cas_unique,
                     initial,
+                    touch,
                 }
             }
             TAG_TOUCH => {
@@ -680,6 +699,7 @@ mod tests {
                     incr: true,
                     cas_unique: 0,
                     initial: None,
+                    touch: None,
                 },
                 vec![3, 1, 1, b'k', 1, 0, 0, 0, 0, 0, 0, 0],
             ),
@@ -693,6 +713,7 @@ mod tests {
                         value: 5,
                         exptime: 6,
                     }),
+                    touch: None,
                 },
                 vec![
                     10, 0, 1, b'k', 1, 0, 0, 0, 0, 0, 0, 0, // delta
@@ -773,6 +794,7 @@ mod tests {
                     incr,
                     cas_unique: 0,
                     initial: None,
+                    touch: None,
                 }
             );
         }
@@ -822,14 +844,16 @@ mod tests {
                 any::<u64>(),
                 any::<bool>(),
                 prop_oneof![Just(0u64), any::<u64>()],
-                proptest::option::of((any::<u64>(), any::<u64>()))
+                proptest::option::of((any::<u64>(), any::<u64>())),
+                proptest::option::of(any::<u64>())
             )
-                .prop_map(|(key, delta, incr, cas_unique, initial)| Op::Arith {
+                .prop_map(|(key, delta, incr, cas_unique, initial, touch)| Op::Arith {
                     key,
                     delta,
                     incr,
                     cas_unique,
                     initial: initial.map(|(value, exptime)| Initial { value, exptime }),
+                    touch,
                 }),
             (key(), any::<u64>()).prop_map(|(key, exptime)| Op::Touch { key, exptime }),
             (

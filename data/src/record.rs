@@ -512,6 +512,7 @@ mod tests {
                         incr: flags % 2 == 0,
                         cas_unique: 0,
                         initial: None,
+                        touch: None,
                     }
                 },
             })

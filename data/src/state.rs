@@ -465,7 +465,23 @@ impl State {
                 incr,
                 cas_unique,
                 initial,
-            } => self.arith(index, now_s, key, *delta, *incr, *cas_unique, *initial),
+                touch,
+            } => {
+                let outcome = self.arith(index, now_s, key, *delta, *incr, *cas_unique, *initial);
+                match (outcome, touch) {
+                    // The counter then expires as `touch` says (after a
+                    // creation's own expiry, as memcached when T follows N).
+                    (Outcome::Number { value, cas, .. }, Some(exptime)) => {
+                        self.items.set_exptime(key, *exptime);
+                        Outcome::Number {
+                            value,
+                            cas,
+                            exptime: *exptime,
+                        }
+                    }
+                    (outcome, _) => outcome,
+                }
+            }
             Op::MetaGet {
                 key,
                 vivify,
@@ -834,6 +850,7 @@ mod tests {
             incr: true,
             cas_unique: 0,
             initial: None,
+            touch: None,
         };
         let zero = |cas| Outcome::Number {
             value: 0,
@@ -847,6 +864,7 @@ mod tests {
             incr: false,
             cas_unique: 0,
             initial: None,
+            touch: None,
         };
         assert_eq!(state.apply(3, &cmd(1, decr)), zero(3));
     }
@@ -862,6 +880,7 @@ mod tests {
             incr: true,
             cas_unique,
             initial,
+            touch: None,
         };
         let initial = Some(Initial {
             value: 10,
@@ -899,6 +918,22 @@ mod tests {
             state.apply(9, &cmd(1, append(7))),
             Outcome::Stored { cas: 9 }
         );
+        // ma ... T: the counter then expires so.
+        let touched = Op::Arith {
+            key: Bytes::from_static(b"n2"),
+            delta: 1,
+            incr: true,
+            cas_unique: 0,
+            initial,
+            touch: Some(700),
+        };
+        let expiring = Outcome::Number {
+            value: 10,
+            cas: 10,
+            exptime: 700,
+        };
+        assert_eq!(state.apply(10, &cmd(1, touched)), expiring);
+        assert_eq!(state.get(b"n2", 1).unwrap().exptime(), 700);
     }
 
     /// Stale-while-revalidate as memcached's mg/md: the reader that creates
@@ -1186,6 +1221,7 @@ mod tests {
                     incr,
                     cas_unique,
                     initial,
+                    touch: _,
                 } => {
                     let Some(old) = self.items.get(&key[..]).cloned() else {
                         let Some(Initial { value, exptime }) = initial else {
@@ -1305,6 +1341,7 @@ mod tests {
                     incr,
                     cas_unique,
                     initial: initial.map(|(value, exptime)| Initial { value, exptime }),
+                    touch: None,
                 }),
             (key, exptime).prop_map(|(key, exptime)| Op::Touch { key, exptime }),
             Just(Op::FlushAll { deadline_s: 0 }),

@@ -182,6 +182,7 @@ impl Seed<'_> {
                     value: self.u64(),
                     exptime: self.u64(),
                 }),
+                touch: (self.u8() & 1 == 1).then(|| self.u64()),
             },
             4 => Op::Touch {
                 key: self.key(),

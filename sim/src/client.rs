@@ -155,6 +155,7 @@ impl World {
                             incr,
                             cas_unique: 0,
                             initial: None,
+                            touch: None,
                         },
                     },
                 )

@@ -29,7 +29,7 @@
 //!
 //! Not served yet, refused as an invalid flag rather than ignored: `ms`
 //! `I`, `h` (whether the item was read before), `E` (a CAS the client
-//! picks), `md` `x` and `ma` `T`.
+//! picks) and `md` `x`.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -171,7 +171,7 @@ fn unserved(verb: MetaVerb, flag: u8) -> bool {
         MetaVerb::Get => b"h".contains(&flag),
         MetaVerb::Set => b"I".contains(&flag),
         MetaVerb::Delete => false,
-        MetaVerb::Arith => b"T".contains(&flag),
+        MetaVerb::Arith => false,
         MetaVerb::Noop | MetaVerb::Debug => false,
     }
 }

@@ -153,6 +153,7 @@ impl Connection {
                     incr,
                     cas_unique: cas,
                     initial,
+                    touch: None,
                 };
                 let kind = if incr {
                     WriteKind::Incr

@@ -118,6 +118,7 @@ impl Connection {
                     incr: request.incr,
                     cas_unique,
                     initial,
+                    touch: request.ttl.map(resolve),
                 };
                 let render = Render::Meta {
                     request: Box::new(request),

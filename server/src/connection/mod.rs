@@ -441,6 +441,7 @@ impl Connection {
                         incr,
                         cas_unique: 0,
                         initial: None,
+                        touch: None,
                     },
                     Render::Outcome { noreply },
                     kind,
