@@ -574,15 +574,9 @@ impl MetaRequest {
                     stale: false,
                     won: false,
                 };
-                if self.leaves_out(b"VA") {
-                } else if self.value {
+                // `VA` with `v`, else `HD`: q leaves out either for ma.
+                if !self.leaves_out(b"VA") {
                     self.put_item(out, Some(item), now_s);
-                } else {
-                    out.put_slice(b"HD");
-                    for returned in &self.returns {
-                        self.put_returned(out, returned, Some(item), now_s);
-                    }
-                    out.put_slice(b"\r\n");
                 }
             }
             Outcome::NonNumeric => out.put_slice(super::reply::errors::NON_NUMERIC.as_bytes()),
