@@ -138,12 +138,39 @@ const STATS_BYTES_MAX: usize = 1 << 20;
 /// A server's (or an LB's) `stats` as a map, each wait bounded by
 /// `timeout`; empty if it cannot be reached.
 pub fn stats_of(addr: std::net::SocketAddr, timeout: Duration) -> BTreeMap<String, String> {
+    stats_as(addr, timeout, None)
+}
+
+/// [`stats_of`] a server that may require its clients to log in (`-Y`,
+/// `-S`): the connection first proves the cluster secret, as a
+/// follower's forwarding link does (DESIGN §5a "Authentication").
+pub fn stats_as_peer(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+    secret: &[u8; data::frame::SECRET_BYTES],
+) -> BTreeMap<String, String> {
+    stats_as(addr, timeout, Some(secret))
+}
+
+fn stats_as(
+    addr: std::net::SocketAddr,
+    timeout: Duration,
+    secret: Option<&[u8; data::frame::SECRET_BYTES]>,
+) -> BTreeMap<String, String> {
     use std::io::Read;
     let mut map = BTreeMap::new();
     let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
         return map;
     };
-    if stream.set_read_timeout(Some(timeout)).is_err() || stream.write_all(b"stats\r\n").is_err() {
+    if stream.set_read_timeout(Some(timeout)).is_err() {
+        return map;
+    }
+    if let Some(secret) = secret {
+        if prove_peer(&mut stream, secret).is_none() {
+            return map;
+        }
+    }
+    if stream.write_all(b"stats\r\n").is_err() {
         return map;
     }
     let mut reply = Vec::new();
@@ -162,6 +189,35 @@ pub fn stats_of(addr: std::net::SocketAddr, timeout: Duration) -> BTreeMap<Strin
         }
     }
     map
+}
+
+/// `forwarder`, then its proof for the challenge (one line each way).
+fn prove_peer(stream: &mut TcpStream, secret: &[u8; data::frame::SECRET_BYTES]) -> Option<()> {
+    use data::admin_proof::{from_hex, CHALLENGE_BYTES};
+    stream.write_all(b"forwarder\r\n").ok()?;
+    let line = read_reply_line(stream)?;
+    let challenge = line
+        .strip_prefix(data::protocol::auth::CHALLENGE_PREFIX)
+        .and_then(from_hex::<CHALLENGE_BYTES>)?;
+    let proof = server::auth::forwarder_proof(secret, &challenge);
+    let line = format!("forwarder {}\r\n", data::admin_proof::to_hex(&proof));
+    stream.write_all(line.as_bytes()).ok()?;
+    (read_reply_line(stream)? == "OK").then_some(())
+}
+
+/// One short reply line, without its line end.
+fn read_reply_line(stream: &mut TcpStream) -> Option<String> {
+    use std::io::Read;
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while !line.ends_with(b"\r\n") {
+        if line.len() > 512 || stream.read(&mut byte).ok()? == 0 {
+            return None;
+        }
+        line.push(byte[0]);
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).ok()
 }
 
 /// Fetches `stats` from the LB's TCP port.

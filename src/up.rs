@@ -105,6 +105,11 @@ impl Cluster {
             config.election_timeout_ms.to_string(),
         ];
         let cluster_file = cluster.start_lbs(config, &timing)?;
+        // Servers that require a login (-Y, -S) answer `stats` to a
+        // connection that proves the cluster secret.
+        let secret = lb::cluster_file::load(&cluster_file)
+            .with_context(|| format!("read {}", cluster_file.display()))?
+            .secret;
         let lb_list: Vec<String> = lbs.iter().map(SocketAddr::to_string).collect();
         let lb_list = lb_list.join(",");
 
@@ -126,7 +131,7 @@ impl Cluster {
                 // Ours, not another process that took the port between the
                 // look and the bind (then ours exits: taken, try another).
                 let pid = cluster.pid_of(&name);
-                match cluster.wait_started(&name, || serves_as(addr, pid)) {
+                match cluster.wait_started(&name, || serves_as(addr, pid, &secret)) {
                     Ok(()) => break addr,
                     Err(e)
                         if attempts < SERVER_START_ATTEMPTS
@@ -398,8 +403,8 @@ fn lb_addrs(config: &UpConfig) -> anyhow::Result<Vec<SocketAddr>> {
 
 /// Whether the memcached server at `addr` is the process `pid` (its
 /// `stats` says so), and not another that took the port first.
-fn serves_as(addr: SocketAddr, pid: Option<u32>) -> bool {
-    let stats = status::stats_of(addr, Duration::from_millis(POLL_MS * 10));
+fn serves_as(addr: SocketAddr, pid: Option<u32>, secret: &[u8; data::frame::SECRET_BYTES]) -> bool {
+    let stats = status::stats_as_peer(addr, Duration::from_millis(POLL_MS * 10), secret);
     pid.is_some_and(|pid| stats.get("pid") == Some(&pid.to_string()))
 }
 

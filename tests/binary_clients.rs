@@ -7,6 +7,9 @@
 //! prepend, cas, incr/decr, delete, touch, stats and the failure replies),
 //! which passes against memcached 1.6 as it must here.
 //!
+//! With `-S`, each authenticates with SASL PLAIN first, against a server
+//! and a follower (which forwards for it once it authenticated).
+//!
 //! `.ci/run` installs them; locally a missing client is skipped (under CI
 //! it fails): `PYLIBMC_PYTHON` names a python that imports pylibmc (else
 //! /usr/bin/python3), `python3` on PATH must import bmemcached, and
@@ -82,10 +85,20 @@ fn clients() -> Result<Vec<Client>, String> {
 }
 
 fn run(client: &Client, addr: SocketAddr) {
+    run_as(client, addr, None);
+}
+
+/// Runs the client's smoke test, authenticating with SASL PLAIN as
+/// `user` (user, password) when given.
+fn run_as(client: &Client, addr: SocketAddr, user: Option<(&str, &str)>) {
     let mut cmd = Command::new(&client.program);
     cmd.args(&client.args).arg(addr.to_string());
     for (name, value) in &client.env {
         cmd.env(name, value);
+    }
+    if let Some((user, password)) = user {
+        cmd.env("STORE_SASL_USER", user)
+            .env("STORE_SASL_PASSWORD", password);
     }
     let run = run_tool(cmd, CLIENT_TIMEOUT);
     assert!(
@@ -115,5 +128,30 @@ fn binary_clients_against_a_server_and_a_follower() {
     let (_, follower) = cluster::leader_and_follower(&cluster);
     for client in &clients {
         run(client, follower);
+    }
+}
+
+#[test]
+fn binary_clients_authenticate_with_sasl_on_a_server_and_a_follower() {
+    let test = "binary_clients_authenticate_with_sasl_on_a_server_and_a_follower";
+    let clients = match clients() {
+        Ok(clients) => clients,
+        Err(why) => return skip(test, &why),
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pwdb = dir.path().join("sasl-pwdb");
+    std::fs::write(&pwdb, "other:x\nsmoke:pa55:word\n").expect("write the password file");
+    let pwdb = pwdb.display().to_string();
+    let sasl = ["-S", "--sasl-pwdb", pwdb.as_str()];
+    let user = Some(("smoke", "pa55:word"));
+    let server = StoreServer::start(&sasl);
+    let alone: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    for client in &clients {
+        run_as(client, alone, user);
+    }
+    let cluster = cluster::start_with(3, &sasl);
+    let (_, follower) = cluster::leader_and_follower(&cluster);
+    for client in &clients {
+        run_as(client, follower, user);
     }
 }

@@ -18,9 +18,10 @@
 
 use bytes::{Bytes, BytesMut};
 use data::limits::{Limits, KEY_BYTES_MAX};
+use data::protocol::auth::SASL_MECH_BYTES_MAX;
 use data::protocol::binary::{
-    opcode, parse_binary, parse_response, put_request, BinaryCommand, BinaryError, BinaryRequest,
-    Render, ARITH_NO_CREATE, HEADER_BYTES, REQUEST_MAGIC,
+    opcode, parse_binary, parse_response, put_request, refuse_unauthenticated, BinaryCommand,
+    BinaryError, BinaryRequest, Render, Status, ARITH_NO_CREATE, HEADER_BYTES, REQUEST_MAGIC,
 };
 use data::state::Outcome;
 use libfuzzer_sys::fuzz_target;
@@ -48,6 +49,23 @@ fn declared_len(input: &[u8]) -> Option<u64> {
 }
 
 fn check(input: &[u8]) {
+    // Under SASL before authentication: a refusal covers the whole packet
+    // and closes; what it lets through is parsed as usual.
+    if let Some(refused) = refuse_unauthenticated(input) {
+        let BinaryError::Reply {
+            status,
+            consumed,
+            discard,
+            close,
+            ..
+        } = refused
+        else {
+            panic!("a refusal is a reply: {refused:?}");
+        };
+        assert!(close && status == Status::AuthError);
+        assert!(consumed <= input.len());
+        assert_eq!(consumed as u64 + discard, declared_len(input).unwrap());
+    }
     match parse_binary(input, &LIMITS) {
         Ok(None) => assert!(
             input.len() < HEADER_BYTES || declared_len(input).unwrap() > input.len() as u64,
@@ -118,7 +136,14 @@ fn check_request(request: &BinaryRequest) {
         }
         BinaryCommand::Stat { group } => assert!(group.len() <= KEY_BYTES_MAX),
         BinaryCommand::Flush { delay } => assert!(*delay >= 0),
-        BinaryCommand::Noop | BinaryCommand::Version | BinaryCommand::Quit => {}
+        BinaryCommand::Noop
+        | BinaryCommand::Version
+        | BinaryCommand::Quit
+        | BinaryCommand::SaslListMechs => {}
+        BinaryCommand::SaslAuth { mech, message, .. } => {
+            assert!(!mech.is_empty() && mech.len() <= SASL_MECH_BYTES_MAX);
+            assert!(message.len() <= LIMITS.item_bytes_max);
+        }
     }
 }
 
@@ -177,7 +202,11 @@ fn encode(request: &BinaryRequest) -> Vec<u8> {
             }
         }
         BinaryCommand::Stat { group } => put(0, &[], group, &[]),
-        BinaryCommand::Noop | BinaryCommand::Version | BinaryCommand::Quit => put(0, &[], &[], &[]),
+        BinaryCommand::Noop
+        | BinaryCommand::Version
+        | BinaryCommand::Quit
+        | BinaryCommand::SaslListMechs => put(0, &[], &[], &[]),
+        BinaryCommand::SaslAuth { mech, message, .. } => put(0, &[], mech, message),
     }
     out.to_vec()
 }

@@ -37,6 +37,11 @@ pub struct Config {
     pub memory_limit_bytes: u64,
     /// `-A`: the `shutdown` command stops the server (memcached's flag).
     pub shutdown_enabled: bool,
+    /// `-Y`: text connections log in with a user of this file first.
+    pub auth_file: Option<PathBuf>,
+    /// `-S --sasl-pwdb`: binary connections authenticate with SASL PLAIN
+    /// as a user of this file first (memcached's `MEMCACHED_SASL_PWDB`).
+    pub sasl_pwdb: Option<PathBuf>,
     /// Set with `--lb`: the server joins a replica group.
     pub cluster: Option<ClusterSettings>,
 }
@@ -56,7 +61,9 @@ impl Config {
             ("cas_enabled", "yes".to_string()),
             ("item_size_max", self.item_bytes_max.to_string()),
             ("flush_enabled", "yes".to_string()),
-            ("binding_protocol", "ascii".to_string()),
+            ("binding_protocol", "auto-negotiate".to_string()),
+            ("auth_enabled_sasl", yes_no(self.sasl_pwdb.is_some())),
+            ("auth_enabled_ascii", yes_no(self.auth_file.is_some())),
             ("client_flags_size", "4".to_string()),
             ("data_dir", self.data_dir.display().to_string()),
             ("snapshot_log_bytes", self.snapshot_log_bytes.to_string()),
@@ -78,6 +85,10 @@ impl Config {
     pub fn segment_bytes_max(&self) -> u64 {
         (self.snapshot_log_bytes / 4).clamp(4096, SEGMENT_BYTES_MAX_DEFAULT)
     }
+}
+
+fn yes_no(on: bool) -> String {
+    if on { "yes" } else { "no" }.to_string()
 }
 
 /// How reads are served.

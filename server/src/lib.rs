@@ -27,6 +27,8 @@
 //!   the log so that every replica frees the same.
 //! - [`recovery`]: start-up: keystore file, then log replay.
 //! - [`storage`]: log segments, keystore file, meta file (blocking file I/O).
+//! - [`auth`]: who may use the server: authfile and SASL users, reloaded
+//!   on SIGHUP, and the proof a follower's forwarding link gives.
 //! - [`stats`], [`config`], [`clock`]: counters, settings, wall clock.
 //!
 //! Dependencies point one way, down this list's lower half: `stats`,
@@ -38,6 +40,7 @@
 //! `data` crate.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 pub mod clock;
 pub mod commit;
 pub mod config;
@@ -106,6 +109,8 @@ pub struct Shared {
     pub write_budget: memory::WriteBudget,
     /// Outgoing connections to the leader (cluster mode).
     pub leader_link: forward::LeaderLink,
+    /// Users, and the cluster secret forwarding links prove.
+    pub auth: auth::Auth,
 }
 
 pub use listener::run;

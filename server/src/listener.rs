@@ -14,6 +14,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::auth::Auth;
 use crate::commit::{self, CommitConfig};
 use crate::config::Config;
 use crate::connection::Connection;
@@ -47,6 +48,8 @@ pub enum ServerError {
     Cluster(#[from] driver::ClusterError),
     #[error(transparent)]
     DataDir(#[from] crate::storage::DirLockError),
+    #[error(transparent)]
+    AuthFile(#[from] crate::auth::AuthFileError),
 }
 
 /// Runs a server until `shutdown` is cancelled. Calls `ready` with the bound
@@ -56,6 +59,12 @@ pub async fn run(
     shutdown: CancellationToken,
     ready: impl FnOnce(SocketAddr),
 ) -> Result<(), ServerError> {
+    // Read first: a server that cannot tell its users does not start.
+    let auth = Auth::load(
+        config.auth_file.as_deref(),
+        config.sasl_pwdb.as_deref(),
+        config.cluster.as_ref().map(|c| c.cluster.secret),
+    )?;
     // Held until this function returns, after the last write is synced.
     let _data_dir_lock = crate::storage::lock_dir(&config.data_dir)?;
     let addr = SocketAddr::new(config.listen, config.port);
@@ -65,8 +74,11 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
-    let (shared, backend, worker) = start_backend(&config, local).await?;
+    let (shared, backend, worker) = start_backend(&config, local, auth).await?;
     ready(local);
+    if shared.auth.required() {
+        tokio::spawn(reload_on_sighup(shared.clone(), shutdown.clone()));
+    }
 
     let reclaimer = tokio::spawn(crate::reclaim::run(
         shared.clone(),
@@ -130,6 +142,30 @@ pub async fn run(
     crate::group_log::join_worker(worker, "write path").await
 }
 
+/// Reads the users' files again on each SIGHUP (as memcached reloads its
+/// authfile), until shutdown.
+async fn reload_on_sighup(shared: Arc<Shared>, shutdown: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("cannot install a SIGHUP handler; the users' files are read at start only");
+        return;
+    };
+    loop {
+        tokio::select! {
+            got = hangup.recv() => if got.is_none() { return },
+            () = shutdown.cancelled() => return,
+        }
+        for (path, result) in shared.auth.reload() {
+            match result {
+                Ok(users) => tracing::info!(path = %path.display(), users, "users reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "users not reloaded; those loaded before stay");
+                }
+            }
+        }
+    }
+}
+
 /// Tells a client over the connection limit why, then hangs up.
 async fn reject(mut stream: TcpStream) {
     let _ = stream
@@ -143,6 +179,7 @@ async fn reject(mut stream: TcpStream) {
 async fn start_backend(
     config: &Config,
     local: SocketAddr,
+    auth: Auth,
 ) -> Result<
     (
         Arc<Shared>,
@@ -195,7 +232,8 @@ async fn start_backend(
                 stats,
                 memory,
                 write_budget: WriteBudget::default(),
-                leader_link: LeaderLink::default(),
+                leader_link: LeaderLink::new(None),
+                auth,
             });
             Ok((shared, Backend::Single(committer), worker))
         }
@@ -206,6 +244,7 @@ async fn start_backend(
                 snapshot_log_bytes: config.snapshot_log_bytes,
                 memory_limit_bytes: config.memory_limit_bytes,
             };
+            let secret = settings.cluster.secret;
             let group =
                 crate::group_log::open(settings, group_dir, local, files, stats.clone()).await?;
             let shared = Arc::new(Shared {
@@ -215,7 +254,8 @@ async fn start_backend(
                 stats,
                 memory: group.memory,
                 write_budget: WriteBudget::default(),
-                leader_link: LeaderLink::default(),
+                leader_link: LeaderLink::new(Some(secret)),
+                auth,
             });
             Ok((shared, Backend::Cluster(group.handle), group.worker))
         }

@@ -47,6 +47,8 @@ impl Member {
             snapshot_log_bytes: SNAPSHOT_LOG_BYTES_DEFAULT,
             memory_limit_bytes: 0,
             shutdown_enabled: false,
+            auth_file: None,
+            sasl_pwdb: None,
             cluster: Some(ClusterSettings {
                 group: GroupId::FIRST,
                 elector: Elector::Vote(StaticGroup {

@@ -239,6 +239,21 @@ struct AddsrvArgs {
     /// without it `shutdown` is answered `ERROR: shutdown not enabled`.
     #[arg(short = 'A', long = "enable-shutdown")]
     shutdown_enabled: bool,
+    /// Text connections log in first (as memcached's -Y): `user:password`
+    /// lines, read again on SIGHUP. A client sends
+    /// `set <any> <any> <any> <len>` with `<user> <password>` as the data;
+    /// before that every command gets `CLIENT_ERROR unauthenticated`.
+    #[arg(short = 'Y', long = "auth-file", value_name = "FILE")]
+    auth_file: Option<PathBuf>,
+    /// Binary connections authenticate with SASL PLAIN first (as
+    /// memcached's -S); needs --sasl-pwdb. Without -Y, text connections
+    /// are refused, as memcached refuses them under -S.
+    #[arg(short = 'S', long = "enable-sasl", requires = "sasl_pwdb")]
+    sasl: bool,
+    /// The SASL users: `user:password` lines, read again on SIGHUP (the
+    /// format of memcached's MEMCACHED_SASL_PWDB file).
+    #[arg(long, value_name = "FILE", requires = "sasl")]
+    sasl_pwdb: Option<PathBuf>,
     /// Verbose logging; repeat for more.
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -686,6 +701,8 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
         snapshot_log_bytes: args.snapshot_log_bytes,
         memory_limit_bytes,
         shutdown_enabled: args.shutdown_enabled,
+        auth_file: args.auth_file,
+        sasl_pwdb: args.sasl_pwdb.filter(|_| args.sasl),
         cluster: match args.lb {
             None => None,
             Some(text) => {

@@ -9,6 +9,9 @@ has it, and the failure replies (add of a present key, replace and delete
 of a missing one, a stale cas, incr of a missing or non-numeric value).
 Keys carry a random prefix so that runs against a shared cluster do not
 meet. Prints one line "ok: N checks" and exits 0, or fails with the check.
+
+With STORE_SASL_USER and STORE_SASL_PASSWORD set, the client authenticates
+with SASL PLAIN first (a server run with -S).
 """
 
 import os
@@ -31,7 +34,7 @@ def key(name):
 def run_pylibmc(addr):
     import pylibmc
 
-    c = pylibmc.Client([addr], binary=True, behaviors={"cas": True})
+    c = pylibmc.Client([addr], binary=True, behaviors={"cas": True}, **CREDENTIALS)
     a, b, n, missing = key("a"), key("b"), key("n"), key("missing")
     check(c.set(a, b"alpha") is True, "set")
     check(c.get(a) == b"alpha", "get after set")
@@ -75,7 +78,7 @@ def run_pylibmc(addr):
 def run_bmemcached(addr):
     import bmemcached
 
-    c = bmemcached.Client((addr,))
+    c = bmemcached.Client((addr,), **CREDENTIALS)
     a, b, n, missing = key("a"), key("b"), key("n"), key("missing")
     check(c.set(a, "alpha") is True, "set")
     check(c.get(a) == "alpha", "get after set")
@@ -116,6 +119,11 @@ def run_bmemcached(addr):
 
 
 PREFIX = "smoke-%s-" % os.urandom(4).hex()
+CREDENTIALS = (
+    {"username": os.environ["STORE_SASL_USER"], "password": os.environ["STORE_SASL_PASSWORD"]}
+    if "STORE_SASL_USER" in os.environ
+    else {}
+)
 
 if __name__ == "__main__":
     client, addr = sys.argv[1], sys.argv[2]

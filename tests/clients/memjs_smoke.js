@@ -7,7 +7,9 @@
 // the failure replies (add of a present key, replace and delete of a
 // missing one). memjs has no cas or multi-get. Keys carry a random prefix
 // so that runs against a shared cluster do not meet. Prints "ok: N checks"
-// and exits 0, or exits 1 with the failed check.
+// and exits 0, or exits 1 with the failed check. With STORE_SASL_USER and
+// STORE_SASL_PASSWORD set, memjs authenticates with SASL PLAIN first (a
+// server run with -S).
 'use strict';
 
 const crypto = require('crypto');
@@ -26,7 +28,11 @@ function check(cond, what) {
 }
 
 async function main() {
-  const c = memjs.Client.create(addr, { retries: 0, timeout: 5 });
+  const credentials = process.env.STORE_SASL_USER === undefined ? {} : {
+    username: process.env.STORE_SASL_USER,
+    password: process.env.STORE_SASL_PASSWORD,
+  };
+  const c = memjs.Client.create(addr, { retries: 0, timeout: 5, ...credentials });
   const [a, b, n, missing] = [key('a'), key('b'), key('n'), key('missing')];
   check(await c.set(a, 'alpha', { expires: 0 }), 'set');
   check((await c.get(a)).value.toString() === 'alpha', 'get after set');

@@ -315,7 +315,45 @@ pub fn spawn_logged(mut cmd: Command, log_dir: &Path, tag: &str) -> ServerProc {
 
 /// Polls connect + `version\r\n` until a `VERSION ` line comes back, the
 /// process exits, or the deadline passes.
+/// [`wait_ready`] with a binary Version request, which a server under
+/// SASL answers before authentication.
+fn wait_ready_binary(proc: &mut ServerProc, port: u16, timeout: Duration) -> Result<(), String> {
+    let mut version = [0u8; 24];
+    version[0] = 0x80;
+    version[1] = 0x0b;
+    wait_answering(proc, port, timeout, |s| {
+        let mut head = [0u8; 24];
+        s.write_all(&version).is_ok() && s.read_exact(&mut head).is_ok() && head[0] == 0x81
+    })
+}
+
 fn wait_ready(proc: &mut ServerProc, port: u16, timeout: Duration) -> Result<(), String> {
+    wait_answering(proc, port, timeout, |s| {
+        if s.write_all(b"version\r\n").is_err() {
+            return false;
+        }
+        let mut got = Vec::new();
+        let mut b = [0u8; 256];
+        while !got.ends_with(b"\n") {
+            match s.read(&mut b) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+        // A server under -Y answers before its client logged in.
+        (got.starts_with(b"VERSION ") || got == b"CLIENT_ERROR unauthenticated\r\n")
+            && got.ends_with(b"\r\n")
+    })
+}
+
+/// Polls until `answers` holds on a new connection to `port`, failing at
+/// once if the process exits, or at the deadline.
+fn wait_answering(
+    proc: &mut ServerProc,
+    port: u16,
+    timeout: Duration,
+    answers: impl Fn(&mut TcpStream) -> bool,
+) -> Result<(), String> {
     let deadline = Instant::now() + timeout;
     loop {
         if !proc.is_running() {
@@ -329,18 +367,8 @@ fn wait_ready(proc: &mut ServerProc, port: u16, timeout: Duration) -> Result<(),
             TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_millis(200))
         {
             let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            if s.write_all(b"version\r\n").is_ok() {
-                let mut got = Vec::new();
-                let mut b = [0u8; 256];
-                while !got.ends_with(b"\n") {
-                    match s.read(&mut b) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => got.extend_from_slice(&b[..n]),
-                    }
-                }
-                if got.starts_with(b"VERSION ") && got.ends_with(b"\r\n") {
-                    return Ok(());
-                }
+            if answers(&mut s) {
+                return Ok(());
             }
         }
         if Instant::now() >= deadline {
@@ -381,6 +409,12 @@ impl Memcached {
     }
 
     pub fn start(extra: &[&str]) -> Memcached {
+        Self::start_with_env(extra, &[])
+    }
+
+    /// [`Memcached::start`] with environment variables set for it (Cyrus
+    /// SASL's `SASL_CONF_PATH`, say).
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &Path)]) -> Memcached {
         let bin = memcached_bin().expect("memcached not found in PATH");
         let logs = tempfile::Builder::new()
             .prefix("memcached-logs")
@@ -397,8 +431,17 @@ impl Memcached {
                 cmd.args(["-u", "root"]);
             }
             cmd.args(extra);
+            for (name, value) in env {
+                cmd.env(name, value);
+            }
             let mut proc = spawn_logged(cmd, logs.path(), "memcached");
-            match wait_ready(&mut proc, port, READY_TIMEOUT) {
+            // memcached 1.6.18 under -S dies of a text request.
+            let ready = if extra.contains(&"-S") {
+                wait_ready_binary(&mut proc, port, READY_TIMEOUT)
+            } else {
+                wait_ready(&mut proc, port, READY_TIMEOUT)
+            };
+            match ready {
                 Ok(()) => {
                     return Memcached {
                         proc,
@@ -547,7 +590,12 @@ impl StoreServer {
         for _ in 0..START_ATTEMPTS_MAX {
             let port = free_port();
             let mut proc = spawn_logged(self.command(port), self.logs.path(), "store");
-            let res = wait_ready(&mut proc, port, READY_TIMEOUT);
+            // Under -S a text request is refused: ask in binary.
+            let res = if self.args.iter().any(|a| a == "-S") {
+                wait_ready_binary(&mut proc, port, READY_TIMEOUT)
+            } else {
+                wait_ready(&mut proc, port, READY_TIMEOUT)
+            };
             self.proc = Some(proc);
             match res {
                 Ok(()) => {

@@ -68,6 +68,9 @@ pub mod opcode {
     pub const GATQ: u8 = 0x1e;
     pub const GATK: u8 = 0x23;
     pub const GATKQ: u8 = 0x24;
+    pub const SASL_LIST_MECHS: u8 = 0x20;
+    pub const SASL_AUTH: u8 = 0x21;
+    pub const SASL_STEP: u8 = 0x22;
 }
 
 /// Response statuses, with the messages memcached puts in an error's body.
@@ -80,6 +83,10 @@ pub enum Status {
     InvalidArguments = 0x04,
     NotStored = 0x05,
     NonNumeric = 0x06,
+    /// SASL: not authenticated, or the credentials were refused.
+    AuthError = 0x20,
+    /// SASL: send the next step (PLAIN begun without its message).
+    AuthContinue = 0x21,
     UnknownCommand = 0x81,
     OutOfMemory = 0x82,
     /// The write's outcome is unknown, or the log could not be written.
@@ -99,6 +106,8 @@ impl Status {
             Status::InvalidArguments => "Invalid arguments",
             Status::NotStored => "Not stored.",
             Status::NonNumeric => "Non-numeric server-side value for incr or decr",
+            Status::AuthError => "Auth failure.",
+            Status::AuthContinue => "",
             Status::UnknownCommand => "Unknown command",
             Status::OutOfMemory => "Out of memory",
             Status::InternalError => "Internal error",
@@ -186,6 +195,15 @@ pub enum BinaryCommand {
     /// Stat, with the group named by the key (empty: the general stats).
     Stat {
         group: Bytes,
+    },
+    /// SASL List Mechanisms.
+    SaslListMechs,
+    /// SASL Auth (`step` false) or Step, with the mechanism named by the
+    /// key and its message as the value.
+    SaslAuth {
+        mech: Bytes,
+        message: Bytes,
+        step: bool,
     },
 }
 
@@ -345,10 +363,22 @@ pub fn parse_binary(
             extras_len == 4 && key_len != 0 && body_len == key_len + 4,
             false,
         ),
+        SASL_LIST_MECHS => (extras_len == 0 && key_len == 0 && body_len == 0, false),
+        SASL_AUTH | SASL_STEP => (extras_len == 0 && key_len != 0, false),
         _ => return fail(Status::UnknownCommand, false),
     };
     if !fits {
         return fail(Status::InvalidArguments, true);
+    }
+    if matches!(loud_op, SASL_AUTH | SASL_STEP) {
+        // memcached's limits, with the message skipped: a mechanism name
+        // over its longest, a message larger than an item.
+        if key_len > crate::protocol::auth::SASL_MECH_BYTES_MAX {
+            return fail(Status::InvalidArguments, false);
+        }
+        if body_len - key_len > limits.item_bytes_max {
+            return fail(Status::OutOfMemory, false);
+        }
     }
     let head = HEADER_BYTES + extras_len + key_len;
     if has_value && body_len - extras_len - key_len > limits.item_bytes_max {
@@ -420,6 +450,12 @@ pub fn parse_binary(
             cas,
         },
         STAT => BinaryCommand::Stat { group: key },
+        SASL_LIST_MECHS => BinaryCommand::SaslListMechs,
+        SASL_AUTH | SASL_STEP => BinaryCommand::SaslAuth {
+            mech: key,
+            message: Bytes::copy_from_slice(&buf[head..total]),
+            step: loud_op == SASL_STEP,
+        },
         TOUCH => BinaryCommand::Touch {
             key,
             exptime: i64::from(be32(extras)),
@@ -436,6 +472,36 @@ pub fn parse_binary(
         command,
     };
     Ok(Some((request, total)))
+}
+
+/// Under SASL, on a connection not authenticated yet: the refusal for the
+/// request at the front of `buf` (`Auth failure.`, then close, as
+/// memcached answers anything but the SASL commands and Version); `None`
+/// when it may go on to [`parse_binary`] (an incomplete header included).
+pub fn refuse_unauthenticated(buf: &[u8]) -> Option<BinaryError> {
+    use opcode::*;
+    if buf.len() < HEADER_BYTES || buf[0] != REQUEST_MAGIC {
+        return None;
+    }
+    let key_len = be16(&buf[2..]) as usize;
+    let extras_len = buf[4] as usize;
+    let body_len = be32(&buf[8..]) as usize;
+    if key_len + extras_len > body_len
+        || matches!(buf[1], SASL_LIST_MECHS | SASL_AUTH | SASL_STEP | VERSION)
+    {
+        return None;
+    }
+    let consumed = buf.len().min(HEADER_BYTES.saturating_add(body_len));
+    Some(BinaryError::Reply {
+        echo: Echo {
+            opcode: buf[1],
+            opaque: be32(&buf[12..]),
+        },
+        status: Status::AuthError,
+        consumed,
+        discard: (HEADER_BYTES + body_len - consumed) as u64,
+        close: true,
+    })
 }
 
 /// Writes one response packet.
@@ -766,6 +832,67 @@ mod tests {
         let mut bad = request(opcode::GET, 0, &[], b"k", b"");
         bad[4] = 200; // extras longer than the body
         assert_eq!(reply(&bad), (Status::UnknownCommand, true));
+    }
+
+    #[test]
+    fn sasl_requests_get_memcacheds_checks() {
+        assert_eq!(
+            command(&request(opcode::SASL_LIST_MECHS, 0, &[], b"", b"")),
+            BinaryCommand::SaslListMechs
+        );
+        assert_eq!(
+            command(&request(opcode::SASL_STEP, 0, &[], b"PLAIN", b"\0u\0p")),
+            BinaryCommand::SaslAuth {
+                mech: Bytes::from_static(b"PLAIN"),
+                message: Bytes::from_static(b"\0u\0p"),
+                step: true,
+            }
+        );
+        let reply = |bytes: &[u8]| match parse(bytes) {
+            Err(BinaryError::Reply { status, close, .. }) => (status, close),
+            other => panic!("{other:?}"),
+        };
+        let with_key = request(opcode::SASL_LIST_MECHS, 0, &[], b"x", b"");
+        assert_eq!(reply(&with_key), (Status::InvalidArguments, true));
+        let no_mech = request(opcode::SASL_AUTH, 0, &[], b"", b"m");
+        assert_eq!(reply(&no_mech), (Status::InvalidArguments, true));
+        // A mechanism name over memcached's longest: skipped, not closed.
+        let long = request(opcode::SASL_AUTH, 0, &[], &[b'M'; 33], b"m");
+        assert_eq!(reply(&long), (Status::InvalidArguments, false));
+        let huge = request(opcode::SASL_AUTH, 0, &[], b"PLAIN", &[0; 2 * 1024 * 1024]);
+        assert_eq!(reply(&huge), (Status::OutOfMemory, false));
+    }
+
+    #[test]
+    fn before_sasl_only_the_sasl_commands_and_version_pass() {
+        for op in [
+            opcode::SASL_LIST_MECHS,
+            opcode::SASL_AUTH,
+            opcode::SASL_STEP,
+            opcode::VERSION,
+        ] {
+            assert_eq!(refuse_unauthenticated(&request(op, 0, &[], b"", b"")), None);
+        }
+        let get = request(opcode::GET, 0, &[], b"k", b"");
+        assert_eq!(
+            refuse_unauthenticated(&get[..HEADER_BYTES - 1]),
+            None,
+            "incomplete"
+        );
+        match refuse_unauthenticated(&get[..HEADER_BYTES]) {
+            Some(BinaryError::Reply {
+                status: Status::AuthError,
+                consumed: HEADER_BYTES,
+                discard: 1,
+                close: true,
+                ..
+            }) => {}
+            other => panic!("{other:?}"),
+        }
+        // Lengths that do not add up are the parser's to answer.
+        let mut bad = get.clone();
+        bad[4] = 200;
+        assert_eq!(refuse_unauthenticated(&bad), None);
     }
 
     #[test]

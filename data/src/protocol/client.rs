@@ -404,10 +404,17 @@ pub fn encode_stats(buf: &mut BytesMut, group: Option<&str>) -> Result<(), Encod
     }
 }
 
-/// `forwarder`: marks a connection as a follower's forwarding link (its
-/// requests are counted by the follower). Reply: [`Expect::Line`] (`OK`).
-pub fn encode_forwarder(buf: &mut BytesMut) {
-    buf.put_slice(b"forwarder\r\n");
+/// `forwarder [PROOF]`: asks for a challenge, or proves the cluster secret
+/// for it, making the connection a follower's forwarding link
+/// ([`Request::Forwarder`]). Reply: [`Expect::Line`] (`CHALLENGE <hex>`,
+/// `OK`).
+pub fn encode_forwarder(buf: &mut BytesMut, proof: Option<&[u8; crate::admin_proof::PROOF_BYTES]>) {
+    buf.put_slice(b"forwarder");
+    if let Some(proof) = proof {
+        buf.put_u8(b' ');
+        buf.put_slice(crate::admin_proof::to_hex(proof).as_bytes());
+    }
+    buf.put_slice(b"\r\n");
 }
 
 /// `quit`. No reply: the server closes the connection.
@@ -470,7 +477,7 @@ pub fn encode_request(buf: &mut BytesMut, request: &Request) -> Result<bool, Enc
             encode_stats(buf, group)?
         }
         Request::CacheMemlimit { .. } | Request::Admin(_) => return Ok(false),
-        Request::Forwarder => encode_forwarder(buf),
+        Request::Forwarder { proof } => encode_forwarder(buf, proof.as_ref()),
         Request::Meta(meta) => meta.encode(buf),
         Request::Quit => encode_quit(buf),
     }

@@ -9,6 +9,7 @@
 //! Wording and limits follow `memcached-protocol.md` §1.16: current upstream
 //! memcached (1.6.45), with a strict `delete`.
 
+pub mod auth;
 pub mod binary;
 pub mod client;
 pub mod meta;

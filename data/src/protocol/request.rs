@@ -137,10 +137,16 @@ pub enum Request {
     Stats(StatsGroup),
     /// An administrative command memcached's tools send.
     Admin(Admin),
-    /// `forwarder`: sent by a follower on each connection it forwards
-    /// client requests over, so that the leader leaves the counting of
-    /// them to the follower (DESIGN §2). Answered `OK`.
-    Forwarder,
+    /// `forwarder [PROOF]`: sent by a follower on each connection it
+    /// forwards client requests over (DESIGN §2, §5a). Without a proof it
+    /// asks for a challenge (`CHALLENGE <hex>`); with the proof of the
+    /// cluster secret for that challenge (64 hex digits,
+    /// [`crate::admin_proof`]) the connection becomes a forwarding link:
+    /// its requests skip client authentication, and the leader leaves
+    /// counting them to the follower. Answered `OK`.
+    Forwarder {
+        proof: Option<[u8; crate::admin_proof::PROOF_BYTES]>,
+    },
     /// A meta command (`mg`, `ms`, `md`, `ma`, `mn`, `me`).
     Meta(Box<super::meta::MetaRequest>),
     /// `cache_memlimit <mb> [noreply]`: sets the memory limit (`-m`).
@@ -194,6 +200,21 @@ pub const DELETE_USAGE: &str =
 /// within [`GET_LINE_BYTES_MAX`] can hold about this many one-byte keys.
 pub const LINE_TOKENS_MAX: usize = GET_LINE_BYTES_MAX / 2;
 
+/// The words of the line that ends with the `\n` at `newline` (a `\r`
+/// before it dropped, split on runs of spaces, as memcached splits them),
+/// and the bytes the line takes.
+pub(crate) fn line_words(buf: &[u8], newline: usize) -> (Vec<&[u8]>, usize) {
+    let mut line = &buf[..newline];
+    if let [rest @ .., b'\r'] = line {
+        line = rest;
+    }
+    let words = line
+        .split(|&b| b == b' ')
+        .filter(|w| !w.is_empty())
+        .collect();
+    (words, newline + 1)
+}
+
 /// Parses one request from the front of `buf`. `Ok(None)` means more bytes
 /// are needed; `Ok(Some((request, consumed)))` a request and how many bytes it
 /// took, data block included.
@@ -213,15 +234,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
             Err(ParseError::Close)
         };
     };
-    let mut line = &buf[..newline];
-    if let [rest @ .., b'\r'] = line {
-        line = rest;
-    }
-    let line_bytes = newline + 1;
-    let tokens: Vec<&[u8]> = line
-        .split(|&b| b == b' ')
-        .filter(|t| !t.is_empty())
-        .collect();
+    let (tokens, line_bytes) = line_words(buf, newline);
     let reply = |reply: &'static str| ParseError::Reply {
         reply: Some(reply),
         consumed: line_bytes,
@@ -230,7 +243,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
     let Some(&verb) = tokens.first() else {
         return Err(reply(BAD_FORMAT));
     };
-    if line[0] == b' ' {
+    if buf[0] == b' ' {
         // memcached 1.6.45 reads the command name from the first byte on.
         return Err(reply(ERROR));
     }
@@ -370,7 +383,17 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
             }
         }
         b"quit" => Request::Quit,
-        b"forwarder" if args.is_empty() => Request::Forwarder,
+        b"forwarder" => match args {
+            [] => Request::Forwarder { proof: None },
+            [proof] => match std::str::from_utf8(proof)
+                .ok()
+                .and_then(crate::admin_proof::from_hex)
+            {
+                Some(proof) => Request::Forwarder { proof: Some(proof) },
+                None => return Err(reply(BAD_FORMAT)),
+            },
+            _ => return Err(reply(ERROR)),
+        },
         _ => {
             // A web client that found the port: memcached hangs up on it.
             if tokens.last().is_some_and(|t| t.starts_with(b"HTTP/")) {
@@ -894,8 +917,19 @@ mod tests {
             }
         );
         assert_eq!(request(b"quit\r\n"), Request::Quit);
-        assert_eq!(request(b"forwarder\r\n"), Request::Forwarder);
-        assert_eq!(error_line(b"forwarder x\r\n"), Some(ERROR));
+        assert_eq!(
+            request(b"forwarder\r\n"),
+            Request::Forwarder { proof: None }
+        );
+        let hex = "0f".repeat(32);
+        assert_eq!(
+            request(format!("forwarder {hex}\r\n").as_bytes()),
+            Request::Forwarder {
+                proof: Some([0x0f; 32])
+            }
+        );
+        assert_eq!(error_line(b"forwarder x\r\n"), Some(BAD_FORMAT));
+        assert_eq!(error_line(b"forwarder a b\r\n"), Some(ERROR));
         assert_eq!(
             request(b"gats 10 a b\r\n"),
             Request::GetAndTouch {

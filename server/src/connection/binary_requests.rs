@@ -12,10 +12,11 @@
 
 use data::command::Initial;
 use data::limits::Limits;
+use data::protocol::auth::{sasl_plain, SASL_MECHANISMS};
 use data::protocol::binary::{
     loud, parse_binary, put_error, put_error_text, put_hit, put_miss, put_response, put_stat,
-    put_success, response_status, suppressed, BinaryCommand, BinaryError, BinaryRequest, Echo,
-    Status, ARITH_NO_CREATE,
+    put_success, refuse_unauthenticated, response_status, suppressed, BinaryCommand, BinaryError,
+    BinaryRequest, Echo, Status, ARITH_NO_CREATE,
 };
 
 use super::*;
@@ -24,7 +25,19 @@ impl Connection {
     /// Parses and handles the binary request at the front of the input;
     /// `None` when more bytes are needed.
     pub(super) async fn binary_request(&mut self, limits: &Limits) -> Option<Next> {
-        match parse_binary(&self.input, limits) {
+        let parsed = if self.authenticated {
+            parse_binary(&self.input, limits)
+        } else if !self.shared.auth.sasl_enabled() {
+            // Only a text login (`-Y`) was configured: a binary client has
+            // no way to authenticate.
+            return Some(Next::Close);
+        } else {
+            match refuse_unauthenticated(&self.input) {
+                Some(refused) => Err(refused),
+                None => parse_binary(&self.input, limits),
+            }
+        };
+        match parsed {
             Ok(None) => None,
             Ok(Some((request, consumed))) => {
                 let raw = self.input.split_to(consumed).freeze();
@@ -191,6 +204,59 @@ impl Connection {
                 return Next::Close;
             }
             BinaryCommand::Stat { group } => self.binary_stats(echo, &group).await,
+            BinaryCommand::SaslListMechs => {
+                self.finish_pending().await;
+                if self.shared.auth.sasl_enabled() {
+                    let ok = Status::NoError as u16;
+                    let mechs = SASL_MECHANISMS.as_bytes();
+                    put_response(&mut self.output, echo, ok, 0, &[], &[], mechs);
+                } else {
+                    put_error(&mut self.output, echo, Status::UnknownCommand);
+                }
+            }
+            BinaryCommand::SaslAuth {
+                mech,
+                message,
+                step,
+            } => {
+                self.finish_pending().await;
+                if !self.shared.auth.sasl_enabled() {
+                    put_error(&mut self.output, echo, Status::UnknownCommand);
+                    return Next::Continue;
+                }
+                // As memcached (with Cyrus SASL): an Auth or Step leaves
+                // the connection unauthenticated until one succeeds.
+                // PLAIN's message comes with the Auth, or (a client that
+                // sends no initial response) with a Step after it; a
+                // failed Step may be tried again.
+                self.authenticated = false;
+                if !step {
+                    self.sasl_begun = false;
+                    if mech.as_ref() == SASL_MECHANISMS.as_bytes() && message.is_empty() {
+                        self.sasl_begun = true;
+                        let more = Status::AuthContinue as u16;
+                        put_response(&mut self.output, echo, more, 0, &[], &[], &[]);
+                        return Next::Continue;
+                    }
+                }
+                Stats::bump(&counters.auth_cmds);
+                let plain = if step {
+                    self.sasl_begun
+                } else {
+                    mech.as_ref() == SASL_MECHANISMS.as_bytes()
+                };
+                let user = plain.then(|| sasl_plain(&message)).flatten();
+                if user.is_some_and(|(user, password)| self.shared.auth.check_sasl(user, password))
+                {
+                    self.authenticated = true;
+                    self.sasl_begun = false;
+                    let ok = Status::NoError as u16;
+                    put_response(&mut self.output, echo, ok, 0, &[], &[], b"Authenticated");
+                } else {
+                    Stats::bump(&counters.auth_errors);
+                    put_error(&mut self.output, echo, Status::AuthError);
+                }
+            }
         }
         Next::Continue
     }

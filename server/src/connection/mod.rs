@@ -18,9 +18,11 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
+use data::admin_proof::{self, CHALLENGE_BYTES, PROOF_BYTES};
 use data::command::{Command, Op, StoreMode};
 use data::exptime;
 use data::frame::Role;
+use data::protocol::auth::{replies as auth_replies, text_gate, Gate, Login, CHALLENGE_PREFIX};
 use data::protocol::binary;
 use data::protocol::client::{encode_gat, encode_get, scan_response, EncodeError, Expect, Status};
 use data::protocol::meta::MetaRequest;
@@ -161,6 +163,17 @@ enum ReadAt {
     Refused(&'static str),
 }
 
+/// What became of the front of an unauthenticated text connection's input
+/// ([`Connection::text_gate`]).
+enum Gated {
+    /// A request that is let through (`forwarder`): parse it.
+    Parse,
+    /// A line (and its block) was answered: on to the next.
+    Answered,
+    /// `process_input` returns this.
+    Return(Next),
+}
+
 /// What the connection does after a batch of requests.
 #[derive(PartialEq, Eq)]
 enum Next {
@@ -211,10 +224,20 @@ pub struct Connection {
     /// packet that is not one closes it, as in memcached. One that began
     /// with text (a client's, a follower's forwarding lane) takes both.
     began_binary: Option<bool>,
+    /// Whether requests are served: from the start without `-Y` or `-S`,
+    /// else once the client logged in (text), authenticated (SASL) or
+    /// proved the cluster secret (a forwarding link).
+    authenticated: bool,
+    /// The challenge handed out for `forwarder`, forgotten at its first
+    /// use.
+    challenge: Option<[u8; CHALLENGE_BYTES]>,
+    /// A SASL PLAIN Auth came without its message: a Step has it.
+    sasl_begun: bool,
 }
 
 impl Connection {
     pub fn new(stream: TcpStream, shared: Arc<Shared>, backend: Backend) -> Connection {
+        let authenticated = !shared.auth.required();
         Connection {
             stream,
             shared,
@@ -233,6 +256,9 @@ impl Connection {
             forwarded_link: false,
             server_shutdown: CancellationToken::new(),
             began_binary: None,
+            authenticated,
+            challenge: None,
+            sasl_begun: false,
         }
     }
 
@@ -293,6 +319,13 @@ impl Connection {
             let binary = first == binary::REQUEST_MAGIC;
             if *self.began_binary.get_or_insert(binary) && !binary {
                 return Next::Close;
+            }
+            if !self.authenticated && !binary {
+                match self.text_gate().await {
+                    Gated::Parse => {}
+                    Gated::Answered => continue,
+                    Gated::Return(next) => return next,
+                }
             }
             match parse_request(&self.input, &limits) {
                 Ok(None) => return Next::Continue,
@@ -539,13 +572,102 @@ impl Connection {
                 self.reply_in_order(Reply::Error(reply)).await;
             }
             Request::Meta(request) => self.handle_meta(*request).await,
-            Request::Forwarder => {
-                self.forwarded_link = true;
-                self.reply_in_order(Reply::Ok).await;
-            }
+            Request::Forwarder { proof } => self.forwarder(proof).await,
             Request::Quit => return Next::Close,
         }
         Next::Continue
+    }
+
+    /// Before a text connection authenticated: what [`text_gate`] makes of
+    /// the front of the input.
+    async fn text_gate(&mut self) -> Gated {
+        let gate = text_gate(&self.input);
+        match gate {
+            Gate::Forwarder => return Gated::Parse,
+            Gate::Incomplete => return Gated::Return(Next::Continue),
+            Gate::Close => return Gated::Return(Next::Close),
+            _ => {}
+        }
+        let auth = &self.shared.auth;
+        if !auth.text_enabled() {
+            // SASL only (`-S`): the binary protocol only, as memcached.
+            return Gated::Return(Next::Close);
+        }
+        let counters = &self.shared.stats.counters;
+        let reply = match gate {
+            Gate::Forwarder | Gate::Incomplete | Gate::Close => unreachable!("returned above"),
+            Gate::Refused { consumed } => {
+                self.input.advance(consumed);
+                auth_replies::UNAUTHENTICATED
+            }
+            Gate::Attempt {
+                consumed,
+                discard,
+                login,
+            } => {
+                self.input.advance(consumed);
+                self.discard_bytes = discard;
+                match login {
+                    Login::Credentials { user, password } => {
+                        Stats::bump(&counters.auth_cmds);
+                        if auth.check_text(&user, &password) {
+                            self.authenticated = true;
+                            auth_replies::STORED
+                        } else {
+                            Stats::bump(&counters.auth_errors);
+                            auth_replies::FAILURE
+                        }
+                    }
+                    Login::TooLong => {
+                        Stats::bump(&counters.auth_cmds);
+                        Stats::bump(&counters.auth_errors);
+                        auth_replies::FAILURE
+                    }
+                    Login::BadFormat => auth_replies::BAD_FORMAT,
+                    Login::BadTermination => auth_replies::BAD_TERMINATION,
+                }
+            }
+        };
+        self.reply_in_order(Reply::Error(reply)).await;
+        Gated::Answered
+    }
+
+    /// `forwarder [PROOF]`: hands out a challenge, or checks the proof of
+    /// the cluster secret for it; a proved connection is a follower's
+    /// forwarding link from then on (DESIGN §5a "Authentication").
+    async fn forwarder(&mut self, proof: Option<[u8; PROOF_BYTES]>) {
+        self.finish_pending().await;
+        let auth = &self.shared.auth;
+        if !auth.in_cluster() {
+            self.output
+                .extend_from_slice(auth_replies::NOT_IN_CLUSTER.as_bytes());
+            return;
+        }
+        match proof {
+            None => {
+                let challenge: [u8; CHALLENGE_BYTES] = rand::random();
+                self.challenge = Some(challenge);
+                self.output.extend_from_slice(CHALLENGE_PREFIX.as_bytes());
+                self.output
+                    .extend_from_slice(admin_proof::to_hex(&challenge).as_bytes());
+                self.output.extend_from_slice(b"\r\n");
+            }
+            Some(proof) => {
+                let proved = self
+                    .challenge
+                    .take()
+                    .is_some_and(|challenge| auth.check_forwarder(&challenge, &proof));
+                if proved {
+                    self.forwarded_link = true;
+                    self.authenticated = true;
+                    Reply::Ok.encode(&mut self.output);
+                } else {
+                    Stats::bump(&self.shared.stats.counters.forwarder_refused);
+                    self.output
+                        .extend_from_slice(auth_replies::BAD_PROOF.as_bytes());
+                }
+            }
+        }
     }
 
     /// Queues a write with the commit pipeline; its reply is rendered in

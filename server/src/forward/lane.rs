@@ -12,10 +12,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use data::admin_proof::{from_hex, CHALLENGE_BYTES};
+use data::frame::SECRET_BYTES;
+use data::protocol::auth::CHALLENGE_PREFIX;
 use data::protocol::binary::response_len;
 use data::protocol::client::{encode_forwarder, scan_response, Expect, Status};
 use data::protocol::reply::errors;
-use tokio::io::Interest;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::{Duration, Instant};
@@ -25,6 +28,7 @@ use super::{
     FORWARD_REPLY_BYTES_MAX, FORWARD_RETRY_MS, FORWARD_TIMEOUT_MS, LANE_IN_FLIGHT_MAX,
     LANE_WAITING_MAX,
 };
+use crate::auth::forwarder_proof;
 use crate::driver::ClusterView;
 
 /// After a batch that ends with a `noreply` request: its reply says that
@@ -32,6 +36,9 @@ use crate::driver::ClusterView;
 const BARRIER: &[u8] = b"version\r\n";
 /// Room made in the input buffer before each read.
 const READ_BYTES_MIN: usize = 16 * 1024;
+/// A handshake reply (`CHALLENGE <64 hex digits>`, `OK`, an error line) is
+/// at most about this long.
+const HANDSHAKE_LINE_BYTES_MAX: usize = 512;
 
 /// One request to forward, and where its reply goes.
 pub(super) struct Job {
@@ -56,8 +63,6 @@ impl Job {
 
 /// What was written on a connection, awaiting its reply.
 enum Sent {
-    /// `forwarder`, the first line on every connection: `OK`.
-    Hello,
     /// [`BARRIER`].
     Barrier,
     Job(Job),
@@ -91,8 +96,9 @@ struct Link {
 }
 
 impl Link {
+    /// A connection that proved the cluster secret ([`prove`]).
     fn new(stream: TcpStream, leader: SocketAddr) -> Link {
-        let mut link = Link {
+        Link {
             stream,
             leader,
             out: BytesMut::new(),
@@ -101,11 +107,7 @@ impl Link {
             in_flight: VecDeque::new(),
             input: BytesMut::new(),
             waiting_since: Instant::now(),
-        };
-        let mut hello = BytesMut::new();
-        encode_forwarder(&mut hello);
-        link.push(Sent::Hello, &hello);
-        link
+        }
     }
 
     fn push(&mut self, sent: Sent, bytes: &[u8]) {
@@ -194,7 +196,7 @@ impl Link {
             };
             let framing = match &self.in_flight[at].sent {
                 Sent::Job(job) => job.framing,
-                Sent::Hello | Sent::Barrier => Framing::Text(Expect::Line),
+                Sent::Barrier => Framing::Text(Expect::Line),
             };
             // Whether the reply is a text `OK`, and its length once whole.
             let scanned = match framing {
@@ -208,7 +210,7 @@ impl Link {
                     .map(|reply| reply.map(|len| (false, len)))
                     .map_err(|_| ()),
             };
-            let Some((ok, len)) = scanned.map_err(|()| LinkError::BadReply(self.leader))? else {
+            let Some((_, len)) = scanned.map_err(|()| LinkError::BadReply(self.leader))? else {
                 if self.input.len() > FORWARD_REPLY_BYTES_MAX {
                     return Err(bad);
                 }
@@ -222,13 +224,65 @@ impl Link {
                 }
             }
             let answered = self.in_flight.pop_front().expect("found above");
-            match answered.sent {
-                Sent::Hello if !ok => return Err(bad),
-                Sent::Hello | Sent::Barrier => {}
-                Sent::Job(job) => job.answer(Relayed::Reply(reply)),
+            if let Sent::Job(job) = answered.sent {
+                job.answer(Relayed::Reply(reply));
             }
         }
     }
+}
+
+/// Makes a new connection to the leader a forwarding link: asks for a
+/// challenge and answers it with the proof of the cluster secret (DESIGN
+/// §5a). Nothing else is on the connection yet, so each reply is one line.
+async fn prove(
+    stream: &mut TcpStream,
+    leader: SocketAddr,
+    secret: &[u8; SECRET_BYTES],
+) -> Result<(), LinkError> {
+    let mut out = BytesMut::new();
+    encode_forwarder(&mut out, None);
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| LinkError::Io(leader, e))?;
+    let line = read_line(stream, leader).await?;
+    let challenge = line
+        .strip_prefix(CHALLENGE_PREFIX)
+        .and_then(from_hex::<CHALLENGE_BYTES>)
+        .ok_or(LinkError::Refused(leader, line.clone()))?;
+    out.clear();
+    encode_forwarder(&mut out, Some(&forwarder_proof(secret, &challenge)));
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| LinkError::Io(leader, e))?;
+    let line = read_line(stream, leader).await?;
+    if line == "OK" {
+        Ok(())
+    } else {
+        Err(LinkError::Refused(leader, line))
+    }
+}
+
+/// One reply line of the handshake, without its `\r\n`.
+async fn read_line(stream: &mut TcpStream, leader: SocketAddr) -> Result<String, LinkError> {
+    let mut line = Vec::new();
+    while !line.ends_with(b"\r\n") {
+        if line.len() > HANDSHAKE_LINE_BYTES_MAX {
+            return Err(LinkError::BadReply(leader));
+        }
+        let mut byte = [0u8; 64];
+        let n = stream
+            .read(&mut byte)
+            .await
+            .map_err(|e| LinkError::Io(leader, e))?;
+        if n == 0 {
+            return Err(LinkError::Closed(leader));
+        }
+        line.extend_from_slice(&byte[..n]);
+    }
+    line.truncate(line.len() - 2);
+    String::from_utf8(line).map_err(|_| LinkError::BadReply(leader))
 }
 
 /// A lane's task and what it holds.
@@ -239,6 +293,8 @@ pub(super) struct Lane {
     /// again after a failover first.
     waiting: VecDeque<Job>,
     link: Option<Link>,
+    /// The cluster secret, proved on each new connection.
+    secret: [u8; SECRET_BYTES],
 }
 
 /// What woke a lane up.
@@ -248,12 +304,17 @@ enum Event {
 }
 
 impl Lane {
-    pub(super) fn new(view: Arc<ClusterView>, queue: mpsc::Receiver<Job>) -> Lane {
+    pub(super) fn new(
+        view: Arc<ClusterView>,
+        queue: mpsc::Receiver<Job>,
+        secret: [u8; SECRET_BYTES],
+    ) -> Lane {
         Lane {
             view,
             queue,
             waiting: VecDeque::new(),
             link: None,
+            secret,
         }
     }
 
@@ -327,10 +388,19 @@ impl Lane {
             if let Some(leader) = self.view.leader_tcp() {
                 let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
                 match tokio::time::timeout(timeout, TcpStream::connect(leader)).await {
-                    Ok(Ok(stream)) => {
+                    Ok(Ok(mut stream)) => {
                         let _ = stream.set_nodelay(true);
-                        self.link = Some(Link::new(stream, leader));
-                        return;
+                        let proved = prove(&mut stream, leader, &self.secret);
+                        match tokio::time::timeout(timeout, proved).await {
+                            Ok(Ok(())) => {
+                                self.link = Some(Link::new(stream, leader));
+                                return;
+                            }
+                            Ok(Err(error)) => {
+                                tracing::warn!(%error, "cannot forward to the leader")
+                            }
+                            Err(_) => tracing::debug!(%leader, "the leader's challenge timed out"),
+                        }
                     }
                     Ok(Err(error)) => {
                         tracing::debug!(%leader, %error, "cannot connect to the leader");

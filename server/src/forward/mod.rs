@@ -24,6 +24,12 @@
 //! that reaches a bound waits before its next request is read: a client
 //! flooding a follower slows down rather than growing its memory.
 //!
+//! Each lane proves the cluster secret when it connects (`forwarder`: a
+//! challenge from the leader, then a keyed hash of it), so that the
+//! leader serves it without a client's login (DESIGN §5a
+//! "Authentication"), and an open port is no way around the leader's
+//! authentication.
+//!
 //! Failover (in `lane`): a request that cannot have reached a leader is
 //! sent again to the next one, as is a read; a write that may have reached
 //! one gets `outcome unknown`. While there is no leader, a request waits
@@ -38,6 +44,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
+use data::frame::SECRET_BYTES;
 use data::protocol::client::Expect;
 use data::protocol::reply::errors;
 use thiserror::Error;
@@ -112,6 +119,8 @@ enum LinkError {
     Timeout(SocketAddr),
     #[error("leader {0} sent a reply that does not parse")]
     BadReply(SocketAddr),
+    #[error("leader {0} refused the proof of the cluster secret: {1}")]
+    Refused(SocketAddr, String),
 }
 
 /// The server's lanes to its leader, started on first use.
@@ -124,19 +133,21 @@ pub struct LeaderLink {
     next_lane: AtomicUsize,
     /// [`FORWARD_BYTES_IN_FLIGHT_MAX`].
     bytes: Arc<Semaphore>,
+    /// The cluster secret, which each lane proves to the leader when it
+    /// connects (`None`: a server alone, which never forwards).
+    secret: Option<[u8; SECRET_BYTES]>,
 }
 
-impl Default for LeaderLink {
-    fn default() -> LeaderLink {
+impl LeaderLink {
+    pub fn new(secret: Option<[u8; SECRET_BYTES]>) -> LeaderLink {
         LeaderLink {
             lanes: (0..2 * LANES).map(|_| OnceLock::new()).collect(),
             next_lane: AtomicUsize::new(0),
             bytes: Arc::new(Semaphore::new(FORWARD_BYTES_IN_FLIGHT_MAX)),
+            secret,
         }
     }
-}
 
-impl LeaderLink {
     /// The lane a client connection forwards over for its life;
     /// `second_hop` for a connection of another server's forwarder.
     pub fn pick_lane(&self, second_hop: bool) -> usize {
@@ -178,7 +189,8 @@ impl LeaderLink {
         };
         let lanes = self.lanes[lane].get_or_init(|| {
             let (tx, rx) = mpsc::channel(LANE_WAITING_MAX);
-            tokio::spawn(Lane::new(view.clone(), rx).run());
+            let secret = self.secret.expect("only a cluster member forwards");
+            tokio::spawn(Lane::new(view.clone(), rx, secret).run());
             tx
         });
         if let Err(mpsc::error::SendError(job)) = lanes.send(job).await {
