@@ -144,12 +144,30 @@ pub fn stats_of(addr: std::net::SocketAddr, timeout: Duration) -> BTreeMap<Strin
 /// [`stats_of`] a server that may require its clients to log in (`-Y`,
 /// `-S`): the connection first proves the cluster secret, as a
 /// follower's forwarding link does (DESIGN §5a "Authentication").
+/// With `tls`, over TLS (a server started with -Z), trusting what a
+/// follower's lane trusts.
 pub fn stats_as_peer(
     addr: std::net::SocketAddr,
     timeout: Duration,
     secret: &[u8; data::frame::SECRET_BYTES],
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
 ) -> BTreeMap<String, String> {
-    stats_as(addr, timeout, Some(secret))
+    let Ok(tcp) = TcpStream::connect_timeout(&addr, timeout) else {
+        return BTreeMap::new();
+    };
+    if tcp.set_read_timeout(Some(timeout)).is_err() {
+        return BTreeMap::new();
+    }
+    match tls {
+        None => stats_over(tcp, Some(secret)),
+        Some(config) => {
+            let name = rustls_pki_types::ServerName::IpAddress(addr.ip().into());
+            let Ok(session) = rustls::ClientConnection::new(config, name) else {
+                return BTreeMap::new();
+            };
+            stats_over(rustls::StreamOwned::new(session, tcp), Some(secret))
+        }
+    }
 }
 
 fn stats_as(
@@ -157,14 +175,21 @@ fn stats_as(
     timeout: Duration,
     secret: Option<&[u8; data::frame::SECRET_BYTES]>,
 ) -> BTreeMap<String, String> {
-    use std::io::Read;
-    let mut map = BTreeMap::new();
-    let Ok(mut stream) = TcpStream::connect_timeout(&addr, timeout) else {
-        return map;
+    let Ok(stream) = TcpStream::connect_timeout(&addr, timeout) else {
+        return BTreeMap::new();
     };
     if stream.set_read_timeout(Some(timeout)).is_err() {
-        return map;
+        return BTreeMap::new();
     }
+    stats_over(stream, secret)
+}
+
+/// `stats` over a connection made, after proving `secret` if given.
+fn stats_over<S: std::io::Read + std::io::Write>(
+    mut stream: S,
+    secret: Option<&[u8; data::frame::SECRET_BYTES]>,
+) -> BTreeMap<String, String> {
+    let mut map = BTreeMap::new();
     if let Some(secret) = secret {
         if prove_peer(&mut stream, secret).is_none() {
             return map;
@@ -192,7 +217,10 @@ fn stats_as(
 }
 
 /// `forwarder`, then its proof for the challenge (one line each way).
-fn prove_peer(stream: &mut TcpStream, secret: &[u8; data::frame::SECRET_BYTES]) -> Option<()> {
+fn prove_peer<S: std::io::Read + std::io::Write>(
+    stream: &mut S,
+    secret: &[u8; data::frame::SECRET_BYTES],
+) -> Option<()> {
     use data::admin_proof::{from_hex, CHALLENGE_BYTES};
     stream.write_all(b"forwarder\r\n").ok()?;
     let line = read_reply_line(stream)?;
@@ -206,8 +234,7 @@ fn prove_peer(stream: &mut TcpStream, secret: &[u8; data::frame::SECRET_BYTES]) 
 }
 
 /// One short reply line, without its line end.
-fn read_reply_line(stream: &mut TcpStream) -> Option<String> {
-    use std::io::Read;
+fn read_reply_line<S: std::io::Read>(stream: &mut S) -> Option<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
     while !line.ends_with(b"\r\n") {

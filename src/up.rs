@@ -110,6 +110,8 @@ impl Cluster {
         let secret = lb::cluster_file::load(&cluster_file)
             .with_context(|| format!("read {}", cluster_file.display()))?
             .secret;
+        // Servers under -Z answer over TLS only.
+        let tls = tls_of(server_args)?;
         let lb_list: Vec<String> = lbs.iter().map(SocketAddr::to_string).collect();
         let lb_list = lb_list.join(",");
 
@@ -131,7 +133,7 @@ impl Cluster {
                 // Ours, not another process that took the port between the
                 // look and the bind (then ours exits: taken, try another).
                 let pid = cluster.pid_of(&name);
-                match cluster.wait_started(&name, || serves_as(addr, pid, &secret)) {
+                match cluster.wait_started(&name, || serves_as(addr, pid, &secret, tls.clone())) {
                     Ok(()) => break addr,
                     Err(e)
                         if attempts < SERVER_START_ATTEMPTS
@@ -403,9 +405,38 @@ fn lb_addrs(config: &UpConfig) -> anyhow::Result<Vec<SocketAddr>> {
 
 /// Whether the memcached server at `addr` is the process `pid` (its
 /// `stats` says so), and not another that took the port first.
-fn serves_as(addr: SocketAddr, pid: Option<u32>, secret: &[u8; data::frame::SECRET_BYTES]) -> bool {
-    let stats = status::stats_as_peer(addr, Duration::from_millis(POLL_MS * 10), secret);
+fn serves_as(
+    addr: SocketAddr,
+    pid: Option<u32>,
+    secret: &[u8; data::frame::SECRET_BYTES],
+    tls: Option<std::sync::Arc<rustls::ClientConfig>>,
+) -> bool {
+    let timeout = Duration::from_millis(POLL_MS * 10);
+    let stats = status::stats_as_peer(addr, timeout, secret, tls);
     pid.is_some_and(|pid| stats.get("pid") == Some(&pid.to_string()))
+}
+
+/// With `-Z` among the server flags, the TLS client configuration their
+/// lanes use, from their `--ssl-*` flags (`-o ssl_*` is not read here).
+fn tls_of(server_args: &[String]) -> anyhow::Result<Option<std::sync::Arc<rustls::ClientConfig>>> {
+    if !server_args.iter().any(|a| a == "-Z" || a == "--enable-ssl") {
+        return Ok(None);
+    }
+    let value = |flag: &str| {
+        server_args
+            .windows(2)
+            .find(|pair| pair[0] == flag)
+            .map(|pair| PathBuf::from(&pair[1]))
+    };
+    let settings = server::config::TlsSettings {
+        chain_cert: value("--ssl-chain-cert").context("-Z without --ssl-chain-cert")?,
+        key: value("--ssl-key"),
+        ca_cert: value("--ssl-ca-cert"),
+        verify_mode: server::config::VerifyMode::None,
+        tls13_only: false,
+    };
+    let tls = server::tls::Tls::load(settings).context("the servers' certificates")?;
+    Ok(Some(tls.client_config()))
 }
 
 /// `preferred` if nothing listens there, else any free port.

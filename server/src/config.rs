@@ -42,6 +42,8 @@ pub struct Config {
     /// `-S --sasl-pwdb`: binary connections authenticate with SASL PLAIN
     /// as a user of this file first (memcached's `MEMCACHED_SASL_PWDB`).
     pub sasl_pwdb: Option<PathBuf>,
+    /// `-Z`: clients connect with TLS, and so do forwarding lanes.
+    pub tls: Option<TlsSettings>,
     /// Set with `--lb`: the server joins a replica group.
     pub cluster: Option<ClusterSettings>,
 }
@@ -76,6 +78,10 @@ impl Config {
             ),
         ]
         .into_iter()
+        .chain(match &self.tls {
+            Some(tls) => tls.stats_settings(),
+            None => vec![("ssl_enabled", "no".to_string())],
+        })
         .map(|(name, value)| (name.to_string(), value))
         .collect()
     }
@@ -89,6 +95,85 @@ impl Config {
 
 fn yes_no(on: bool) -> String {
     if on { "yes" } else { "no" }.to_string()
+}
+
+/// Whether and how client certificates are checked (`ssl_verify_mode`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyMode {
+    None,
+    /// Checked when the client sends one.
+    Request,
+    /// A client without a valid certificate is refused.
+    Require,
+}
+
+impl VerifyMode {
+    /// memcached's numbers.
+    pub fn from_memcached(n: u8) -> Option<VerifyMode> {
+        match n {
+            0 => Some(VerifyMode::None),
+            1 => Some(VerifyMode::Request),
+            2 | 3 => Some(VerifyMode::Require),
+            _ => None,
+        }
+    }
+
+    pub fn number(self) -> u8 {
+        match self {
+            VerifyMode::None => 0,
+            VerifyMode::Request => 1,
+            VerifyMode::Require => 2,
+        }
+    }
+}
+
+/// `-Z` and its `ssl_*` settings.
+#[derive(Clone, Debug)]
+pub struct TlsSettings {
+    pub chain_cert: PathBuf,
+    /// The private key; `None`: in the chain file.
+    pub key: Option<PathBuf>,
+    /// Certificates of the authorities trusted for client certificates and
+    /// for the leader's certificate on forwarding lanes (`None`: the
+    /// certificates in the chain file are trusted for the latter).
+    pub ca_cert: Option<PathBuf>,
+    pub verify_mode: VerifyMode,
+    /// TLS 1.3 only (`ssl_min_version` 3), else 1.2 and 1.3.
+    pub tls13_only: bool,
+}
+
+impl TlsSettings {
+    /// `stats settings`, with memcached's names.
+    pub fn stats_settings(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("ssl_enabled", "yes".into()),
+            ("ssl_chain_cert", self.chain_cert.display().to_string()),
+            (
+                "ssl_key",
+                self.key
+                    .as_deref()
+                    .unwrap_or(&self.chain_cert)
+                    .display()
+                    .to_string(),
+            ),
+            ("ssl_verify_mode", self.verify_mode.number().to_string()),
+            (
+                "ssl_ca_cert",
+                self.ca_cert
+                    .as_deref()
+                    .map_or("NULL".into(), |p| p.display().to_string()),
+            ),
+            (
+                "ssl_min_version",
+                if self.tls13_only {
+                    "tlsv1.3"
+                } else {
+                    "tlsv1.2"
+                }
+                .into(),
+            ),
+        ]
+    }
 }
 
 /// How reads are served.

@@ -29,6 +29,7 @@
 //! - [`storage`]: log segments, keystore file, meta file (blocking file I/O).
 //! - [`auth`]: who may use the server: authfile and SASL users, reloaded
 //!   on SIGHUP, and the proof a follower's forwarding link gives.
+//! - [`tls`]: TLS (`-Z`) for client connections and forwarding lanes.
 //! - [`stats`], [`config`], [`clock`]: counters, settings, wall clock.
 //!
 //! Dependencies point one way, down this list's lower half: `stats`,
@@ -58,6 +59,7 @@ pub mod snapshot;
 pub mod state;
 pub mod stats;
 pub mod storage;
+pub mod tls;
 pub mod write_path;
 
 use std::sync::Arc;
@@ -111,6 +113,8 @@ pub struct Shared {
     pub leader_link: forward::LeaderLink,
     /// Users, and the cluster secret forwarding links prove.
     pub auth: auth::Auth,
+    /// `-Z`: certificates for client connections and forwarding lanes.
+    pub tls: Option<Arc<tls::Tls>>,
 }
 
 pub use listener::run;

@@ -24,6 +24,7 @@ use crate::memory::{MemoryLimit, WriteBudget};
 use crate::recovery::{self, RecoveryError};
 use crate::stats::Stats;
 use crate::storage::StorageError;
+use crate::tls::{ClientStream, Tls};
 use crate::Backend;
 use crate::Shared;
 
@@ -50,6 +51,8 @@ pub enum ServerError {
     DataDir(#[from] crate::storage::DirLockError),
     #[error(transparent)]
     AuthFile(#[from] crate::auth::AuthFileError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Runs a server until `shutdown` is cancelled. Calls `ready` with the bound
@@ -65,6 +68,7 @@ pub async fn run(
         config.sasl_pwdb.as_deref(),
         config.cluster.as_ref().map(|c| c.cluster.secret),
     )?;
+    let tls = config.tls.clone().map(Tls::load).transpose()?.map(Arc::new);
     // Held until this function returns, after the last write is synced.
     let _data_dir_lock = crate::storage::lock_dir(&config.data_dir)?;
     let addr = SocketAddr::new(config.listen, config.port);
@@ -74,9 +78,9 @@ pub async fn run(
     let local = listener
         .local_addr()
         .map_err(|source| ServerError::Bind { addr, source })?;
-    let (shared, backend, worker) = start_backend(&config, local, auth).await?;
+    let (shared, backend, worker) = start_backend(&config, local, auth, tls).await?;
     ready(local);
-    if shared.auth.required() {
+    if shared.auth.required() || shared.tls.is_some() {
         tokio::spawn(reload_on_sighup(shared.clone(), shutdown.clone()));
     }
 
@@ -110,11 +114,21 @@ pub async fn run(
         Stats::bump(&stats.counters.total_connections);
         stats.curr_connections.fetch_add(1, Relaxed);
         let _ = stream.set_nodelay(true);
-        let connection = Connection::new(stream, shared.clone(), backend.clone());
         let shared = shared.clone();
+        let backend = backend.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
-            connection.run(shutdown).await;
+            // The handshake runs in the connection's own task, so a slow
+            // client holds up no one else.
+            let stream = match &shared.tls {
+                None => Some(ClientStream::Plain(stream)),
+                Some(tls) => tls.accept(stream).await,
+            };
+            if let Some(stream) = stream {
+                Connection::new(stream, shared.clone(), backend)
+                    .run(shutdown)
+                    .await;
+            }
             shared.stats.curr_connections.fetch_sub(1, Relaxed);
         });
     }
@@ -142,18 +156,26 @@ pub async fn run(
     crate::group_log::join_worker(worker, "write path").await
 }
 
-/// Reads the users' files again on each SIGHUP (as memcached reloads its
-/// authfile), until shutdown.
+/// Reads the users' files and the certificates again on each SIGHUP (as
+/// memcached reloads its authfile and certificates), until shutdown.
 async fn reload_on_sighup(shared: Arc<Shared>, shutdown: CancellationToken) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangup) = signal(SignalKind::hangup()) else {
-        tracing::warn!("cannot install a SIGHUP handler; the users' files are read at start only");
+        tracing::warn!("cannot install a SIGHUP handler; files are read at start only");
         return;
     };
     loop {
         tokio::select! {
             got = hangup.recv() => if got.is_none() { return },
             () = shutdown.cancelled() => return,
+        }
+        if let Some(tls) = &shared.tls {
+            match tls.refresh() {
+                Ok(()) => tracing::info!("certificates reloaded"),
+                Err(error) => {
+                    tracing::error!(%error, "certificates not reloaded; those loaded before stay");
+                }
+            }
         }
         for (path, result) in shared.auth.reload() {
             match result {
@@ -180,6 +202,7 @@ async fn start_backend(
     config: &Config,
     local: SocketAddr,
     auth: Auth,
+    tls: Option<Arc<Tls>>,
 ) -> Result<
     (
         Arc<Shared>,
@@ -232,8 +255,9 @@ async fn start_backend(
                 stats,
                 memory,
                 write_budget: WriteBudget::default(),
-                leader_link: LeaderLink::new(None),
+                leader_link: LeaderLink::new(None, None),
                 auth,
+                tls,
             });
             Ok((shared, Backend::Single(committer), worker))
         }
@@ -254,8 +278,9 @@ async fn start_backend(
                 stats,
                 memory: group.memory,
                 write_budget: WriteBudget::default(),
-                leader_link: LeaderLink::new(Some(secret)),
+                leader_link: LeaderLink::new(Some(secret), tls.clone()),
                 auth,
+                tls,
             });
             Ok((shared, Backend::Cluster(group.handle), group.worker))
         }

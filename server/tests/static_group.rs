@@ -49,6 +49,7 @@ impl Member {
             shutdown_enabled: false,
             auth_file: None,
             sasl_pwdb: None,
+            tls: None,
             cluster: Some(ClusterSettings {
                 group: GroupId::FIRST,
                 elector: Elector::Vote(StaticGroup {

@@ -34,7 +34,7 @@ enum Command {
     ///   store addsrv -p 22122 --data-dir /var/lib/store
     ///   store addsrv -p 22122 -c 4096 -I 2m -t 4
     #[command(verbatim_doc_comment)]
-    Addsrv(AddsrvArgs),
+    Addsrv(Box<AddsrvArgs>),
     /// Start the load balancer: registers servers, runs elections, answers
     /// `get-servers` and `stats` on its TCP port.
     ///
@@ -254,6 +254,35 @@ struct AddsrvArgs {
     /// format of memcached's MEMCACHED_SASL_PWDB file).
     #[arg(long, value_name = "FILE", requires = "sasl")]
     sasl_pwdb: Option<PathBuf>,
+    /// Clients connect with TLS (as memcached's -Z), and so do the
+    /// forwarding connections between servers; needs --ssl-chain-cert.
+    /// Certificates are read again on SIGHUP and on `refresh_certs`.
+    #[arg(short = 'Z', long = "enable-ssl")]
+    ssl: bool,
+    /// memcached's TLS options, `-o ssl_chain_cert=FILE,ssl_key=FILE,...`
+    /// (ssl_chain_cert, ssl_key, ssl_ca_cert, ssl_verify_mode,
+    /// ssl_min_version), beside the --ssl-* flags.
+    #[arg(short = 'o', value_name = "KEY=VALUE[,...]")]
+    options: Vec<String>,
+    /// The server's certificate chain, PEM (memcached's ssl_chain_cert).
+    #[arg(long, value_name = "FILE")]
+    ssl_chain_cert: Option<PathBuf>,
+    /// Its private key, PEM [default: in the chain file] (ssl_key).
+    #[arg(long, value_name = "FILE")]
+    ssl_key: Option<PathBuf>,
+    /// Authorities trusted for client certificates, and by a follower for
+    /// its leader's certificate [default for the latter: the chain file's
+    /// certificates] (ssl_ca_cert).
+    #[arg(long, value_name = "FILE")]
+    ssl_ca_cert: Option<PathBuf>,
+    /// Client certificates: 0 not asked for, 1 checked when sent, 2 (or 3)
+    /// required (ssl_verify_mode).
+    #[arg(long, value_name = "0-3")]
+    ssl_verify_mode: Option<u8>,
+    /// Oldest TLS version: 2 for TLS 1.2 (0 and 1 also mean 1.2, the oldest
+    /// rustls speaks), 3 for TLS 1.3 (ssl_min_version).
+    #[arg(long, value_name = "0-3")]
+    ssl_min_version: Option<u8>,
     /// Verbose logging; repeat for more.
     #[arg(short = 'v', action = clap::ArgAction::Count)]
     verbose: u8,
@@ -327,7 +356,7 @@ fn parse_size(text: &str) -> Result<usize, String> {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Addsrv(args) => addsrv(args),
+        Command::Addsrv(args) => addsrv(*args),
         Command::Addlb(args) => match addlb(args) {
             // Taken out of its group (`store remove-lb`): a code of its
             // own, so a supervisor does not start it again.
@@ -688,6 +717,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
             server::memory::MEMORY_UNLIMITED
         }),
     };
+    let tls = tls_settings(&args)?;
     let config = Config {
         listen: args.listen,
         port: args.port,
@@ -701,6 +731,7 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
         snapshot_log_bytes: args.snapshot_log_bytes,
         memory_limit_bytes,
         shutdown_enabled: args.shutdown_enabled,
+        tls,
         auth_file: args.auth_file,
         sasl_pwdb: args.sasl_pwdb.filter(|_| args.sasl),
         cluster: match args.lb {
@@ -749,6 +780,59 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
         .await
         .context("server failed")
     })
+}
+
+/// The TLS settings from `-Z`, the `--ssl-*` flags and memcached's
+/// `-o ssl_*=...` options (a flag wins over an option).
+fn tls_settings(args: &AddsrvArgs) -> anyhow::Result<Option<server::config::TlsSettings>> {
+    let mut chain_cert = None;
+    let mut key = None;
+    let mut ca_cert = None;
+    let mut verify_mode = None;
+    let mut min_version = None;
+    for option in args.options.iter().flat_map(|o| o.split(',')) {
+        let (name, value) = option
+            .split_once('=')
+            .with_context(|| format!("-o {option}: expected KEY=VALUE"))?;
+        let number = || -> anyhow::Result<u8> {
+            value
+                .parse()
+                .with_context(|| format!("-o {name}: not a number: {value}"))
+        };
+        match name {
+            "ssl_chain_cert" => chain_cert = Some(PathBuf::from(value)),
+            "ssl_key" => key = Some(PathBuf::from(value)),
+            "ssl_ca_cert" => ca_cert = Some(PathBuf::from(value)),
+            "ssl_verify_mode" => verify_mode = Some(number()?),
+            "ssl_min_version" => min_version = Some(number()?),
+            _ => bail!("-o {name}: not an option this server takes (ssl_chain_cert, ssl_key, ssl_ca_cert, ssl_verify_mode, ssl_min_version)"),
+        }
+    }
+    if !args.ssl {
+        if args.ssl_chain_cert.is_some() || chain_cert.is_some() {
+            bail!("the TLS settings need -Z to take effect");
+        }
+        return Ok(None);
+    }
+    let chain_cert = args
+        .ssl_chain_cert
+        .clone()
+        .or(chain_cert)
+        .context("-Z needs --ssl-chain-cert FILE (or -o ssl_chain_cert=FILE)")?;
+    let mode = args.ssl_verify_mode.or(verify_mode).unwrap_or(0);
+    let verify_mode = server::config::VerifyMode::from_memcached(mode)
+        .with_context(|| format!("ssl_verify_mode {mode}: must be 0, 1, 2 or 3"))?;
+    let min_version = args.ssl_min_version.or(min_version).unwrap_or(2);
+    if min_version > 3 {
+        bail!("ssl_min_version {min_version}: must be 0, 1, 2 or 3");
+    }
+    Ok(Some(server::config::TlsSettings {
+        chain_cert,
+        key: args.ssl_key.clone().or(key),
+        ca_cert: args.ssl_ca_cert.clone().or(ca_cert),
+        verify_mode,
+        tls13_only: min_version == 3,
+    }))
 }
 
 /// Cancels `shutdown` on the first SIGTERM or SIGINT.

@@ -435,8 +435,11 @@ impl Memcached {
                 cmd.env(name, value);
             }
             let mut proc = spawn_logged(cmd, logs.path(), "memcached");
-            // memcached 1.6.18 under -S dies of a text request.
-            let ready = if extra.contains(&"-S") {
+            // memcached 1.6.18 under -S dies of a text request; under -Z
+            // a connection is all a test without its certificates sees.
+            let ready = if extra.contains(&"-Z") {
+                wait_answering(&mut proc, port, READY_TIMEOUT, |_| true)
+            } else if extra.contains(&"-S") {
                 wait_ready_binary(&mut proc, port, READY_TIMEOUT)
             } else {
                 wait_ready(&mut proc, port, READY_TIMEOUT)
@@ -590,8 +593,12 @@ impl StoreServer {
         for _ in 0..START_ATTEMPTS_MAX {
             let port = free_port();
             let mut proc = spawn_logged(self.command(port), self.logs.path(), "store");
-            // Under -S a text request is refused: ask in binary.
-            let res = if self.args.iter().any(|a| a == "-S") {
+            // Under -Z the port speaks TLS only, whose handshake needs the
+            // test's certificates: a connection is enough. Under -S a text
+            // request is refused: ask in binary.
+            let res = if self.args.iter().any(|a| a == "-Z") {
+                wait_answering(&mut proc, port, READY_TIMEOUT, |_| true)
+            } else if self.args.iter().any(|a| a == "-S") {
                 wait_ready_binary(&mut proc, port, READY_TIMEOUT)
             } else {
                 wait_ready(&mut proc, port, READY_TIMEOUT)
@@ -859,6 +866,7 @@ pub fn stat(conn: &mut Conn, name: &str) -> Option<String> {
 }
 
 /// Output of a tool run by `run_tool`.
+#[derive(Debug)]
 pub struct ToolRun {
     pub status: ExitStatus,
     pub stdout: String,

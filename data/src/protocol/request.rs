@@ -68,6 +68,9 @@ pub enum Admin {
     MetaDump,
     /// `shutdown [graceful]`; `mode_ok` is false for any other mode.
     Shutdown { mode_ok: bool },
+    /// `refresh_certs`: read the TLS certificates again (words after it
+    /// are ignored, as memcached ignores them).
+    RefreshCerts,
     /// A command this server accepts and has nothing to do for (it has no
     /// slab classes to move, no LRU to tune, no per-prefix stats to keep),
     /// answered with memcached's own reply.
@@ -82,6 +85,7 @@ pub mod admin_replies {
     pub const BAD_COMMAND_LINE: &str = "CLIENT_ERROR bad command line\r\n";
     pub const SHUTDOWN_DISABLED: &str = "ERROR: shutdown not enabled\r\n";
     pub const SHUTDOWN_BAD_MODE: &str = "CLIENT_ERROR invalid shutdown mode\r\n";
+    pub const TLS_NOT_ENABLED: &str = "Error TLS not enabled\r\n";
     pub const CRAWLER_SLEEP_MAX: &str = "CLIENT_ERROR sleep must be one second or less\r\n";
     pub const SLABS_SAME: &str = "SAME src and dst class are identical\r\n";
     pub const SLABS_NOSPARE: &str = "NOSPARE source class has no spare pages\r\n";
@@ -348,6 +352,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits) -> Result<Option<(Request, usi
             [b"detail", ..] => return Err(reply(admin_replies::DETAIL_USAGE)),
             _ => return Err(reply(ERROR)),
         }),
+        b"refresh_certs" => Request::Admin(Admin::RefreshCerts),
         b"shutdown" => Request::Admin(Admin::Shutdown {
             mode_ok: matches!(args, [] | [b"graceful"]),
         }),

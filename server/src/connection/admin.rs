@@ -55,6 +55,19 @@ impl Connection {
                     limit_bytes: self.shared.memory.limit_bytes(),
                 };
                 let mut lines = stats.general(settings, figures);
+                if let Some(tls) = &self.shared.tls {
+                    let count = |n: &std::sync::atomic::AtomicU64| {
+                        n.load(std::sync::atomic::Ordering::Relaxed).to_string()
+                    };
+                    lines.extend([
+                        ("ssl_handshake_errors".into(), count(&tls.handshake_errors)),
+                        ("ssl_new_sessions".into(), count(&tls.new_sessions)),
+                        (
+                            "time_since_server_cert_refresh".into(),
+                            tls.seconds_since_refresh().to_string(),
+                        ),
+                    ]);
+                }
                 if let Backend::Cluster(cluster) = &self.backend {
                     lines.extend(cluster.view.report(cluster.read_mode));
                     // The limit this server checks writes against: on the

@@ -32,7 +32,6 @@ use data::protocol::request::{
 };
 use data::state::{item_cost_bytes, ItemRef, Lookup, Outcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::{oneshot, OwnedSemaphorePermit};
 use tokio_util::sync::CancellationToken;
 
@@ -43,6 +42,7 @@ use crate::memory::{Reservation, MEMORY_LIMIT_MB_MAX, MEMORY_LIMIT_MB_MIN};
 use crate::route::{route, Access, Membership, Route};
 use crate::state;
 use crate::stats::{GeneralSettings, StateFigures, Stats, VERSION};
+use crate::tls::ClientStream;
 use crate::write_path::CommitError;
 use crate::{Backend, Shared};
 
@@ -186,7 +186,7 @@ enum Next {
 }
 
 pub struct Connection {
-    stream: TcpStream,
+    stream: ClientStream,
     shared: Arc<Shared>,
     backend: Backend,
     input: BytesMut,
@@ -236,7 +236,7 @@ pub struct Connection {
 }
 
 impl Connection {
-    pub fn new(stream: TcpStream, shared: Arc<Shared>, backend: Backend) -> Connection {
+    pub fn new(stream: ClientStream, shared: Arc<Shared>, backend: Backend) -> Connection {
         let authenticated = !shared.auth.required();
         Connection {
             stream,
@@ -556,6 +556,17 @@ impl Connection {
             Request::Admin(Admin::MetaDump) => {
                 self.finish_pending().await;
                 self.metadump().await;
+            }
+            Request::Admin(Admin::RefreshCerts) => {
+                self.finish_pending().await;
+                match shared.tls.as_ref().map(|tls| tls.refresh()) {
+                    None => Reply::Error(admin_replies::TLS_NOT_ENABLED).encode(&mut self.output),
+                    Some(Ok(())) => Reply::Ok.encode(&mut self.output),
+                    Some(Err(error)) => {
+                        let line = format!("Error {error}\r\n");
+                        self.output.extend_from_slice(line.as_bytes());
+                    }
+                }
             }
             Request::Admin(Admin::Shutdown { mode_ok }) => {
                 let reply = if !shared.config.shutdown_enabled {
@@ -933,7 +944,9 @@ impl Connection {
             &self.shared.stats.counters.bytes_written,
             self.output.len() as u64,
         );
-        if self.stream.write_all(&self.output).await.is_err() {
+        // A flush sends what TLS holds back; nothing for plain TCP.
+        if self.stream.write_all(&self.output).await.is_err() || self.stream.flush().await.is_err()
+        {
             self.broken = true;
         }
         self.output.clear();

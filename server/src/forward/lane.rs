@@ -18,7 +18,9 @@ use data::protocol::auth::CHALLENGE_PREFIX;
 use data::protocol::binary::response_len;
 use data::protocol::client::{encode_forwarder, scan_response, Expect, Status};
 use data::protocol::reply::errors;
-use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadHalf, WriteHalf,
+};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit};
 use tokio::time::{Duration, Instant};
@@ -30,6 +32,8 @@ use super::{
 };
 use crate::auth::forwarder_proof;
 use crate::driver::ClusterView;
+use crate::tls::Tls;
+use tokio_rustls::client::TlsStream;
 
 /// After a batch that ends with a `noreply` request: its reply says that
 /// everything before it was executed.
@@ -80,9 +84,40 @@ struct InFlight {
     end: u64,
 }
 
+/// A link's connection: plain TCP, driven by readiness, or TLS (`-Z`),
+/// whose halves are driven as futures.
+enum LinkIo {
+    Plain(TcpStream),
+    Tls {
+        reader: ReadHalf<TlsStream<TcpStream>>,
+        writer: WriteHalf<TlsStream<TcpStream>>,
+        /// Bytes written into TLS and not yet flushed to the socket.
+        unflushed: bool,
+    },
+}
+
+/// Writes some of `out` into the TLS stream (counting it in `written`),
+/// then flushes it to the socket.
+async fn send(
+    writer: &mut WriteHalf<TlsStream<TcpStream>>,
+    out: &mut BytesMut,
+    written: &mut u64,
+    unflushed: &mut bool,
+) -> std::io::Result<()> {
+    if !out.is_empty() {
+        let n = writer.write(out).await?;
+        let _ = out.split_to(n);
+        *written += n as u64;
+        *unflushed = true;
+    }
+    writer.flush().await?;
+    *unflushed = false;
+    Ok(())
+}
+
 /// One TCP connection to a leader.
 struct Link {
-    stream: TcpStream,
+    io: LinkIo,
     leader: SocketAddr,
     /// Bytes not yet written.
     out: BytesMut,
@@ -97,9 +132,20 @@ struct Link {
 
 impl Link {
     /// A connection that proved the cluster secret ([`prove`]).
-    fn new(stream: TcpStream, leader: SocketAddr) -> Link {
+    fn new(stream: LaneStream, leader: SocketAddr) -> Link {
+        let io = match stream {
+            LaneStream::Plain(stream) => LinkIo::Plain(stream),
+            LaneStream::Tls(stream) => {
+                let (reader, writer) = tokio::io::split(*stream);
+                LinkIo::Tls {
+                    reader,
+                    writer,
+                    unflushed: false,
+                }
+            }
+        };
         Link {
-            stream,
+            io,
             leader,
             out: BytesMut::new(),
             queued: 0,
@@ -146,36 +192,72 @@ impl Link {
     /// what it can, reads what arrived and hands out the replies.
     async fn step(&mut self) -> Result<(), LinkError> {
         let leader = self.leader;
-        let interest = if self.out.is_empty() {
-            Interest::READABLE
-        } else {
-            Interest::READABLE | Interest::WRITABLE
-        };
         let deadline = self.waiting_since + Duration::from_millis(FORWARD_TIMEOUT_MS);
-        let ready = tokio::select! {
-            ready = self.stream.ready(interest) => ready.map_err(|e| LinkError::Io(leader, e))?,
-            () = tokio::time::sleep_until(deadline), if !self.idle() => {
-                return Err(LinkError::Timeout(leader));
+        let idle = self.idle();
+        let io = |e| LinkError::Io(leader, e);
+        let read = match &mut self.io {
+            LinkIo::Plain(stream) => {
+                let interest = if self.out.is_empty() {
+                    Interest::READABLE
+                } else {
+                    Interest::READABLE | Interest::WRITABLE
+                };
+                let ready = tokio::select! {
+                    ready = stream.ready(interest) => ready.map_err(io)?,
+                    () = tokio::time::sleep_until(deadline), if !idle => {
+                        return Err(LinkError::Timeout(leader));
+                    }
+                };
+                if ready.is_writable() && !self.out.is_empty() {
+                    match stream.try_write(&self.out) {
+                        Ok(n) => {
+                            let _ = self.out.split_to(n);
+                            self.written += n as u64;
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                        Err(e) => return Err(io(e)),
+                    }
+                }
+                if ready.is_readable() {
+                    self.input.reserve(READ_BYTES_MIN);
+                    match stream.try_read_buf(&mut self.input) {
+                        Ok(0) => return Err(LinkError::Closed(leader)),
+                        Ok(_) => true,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+                        Err(e) => return Err(io(e)),
+                    }
+                } else {
+                    false
+                }
+            }
+            LinkIo::Tls {
+                reader,
+                writer,
+                unflushed,
+            } => {
+                // Both directions at once, each future cancel-safe: what a
+                // write took is accounted before its flush is awaited, and a
+                // flush cut short is finished on the next step.
+                self.input.reserve(READ_BYTES_MIN);
+                let sending = !self.out.is_empty() || *unflushed;
+                let (out, written) = (&mut self.out, &mut self.written);
+                tokio::select! {
+                    read = reader.read_buf(&mut self.input) => match read.map_err(io)? {
+                        0 => return Err(LinkError::Closed(leader)),
+                        _ => true,
+                    },
+                    sent = send(writer, out, written, unflushed), if sending => {
+                        sent.map_err(io)?;
+                        false
+                    }
+                    () = tokio::time::sleep_until(deadline), if !idle => {
+                        return Err(LinkError::Timeout(leader));
+                    }
+                }
             }
         };
-        if ready.is_writable() && !self.out.is_empty() {
-            match self.stream.try_write(&self.out) {
-                Ok(n) => {
-                    let _ = self.out.split_to(n);
-                    self.written += n as u64;
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(LinkError::Io(leader, e)),
-            }
-        }
-        if ready.is_readable() {
-            self.input.reserve(READ_BYTES_MIN);
-            match self.stream.try_read_buf(&mut self.input) {
-                Ok(0) => return Err(LinkError::Closed(leader)),
-                Ok(_) => self.take_replies()?,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-                Err(e) => return Err(LinkError::Io(leader, e)),
-            }
+        if read {
+            self.take_replies()?;
         }
         Ok(())
     }
@@ -231,11 +313,41 @@ impl Link {
     }
 }
 
+/// A lane's connection once open: plain TCP, or TLS over it (`-Z`).
+enum LaneStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Connects to the leader, with TLS under `-Z`, and proves the cluster
+/// secret.
+async fn open(
+    leader: SocketAddr,
+    secret: &[u8; SECRET_BYTES],
+    tls: Option<&Tls>,
+) -> Result<LaneStream, LinkError> {
+    let io = |e| LinkError::Io(leader, e);
+    let stream = TcpStream::connect(leader).await.map_err(io)?;
+    let _ = stream.set_nodelay(true);
+    Ok(match tls {
+        None => {
+            let mut stream = stream;
+            prove(&mut stream, leader, secret).await?;
+            LaneStream::Plain(stream)
+        }
+        Some(tls) => {
+            let mut stream = tls.connect(stream, leader).await.map_err(io)?;
+            prove(&mut stream, leader, secret).await?;
+            LaneStream::Tls(Box::new(stream))
+        }
+    })
+}
+
 /// Makes a new connection to the leader a forwarding link: asks for a
 /// challenge and answers it with the proof of the cluster secret (DESIGN
 /// §5a). Nothing else is on the connection yet, so each reply is one line.
-async fn prove(
-    stream: &mut TcpStream,
+async fn prove<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     leader: SocketAddr,
     secret: &[u8; SECRET_BYTES],
 ) -> Result<(), LinkError> {
@@ -265,7 +377,10 @@ async fn prove(
 }
 
 /// One reply line of the handshake, without its `\r\n`.
-async fn read_line(stream: &mut TcpStream, leader: SocketAddr) -> Result<String, LinkError> {
+async fn read_line<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    leader: SocketAddr,
+) -> Result<String, LinkError> {
     let mut line = Vec::new();
     while !line.ends_with(b"\r\n") {
         if line.len() > HANDSHAKE_LINE_BYTES_MAX {
@@ -295,6 +410,8 @@ pub(super) struct Lane {
     link: Option<Link>,
     /// The cluster secret, proved on each new connection.
     secret: [u8; SECRET_BYTES],
+    /// `-Z`: lanes speak TLS too.
+    tls: Option<Arc<Tls>>,
 }
 
 /// What woke a lane up.
@@ -308,6 +425,7 @@ impl Lane {
         view: Arc<ClusterView>,
         queue: mpsc::Receiver<Job>,
         secret: [u8; SECRET_BYTES],
+        tls: Option<Arc<Tls>>,
     ) -> Lane {
         Lane {
             view,
@@ -315,6 +433,7 @@ impl Lane {
             waiting: VecDeque::new(),
             link: None,
             secret,
+            tls,
         }
     }
 
@@ -387,24 +506,16 @@ impl Lane {
             }
             if let Some(leader) = self.view.leader_tcp() {
                 let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
-                match tokio::time::timeout(timeout, TcpStream::connect(leader)).await {
-                    Ok(Ok(mut stream)) => {
-                        let _ = stream.set_nodelay(true);
-                        let proved = prove(&mut stream, leader, &self.secret);
-                        match tokio::time::timeout(timeout, proved).await {
-                            Ok(Ok(())) => {
-                                self.link = Some(Link::new(stream, leader));
-                                return;
-                            }
-                            Ok(Err(error)) => {
-                                tracing::warn!(%error, "cannot forward to the leader")
-                            }
-                            Err(_) => tracing::debug!(%leader, "the leader's challenge timed out"),
-                        }
+                let opened = open(leader, &self.secret, self.tls.as_deref());
+                match tokio::time::timeout(timeout, opened).await {
+                    Ok(Ok(stream)) => {
+                        self.link = Some(Link::new(stream, leader));
+                        return;
                     }
-                    Ok(Err(error)) => {
-                        tracing::debug!(%leader, %error, "cannot connect to the leader");
+                    Ok(Err(error @ LinkError::Refused(..))) => {
+                        tracing::warn!(%error, "cannot forward to the leader");
                     }
+                    Ok(Err(error)) => tracing::debug!(%error, "cannot connect to the leader"),
                     Err(_) => tracing::debug!(%leader, "connecting to the leader timed out"),
                 }
             }

@@ -52,6 +52,7 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::time::{Duration, Instant};
 
 use crate::driver::ClusterView;
+use crate::tls::Tls;
 
 mod lane;
 #[cfg(test)]
@@ -136,15 +137,18 @@ pub struct LeaderLink {
     /// The cluster secret, which each lane proves to the leader when it
     /// connects (`None`: a server alone, which never forwards).
     secret: Option<[u8; SECRET_BYTES]>,
+    /// `-Z`: lanes connect with TLS, as clients do.
+    tls: Option<Arc<Tls>>,
 }
 
 impl LeaderLink {
-    pub fn new(secret: Option<[u8; SECRET_BYTES]>) -> LeaderLink {
+    pub fn new(secret: Option<[u8; SECRET_BYTES]>, tls: Option<Arc<Tls>>) -> LeaderLink {
         LeaderLink {
             lanes: (0..2 * LANES).map(|_| OnceLock::new()).collect(),
             next_lane: AtomicUsize::new(0),
             bytes: Arc::new(Semaphore::new(FORWARD_BYTES_IN_FLIGHT_MAX)),
             secret,
+            tls,
         }
     }
 
@@ -190,7 +194,7 @@ impl LeaderLink {
         let lanes = self.lanes[lane].get_or_init(|| {
             let (tx, rx) = mpsc::channel(LANE_WAITING_MAX);
             let secret = self.secret.expect("only a cluster member forwards");
-            tokio::spawn(Lane::new(view.clone(), rx, secret).run());
+            tokio::spawn(Lane::new(view.clone(), rx, secret, self.tls.clone()).run());
             tx
         });
         if let Err(mpsc::error::SendError(job)) = lanes.send(job).await {

@@ -81,7 +81,7 @@ fn reply(text: &'static str) -> Relayed {
 async fn requests_are_pipelined_and_answered_in_order() {
     let (listener, addr) = stand_in().await;
     let view = view_leading_to(Some(addr));
-    let link = LeaderLink::new(Some(SECRET));
+    let link = LeaderLink::new(Some(SECRET), None);
     // Queued before the lane's task first runs (this runtime has one
     // thread): one batch.
     let a = submit(&link, &view, "get a\r\n", Expect::Retrieval, false, true).await;
@@ -116,7 +116,7 @@ async fn requests_are_pipelined_and_answered_in_order() {
 async fn a_batch_ending_in_noreply_gets_one_barrier() {
     let (listener, addr) = stand_in().await;
     let view = view_leading_to(Some(addr));
-    let link = LeaderLink::new(Some(SECRET));
+    let link = LeaderLink::new(Some(SECRET), None);
     let mut sets = Vec::new();
     for raw in [
         "delete a noreply\r\n",
@@ -144,7 +144,7 @@ async fn a_failed_leader_loses_no_read_and_owns_up_to_the_writes() {
     let (first, first_addr) = stand_in().await;
     let (second, second_addr) = stand_in().await;
     let view = view_leading_to(Some(first_addr));
-    let link = LeaderLink::new(Some(SECRET));
+    let link = LeaderLink::new(Some(SECRET), None);
     let write = submit(&link, &view, "incr n 1\r\n", Expect::Line, false, false).await;
     let read = submit(&link, &view, "get r\r\n", Expect::Retrieval, false, true).await;
     let mut leader = accept_link(&first).await;
@@ -169,7 +169,7 @@ async fn a_new_leader_gets_requests_after_the_former_answered() {
     let (first, first_addr) = stand_in().await;
     let (second, second_addr) = stand_in().await;
     let view = view_leading_to(Some(first_addr));
-    let link = LeaderLink::new(Some(SECRET));
+    let link = LeaderLink::new(Some(SECRET), None);
     let before = submit(
         &link,
         &view,
@@ -209,7 +209,7 @@ async fn a_new_leader_gets_requests_after_the_former_answered() {
 #[tokio::test]
 async fn without_a_leader_a_request_gets_no_leader_available() {
     let view = view_leading_to(None);
-    let link = LeaderLink::new(Some(SECRET));
+    let link = LeaderLink::new(Some(SECRET), None);
     let write = submit(&link, &view, "delete k\r\n", Expect::Line, false, false).await;
     assert_eq!(write.await.unwrap(), Relayed::Failed(errors::NO_LEADER));
 }
@@ -221,7 +221,7 @@ async fn without_a_leader_a_request_gets_no_leader_available() {
 async fn a_leader_that_refuses_the_proof_gets_no_request() {
     let (listener, addr) = stand_in().await;
     let view = view_leading_to(Some(addr));
-    let link = LeaderLink::new(Some(SECRET));
+    let link = LeaderLink::new(Some(SECRET), None);
     let write = submit(&link, &view, "delete k\r\n", Expect::Line, false, false).await;
     let (mut leader, _) = listener.accept().await.unwrap();
     read_until(&mut leader, b"forwarder\r\n").await;
