@@ -17,6 +17,9 @@
  * counts as answered in each.
  * Keys are drawn uniformly from --keys: "k" and the number zero-padded to
  * --key-size, as `client bench` makes them.
+ * --tls (built with -DMCLOAD_TLS -lssl -lcrypto): each connection speaks
+ * TLS (OpenSSL; the server's certificate is not checked: this measures
+ * the server's cost, not the client's trust).
  * --server takes a comma-separated list: connection i goes to server
  * i mod n, so each takes 1/n of the load, as with a client that hashes its
  * keys over the servers (which server holds a key makes no difference to
@@ -38,6 +41,10 @@
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
+#ifdef MCLOAD_TLS
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#endif
 
 #define THREADS 2
 #define SERVERS_MAX 8
@@ -65,10 +72,14 @@ struct opts {
     int key_size;
     int value_size;
     int preload;
+    int tls;
 };
 
 struct conn {
     int fd;
+#ifdef MCLOAD_TLS
+    SSL *ssl;
+#endif
     uint64_t rng;
     int in_flight;
     char *in;
@@ -167,9 +178,40 @@ static int fill(struct conn *c) {
     return 0;
 }
 
+/* Like send/recv on the connection, TLS or not: bytes moved, or -1 with
+ * errno EAGAIN when the socket is not ready, or 0 / -1 otherwise. */
+static ssize_t conn_send(struct conn *c, const char *buf, size_t len) {
+#ifdef MCLOAD_TLS
+    if (c->ssl) {
+        int n = SSL_write(c->ssl, buf, (int)len);
+        if (n > 0) return n;
+        int e = SSL_get_error(c->ssl, n);
+        errno = e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE ? EAGAIN : EIO;
+        return -1;
+    }
+#endif
+    return send(c->fd, buf, len, MSG_NOSIGNAL);
+}
+
+static ssize_t conn_recv(struct conn *c, char *buf, size_t len) {
+#ifdef MCLOAD_TLS
+    if (c->ssl) {
+        int n = SSL_read(c->ssl, buf, (int)len);
+        if (n > 0) return n;
+        int e = SSL_get_error(c->ssl, n);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE) {
+            errno = EAGAIN;
+            return -1;
+        }
+        return 0;
+    }
+#endif
+    return recv(c->fd, buf, len, 0);
+}
+
 static void flush(struct conn *c) {
     while (c->out_sent < c->out_len) {
-        ssize_t n = send(c->fd, c->out + c->out_sent, c->out_len - c->out_sent, MSG_NOSIGNAL);
+        ssize_t n = conn_send(c, c->out + c->out_sent, c->out_len - c->out_sent);
         if (n < 0) {
             if (errno == EAGAIN) return;
             die("send");
@@ -274,7 +316,7 @@ static void *run(void *arg) {
             struct conn *c = events[i].data.ptr;
             if (c->fd < 0) continue;
             for (;;) {
-                ssize_t r = recv(c->fd, c->in + c->in_len, IN_BYTES - c->in_len, 0);
+                ssize_t r = conn_recv(c, c->in + c->in_len, IN_BYTES - c->in_len);
                 if (r < 0 && errno == EAGAIN) break;
                 if (r <= 0) {
                     fprintf(stderr, "mcload: connection closed by the server\n");
@@ -295,6 +337,28 @@ static void *run(void *arg) {
     return NULL;
 }
 
+#ifdef MCLOAD_TLS
+static SSL_CTX *tls_ctx;
+
+/* The handshake, on the still blocking socket. */
+static SSL *tls_connect(int fd) {
+    if (!tls_ctx) {
+        tls_ctx = SSL_CTX_new(TLS_client_method());
+        if (!tls_ctx) die("SSL_CTX_new");
+        /* The output buffer grows between retries of a write. */
+        SSL_CTX_set_mode(tls_ctx, SSL_MODE_ENABLE_PARTIAL_WRITE |
+                                      SSL_MODE_ACCEPT_MOVING_WRITE_BUFFER);
+    }
+    SSL *ssl = SSL_new(tls_ctx);
+    if (!ssl || SSL_set_fd(ssl, fd) != 1 || SSL_connect(ssl) != 1) {
+        ERR_print_errors_fp(stderr);
+        fprintf(stderr, "mcload: TLS handshake failed\n");
+        exit(3);
+    }
+    return ssl;
+}
+#endif
+
 static int connect_to(int server) {
     int fd = socket(AF_INET, SOCK_STREAM, 0);
     if (fd < 0) die("socket");
@@ -306,7 +370,6 @@ static int connect_to(int server) {
     if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) die("connect");
     int one = 1;
     setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
     return fd;
 }
 
@@ -315,7 +378,7 @@ static void usage(void) {
             "usage: mcload --server HOST:PORT[,HOST:PORT...] [--workload get|set] "
             "[--protocol text|meta|binary] [--connections N] "
             "[--depth N] [--seconds S] [--warmup S] [--keys N] [--key-size N] "
-            "[--value-size N] [--preload]\n");
+            "[--value-size N] [--preload] [--tls]\n");
     exit(2);
 }
 
@@ -326,6 +389,14 @@ int main(int argc, char **argv) {
         const char *a = argv[i];
         const char *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--preload")) { o.preload = 1; continue; }
+        if (!strcmp(a, "--tls")) {
+#ifndef MCLOAD_TLS
+            fprintf(stderr, "mcload: built without TLS (cc -DMCLOAD_TLS ... -lssl -lcrypto)\n");
+            exit(2);
+#endif
+            o.tls = 1;
+            continue;
+        }
         if (!v) usage();
         i++;
         if (!strcmp(a, "--server")) {
@@ -369,6 +440,10 @@ int main(int argc, char **argv) {
     long per = (o.keys + o.connections - 1) / o.connections;
     for (int i = 0; i < o.connections; i++) {
         conns[i].fd = connect_to(i % o.servers);
+#ifdef MCLOAD_TLS
+        if (o.tls) conns[i].ssl = tls_connect(conns[i].fd);
+#endif
+        fcntl(conns[i].fd, F_SETFL, fcntl(conns[i].fd, F_GETFL) | O_NONBLOCK);
         conns[i].rng = 0x5EED0000ULL + i;
         conns[i].in = malloc(IN_BYTES);
         conns[i].out_cap = 64 * 1024;
