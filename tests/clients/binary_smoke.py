@@ -17,14 +17,7 @@ with SASL PLAIN first (a server run with -S).
 import os
 import sys
 
-checks = 0
-
-
-def check(cond, what):
-    global checks
-    if not cond:
-        raise AssertionError(what)
-    checks += 1
+from smoke_checks import check, report
 
 
 def key(name):
@@ -128,4 +121,4 @@ CREDENTIALS = (
 if __name__ == "__main__":
     client, addr = sys.argv[1], sys.argv[2]
     {"pylibmc": run_pylibmc, "bmemcached": run_bmemcached}[client](addr)
-    print("ok: %d checks" % checks)
+    print(report())

@@ -14,7 +14,7 @@
 //! ```
 //!
 //! A flag is one letter, some with a token after it (`T30`, `Oabc`). The
-//! flags that return something (`k`, `O`, `c`, `f`, `s`, `t`, `l`, and `b`
+//! flags that return something (`k`, `O`, `c`, `f`, `s`, `t`, `l`, `h`, and `b`
 //! after `k`) come back in the order they were sent. Wording follows
 //! memcached 1.6.18 (the reference the differential test runs): a repeated
 //! flag is `CLIENT_ERROR duplicate flag` (`invalid or duplicate flag` for
@@ -27,9 +27,11 @@
 //! expires soon), `md` with `I` (mark stale, and the next reader wins), and
 //! the `W` (won), `Z` (won by another) and `X` (stale) they return.
 //!
+//! Access metadata is best effort, as memcached's doc allows: reads are
+//! not log entries, so `l` counts from the last write and `h` is 0.
+//!
 //! Not served yet, refused as an invalid flag rather than ignored: `ms`
-//! `I`, `h` (whether the item was read before), `E` (a CAS the client
-//! picks) and `md` `x`.
+//! `I`, `E` (a CAS the client picks) and `md` `x`.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -105,6 +107,9 @@ pub enum Returned {
     /// `l`: seconds since the item was last written (this server keeps no
     /// read times: a read is not an entry in the log).
     LastAccess,
+    /// `h`: whether the item was read before; always 0 here, for the same
+    /// reason (access metadata is best effort, DESIGN §5a).
+    HitBefore,
 }
 
 /// The store mode of `ms M<mode>`.
@@ -168,7 +173,7 @@ fn known(flag: u8) -> bool {
 /// Known flags this server does not serve yet (see the module doc).
 fn unserved(verb: MetaVerb, flag: u8) -> bool {
     match verb {
-        MetaVerb::Get => b"h".contains(&flag),
+        MetaVerb::Get => false,
         MetaVerb::Set => b"I".contains(&flag),
         MetaVerb::Delete => false,
         MetaVerb::Arith => false,
@@ -287,6 +292,7 @@ pub fn parse_meta(
             b's' => request.returns.push(Returned::Size),
             b't' => request.returns.push(Returned::Ttl),
             b'l' => request.returns.push(Returned::LastAccess),
+            b'h' => request.returns.push(Returned::HitBefore),
             b'O' => {
                 if token.len() > OPAQUE_BYTES_MAX {
                     return Err(fail(OPAQUE_TOO_LONG));
@@ -510,6 +516,7 @@ impl MetaRequest {
                 out.put_u8(b'l');
                 put_u64(out, now_s.saturating_sub(item.updated_s));
             }
+            (Returned::HitBefore, Some(_)) => out.put_slice(b"h0"),
             // Only a response with an item gets here with these.
             (_, None) => unreachable!("item flags are written for items only"),
         }
@@ -765,7 +772,6 @@ mod tests {
             })
         );
         // Flags not served yet are refused, not ignored.
-        assert_eq!(error(b"mg foo h v\r\n"), INVALID_FLAG);
         assert_eq!(error(b"ms foo 1 I\r\nx\r\n"), INVALID_FLAG);
     }
 

@@ -1,0 +1,199 @@
+//! More real clients against a single server and a follower of a 3-server
+//! cluster, each running its smoke test in tests/clients/ (which passes
+//! against memcached 1.6 as it must here): meta-memcache (PyPI, the meta
+//! protocol only, leases included), php-memcached (Debian, libmemcached:
+//! text, binary, and binary with SASL), Perl's Cache::Memcached::Fast
+//! (Debian, text), and twemproxy (Debian's nutcracker) spreading the Perl
+//! client's keys over two servers.
+//!
+//! `.ci/run` installs them; locally a missing one is skipped (under CI it
+//! fails): `python3` on PATH must import meta_memcache, `php` must load the
+//! memcached extension, `perl` must load Cache::Memcached::Fast.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use common::cluster;
+use common::*;
+
+/// A smoke run takes well under a second; a hang fails within this.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn script(name: &str) -> String {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/clients")
+        .join(name)
+        .display()
+        .to_string()
+}
+
+/// Whether `program args...` runs and exits 0 (a client is installed).
+fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
+/// Runs `program args... <addr> more...` and checks it printed `ok: `.
+fn smoke(what: &str, program: &str, args: &[&str], addr: SocketAddr, more: &[&str]) {
+    let mut cmd = Command::new(program);
+    cmd.args(args).arg(addr.to_string()).args(more);
+    let run = run_tool(cmd, CLIENT_TIMEOUT);
+    assert!(
+        run.status.success() && run.stdout.starts_with("ok: "),
+        "{what} against {addr}: {}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    println!("{what} against {addr}: {}", run.stdout.trim());
+}
+
+/// A single server and a follower of a cluster, each started with `args`.
+fn server_and_follower(args: &[&str]) -> (StoreServer, cluster::TestCluster, [SocketAddr; 2]) {
+    let server = StoreServer::start(args);
+    let alone: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    let cluster = cluster::start_with(3, args);
+    let (_, follower) = cluster::leader_and_follower(&cluster);
+    (server, cluster, [alone, follower])
+}
+
+#[test]
+fn meta_memcache_against_a_server_and_a_follower() {
+    let test = "meta_memcache_against_a_server_and_a_follower";
+    if !runs("python3", &["-c", "import meta_memcache"]) {
+        return skip(
+            test,
+            "python3 does not import meta_memcache (pip install meta-memcache)",
+        );
+    }
+    let (_server, _cluster, addrs) = server_and_follower(&[]);
+    for addr in addrs {
+        smoke(
+            "meta-memcache",
+            "python3",
+            &[&script("meta_smoke.py")],
+            addr,
+            &[],
+        );
+    }
+}
+
+#[test]
+fn php_memcached_over_text_binary_and_sasl() {
+    let test = "php_memcached_over_text_binary_and_sasl";
+    if !runs("php", &["-r", "exit(class_exists('Memcached') ? 0 : 1);"]) {
+        return skip(test, "php with the memcached extension not found (apt-get install php8.2-cli php8.2-memcached)");
+    }
+    let php = script("php_smoke.php");
+    let (_server, _cluster, addrs) = server_and_follower(&[]);
+    for addr in addrs {
+        for protocol in ["text", "binary"] {
+            smoke("php-memcached", "php", &[&php], addr, &[protocol]);
+        }
+    }
+    let dir = tempfile::tempdir().expect("temp dir");
+    let pwdb: PathBuf = dir.path().join("sasl-pwdb");
+    std::fs::write(&pwdb, "php:s3cret\n").expect("write the password file");
+    let pwdb = pwdb.display().to_string();
+    let (_server, _cluster, addrs) = server_and_follower(&["-S", "--sasl-pwdb", &pwdb]);
+    for addr in addrs {
+        let sasl = ["binary", "php", "s3cret"];
+        smoke("php-memcached with SASL", "php", &[&php], addr, &sasl);
+    }
+}
+
+fn perl_client_installed() -> bool {
+    runs("perl", &["-MCache::Memcached::Fast", "-e", "1"])
+}
+
+#[test]
+fn perl_cache_memcached_fast_against_a_server_and_a_follower() {
+    let test = "perl_cache_memcached_fast_against_a_server_and_a_follower";
+    if !perl_client_installed() {
+        return skip(
+            test,
+            "perl without Cache::Memcached::Fast (apt-get install libcache-memcached-fast-perl)",
+        );
+    }
+    let (_server, _cluster, addrs) = server_and_follower(&[]);
+    for addr in addrs {
+        smoke(
+            "Cache::Memcached::Fast",
+            "perl",
+            &[&script("perl_smoke.pl")],
+            addr,
+            &[],
+        );
+    }
+}
+
+#[test]
+fn twemproxy_spreads_a_clients_keys_over_two_servers() {
+    let test = "twemproxy_spreads_a_clients_keys_over_two_servers";
+    if !perl_client_installed() || !runs("nutcracker", &["--version"]) {
+        return skip(test, "nutcracker or Cache::Memcached::Fast not found (apt-get install nutcracker libcache-memcached-fast-perl)");
+    }
+    let servers = [StoreServer::start(&[]), StoreServer::start(&[])];
+    let dir = tempfile::tempdir().expect("temp dir");
+    let listen = free_port();
+    let config = format!(
+        "pool:\n  listen: 127.0.0.1:{listen}\n  hash: md5\n  distribution: ketama\n  \
+         timeout: 2000\n  servers:\n   - 127.0.0.1:{}:1 one\n   - 127.0.0.1:{}:1 two\n",
+        servers[0].port, servers[1].port
+    );
+    let config_path = dir.path().join("nutcracker.yml");
+    std::fs::write(&config_path, config).expect("write the config");
+    let mut proxy = Command::new("nutcracker");
+    proxy
+        .arg("-c")
+        .arg(&config_path)
+        .args(["-s", &free_port().to_string()])
+        .arg("-o")
+        .arg(dir.path().join("nutcracker.log"));
+    let mut proxy = spawn_logged(proxy, dir.path(), "nutcracker");
+    let addr: SocketAddr = ([127, 0, 0, 1], listen).into();
+    assert!(
+        poll_until(Duration::from_secs(10), || std::net::TcpStream::connect(
+            addr
+        )
+        .is_ok()),
+        "nutcracker did not listen: {}",
+        proxy.stderr_text()
+    );
+    smoke(
+        "Cache::Memcached::Fast through twemproxy",
+        "perl",
+        &[&script("perl_smoke.pl")],
+        addr,
+        &[],
+    );
+    // Keys through the proxy land on both servers (md5 ketama, as
+    // libmemcached's consistent hashing; 64 keys split about evenly).
+    let mut conn = Conn::connect(listen);
+    for i in 0..64 {
+        conn.request(
+            format!("set spread-{i} 0 0 1\r\nx\r\n").as_bytes(),
+            b"STORED\r\n",
+        );
+    }
+    for server in &servers {
+        let items: u64 = stat(&mut server.connect(), "curr_items")
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!(
+            items > 0,
+            "a server got none of the keys (ports {} {}, proxy {listen}); nutcracker's log:\n{}",
+            servers[0].port,
+            servers[1].port,
+            std::fs::read_to_string(dir.path().join("nutcracker.log")).unwrap_or_default()
+        );
+    }
+    proxy.kill9();
+}
