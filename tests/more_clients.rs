@@ -3,8 +3,9 @@
 //! against memcached 1.6 as it must here): meta-memcache (PyPI, the meta
 //! protocol only, leases included), php-memcached (Debian, libmemcached:
 //! text, binary, and binary with SASL), Perl's Cache::Memcached::Fast
-//! (Debian, text), and twemproxy (Debian's nutcracker) spreading the Perl
-//! client's keys over two servers.
+//! (Debian, text), twemproxy (Debian's nutcracker) spreading the Perl
+//! client's keys over two servers, and node's `memcached` (npm) running
+//! the mocha suite it ships.
 //!
 //! `.ci/run` installs them; locally a missing one is skipped (under CI it
 //! fails): `python3` on PATH must import meta_memcache, `php` must load the
@@ -196,4 +197,103 @@ fn twemproxy_spreads_a_clients_keys_over_two_servers() {
         );
     }
     proxy.kill9();
+}
+
+/// Node's `memcached` (npm) ships its mocha suite in the package; its
+/// `test/common.js` names the servers by fixed ports (11211-11213), so the
+/// suite runs from a copy whose common.js names these instead. Left out:
+/// the connection tests (they connect to 11211 itself and time the client's
+/// own failover), and "changes lifetime", which expects an item given 1
+/// second gone 1.1 s later: here a relative expiry of N seconds lasts N to
+/// N + 1 (DESIGN §2), where memcached's gives N - 1 to N.
+#[test]
+fn node_memcached_passes_its_own_suite_on_servers_and_a_cluster() {
+    let test = "node_memcached_passes_its_own_suite_on_servers_and_a_cluster";
+    let Some(modules) = std::env::var_os("STORE_NODE_MODULES")
+        .map(PathBuf::from)
+        .filter(|dir| {
+            ["memcached", "mocha", "should"]
+                .iter()
+                .all(|m| dir.join(m).is_dir())
+        })
+    else {
+        return skip(test, "STORE_NODE_MODULES does not hold memcached, mocha and should (npm install memcached@2.2.2 mocha should)");
+    };
+    let dir = tempfile::tempdir().expect("temp dir");
+    let package = dir.path().join("memcached");
+    assert!(
+        runs(
+            "cp",
+            &[
+                "-r",
+                &modules.join("memcached").display().to_string(),
+                &package.display().to_string()
+            ]
+        ),
+        "copy the package"
+    );
+    let common = package.join("test/common.js");
+    let fixed = "exports.servers = {\n    single: testMemcachedHost + ':11211'\n  , multi: [\n      testMemcachedHost + ':11211'\n    , testMemcachedHost + ':11212'\n    , testMemcachedHost + ':11213'\n  ]\n};";
+    let ours = "var ports = process.env.MEMCACHED__PORTS.split(',');\nexports.servers = {\n    single: testMemcachedHost + ':' + ports[0]\n  , multi: ports.map(function (p) { return testMemcachedHost + ':' + p; })\n};";
+    let text = std::fs::read_to_string(&common).expect("the suite's common.js");
+    assert!(text.contains(fixed), "memcached@2.2.2's common.js changed");
+    std::fs::write(&common, text.replace(fixed, ours)).expect("write common.js");
+    let tests: Vec<String> = std::fs::read_dir(package.join("test"))
+        .expect("the suite")
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.ends_with(".test.js") && !name.contains("connections"))
+        .map(|name| format!("test/{name}"))
+        .collect();
+    assert!(tests.len() >= 7, "{tests:?}");
+    let run_suite = |ports: &[u16]| {
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut cmd = Command::new(modules.join(".bin/mocha"));
+        cmd.current_dir(&package)
+            .args([
+                "--require",
+                "should",
+                "--timeout",
+                "10000",
+                "--grep",
+                "changes lifetime",
+                "--invert",
+            ])
+            .args(&tests)
+            .env("NODE_PATH", &modules)
+            .env("MEMCACHED__HOST", "127.0.0.1")
+            .env("MEMCACHED__PORTS", ports.join(","));
+        let run = run_tool(cmd, CLIENT_TIMEOUT);
+        let passing = run
+            .stdout
+            .lines()
+            .find(|l| l.trim_end().ends_with("passing") || l.contains(" passing ("));
+        assert!(
+            run.status.success() && !run.stdout.contains("failing"),
+            "node memcached's suite on {ports:?}: {}\nstdout:\n{}\nstderr:\n{}",
+            run.status,
+            run.stdout,
+            run.stderr
+        );
+        println!(
+            "node memcached's suite on {ports:?}: {}",
+            passing.unwrap_or("").trim()
+        );
+    };
+    // Three servers alone, as the suite's own setup; then the three
+    // servers of a cluster, a follower first (the suite's single server).
+    let alone = [
+        StoreServer::start(&[]),
+        StoreServer::start(&[]),
+        StoreServer::start(&[]),
+    ];
+    run_suite(&alone.iter().map(|s| s.port).collect::<Vec<_>>());
+    let cluster = cluster::start_with(3, &[]);
+    let (leader, follower) = cluster::leader_and_follower(&cluster);
+    let other = cluster
+        .servers
+        .iter()
+        .map(|s| s.port())
+        .find(|&p| p != leader.port() && p != follower.port())
+        .expect("a third server");
+    run_suite(&[follower.port(), leader.port(), other]);
 }
