@@ -3,9 +3,10 @@
 //! against memcached 1.6 as it must here): meta-memcache (PyPI, the meta
 //! protocol only, leases included), php-memcached (Debian, libmemcached:
 //! text, binary, and binary with SASL), Perl's Cache::Memcached::Fast
-//! (Debian, text), twemproxy (Debian's nutcracker) spreading the Perl
-//! client's keys over two servers, and node's `memcached` (npm) running
-//! the mocha suite it ships.
+//! (Debian, text), spymemcached (Debian, Java; text and binary),
+//! twemproxy (Debian's nutcracker) spreading the Perl client's keys over
+//! two servers, and node's `memcached` (npm) running the mocha suite it
+//! ships.
 //!
 //! `.ci/run` installs them; locally a missing one is skipped (under CI it
 //! fails): `python3` on PATH must import meta_memcache, `php` must load the
@@ -296,4 +297,31 @@ fn node_memcached_passes_its_own_suite_on_servers_and_a_cluster() {
         .find(|&p| p != leader.port() && p != follower.port())
         .expect("a third server");
     run_suite(&[follower.port(), leader.port(), other]);
+}
+
+#[test]
+fn spymemcached_over_text_and_binary_against_a_server_and_a_follower() {
+    let test = "spymemcached_over_text_and_binary_against_a_server_and_a_follower";
+    let jar =
+        std::env::var("SPYMEMCACHED_JAR").unwrap_or("/usr/share/java/spymemcached.jar".into());
+    if !Path::new(&jar).is_file() || !runs("javac", &["-version"]) {
+        return skip(test, "spymemcached or javac not found (apt-get install libspymemcached-java default-jdk-headless)");
+    }
+    let classes = tempfile::tempdir().expect("temp dir");
+    let out = classes.path().display().to_string();
+    assert!(
+        runs(
+            "javac",
+            &["-cp", &jar, "-d", &out, &script("SpySmoke.java")]
+        ),
+        "javac SpySmoke.java"
+    );
+    let classpath = format!("{jar}:{out}");
+    let (_server, _cluster, addrs) = server_and_follower(&[]);
+    for addr in addrs {
+        for protocol in ["text", "binary"] {
+            let args = ["-cp", &classpath, "SpySmoke"];
+            smoke("spymemcached", "java", &args, addr, &[protocol]);
+        }
+    }
 }
