@@ -221,15 +221,10 @@ fn prove_peer<S: std::io::Read + std::io::Write>(
     stream: &mut S,
     secret: &[u8; data::frame::SECRET_BYTES],
 ) -> Option<()> {
-    use data::admin_proof::{from_hex, CHALLENGE_BYTES};
     stream.write_all(b"forwarder\r\n").ok()?;
-    let line = read_reply_line(stream)?;
-    let challenge = line
-        .strip_prefix(data::protocol::auth::CHALLENGE_PREFIX)
-        .and_then(from_hex::<CHALLENGE_BYTES>)?;
-    let proof = server::auth::forwarder_proof(secret, &challenge);
-    let line = format!("forwarder {}\r\n", data::admin_proof::to_hex(&proof));
-    stream.write_all(line.as_bytes()).ok()?;
+    let reply = read_reply_line(stream)?;
+    let answer = server::auth::answer_challenge(secret, &reply)?;
+    stream.write_all(&answer).ok()?;
     (read_reply_line(stream)? == "OK").then_some(())
 }
 

@@ -159,7 +159,7 @@ const REQUESTS: &[(&[u8], &[u8])] = &[
     (b"incr n 5\r\n", b"\r\n"),
     (b"decr n 100\r\n", b"\r\n"),
     (b"touch k 100\r\n", b"\r\n"),
-    (b"mg k s f v\r\n", b"\r\n"),
+    (b"mg k s f v\r\n", b"abcde\r\n"),
     (b"delete k\r\n", b"\r\n"),
     (b"mg k v\r\n", b"\r\n"),
     (b"bogus\r\n", b"\r\n"),

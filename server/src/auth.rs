@@ -10,9 +10,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
+use bytes::BytesMut;
 use data::admin_proof::{self, CHALLENGE_BYTES, PROOF_BYTES};
 use data::frame::SECRET_BYTES;
-use data::protocol::auth::{Credentials, CredentialsError, CREDENTIALS_BYTES_MAX};
+use data::protocol::auth::{
+    Credentials, CredentialsError, CHALLENGE_PREFIX, CREDENTIALS_BYTES_MAX,
+};
+use data::protocol::client::encode_forwarder;
 
 /// The words a forwarding link's proof covers ([`admin_proof`]): a proof
 /// made for an LB command cannot be taken for this, nor the reverse.
@@ -165,6 +169,18 @@ pub fn forwarder_proof(
     admin_proof::proof(secret, challenge, FORWARDER_PROOF_WORDS)
 }
 
+/// What a forwarding link sends after `reply`, the leader's answer to
+/// `forwarder` (its line without the line end): `forwarder <proof>` for
+/// the challenge it holds, or `None` when it holds none.
+pub fn answer_challenge(secret: &[u8; SECRET_BYTES], reply: &str) -> Option<BytesMut> {
+    let challenge = reply
+        .strip_prefix(CHALLENGE_PREFIX)
+        .and_then(admin_proof::from_hex::<CHALLENGE_BYTES>)?;
+    let mut answer = BytesMut::new();
+    encode_forwarder(&mut answer, Some(&forwarder_proof(secret, &challenge)));
+    Some(answer)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,5 +229,11 @@ mod tests {
         assert!(!auth.check_forwarder(&challenge, &forwarder_proof(&[8; SECRET_BYTES], &challenge)));
         let alone = Auth::load(None, None, None).unwrap();
         assert!(!alone.check_forwarder(&challenge, &proof));
+        let reply = format!("CHALLENGE {}", admin_proof::to_hex(&challenge));
+        let answer = answer_challenge(&[7; SECRET_BYTES], &reply).unwrap();
+        let line = format!("forwarder {}\r\n", admin_proof::to_hex(&proof));
+        assert_eq!(&answer[..], line.as_bytes());
+        assert!(answer_challenge(&[7; SECRET_BYTES], "OK").is_none());
+        assert!(answer_challenge(&[7; SECRET_BYTES], "CHALLENGE 00").is_none());
     }
 }

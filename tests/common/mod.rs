@@ -897,6 +897,24 @@ pub fn run_tool(cmd: Command, timeout: Duration) -> ToolRun {
     }
 }
 
+/// A client's smoke test (tests/clients/) takes well under a second; a
+/// hang fails within this.
+pub const SMOKE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Runs a client's smoke test, `what` against `addr`, and checks that it
+/// passed (exit 0, `ok: N checks`); prints that line.
+pub fn expect_smoke_ok(what: &str, addr: std::net::SocketAddr, cmd: Command) {
+    let run = run_tool(cmd, SMOKE_TIMEOUT);
+    assert!(
+        run.status.success() && run.stdout.starts_with("ok: "),
+        "{what} against {addr}: {}\nstdout:\n{}\nstderr:\n{}",
+        run.status,
+        run.stdout,
+        run.stderr
+    );
+    println!("{what} against {addr}: {}", run.stdout.trim());
+}
+
 /// Resident memory of a process in bytes.
 pub fn rss_bytes(pid: u32) -> u64 {
     proc_status_bytes(pid, "VmRSS:")

@@ -281,6 +281,54 @@ pub fn suppressed(op: u8, status: u16) -> bool {
     }
 }
 
+/// A request packet's header, as [`parse_binary`] and
+/// [`refuse_unauthenticated`] read it.
+#[derive(Clone, Copy)]
+struct Header {
+    echo: Echo,
+    key_len: usize,
+    extras_len: usize,
+    body_len: usize,
+    cas: u64,
+}
+
+impl Header {
+    /// The header at the front of `buf`, once all of it has arrived.
+    fn read(buf: &[u8]) -> Option<Header> {
+        if buf.len() < HEADER_BYTES {
+            return None;
+        }
+        Some(Header {
+            echo: Echo {
+                opcode: buf[1],
+                opaque: be32(&buf[12..]),
+            },
+            key_len: be16(&buf[2..]) as usize,
+            extras_len: buf[4] as usize,
+            body_len: be32(&buf[8..]) as usize,
+            cas: be64(&buf[16..]),
+        })
+    }
+
+    /// Whether the key and extras fit in the body.
+    fn lengths_add_up(&self) -> bool {
+        self.key_len + self.extras_len <= self.body_len
+    }
+
+    /// The reply `status` to this packet, which is dropped: what of it is
+    /// among the `received` bytes now, the rest as it arrives.
+    fn reply(&self, received: usize, status: Status, close: bool) -> BinaryError {
+        let consumed = received.min(HEADER_BYTES.saturating_add(self.body_len));
+        BinaryError::Reply {
+            echo: self.echo,
+            status,
+            consumed,
+            discard: (HEADER_BYTES + self.body_len - consumed) as u64,
+            close,
+        }
+    }
+}
+
 fn be16(b: &[u8]) -> u16 {
     u16::from_be_bytes([b[0], b[1]])
 }
@@ -305,29 +353,19 @@ pub fn parse_binary(
     if buf.first().is_some_and(|&b| b != REQUEST_MAGIC) {
         return Err(BinaryError::Close);
     }
-    if buf.len() < HEADER_BYTES {
+    let Some(header) = Header::read(buf) else {
         return Ok(None);
-    }
-    let op = buf[1];
-    let key_len = be16(&buf[2..]) as usize;
-    let extras_len = buf[4] as usize;
-    let body_len = be32(&buf[8..]) as usize;
-    let echo = Echo {
-        opcode: op,
-        opaque: be32(&buf[12..]),
     };
-    let cas = be64(&buf[16..]);
-    let fail = |status, close| {
-        let consumed = buf.len().min(HEADER_BYTES.saturating_add(body_len));
-        Err(BinaryError::Reply {
-            echo,
-            status,
-            consumed,
-            discard: (HEADER_BYTES + body_len - consumed) as u64,
-            close,
-        })
-    };
-    if key_len + extras_len > body_len {
+    let Header {
+        echo,
+        key_len,
+        extras_len,
+        body_len,
+        cas,
+    } = header;
+    let op = echo.opcode;
+    let fail = |status, close| Err(header.reply(buf.len(), status, close));
+    if !header.lengths_add_up() {
         return fail(Status::UnknownCommand, true);
     }
     if key_len > KEY_BYTES_MAX {
@@ -480,28 +518,18 @@ pub fn parse_binary(
 /// when it may go on to [`parse_binary`] (an incomplete header included).
 pub fn refuse_unauthenticated(buf: &[u8]) -> Option<BinaryError> {
     use opcode::*;
-    if buf.len() < HEADER_BYTES || buf[0] != REQUEST_MAGIC {
+    if buf.first() != Some(&REQUEST_MAGIC) {
         return None;
     }
-    let key_len = be16(&buf[2..]) as usize;
-    let extras_len = buf[4] as usize;
-    let body_len = be32(&buf[8..]) as usize;
-    if key_len + extras_len > body_len
-        || matches!(buf[1], SASL_LIST_MECHS | SASL_AUTH | SASL_STEP | VERSION)
-    {
+    let header = Header::read(buf)?;
+    let open = matches!(
+        header.echo.opcode,
+        SASL_LIST_MECHS | SASL_AUTH | SASL_STEP | VERSION
+    );
+    if open || !header.lengths_add_up() {
         return None;
     }
-    let consumed = buf.len().min(HEADER_BYTES.saturating_add(body_len));
-    Some(BinaryError::Reply {
-        echo: Echo {
-            opcode: buf[1],
-            opaque: be32(&buf[12..]),
-        },
-        status: Status::AuthError,
-        consumed,
-        discard: (HEADER_BYTES + body_len - consumed) as u64,
-        close: true,
-    })
+    Some(header.reply(buf.len(), Status::AuthError, true))
 }
 
 /// Writes one response packet.

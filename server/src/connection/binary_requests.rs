@@ -218,47 +218,46 @@ impl Connection {
                 mech,
                 message,
                 step,
-            } => {
-                self.finish_pending().await;
-                if !self.shared.auth.sasl_enabled() {
-                    put_error(&mut self.output, echo, Status::UnknownCommand);
-                    return Next::Continue;
-                }
-                // As memcached (with Cyrus SASL): an Auth or Step leaves
-                // the connection unauthenticated until one succeeds.
-                // PLAIN's message comes with the Auth, or (a client that
-                // sends no initial response) with a Step after it; a
-                // failed Step may be tried again.
-                self.authenticated = false;
-                if !step {
-                    self.sasl_begun = false;
-                    if mech.as_ref() == SASL_MECHANISMS.as_bytes() && message.is_empty() {
-                        self.sasl_begun = true;
-                        let more = Status::AuthContinue as u16;
-                        put_response(&mut self.output, echo, more, 0, &[], &[], &[]);
-                        return Next::Continue;
-                    }
-                }
-                Stats::bump(&counters.auth_cmds);
-                let plain = if step {
-                    self.sasl_begun
-                } else {
-                    mech.as_ref() == SASL_MECHANISMS.as_bytes()
-                };
-                let user = plain.then(|| sasl_plain(&message)).flatten();
-                if user.is_some_and(|(user, password)| self.shared.auth.check_sasl(user, password))
-                {
-                    self.authenticated = true;
-                    self.sasl_begun = false;
-                    let ok = Status::NoError as u16;
-                    put_response(&mut self.output, echo, ok, 0, &[], &[], b"Authenticated");
-                } else {
-                    Stats::bump(&counters.auth_errors);
-                    put_error(&mut self.output, echo, Status::AuthError);
-                }
-            }
+            } => self.sasl_auth(echo, &mech, &message, step).await,
         }
         Next::Continue
+    }
+
+    /// SASL Auth or Step (`step`), as memcached with Cyrus SASL answers
+    /// them: either leaves the connection unauthenticated until one
+    /// succeeds. PLAIN's message comes with the Auth, or (from a client
+    /// that sends no initial response) with a Step after it; a failed Step
+    /// may be tried again.
+    async fn sasl_auth(&mut self, echo: Echo, mech: &[u8], message: &[u8], step: bool) {
+        self.finish_pending().await;
+        if !self.shared.auth.sasl_enabled() {
+            put_error(&mut self.output, echo, Status::UnknownCommand);
+            return;
+        }
+        self.authenticated = false;
+        let plain = mech == SASL_MECHANISMS.as_bytes();
+        if !step {
+            self.sasl_begun = plain && message.is_empty();
+            if self.sasl_begun {
+                let more = Status::AuthContinue as u16;
+                put_response(&mut self.output, echo, more, 0, &[], &[], &[]);
+                return;
+            }
+        }
+        let counters = &self.shared.stats.counters;
+        Stats::bump(&counters.auth_cmds);
+        let user = (if step { self.sasl_begun } else { plain })
+            .then(|| sasl_plain(message))
+            .flatten();
+        if user.is_some_and(|(user, password)| self.shared.auth.check_sasl(user, password)) {
+            self.authenticated = true;
+            self.sasl_begun = false;
+            let ok = Status::NoError as u16;
+            put_response(&mut self.output, echo, ok, 0, &[], &[], b"Authenticated");
+        } else {
+            Stats::bump(&counters.auth_errors);
+            put_error(&mut self.output, echo, Status::AuthError);
+        }
     }
 
     /// A get of one key: served here (after a read barrier where one is

@@ -592,52 +592,42 @@ impl Connection {
     /// Before a text connection authenticated: what [`text_gate`] makes of
     /// the front of the input.
     async fn text_gate(&mut self) -> Gated {
-        let gate = text_gate(&self.input);
-        match gate {
+        let text_enabled = self.shared.auth.text_enabled();
+        let (consumed, discard, login) = match text_gate(&self.input) {
             Gate::Forwarder => return Gated::Parse,
             Gate::Incomplete => return Gated::Return(Next::Continue),
             Gate::Close => return Gated::Return(Next::Close),
-            _ => {}
-        }
-        let auth = &self.shared.auth;
-        if !auth.text_enabled() {
             // SASL only (`-S`): the binary protocol only, as memcached.
-            return Gated::Return(Next::Close);
-        }
-        let counters = &self.shared.stats.counters;
-        let reply = match gate {
-            Gate::Forwarder | Gate::Incomplete | Gate::Close => unreachable!("returned above"),
-            Gate::Refused { consumed } => {
-                self.input.advance(consumed);
-                auth_replies::UNAUTHENTICATED
-            }
+            _ if !text_enabled => return Gated::Return(Next::Close),
+            Gate::Refused { consumed } => (consumed, 0, None),
             Gate::Attempt {
                 consumed,
                 discard,
                 login,
-            } => {
-                self.input.advance(consumed);
-                self.discard_bytes = discard;
-                match login {
-                    Login::Credentials { user, password } => {
-                        Stats::bump(&counters.auth_cmds);
-                        if auth.check_text(&user, &password) {
-                            self.authenticated = true;
-                            auth_replies::STORED
-                        } else {
-                            Stats::bump(&counters.auth_errors);
-                            auth_replies::FAILURE
-                        }
-                    }
-                    Login::TooLong => {
-                        Stats::bump(&counters.auth_cmds);
-                        Stats::bump(&counters.auth_errors);
-                        auth_replies::FAILURE
-                    }
-                    Login::BadFormat => auth_replies::BAD_FORMAT,
-                    Login::BadTermination => auth_replies::BAD_TERMINATION,
+            } => (consumed, discard, Some(login)),
+        };
+        self.input.advance(consumed);
+        self.discard_bytes = discard;
+        let counters = &self.shared.stats.counters;
+        let reply = match login {
+            None => auth_replies::UNAUTHENTICATED,
+            Some(Login::Credentials { user, password }) => {
+                Stats::bump(&counters.auth_cmds);
+                if self.shared.auth.check_text(&user, &password) {
+                    self.authenticated = true;
+                    auth_replies::STORED
+                } else {
+                    Stats::bump(&counters.auth_errors);
+                    auth_replies::FAILURE
                 }
             }
+            Some(Login::TooLong) => {
+                Stats::bump(&counters.auth_cmds);
+                Stats::bump(&counters.auth_errors);
+                auth_replies::FAILURE
+            }
+            Some(Login::BadFormat) => auth_replies::BAD_FORMAT,
+            Some(Login::BadTermination) => auth_replies::BAD_TERMINATION,
         };
         self.reply_in_order(Reply::Error(reply)).await;
         Gated::Answered

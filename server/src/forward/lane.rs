@@ -12,9 +12,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
-use data::admin_proof::{from_hex, CHALLENGE_BYTES};
 use data::frame::SECRET_BYTES;
-use data::protocol::auth::CHALLENGE_PREFIX;
 use data::protocol::binary::response_len;
 use data::protocol::client::{encode_forwarder, scan_response, Expect, Status};
 use data::protocol::reply::errors;
@@ -30,7 +28,7 @@ use super::{
     FORWARD_REPLY_BYTES_MAX, FORWARD_RETRY_MS, FORWARD_TIMEOUT_MS, LANE_IN_FLIGHT_MAX,
     LANE_WAITING_MAX,
 };
-use crate::auth::forwarder_proof;
+use crate::auth::answer_challenge;
 use crate::driver::ClusterView;
 use crate::tls::Tls;
 use tokio_rustls::client::TlsStream;
@@ -358,14 +356,10 @@ async fn prove<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|e| LinkError::Io(leader, e))?;
     let line = read_line(stream, leader).await?;
-    let challenge = line
-        .strip_prefix(CHALLENGE_PREFIX)
-        .and_then(from_hex::<CHALLENGE_BYTES>)
-        .ok_or(LinkError::Refused(leader, line.clone()))?;
-    out.clear();
-    encode_forwarder(&mut out, Some(&forwarder_proof(secret, &challenge)));
+    let answer =
+        answer_challenge(secret, &line).ok_or_else(|| LinkError::Refused(leader, line.clone()))?;
     stream
-        .write_all(&out)
+        .write_all(&answer)
         .await
         .map_err(|e| LinkError::Io(leader, e))?;
     let line = read_line(stream, leader).await?;
