@@ -21,17 +21,23 @@ pub enum StoreMode {
     Append,
     Prepend,
     Cas,
+    /// Meta's `ms ... I` with a unique: a cas, except that a unique older
+    /// than the item's stores the value anyway, marked stale, keeping the
+    /// item's expiry and its recache win (memcached's "set-to-invalid").
+    /// No text command makes it; its text twin is `cas`.
+    CasOrStale,
 }
 
 impl StoreMode {
     /// Every mode, in tag order.
-    pub const ALL: [StoreMode; 6] = [
+    pub const ALL: [StoreMode; 7] = [
         StoreMode::Set,
         StoreMode::Add,
         StoreMode::Replace,
         StoreMode::Append,
         StoreMode::Prepend,
         StoreMode::Cas,
+        StoreMode::CasOrStale,
     ];
 
     /// The command name on the wire.
@@ -42,7 +48,7 @@ impl StoreMode {
             StoreMode::Replace => "replace",
             StoreMode::Append => "append",
             StoreMode::Prepend => "prepend",
-            StoreMode::Cas => "cas",
+            StoreMode::Cas | StoreMode::CasOrStale => "cas",
         }
     }
 
@@ -54,6 +60,7 @@ impl StoreMode {
             StoreMode::Append => 3,
             StoreMode::Prepend => 4,
             StoreMode::Cas => 5,
+            StoreMode::CasOrStale => 6,
         }
     }
 
@@ -65,6 +72,7 @@ impl StoreMode {
             3 => StoreMode::Append,
             4 => StoreMode::Prepend,
             5 => StoreMode::Cas,
+            6 => StoreMode::CasOrStale,
             _ => return None,
         })
     }
@@ -144,6 +152,19 @@ pub enum Op {
         cas_unique: u64,
         exptime: Option<AbsTime>,
     },
+    /// md with `x`: the item's value emptied, in place (memcached's
+    /// tombstone): it then has `flags` (`F`, else 0) and expires at
+    /// `exptime` (`T`, else never); with `stale` (md `I` too) it is also
+    /// invalidated as [`Op::Invalidate`] does. Its unique stays, unless
+    /// stale or the entry names one. With a nonzero `cas_unique`, only an
+    /// item with that unique.
+    EmptyValue {
+        key: Bytes,
+        cas_unique: u64,
+        flags: u32,
+        exptime: AbsTime,
+        stale: bool,
+    },
     /// Removes those of `keys` that no reader can see at the entry's time
     /// (expired or flushed): the leader's choice of what to reclaim, carried
     /// in the entry so that every replica frees the same items (DESIGN §2).
@@ -153,6 +174,19 @@ pub enum Op {
 }
 
 impl Op {
+    /// Whether the operation may write an item, and so can give it a
+    /// unique the client chose ([`Command::unique`]).
+    pub fn takes_unique(&self) -> bool {
+        matches!(
+            self,
+            Op::Store { .. }
+                | Op::Arith { .. }
+                | Op::MetaGet { .. }
+                | Op::Invalidate { .. }
+                | Op::EmptyValue { .. }
+        )
+    }
+
     /// The key a client's operation is routed by: its key, or a multi-key
     /// operation's first; `None` for what concerns no one key (flush_all,
     /// and what the core and the reclaimer write).
@@ -162,6 +196,7 @@ impl Op {
             | Op::Delete { key, .. }
             | Op::MetaGet { key, .. }
             | Op::Invalidate { key, .. }
+            | Op::EmptyValue { key, .. }
             | Op::Arith { key, .. }
             | Op::Touch { key, .. } => Some(key),
             Op::GetAndTouch { keys, .. } => keys.first(),
@@ -184,6 +219,21 @@ pub struct Command {
     /// during apply use this, never a replica's own clock.
     pub time_s: u64,
     pub op: Op,
+    /// The CAS unique this entry gives what it writes, chosen by the client
+    /// (meta's `E`); `None`: the entry's log index, as for every classic
+    /// command. Only operations that write an item carry one.
+    pub unique: Option<u64>,
+}
+
+impl Command {
+    /// A command that gives what it writes the entry's index as unique.
+    pub fn new(time_s: u64, op: Op) -> Command {
+        Command {
+            time_s,
+            op,
+            unique: None,
+        }
+    }
 }
 
 /// Why a command payload could not be decoded.
@@ -205,8 +255,9 @@ pub enum DecodeError {
     /// accepting it would let two byte strings decode to the same command.
     #[error("flag byte {0} is neither 0 nor 1")]
     BadFlag(u8),
-    /// An extended form carrying only defaults: `encode` writes the short
-    /// form then, and two encodings of one command would not be canonical.
+    /// An extended form carrying only defaults (`encode` writes the short
+    /// form then, and two encodings of one command would not be canonical),
+    /// or a client's unique before an operation that writes no item.
     #[error("extended encoding of a command that has the short one")]
     NotCanonical,
 }
@@ -230,6 +281,11 @@ const TAG_META_GET: u8 = 11;
 const TAG_INVALIDATE: u8 = 12;
 /// [`TAG_ARITH_EXT`]'s fields, then an expiry to set.
 const TAG_ARITH_TOUCH: u8 = 13;
+/// Comes before an operation's tag: `[unique u64]`, the unique the
+/// client chose ([`Command::unique`]). A command without one has no prefix,
+/// so logs written before it existed read the same.
+const TAG_UNIQUE: u8 = 14;
+const TAG_EMPTY_VALUE: u8 = 15;
 
 /// Servers one configuration may name at most.
 pub const CONFIG_MEMBERS_MAX: usize = 64;
@@ -246,6 +302,10 @@ impl Command {
     /// keys as `[len u8][bytes]`, values as `[len u32][bytes]`.
     pub fn encode(&self, out: &mut BytesMut) {
         out.put_u64_le(self.time_s);
+        if let Some(unique) = self.unique {
+            out.put_u8(TAG_UNIQUE);
+            out.put_u64_le(unique);
+        }
         match &self.op {
             Op::Noop => out.put_u8(TAG_NOOP),
             Op::Store {
@@ -330,6 +390,20 @@ impl Command {
                 out.put_u64_le(*cas_unique);
                 put_optional(out, *exptime);
             }
+            Op::EmptyValue {
+                key,
+                cas_unique,
+                flags,
+                exptime,
+                stale,
+            } => {
+                out.put_u8(TAG_EMPTY_VALUE);
+                put_key(out, key);
+                out.put_u64_le(*cas_unique);
+                out.put_u32_le(*flags);
+                out.put_u64_le(*exptime);
+                out.put_u8(u8::from(*stale));
+            }
             Op::Touch { key, exptime } => {
                 out.put_u8(TAG_TOUCH);
                 put_key(out, key);
@@ -363,6 +437,7 @@ impl Command {
     /// Encoded size in bytes, for batching and window accounting.
     pub fn encoded_len(&self) -> usize {
         8 + 1
+            + self.unique.map_or(0, |_| 1 + 8)
             + match &self.op {
                 Op::Noop => 0,
                 Op::Store { key, data, .. } => 1 + 1 + key.len() + 4 + 8 + 8 + 4 + data.len(),
@@ -397,6 +472,7 @@ impl Command {
                             .sum::<usize>()
                 }
                 Op::Invalidate { key, exptime, .. } => 1 + key.len() + 8 + optional_len(*exptime),
+                Op::EmptyValue { key, .. } => 1 + key.len() + 8 + 4 + 8 + 1,
                 Op::GetAndTouch { keys, .. } => 8 + keys_len(keys),
                 Op::Reclaim { keys } => keys_len(keys),
                 Op::FlushAll { .. } => 8,
@@ -408,7 +484,12 @@ impl Command {
     /// allocation (no copy).
     pub fn decode(mut buf: Bytes) -> Result<Command, DecodeError> {
         let time_s = get_u64(&mut buf)?;
-        let tag = get_u8(&mut buf)?;
+        let mut tag = get_u8(&mut buf)?;
+        let mut unique = None;
+        if tag == TAG_UNIQUE {
+            unique = Some(get_u64(&mut buf)?);
+            tag = get_u8(&mut buf)?;
+        }
         let op = match tag {
             TAG_NOOP => Op::Noop,
             TAG_STORE => {
@@ -494,6 +575,13 @@ impl Command {
                 cas_unique: get_u64(&mut buf)?,
                 exptime: get_optional(&mut buf)?,
             },
+            TAG_EMPTY_VALUE => Op::EmptyValue {
+                key: get_key(&mut buf)?,
+                cas_unique: get_u64(&mut buf)?,
+                flags: get_u32(&mut buf)?,
+                exptime: get_u64(&mut buf)?,
+                stale: get_flag(&mut buf)?,
+            },
             TAG_GAT => {
                 let exptime = get_u64(&mut buf)?;
                 let keys = get_keys(&mut buf, GAT_KEYS_MAX)?;
@@ -515,7 +603,12 @@ impl Command {
         if buf.has_remaining() {
             return Err(DecodeError::Trailing(buf.remaining()));
         }
-        Ok(Command { time_s, op })
+        // Only what writes an item takes a unique (a second prefix is an
+        // unknown tag above).
+        if unique.is_some() && !op.takes_unique() {
+            return Err(DecodeError::NotCanonical);
+        }
+        Ok(Command { time_s, op, unique })
     }
 }
 
@@ -658,6 +751,7 @@ mod tests {
                 data: Bytes::from_static(b"xyz"),
                 cas_unique: 5,
             },
+            unique: None,
         };
         let mut out = BytesMut::new();
         cmd.encode(&mut out);
@@ -748,7 +842,7 @@ mod tests {
             ),
         ];
         for (op, tail) in cases {
-            let cmd = Command { time_s: 0, op };
+            let cmd = Command::new(0, op);
             let mut out = BytesMut::new();
             cmd.encode(&mut out);
             assert_eq!(&out[8..], &tail[..], "{cmd:?}");
@@ -756,15 +850,64 @@ mod tests {
         }
     }
 
+    /// The meta protocol's additions: a client's unique (`E`) before the
+    /// operation, and `md x`.
+    #[test]
+    fn golden_bytes_meta() {
+        let cmd = Command {
+            time_s: 0,
+            op: Op::EmptyValue {
+                key: Bytes::from_static(b"k"),
+                cas_unique: 3,
+                flags: 2,
+                exptime: 1,
+                stale: true,
+            },
+            unique: Some(9),
+        };
+        let mut out = BytesMut::new();
+        cmd.encode(&mut out);
+        let expected: &[u8] = &[
+            0, 0, 0, 0, 0, 0, 0, 0, // time_s
+            14, 9, 0, 0, 0, 0, 0, 0, 0, // the client's unique
+            15, 1, b'k', // empty value, key
+            3, 0, 0, 0, 0, 0, 0, 0, // cas unique
+            2, 0, 0, 0, // flags
+            1, 0, 0, 0, 0, 0, 0, 0, // exptime
+            1, // stale
+        ];
+        assert_eq!(&out[..], expected);
+        assert_eq!(roundtrip(&cmd), cmd);
+    }
+
+    /// A unique on what writes no item, or twice, is not an encoding
+    /// `encode` makes.
+    #[test]
+    fn unique_only_before_a_write() {
+        let with = |tail: &[u8]| {
+            let mut out = vec![0; 8];
+            out.push(TAG_UNIQUE);
+            out.extend_from_slice(&7u64.to_le_bytes());
+            out.extend_from_slice(tail);
+            Command::decode(Bytes::from(out))
+        };
+        assert_eq!(with(&[TAG_NOOP]), Err(DecodeError::NotCanonical));
+        assert_eq!(with(&[TAG_DELETE, 1, b'k']), Err(DecodeError::NotCanonical));
+        let mut twice = vec![TAG_UNIQUE];
+        twice.extend_from_slice(&7u64.to_le_bytes());
+        twice.extend_from_slice(&[TAG_DELETE, 1, b'k']);
+        assert_eq!(with(&twice), Err(DecodeError::UnknownTag(TAG_UNIQUE)));
+    }
+
     #[test]
     fn rejects_trailing_and_truncated() {
-        let cmd = Command {
-            time_s: 1,
-            op: Op::Delete {
+        let cmd = Command::new(
+            1,
+            Op::Delete {
                 key: Bytes::from_static(b"key"),
                 cas_unique: 0,
             },
-        };
+        );
         let mut out = BytesMut::new();
         cmd.encode(&mut out);
         let full = out.clone().freeze();
@@ -817,7 +960,8 @@ mod tests {
             Just(StoreMode::Replace),
             Just(StoreMode::Append),
             Just(StoreMode::Prepend),
-            Just(StoreMode::Cas)
+            Just(StoreMode::Cas),
+            Just(StoreMode::CasOrStale)
         ];
         prop_oneof![
             Just(Op::Noop),
@@ -875,6 +1019,20 @@ mod tests {
                     exptime
                 }
             ),
+            (
+                key(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<u64>(),
+                any::<bool>()
+            )
+                .prop_map(|(key, cas_unique, flags, exptime, stale)| Op::EmptyValue {
+                    key,
+                    cas_unique,
+                    flags,
+                    exptime,
+                    stale
+                }),
             (proptest::collection::vec(key(), 0..8), any::<u64>())
                 .prop_map(|(keys, exptime)| Op::GetAndTouch { keys, exptime }),
             any::<u64>().prop_map(|deadline_s| Op::FlushAll { deadline_s }),
@@ -889,8 +1047,13 @@ mod tests {
 
     proptest! {
         #[test]
-        fn encode_decode_roundtrip(time_s in any::<u64>(), op in op()) {
-            let cmd = Command { time_s, op };
+        fn encode_decode_roundtrip(
+            time_s in any::<u64>(),
+            op in op(),
+            unique in proptest::option::of(any::<u64>()),
+        ) {
+            let unique = unique.filter(|_| op.takes_unique());
+            let cmd = Command { time_s, op, unique };
             prop_assert_eq!(roundtrip(&cmd), cmd);
         }
 

@@ -293,6 +293,7 @@ mod tests {
                 data: Bytes::from_static(data),
                 cas_unique: 0,
             },
+            unique: None,
         }
     }
 
@@ -359,6 +360,7 @@ mod tests {
                 key: Bytes::from_static(b"k"),
                 cas_unique: 0,
             },
+            unique: None,
         };
         let bytes = encode(0x0a, 0x0102, &command);
         let body: &[u8] = &[
@@ -420,6 +422,7 @@ mod tests {
         let noop = Command {
             time_s: 0,
             op: Op::Noop,
+            unique: None,
         };
         assert_eq!(noop.encoded_len(), COMMAND_BYTES_MIN);
     }
@@ -515,6 +518,7 @@ mod tests {
                         touch: None,
                     }
                 },
+                unique: None,
             })
     }
 

@@ -4,7 +4,8 @@
 //! Deterministic by construction: every time it looks at comes from the
 //! command (the leader's clock when it accepted it) or from the reader, never
 //! from the system clock; the CAS unique of an item is the log index of the
-//! entry that last wrote it. Replicas that apply the same entries hold the
+//! entry that last wrote it (or the unique the entry names, meta's `E`:
+//! [`Command::unique`]). Replicas that apply the same entries hold the
 //! same items. Counters that memcached reports (hits, misses, ...) are the
 //! caller's business: they follow from the [`Outcome`]s.
 //!
@@ -116,7 +117,8 @@ pub struct Leased {
 /// The reply-relevant result of applying one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// The item now has unique `cas` (the entry's log index).
+    /// The item now has unique `cas` (the entry's log index, or the
+    /// client's).
     Stored {
         cas: u64,
     },
@@ -301,7 +303,11 @@ impl State {
         let held = self.items.get(key);
         match mode {
             StoreMode::Append | StoreMode::Prepend => held.map_or(0, |_| data.len() as u64),
-            StoreMode::Set | StoreMode::Add | StoreMode::Replace | StoreMode::Cas => {
+            StoreMode::Set
+            | StoreMode::Add
+            | StoreMode::Replace
+            | StoreMode::Cas
+            | StoreMode::CasOrStale => {
                 let old = held.map_or(0, |item| {
                     item_cost_bytes(item.key().len(), item.data().len())
                 });
@@ -417,6 +423,9 @@ impl State {
         self.applied_index = index;
         let now_s = command.time_s.max(self.clock_s);
         self.clock_s = now_s;
+        // The unique what this entry writes gets: the client's (meta `E`),
+        // else the entry's index, the same on every replica either way.
+        let unique = command.unique.unwrap_or(index);
         match &command.op {
             Op::Noop => Outcome::Ok,
             Op::Reclaim { keys } => {
@@ -442,7 +451,7 @@ impl State {
                 data,
                 cas_unique,
             } => self.store(
-                index,
+                unique,
                 now_s,
                 *mode,
                 key,
@@ -467,7 +476,7 @@ impl State {
                 initial,
                 touch,
             } => {
-                let outcome = self.arith(index, now_s, key, *delta, *incr, *cas_unique, *initial);
+                let outcome = self.arith(unique, now_s, key, *delta, *incr, *cas_unique, *initial);
                 match (outcome, touch) {
                     // The counter then expires as `touch` says (after a
                     // creation's own expiry, as memcached when T follows N).
@@ -487,7 +496,7 @@ impl State {
                 vivify,
                 recache_before,
                 touch,
-            } => self.meta_get(index, now_s, key, *vivify, *recache_before, *touch),
+            } => self.meta_get(unique, now_s, key, *vivify, *recache_before, *touch),
             Op::Invalidate {
                 key,
                 cas_unique,
@@ -498,13 +507,39 @@ impl State {
                 Some(item) => {
                     // As memcached: a new unique, stale, and no win given.
                     let mut meta = item.meta();
-                    meta.cas = index;
+                    meta.cas = unique;
                     meta.lease = lease::STALE;
                     if let Some(exptime) = exptime {
                         meta.exptime = *exptime;
                     }
                     let data = item.data().to_vec();
                     self.items.insert(key, &[&data], meta);
+                    Outcome::Deleted
+                }
+            },
+            Op::EmptyValue {
+                key,
+                cas_unique,
+                flags,
+                exptime,
+                stale,
+            } => match self.get(key, now_s) {
+                None => Outcome::NotFound,
+                Some(item) if *cas_unique != 0 && item.cas() != *cas_unique => Outcome::Exists,
+                Some(item) => {
+                    // memcached stores a new, empty item in its place, which
+                    // keeps the old unique unless the client names one; `I`
+                    // then invalidates it (a new unique, stale, no win).
+                    let meta = Meta {
+                        flags: *flags,
+                        exptime: *exptime,
+                        cas: command
+                            .unique
+                            .unwrap_or(if *stale { index } else { item.cas() }),
+                        updated_s: now_s,
+                        lease: if *stale { lease::STALE } else { 0 },
+                    };
+                    self.items.insert(key, &[], meta);
                     Outcome::Deleted
                 }
             },
@@ -554,7 +589,7 @@ impl State {
     #[allow(clippy::too_many_arguments)]
     fn store(
         &mut self,
-        index: u64,
+        unique: u64,
         now_s: u64,
         mode: StoreMode,
         key: &Bytes,
@@ -567,7 +602,7 @@ impl State {
         let meta = |flags: u32, exptime: AbsTime| Meta {
             flags,
             exptime,
-            cas: index,
+            cas: unique,
             updated_s: now_s,
             lease: 0,
         };
@@ -601,19 +636,32 @@ impl State {
                 };
                 self.items.insert(key, &parts, meta);
             }
-            (StoreMode::Cas, None) => return Outcome::NotFound,
-            (StoreMode::Cas, Some(old)) if old.cas() != cas_unique => return Outcome::Exists,
-            (StoreMode::Cas, Some(_)) => {
+            (StoreMode::Cas | StoreMode::CasOrStale, None) => return Outcome::NotFound,
+            // memcached's set-to-invalid: a writer holding an older unique
+            // still stores, but its value is served stale, expiring as the
+            // item did, and a recache already won stays won. Unique 0 is
+            // none, older than nothing (memcached answers EX to it).
+            (StoreMode::CasOrStale, Some(old)) if cas_unique != 0 && cas_unique < old.cas() => {
+                let meta = Meta {
+                    lease: lease::STALE | (old.lease() & lease::WON),
+                    ..meta(flags, old.exptime())
+                };
+                self.items.insert(key, &[data], meta);
+            }
+            (StoreMode::Cas | StoreMode::CasOrStale, Some(old)) if old.cas() != cas_unique => {
+                return Outcome::Exists
+            }
+            (StoreMode::Cas | StoreMode::CasOrStale, Some(_)) => {
                 self.items.insert(key, &[data], meta(flags, exptime));
             }
         }
-        Outcome::Stored { cas: index }
+        Outcome::Stored { cas: unique }
     }
 
     #[allow(clippy::too_many_arguments)]
     fn arith(
         &mut self,
-        index: u64,
+        unique: u64,
         now_s: u64,
         key: &Bytes,
         delta: u64,
@@ -624,7 +672,7 @@ impl State {
         let meta = |flags: u32, exptime: AbsTime| Meta {
             flags,
             exptime,
-            cas: index,
+            cas: unique,
             updated_s: now_s,
             lease: 0,
         };
@@ -639,7 +687,7 @@ impl State {
             self.items.insert(key, &[text], meta(0, exptime));
             return Outcome::Number {
                 value,
-                cas: index,
+                cas: unique,
                 exptime,
             };
         };
@@ -665,7 +713,7 @@ impl State {
         self.items.insert(key, &[text], meta(flags, exptime));
         Outcome::Number {
             value,
-            cas: index,
+            cas: unique,
             exptime,
         }
     }
@@ -676,7 +724,7 @@ impl State {
     /// item is stale or expires before `recache_before` (memcached's rules).
     fn meta_get(
         &mut self,
-        index: u64,
+        unique: u64,
         now_s: u64,
         key: &Bytes,
         vivify: Option<AbsTime>,
@@ -691,7 +739,7 @@ impl State {
             let meta = Meta {
                 flags: 0,
                 exptime,
-                cas: index,
+                cas: unique,
                 updated_s: now_s,
                 lease: lease::WON,
             };
@@ -815,7 +863,11 @@ mod tests {
     const LIMIT: usize = 64;
 
     fn cmd(time_s: u64, op: Op) -> Command {
-        Command { time_s, op }
+        Command {
+            time_s,
+            op,
+            unique: None,
+        }
     }
 
     fn store(mode: StoreMode, key: &str, data: &str, exptime: u64) -> Op {
@@ -1001,6 +1053,142 @@ mod tests {
             exptime: None,
         };
         assert_eq!(state.apply(13, &cmd(1, missing)), Outcome::NotFound);
+    }
+
+    /// Meta's `ms ... I C<older>` (memcached's set-to-invalid): the value
+    /// is stored, stale, keeping the expiry and a won recache; a newer or
+    /// unknown unique is EX as for any cas, a matching one a plain store.
+    #[test]
+    fn set_to_invalid_stores_stale_under_an_older_unique() {
+        let mut state = State::new(LIMIT);
+        let set_stale = |cas_unique, exptime| Op::Store {
+            mode: StoreMode::CasOrStale,
+            key: Bytes::from_static(b"k"),
+            flags: 0,
+            exptime,
+            data: Bytes::from_static(b"new"),
+            cas_unique,
+        };
+        assert_eq!(
+            state.apply(1, &cmd(1, set_stale(1, 900))),
+            Outcome::NotFound
+        );
+        state.apply(2, &cmd(1, set_until("k", 500)));
+        assert_eq!(state.apply(3, &cmd(1, set_stale(9, 900))), Outcome::Exists);
+        // Won first, then written with an older unique: still won, stale.
+        let vivify = Op::MetaGet {
+            key: Bytes::from_static(b"k"),
+            vivify: None,
+            recache_before: Some(1000),
+            touch: None,
+        };
+        assert!(matches!(state.apply(4, &cmd(1, vivify)), Outcome::Leased(Some(l)) if l.won));
+        assert_eq!(
+            state.apply(5, &cmd(1, set_stale(1, 900))),
+            Outcome::Stored { cas: 5 }
+        );
+        let item = state.get(b"k", 1).unwrap();
+        assert_eq!(item.data(), b"new");
+        assert_eq!(item.exptime(), 500);
+        assert_eq!(item.lease(), lease::STALE | lease::WON);
+        // The item's own unique: an ordinary cas, which clears the lease.
+        assert_eq!(
+            state.apply(6, &cmd(1, set_stale(5, 900))),
+            Outcome::Stored { cas: 6 }
+        );
+        let item = state.get(b"k", 1).unwrap();
+        assert_eq!((item.exptime(), item.lease()), (900, 0));
+    }
+
+    /// Meta's `md ... x`: the value emptied in place with the flags and
+    /// expiry given, the unique kept (new under `I`, the client's under `E`).
+    #[test]
+    fn empty_value_keeps_the_item() {
+        let mut state = State::new(LIMIT);
+        let empty = |cas_unique, stale| Op::EmptyValue {
+            key: Bytes::from_static(b"k"),
+            cas_unique,
+            flags: 3,
+            exptime: 800,
+            stale,
+        };
+        assert_eq!(state.apply(1, &cmd(1, empty(0, false))), Outcome::NotFound);
+        state.apply(2, &cmd(1, set("k", "value")));
+        assert_eq!(state.apply(3, &cmd(1, empty(7, false))), Outcome::Exists);
+        assert_eq!(state.apply(4, &cmd(1, empty(2, false))), Outcome::Deleted);
+        let item = state.get(b"k", 1).unwrap();
+        assert_eq!(
+            (
+                item.data(),
+                item.flags(),
+                item.exptime(),
+                item.cas(),
+                item.lease()
+            ),
+            (&b""[..], 3, 800, 2, 0)
+        );
+        assert_eq!(state.apply(5, &cmd(1, empty(0, true))), Outcome::Deleted);
+        let item = state.get(b"k", 1).unwrap();
+        assert_eq!((item.cas(), item.lease()), (5, lease::STALE));
+        let named = Command {
+            unique: Some(42),
+            ..cmd(1, empty(0, false))
+        };
+        state.apply(6, &named);
+        assert_eq!(state.get(b"k", 1).unwrap().cas(), 42);
+    }
+
+    /// Meta's `E`: what an entry writes takes the client's unique instead
+    /// of the entry's index, on every kind of write.
+    #[test]
+    fn a_client_unique_replaces_the_index() {
+        let mut state = State::new(LIMIT);
+        let with = |unique, op| Command {
+            unique: Some(unique),
+            ..cmd(1, op)
+        };
+        assert_eq!(
+            state.apply(1, &with(100, set("k", "5"))),
+            Outcome::Stored { cas: 100 }
+        );
+        assert_eq!(state.get(b"k", 1).unwrap().cas(), 100);
+        let incr = Op::Arith {
+            key: Bytes::from_static(b"k"),
+            delta: 1,
+            incr: true,
+            cas_unique: 100,
+            initial: None,
+            touch: None,
+        };
+        assert_eq!(
+            state.apply(2, &with(7, incr)),
+            Outcome::Number {
+                value: 6,
+                cas: 7,
+                exptime: exptime::NEVER
+            }
+        );
+        let invalidate = Op::Invalidate {
+            key: Bytes::from_static(b"k"),
+            cas_unique: 7,
+            exptime: None,
+        };
+        state.apply(3, &with(8, invalidate));
+        assert_eq!(state.get(b"k", 1).unwrap().cas(), 8);
+        let vivify = Op::MetaGet {
+            key: Bytes::from_static(b"new"),
+            vivify: Some(exptime::NEVER),
+            recache_before: None,
+            touch: None,
+        };
+        state.apply(4, &with(9, vivify));
+        assert_eq!(state.get(b"new", 1).unwrap().cas(), 9);
+        // A write that fails changes nothing.
+        assert_eq!(
+            state.apply(5, &with(10, store(StoreMode::Add, "new", "x", 0))),
+            Outcome::NotStored
+        );
+        assert_eq!(state.get(b"new", 1).unwrap().cas(), 9);
     }
 
     #[test]
@@ -1270,7 +1458,7 @@ mod tests {
                         exptime: exptime::NEVER,
                     }
                 }
-                Op::MetaGet { .. } | Op::Invalidate { .. } => {
+                Op::MetaGet { .. } | Op::Invalidate { .. } | Op::EmptyValue { .. } => {
                     unreachable!("the model's strategy does not make meta ops")
                 }
                 Op::Touch { key, exptime } => {

@@ -159,7 +159,7 @@ impl Seed<'_> {
 
     fn command(&mut self) -> Command {
         let time_s = self.u64();
-        let op = match self.u8() % 9 {
+        let op = match self.u8() % 12 {
             0 => Op::Noop,
             1 => Op::Store {
                 mode: StoreMode::ALL[usize::from(self.u8()) % StoreMode::ALL.len()],
@@ -199,11 +199,31 @@ impl Seed<'_> {
                 voters: self.ids(),
                 learners: self.ids(),
             },
+            8 => Op::MetaGet {
+                key: self.key(),
+                vivify: (self.u8() & 1 == 1).then(|| self.u64()),
+                recache_before: (self.u8() & 1 == 1).then(|| self.u64()),
+                touch: (self.u8() & 1 == 1).then(|| self.u64()),
+            },
+            9 => Op::Invalidate {
+                key: self.key(),
+                cas_unique: self.u64(),
+                exptime: (self.u8() & 1 == 1).then(|| self.u64()),
+            },
+            10 => Op::EmptyValue {
+                key: self.key(),
+                cas_unique: self.u64(),
+                flags: self.u32(),
+                exptime: self.u64(),
+                stale: self.u8() & 1 == 1,
+            },
             _ => Op::Reclaim {
                 keys: (0..self.u8() % 8).map(|_| self.key()).collect(),
             },
         };
-        Command { time_s, op }
+        // A client's unique (meta `E`) rides only on what writes an item.
+        let unique = (op.takes_unique() && self.u8() & 1 == 1).then(|| self.u64());
+        Command { time_s, op, unique }
     }
 }
 

@@ -212,6 +212,7 @@ pub fn set_command(key: &'static [u8], value: Vec<u8>, time_s: u64) -> Command {
             data: Bytes::from(value),
             cas_unique: 0,
         },
+        unique: None,
     }
 }
 

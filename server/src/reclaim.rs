@@ -101,6 +101,7 @@ async fn step(
     let command = Command {
         time_s: now_s,
         op: Op::Reclaim { keys },
+        unique: None,
     };
     // A reclaim only frees memory: it reserves none.
     let Ok(outcome) = backend.submit(command, Reservation::none()).await else {

@@ -51,6 +51,7 @@ fn command(n: u64) -> Command {
     Command {
         time_s: 1_700_000_000 + n,
         op,
+        unique: None,
     }
 }
 

@@ -786,7 +786,11 @@ impl World {
         self.with_host(id, |host, io| {
             match request {
                 Request::Write { op, .. } => {
-                    let command = Command { time_s, op };
+                    let command = Command {
+                        time_s,
+                        op,
+                        unique: None,
+                    };
                     let mut payload = BytesMut::with_capacity(command.encoded_len());
                     command.encode(&mut payload);
                     let payload = payload.freeze();

@@ -27,11 +27,14 @@
 //! expires soon), `md` with `I` (mark stale, and the next reader wins), and
 //! the `W` (won), `Z` (won by another) and `X` (stale) they return.
 //!
+//! `ms` with `I` and a unique older than the item's stores the value
+//! stale (memcached's set-to-invalid); `md` with `x` empties the value and
+//! keeps the item; `E` names the unique a write gives its item instead of
+//! the one the log would (the entry carries it, so every replica agrees).
+//! memcached 1.6.18 has `ms I`; `E` and `x` follow the upstream doc.
+//!
 //! Access metadata is best effort, as memcached's doc allows: reads are
 //! not log entries, so `l` counts from the last write and `h` is 0.
-//!
-//! Not served yet, refused as an invalid flag rather than ignored: `ms`
-//! `I`, `E` (a CAS the client picks) and `md` `x`.
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -152,8 +155,13 @@ pub struct MetaRequest {
     pub vivify: Option<i64>,
     /// `R<ttl>` (mg): win the recache if the item has less than this left.
     pub recache: Option<i64>,
-    /// `I` (md): mark the item stale instead of deleting it.
+    /// `I`: mark the item stale instead of deleting it (md); store it stale
+    /// under an older unique (ms with `C`).
     pub invalidate: bool,
+    /// `x` (md): empty the value, keep the item.
+    pub empty_value: bool,
+    /// `E<unique>`: the unique the write gives the item.
+    pub new_cas: Option<u64>,
     /// `J<initial>` (ma).
     pub initial: u64,
     /// `D<delta>` (ma), 1 unless given.
@@ -167,18 +175,7 @@ pub struct MetaRequest {
 /// Flags memcached's meta parser knows; each command uses some of them and
 /// accepts the others without effect, as memcached does.
 fn known(flag: u8) -> bool {
-    b"bNTRlOPLkstcfvhuqFCMJDI".contains(&flag)
-}
-
-/// Known flags this server does not serve yet (see the module doc).
-fn unserved(verb: MetaVerb, flag: u8) -> bool {
-    match verb {
-        MetaVerb::Get => false,
-        MetaVerb::Set => b"I".contains(&flag),
-        MetaVerb::Delete => false,
-        MetaVerb::Arith => false,
-        MetaVerb::Noop | MetaVerb::Debug => false,
-    }
+    b"bNTRlOPLkstcfvhuqFCMJDIEx".contains(&flag)
 }
 
 /// Parses a meta line `verb args` (its `\r\n` at `line_bytes`) and, for
@@ -219,6 +216,8 @@ pub fn parse_meta(
         vivify: None,
         recache: None,
         invalidate: false,
+        empty_value: false,
+        new_cas: None,
         initial: 0,
         delta: 1,
         data: Bytes::new(),
@@ -267,7 +266,7 @@ pub fn parse_meta(
             return Err(flag_error(DUPLICATE_FLAG));
         }
         seen[usize::from(flag)] = true;
-        if !known(flag) || unserved(verb, flag) {
+        if !known(flag) {
             return Err(flag_error(INVALID_FLAG));
         }
         let arg = &token[1..];
@@ -305,6 +304,8 @@ pub fn parse_meta(
             b'N' => request.vivify = Some(signed().ok_or_else(|| flag_error(BAD_TOKEN))?),
             b'R' => request.recache = Some(signed().ok_or_else(|| flag_error(BAD_TOKEN))?),
             b'I' => request.invalidate = true,
+            b'x' => request.empty_value = true,
+            b'E' => request.new_cas = Some(number().ok_or_else(|| flag_error(BAD_TOKEN))?),
             b'C' => request.compare_cas = Some(number().ok_or_else(|| flag_error(BAD_TOKEN))?),
             b'F' => {
                 let flags = number().and_then(|n| u32::try_from(n).ok());
@@ -771,8 +772,20 @@ mod tests {
                 discard: 0
             })
         );
-        // Flags not served yet are refused, not ignored.
-        assert_eq!(error(b"ms foo 1 I\r\nx\r\n"), INVALID_FLAG);
+        assert_eq!(error(b"ms foo 1 Ezz\r\nx\r\n"), BAD_TOKEN);
+    }
+
+    #[test]
+    fn invalidate_empty_and_a_client_unique() {
+        let set = meta(b"ms foo 1 I C4 E77\r\nx\r\n");
+        assert!(set.invalidate);
+        assert_eq!((set.compare_cas, set.new_cas), (Some(4), Some(77)));
+        let delete = meta(b"md foo x F3 T9 E5 q\r\n");
+        assert!(delete.empty_value && !delete.invalidate);
+        assert_eq!((delete.client_flags, delete.ttl), (3, Some(9)));
+        let mut line = BytesMut::new();
+        delete.encode_loud(&mut line);
+        assert_eq!(&line[..], b"md foo x F3 T9 E5\r\n");
     }
 
     #[test]

@@ -9,7 +9,9 @@
 //! An `mg` that may change the item is a log entry (`Op::MetaGet`): one
 //! with `T`, `N` or `R`, and a plain one that finds the item stale with no
 //! recache won yet (the entry gives the win, so exactly one reader in the
-//! whole group gets it). `md ... I` is `Op::Invalidate`.
+//! whole group gets it). `md ... I` is `Op::Invalidate`, `md ... x`
+//! `Op::EmptyValue`, `ms ... I C<unique>` a `StoreMode::CasOrStale` store;
+//! `E` rides on the entry as `Command::unique`.
 
 use data::command::{Initial, StoreMode};
 use data::protocol::meta::{put_debug, ItemView, MetaRequest, MetaVerb, SetMode};
@@ -53,7 +55,11 @@ impl Connection {
                 }
                 // As memcached: a unique makes a set or a replace a CAS, an
                 // append or prepend checks it, an add ignores it.
+                // `I` lets an older unique store the value stale.
                 let (mode, cas_unique) = match (request.set_mode, request.compare_cas) {
+                    (SetMode::Set | SetMode::Replace, Some(cas)) if request.invalidate => {
+                        (StoreMode::CasOrStale, cas)
+                    }
                     (SetMode::Set | SetMode::Replace, Some(cas)) => (StoreMode::Cas, cas),
                     (SetMode::Set, None) => (StoreMode::Set, 0),
                     (SetMode::Replace, None) => (StoreMode::Replace, 0),
@@ -74,8 +80,12 @@ impl Connection {
                     request: Box::new(request),
                     exptime,
                 };
-                self.queue_write(op, render, WriteKind::Store(mode), raw, false)
-                    .await;
+                // Counted as the cas it is.
+                let kind = WriteKind::Store(match mode {
+                    StoreMode::CasOrStale => StoreMode::Cas,
+                    mode => mode,
+                });
+                self.queue_write(op, render, kind, raw, false).await;
             }
             MetaVerb::Delete => {
                 let raw = loud_line(&request);
@@ -85,7 +95,15 @@ impl Connection {
                     Some(0) => u64::MAX,
                     _ => cas_unique,
                 };
-                let op = if request.invalidate {
+                let op = if request.empty_value {
+                    Op::EmptyValue {
+                        key,
+                        cas_unique,
+                        flags: request.client_flags,
+                        exptime: resolve(request.ttl.unwrap_or(0)),
+                        stale: request.invalidate,
+                    }
+                } else if request.invalidate {
                     Op::Invalidate {
                         key,
                         cas_unique,

@@ -721,9 +721,15 @@ impl Connection {
             }
             return;
         };
+        // Meta's `E`: the client names the unique the write gives.
+        let unique = match &render {
+            Render::Meta { request, .. } => request.new_cas,
+            _ => None,
+        };
         let command = Command {
             time_s: clock::now_s(),
             op,
+            unique,
         };
         let bytes = command.encoded_len();
         let room = match self.shared.write_budget.try_take(bytes) {

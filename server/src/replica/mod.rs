@@ -748,6 +748,7 @@ fn encode_op(now_ms: u64, op: Op) -> Bytes {
     let command = Command {
         time_s: now_ms / 1000,
         op,
+        unique: None,
     };
     let mut out = BytesMut::with_capacity(command.encoded_len());
     command.encode(&mut out);

@@ -18,6 +18,7 @@ fn command(n: u64) -> Command {
             data: Bytes::from(format!("value-{n}")),
             cas_unique: 0,
         },
+        unique: None,
     }
 }
 
