@@ -386,26 +386,29 @@ fn meta_differential_against_memcached() {
     );
 }
 
+/// `request`'s responses (a value after ` / `), read up to an `mn`'s.
+fn exchange(conn: &mut Conn, request: &[u8]) -> Vec<String> {
+    conn.send(request);
+    conn.send(b"mn\r\n");
+    read_step(conn)
+        .expect("a reply")
+        .into_iter()
+        .map(|r| match r.data {
+            Some(data) => format!("{} / {}", r.line, esc(&data)),
+            None => r.line,
+        })
+        .collect()
+}
+
 /// The flags memcached 1.6.18 lacks, as the upstream protocol.txt has
 /// them: `E` names the unique a write gives (ms, ma, md `I`/`x`, mg `N`),
 /// `md x` empties the value and keeps the item (its unique too, unless
-/// `I` or `E`).
+/// `I` or `E`), `ms` append and prepend with `N` create a missing item.
 #[test]
 fn client_uniques_and_emptied_values() {
     let store = StoreServer::start(&[]);
     let mut conn = store.connect();
-    let mut lines = |request: &[u8]| -> Vec<String> {
-        conn.send(request);
-        conn.send(b"mn\r\n");
-        read_step(&mut conn)
-            .expect("a reply")
-            .into_iter()
-            .map(|r| match r.data {
-                Some(data) => format!("{} / {}", r.line, esc(&data)),
-                None => r.line,
-            })
-            .collect()
-    };
+    let mut lines = |request: &[u8]| exchange(&mut conn, request);
     assert_eq!(lines(b"ms e 2 E500 c T0\r\nhi\r\n"), ["HD c500"]);
     assert_eq!(lines(b"mg e c v\r\n"), ["VA 2 c500 / hi"]);
     assert_eq!(lines(b"ms e 2 C500 E600 c\r\nho\r\n"), ["HD c600"]);
@@ -430,12 +433,37 @@ fn client_uniques_and_emptied_values() {
         ["VA 3 / fin"],
         "the item's own unique clears the lease"
     );
+    // ms MA/MP with N: a miss creates the item (flags F, expiring at N).
+    assert_eq!(lines(b"ms av 2 MA N100 F5\r\nhi\r\n"), ["HD"]);
+    assert_eq!(lines(b"ms av 2 MP N200 F6\r\n<<\r\n"), ["HD"]);
+    assert_eq!(lines(b"mg av v f t\r\n"), ["VA 4 f5 t100 / <<hi"]);
+    assert_eq!(lines(b"ms none 2 MA\r\nhi\r\n"), ["NS"]);
     // mg N creates the item with the unique named.
     assert_eq!(lines(b"mg lease N30 E77 c\r\n"), ["HD c77 W"]);
     assert_eq!(
         lines(b"ms e 1 Ex\r\nx\r\n"),
         ["CLIENT_ERROR bad token in command line format"]
     );
+}
+
+/// Access metadata as the server answering saw it (best effort, DESIGN
+/// §5a): `h` is whether it served the item as it now is before, `me` and
+/// `u` look without counting as a read, a write starts the item afresh.
+#[test]
+fn hit_before_is_what_this_server_served() {
+    let store = StoreServer::start(&[]);
+    let mut conn = store.connect();
+    let mut lines = |request: &[u8]| exchange(&mut conn, request);
+    assert_eq!(lines(b"ms hk 1\r\nx\r\n"), ["HD"]);
+    assert_eq!(lines(b"mg hk h u\r\n"), ["HD h0"]);
+    assert!(lines(b"me hk\r\n")[0].contains(" fetch=no "));
+    assert_eq!(lines(b"mg hk h l\r\n"), ["HD h0 l0"]);
+    assert_eq!(lines(b"mg hk h\r\n"), ["HD h1"]);
+    assert!(lines(b"me hk\r\n")[0].contains(" fetch=yes "));
+    // A classic get is a read too; a write makes the item new.
+    assert_eq!(lines(b"ms hk 1\r\ny\r\n"), ["HD"]);
+    assert_eq!(lines(b"get hk\r\n"), ["VALUE hk 0 1", "y", "END"]);
+    assert_eq!(lines(b"mg hk h\r\n"), ["HD h1"]);
 }
 
 /// Through a follower: writes forwarded to the leader, reads served there,

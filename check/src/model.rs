@@ -286,7 +286,7 @@ impl State {
                 if self.arith(*delta, *incr)? != *number {
                     return Err(Refusal::NumberDiffers);
                 }
-                next.write(Some(counter_value(*number)));
+                next.write(Some(counter_value(*number, self.item()?.len())));
             }
             Observed::ArithNonNumeric => {
                 if parse_counter(self.item()?).is_some() {
@@ -321,7 +321,7 @@ impl State {
             }
             Effect::Arith { delta, incr } => {
                 let number = self.arith(*delta, *incr).ok()?;
-                next.write(Some(counter_value(number)));
+                next.write(Some(counter_value(number, self.item().ok()?.len())));
             }
             Effect::Delete => {
                 self.item().ok()?;
@@ -332,9 +332,11 @@ impl State {
     }
 }
 
-/// incr/decr store the new counter as its decimal digits, no padding.
-fn counter_value(number: u64) -> Value {
-    Rc::from(number.to_string().into_bytes())
+/// incr/decr store the new counter as its decimal digits, padded with
+/// spaces to the old value's length when no longer (memcached writes it
+/// over the old value).
+fn counter_value(number: u64, old_len: usize) -> Value {
+    Rc::from(format!("{number:<old_len$}").into_bytes())
 }
 
 /// memcached's reading of a counter (strtoull, then memcached's checks):
@@ -405,7 +407,12 @@ mod tests {
             incr: false,
             number: 0,
         };
-        assert_eq!(s.step(&floored).unwrap().value.as_deref(), Some(&b"0"[..]));
+        // Written over the 20 digits it came from, padded with spaces.
+        let padded = format!("0{}", " ".repeat(19));
+        assert_eq!(
+            s.step(&floored).unwrap().value.as_deref(),
+            Some(padded.as_bytes())
+        );
     }
 
     #[test]

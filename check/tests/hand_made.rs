@@ -263,14 +263,24 @@ fn incr_results_follow_one_order() {
     ops.push(done(1, "n", Call::Incr(1), 20, 40, Ret::Number(11)));
     ops.push(done(2, "n", Call::Incr(1), 20, 40, Ret::Number(11)));
     assert_not_linearizable(ops, "n");
-    // decr floors at zero; incr wraps.
+    // decr floors at zero; incr wraps; a shorter number is written over
+    // the old one, padded with spaces (memcached's in place).
+    let wrapped = format!("1{}", " ".repeat(19));
     assert_linearizable(vec![
         done(1, "n", set("3"), 0, 1, Ret::Stored),
         done(1, "n", Call::Decr(5), 2, 3, Ret::Number(0)),
         done(1, "n", set("18446744073709551615"), 4, 5, Ret::Stored),
         done(1, "n", Call::Incr(2), 6, 7, Ret::Number(1)),
-        done(1, "n", Call::Get, 8, 9, hit("1")),
+        done(1, "n", Call::Get, 8, 9, hit(&wrapped)),
     ]);
+    assert_not_linearizable(
+        vec![
+            done(1, "n", set("10"), 0, 1, Ret::Stored),
+            done(1, "n", Call::Decr(1), 2, 3, Ret::Number(9)),
+            done(1, "n", Call::Get, 4, 5, hit("9")),
+        ],
+        "n",
+    );
     assert_linearizable(vec![
         done(1, "n", Call::Incr(1), 0, 1, Ret::NotFound),
         done(1, "n", set("x"), 2, 3, Ret::Stored),

@@ -26,11 +26,15 @@ pub enum StoreMode {
     /// item's expiry and its recache win (memcached's "set-to-invalid").
     /// No text command makes it; its text twin is `cas`.
     CasOrStale,
+    /// Meta's `ms ... MA N<ttl>` and `MP N<ttl>`: append or prepend, and
+    /// on a miss store the value as a new item (memcached's autovivify).
+    AppendOrCreate,
+    PrependOrCreate,
 }
 
 impl StoreMode {
     /// Every mode, in tag order.
-    pub const ALL: [StoreMode; 7] = [
+    pub const ALL: [StoreMode; 9] = [
         StoreMode::Set,
         StoreMode::Add,
         StoreMode::Replace,
@@ -38,6 +42,8 @@ impl StoreMode {
         StoreMode::Prepend,
         StoreMode::Cas,
         StoreMode::CasOrStale,
+        StoreMode::AppendOrCreate,
+        StoreMode::PrependOrCreate,
     ];
 
     /// The command name on the wire.
@@ -46,8 +52,8 @@ impl StoreMode {
             StoreMode::Set => "set",
             StoreMode::Add => "add",
             StoreMode::Replace => "replace",
-            StoreMode::Append => "append",
-            StoreMode::Prepend => "prepend",
+            StoreMode::Append | StoreMode::AppendOrCreate => "append",
+            StoreMode::Prepend | StoreMode::PrependOrCreate => "prepend",
             StoreMode::Cas | StoreMode::CasOrStale => "cas",
         }
     }
@@ -61,6 +67,8 @@ impl StoreMode {
             StoreMode::Prepend => 4,
             StoreMode::Cas => 5,
             StoreMode::CasOrStale => 6,
+            StoreMode::AppendOrCreate => 7,
+            StoreMode::PrependOrCreate => 8,
         }
     }
 
@@ -73,6 +81,8 @@ impl StoreMode {
             4 => StoreMode::Prepend,
             5 => StoreMode::Cas,
             6 => StoreMode::CasOrStale,
+            7 => StoreMode::AppendOrCreate,
+            8 => StoreMode::PrependOrCreate,
             _ => return None,
         })
     }
@@ -961,7 +971,9 @@ mod tests {
             Just(StoreMode::Append),
             Just(StoreMode::Prepend),
             Just(StoreMode::Cas),
-            Just(StoreMode::CasOrStale)
+            Just(StoreMode::CasOrStale),
+            Just(StoreMode::AppendOrCreate),
+            Just(StoreMode::PrependOrCreate)
         ];
         prop_oneof![
             Just(Op::Noop),

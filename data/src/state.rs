@@ -303,6 +303,10 @@ impl State {
         let held = self.items.get(key);
         match mode {
             StoreMode::Append | StoreMode::Prepend => held.map_or(0, |_| data.len() as u64),
+            StoreMode::AppendOrCreate | StoreMode::PrependOrCreate => held
+                .map_or(item_cost_bytes(key.len(), data.len()), |_| {
+                    data.len() as u64
+                }),
             StoreMode::Set
             | StoreMode::Add
             | StoreMode::Replace
@@ -612,13 +616,24 @@ impl State {
             }
             (StoreMode::Add, Some(_)) | (StoreMode::Replace, None) => return Outcome::NotStored,
             (StoreMode::Append | StoreMode::Prepend, None) => return Outcome::NotStored,
-            // The binary protocol's append and prepend may name a unique.
-            (StoreMode::Append | StoreMode::Prepend, Some(old))
-                if cas_unique != 0 && old.cas() != cas_unique =>
-            {
-                return Outcome::Exists
+            (StoreMode::AppendOrCreate | StoreMode::PrependOrCreate, None) => {
+                self.items.insert(key, &[data], meta(flags, exptime));
             }
-            (StoreMode::Append | StoreMode::Prepend, Some(old)) => {
+            // The binary protocol's append and prepend may name a unique.
+            (
+                StoreMode::Append
+                | StoreMode::Prepend
+                | StoreMode::AppendOrCreate
+                | StoreMode::PrependOrCreate,
+                Some(old),
+            ) if cas_unique != 0 && old.cas() != cas_unique => return Outcome::Exists,
+            (
+                StoreMode::Append
+                | StoreMode::Prepend
+                | StoreMode::AppendOrCreate
+                | StoreMode::PrependOrCreate,
+                Some(old),
+            ) => {
                 if old.data().len() + data.len() > self.item_bytes_max {
                     // memcached cannot allocate the joined item and answers
                     // NOT_STORED (the differential test pins this).
@@ -629,11 +644,12 @@ impl State {
                 let old_data = old.data().to_vec();
                 // append/prepend keep the item's flags and expiry.
                 let meta = meta(old.flags(), old.exptime());
-                let parts: [&[u8]; 2] = if mode == StoreMode::Append {
-                    [&old_data, data]
-                } else {
-                    [data, &old_data]
-                };
+                let parts: [&[u8]; 2] =
+                    if matches!(mode, StoreMode::Append | StoreMode::AppendOrCreate) {
+                        [&old_data, data]
+                    } else {
+                        [data, &old_data]
+                    };
                 self.items.insert(key, &parts, meta);
             }
             (StoreMode::Cas | StoreMode::CasOrStale, None) => return Outcome::NotFound,
@@ -702,15 +718,29 @@ impl State {
         let Some(value) = crate::c_number::safe_strtoull(old.data()) else {
             return Outcome::NonNumeric;
         };
-        let (flags, exptime) = (old.flags(), old.exptime());
+        let (flags, exptime, old_len) = (old.flags(), old.exptime(), old.data().len());
         let value = if incr {
             value.wrapping_add(delta)
         } else {
             value.saturating_sub(delta)
         };
         let text = crate::protocol::decimal(&mut digits, value);
+        // As memcached: a number no longer than the value it replaces is
+        // written over it, padded with spaces to its length (clients that
+        // read counters trim; their test suites expect the padding).
+        // (An old value may be long: strtoull stops at the first space.)
+        let padding = old_len.saturating_sub(text.len());
+        let spaces = [b' '; crate::protocol::DECIMAL_BYTES_MAX];
+        let long_padding;
+        let pad: &[u8] = if padding <= spaces.len() {
+            &spaces[..padding]
+        } else {
+            long_padding = vec![b' '; padding];
+            &long_padding
+        };
+        let parts: [&[u8]; 2] = [text, pad];
         // A new value: the lease bits go, as with any write.
-        self.items.insert(key, &[text], meta(flags, exptime));
+        self.items.insert(key, &parts, meta(flags, exptime));
         Outcome::Number {
             value,
             cas: unique,
@@ -1053,6 +1083,35 @@ mod tests {
             exptime: None,
         };
         assert_eq!(state.apply(13, &cmd(1, missing)), Outcome::NotFound);
+    }
+
+    /// memcached writes a number no longer than the old value over it,
+    /// padded with spaces; a longer one is written as it is.
+    #[test]
+    fn a_shorter_counter_is_padded_to_the_old_length() {
+        let mut state = State::new(LIMIT);
+        let arith = |incr, delta| Op::Arith {
+            key: Bytes::from_static(b"n"),
+            delta,
+            incr,
+            cas_unique: 0,
+            initial: None,
+            touch: None,
+        };
+        state.apply(1, &cmd(1, set("n", "100")));
+        state.apply(2, &cmd(1, arith(false, 91)));
+        assert_eq!(state.get(b"n", 1).unwrap().data(), b"9  ");
+        state.apply(3, &cmd(1, arith(true, 1)));
+        assert_eq!(state.get(b"n", 1).unwrap().data(), b"10 ");
+        state.apply(4, &cmd(1, arith(true, 990)));
+        assert_eq!(state.get(b"n", 1).unwrap().data(), b"1000");
+        let long = format!("7 {}", "x".repeat(40));
+        state.apply(5, &cmd(1, set("n", &long)));
+        state.apply(6, &cmd(1, arith(true, 1)));
+        assert_eq!(
+            state.get(b"n", 1).unwrap().data(),
+            format!("8{}", " ".repeat(41)).as_bytes()
+        );
     }
 
     /// Meta's `ms ... I C<older>` (memcached's set-to-invalid): the value
@@ -1449,8 +1508,9 @@ mod tests {
                     } else {
                         n.saturating_sub(*delta)
                     };
-                    self.items
-                        .insert(key.to_vec(), (n.to_string().into_bytes(), old.1, index));
+                    // Padded with spaces to the old length when shorter.
+                    let text = format!("{n:<width$}", width = old.0.len()).into_bytes();
+                    self.items.insert(key.to_vec(), (text, old.1, index));
                     // The model's items never expire.
                     Outcome::Number {
                         value: n,

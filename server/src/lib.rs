@@ -30,6 +30,7 @@
 //! - [`auth`]: who may use the server: authfile and SASL users, reloaded
 //!   on SIGHUP, and the proof a follower's forwarding link gives.
 //! - [`tls`]: TLS (`-Z`) for client connections and forwarding lanes.
+//! - [`access`]: what this server served, for meta's `h` and `l`.
 //! - [`stats`], [`config`], [`clock`]: counters, settings, wall clock.
 //!
 //! Dependencies point one way, down this list's lower half: `stats`,
@@ -41,6 +42,7 @@
 //! `data` crate.
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod auth;
 pub mod clock;
 pub mod commit;
@@ -115,6 +117,8 @@ pub struct Shared {
     pub auth: auth::Auth,
     /// `-Z`: certificates for client connections and forwarding lanes.
     pub tls: Option<Arc<tls::Tls>>,
+    /// What this server served: meta's `h` and `l` (best effort).
+    pub access: access::AccessTable,
 }
 
 pub use listener::run;

@@ -258,6 +258,7 @@ async fn start_backend(
                 leader_link: LeaderLink::new(None, None),
                 auth,
                 tls,
+                access: crate::access::AccessTable::new(),
             });
             Ok((shared, Backend::Single(committer), worker))
         }
@@ -281,6 +282,7 @@ async fn start_backend(
                 leader_link: LeaderLink::new(Some(secret), tls.clone()),
                 auth,
                 tls,
+                access: crate::access::AccessTable::new(),
             });
             Ok((shared, Backend::Cluster(group.handle), group.worker))
         }

@@ -158,7 +158,7 @@ impl World {
                     } else {
                         n.saturating_sub(*delta)
                     };
-                    next.write(&op.key, Some(n.to_string().into_bytes()));
+                    next.write(&op.key, Some(padded(n, value.len())));
                     Ret::Number(n)
                 }
             },
@@ -395,7 +395,7 @@ pub fn simulate(rng: &mut impl Rng, sim: &Sim) -> Vec<Op> {
                         } else {
                             n.saturating_sub(*delta)
                         };
-                        write(Some(n.to_string().into_bytes()));
+                        write(Some(padded(n, value.len())));
                         Ret::Number(n)
                     }
                 },
@@ -511,4 +511,10 @@ pub fn mutate(rng: &mut impl Rng, ops: &mut [Op]) {
             });
         }
     }
+}
+
+/// A counter written over its old value: padded with spaces to the old
+/// length when no longer (memcached's in-place incr/decr).
+fn padded(n: u64, old_len: usize) -> Vec<u8> {
+    format!("{n:<old_len$}").into_bytes()
 }

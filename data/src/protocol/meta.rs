@@ -34,7 +34,8 @@
 //! memcached 1.6.18 has `ms I`; `E` and `x` follow the upstream doc.
 //!
 //! Access metadata is best effort, as memcached's doc allows: reads are
-//! not log entries, so `l` counts from the last write and `h` is 0.
+//! not log entries, so `h`, `l` and `me`'s `la`/`fetch` are what the
+//! server answering saw (`server::access`).
 
 use base64::engine::general_purpose::STANDARD as BASE64;
 use base64::Engine;
@@ -107,11 +108,11 @@ pub enum Returned {
     /// seconds lives N to N + 1 here (DESIGN §2), and reports N at first,
     /// as memcached does.
     Ttl,
-    /// `l`: seconds since the item was last written (this server keeps no
-    /// read times: a read is not an entry in the log).
+    /// `l`: seconds since the item was last read or written, as far as
+    /// the server answering knows: reads are not entries in the log, so
+    /// each server knows its own (best effort, DESIGN §5a).
     LastAccess,
-    /// `h`: whether the item was read before; always 0 here, for the same
-    /// reason (access metadata is best effort, DESIGN §5a).
+    /// `h`: whether the item was read before, on the same terms.
     HitBefore,
 }
 
@@ -384,7 +385,12 @@ pub struct ItemView<'a> {
     pub flags: u32,
     pub cas: u64,
     pub exptime: AbsTime,
-    pub updated_s: u64,
+    /// When the item was last read or written, as far as this server
+    /// knows (`l`, `me`'s `la`).
+    pub accessed_s: u64,
+    /// Whether this server served the item (as it now is) before (`h`,
+    /// `me`'s `fetch`).
+    pub fetched: bool,
     /// What mg returns of the item's lease: `Z`, `X`, `W` in that order.
     pub token_sent: bool,
     pub stale: bool,
@@ -515,9 +521,11 @@ impl MetaRequest {
             }
             (Returned::LastAccess, Some(item)) => {
                 out.put_u8(b'l');
-                put_u64(out, now_s.saturating_sub(item.updated_s));
+                put_u64(out, now_s.saturating_sub(item.accessed_s));
             }
-            (Returned::HitBefore, Some(_)) => out.put_slice(b"h0"),
+            (Returned::HitBefore, Some(item)) => {
+                out.put_slice(if item.fetched { b"h1" } else { b"h0" })
+            }
             // Only a response with an item gets here with these.
             (_, None) => unreachable!("item flags are written for items only"),
         }
@@ -544,7 +552,8 @@ impl MetaRequest {
                     flags: hit.flags,
                     cas: hit.cas,
                     exptime,
-                    updated_s: hit.updated_s,
+                    accessed_s: hit.updated_s,
+                    fetched: false,
                     token_sent: false,
                     stale: false,
                     won: false,
@@ -557,7 +566,8 @@ impl MetaRequest {
                     flags: leased.hit.flags,
                     cas: leased.hit.cas,
                     exptime: leased.exptime,
-                    updated_s: leased.hit.updated_s,
+                    accessed_s: leased.hit.updated_s,
+                    fetched: false,
                     token_sent: leased.token_sent,
                     stale: leased.stale,
                     won: leased.won,
@@ -577,7 +587,8 @@ impl MetaRequest {
                     flags: 0,
                     cas: *cas,
                     exptime: *exptime,
-                    updated_s: now_s,
+                    accessed_s: now_s,
+                    fetched: false,
                     token_sent: false,
                     stale: false,
                     won: false,
@@ -632,8 +643,8 @@ impl MetaRequest {
     }
 }
 
-/// `me`'s line for an item: memcached's fields, as `lru_crawler metadump`
-/// words them here (`la` is the last write; `fetch` is not kept).
+/// `me`'s line for an item: memcached's fields (`la` and `fetch` as this
+/// server saw the item, best effort: [`ItemView::accessed_s`]).
 pub fn put_debug(out: &mut BytesMut, key: &[u8], base64: bool, item: ItemView<'_>, now_s: u64) {
     out.put_slice(b"ME ");
     if base64 {
@@ -644,10 +655,14 @@ pub fn put_debug(out: &mut BytesMut, key: &[u8], base64: bool, item: ItemView<'_
     out.put_slice(b" exp=");
     put_ttl(out, item.exptime, now_s);
     out.put_slice(b" la=");
-    put_u64(out, now_s.saturating_sub(item.updated_s));
+    put_u64(out, now_s.saturating_sub(item.accessed_s));
     out.put_slice(b" cas=");
     put_u64(out, item.cas);
-    out.put_slice(b" fetch=no cls=1 size=");
+    out.put_slice(if item.fetched {
+        b" fetch=yes cls=1 size=".as_slice()
+    } else {
+        b" fetch=no cls=1 size="
+    });
     put_u64(out, (key.len() + item.data.len()) as u64);
     out.put_slice(b"\r\n");
 }
@@ -723,7 +738,8 @@ mod tests {
             flags: 5,
             cas: 9,
             exptime: NEVER,
-            updated_s: 100,
+            accessed_s: 100,
+            fetched: false,
             token_sent: false,
             stale: false,
             won: false,

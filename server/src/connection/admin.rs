@@ -2,13 +2,15 @@
 //! server and its items.
 
 use super::*;
+use crate::access::Accessed;
 
 /// Table buckets one step of `lru_crawler metadump` walks under the state
 /// lock (about 100 KiB of lines at a time for small items).
 pub(super) const METADUMP_BUCKETS_PER_STEP: usize = 1024;
 
-/// Appends one `lru_crawler metadump` line for `item`.
-pub(super) fn metadump_line(out: &mut BytesMut, item: &ItemRef<'_>) {
+/// Appends one `lru_crawler metadump` line for `item`, whose reads on
+/// this server `seen` tells (best effort, [`crate::access`]).
+pub(super) fn metadump_line(out: &mut BytesMut, item: &ItemRef<'_>, seen: Accessed) {
     use std::fmt::Write as _;
     out.extend_from_slice(b"key=");
     for &b in item.key() {
@@ -27,9 +29,10 @@ pub(super) fn metadump_line(out: &mut BytesMut, item: &ItemRef<'_>) {
     // memcached ends these lines with a bare newline (and END with \r\n).
     let _ = writeln!(
         out,
-        " exp={exp} la={} cas={} fetch=no cls=1 size={size}",
-        item.updated_s(),
-        item.cas()
+        " exp={exp} la={} cas={} fetch={} cls=1 size={size}",
+        item.updated_s().max(seen.read_s.unwrap_or(0)),
+        item.cas(),
+        if seen.fetched { "yes" } else { "no" },
     );
 }
 
@@ -100,7 +103,8 @@ impl Connection {
 
     /// `lru_crawler metadump`: a line per visible item of this server's
     /// state, as memcached's (`key=<uri-encoded> exp=<-1 or unix time>
-    /// la=<last write> cas=<unique> fetch=no cls=1 size=<record bytes>`),
+    /// la=<last access> cas=<unique> fetch=<yes|no> cls=1 size=<record
+    /// bytes>`, the access as this server saw it),
     /// then `END`. The table is walked a bounded step at a time, the lines
     /// written out between steps, so a large state streams; like memcached's
     /// crawler it is not a snapshot (a write between steps may or may not
@@ -111,9 +115,10 @@ impl Connection {
             {
                 let state = state::read(&self.shared.state);
                 let output = &mut self.output;
+                let access = &self.shared.access;
                 cursor = state.scan(cursor, METADUMP_BUCKETS_PER_STEP, |item| {
                     if state.is_visible(&item) {
-                        metadump_line(output, &item);
+                        metadump_line(output, &item, access.peek(item.key(), item.cas()));
                     }
                     true
                 });

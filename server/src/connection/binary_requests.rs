@@ -278,10 +278,16 @@ impl Connection {
                 put_error_text(&mut self.output, echo, status, text);
             }
             ReadAt::Here => {
-                self.look_up(std::slice::from_ref(&key), |out, key, item| match item {
-                    Some(item) => put_hit(out, echo, key, item.flags(), item.data(), item.cas()),
-                    None => put_miss(out, echo, key),
-                });
+                self.look_up(
+                    std::slice::from_ref(&key),
+                    Reading::Read,
+                    |out, key, item, _| match item {
+                        Some(item) => {
+                            put_hit(out, echo, key, item.flags(), item.data(), item.cas())
+                        }
+                        None => put_miss(out, echo, key),
+                    },
+                );
                 if let Backend::Cluster(cluster) = &self.backend {
                     Stats::bump(&cluster.view.reads_local);
                 }

@@ -64,10 +64,22 @@ impl Connection {
                     (SetMode::Set, None) => (StoreMode::Set, 0),
                     (SetMode::Replace, None) => (StoreMode::Replace, 0),
                     (SetMode::Add, _) => (StoreMode::Add, 0),
+                    // `N`: create the item on a miss, expiring then.
+                    (SetMode::Append, _) if request.vivify.is_some() => {
+                        (StoreMode::AppendOrCreate, cas_unique)
+                    }
+                    (SetMode::Prepend, _) if request.vivify.is_some() => {
+                        (StoreMode::PrependOrCreate, cas_unique)
+                    }
                     (SetMode::Append, _) => (StoreMode::Append, cas_unique),
                     (SetMode::Prepend, _) => (StoreMode::Prepend, cas_unique),
                 };
-                let exptime = resolve(request.ttl.unwrap_or(0));
+                let exptime = match mode {
+                    StoreMode::AppendOrCreate | StoreMode::PrependOrCreate => {
+                        resolve(request.vivify.unwrap_or(0))
+                    }
+                    _ => resolve(request.ttl.unwrap_or(0)),
+                };
                 let op = Op::Store {
                     mode,
                     key,
@@ -80,9 +92,11 @@ impl Connection {
                     request: Box::new(request),
                     exptime,
                 };
-                // Counted as the cas it is.
+                // Counted as the classic command it extends.
                 let kind = WriteKind::Store(match mode {
                     StoreMode::CasOrStale => StoreMode::Cas,
+                    StoreMode::AppendOrCreate => StoreMode::Append,
+                    StoreMode::PrependOrCreate => StoreMode::Prepend,
                     mode => mode,
                 });
                 self.queue_write(op, render, kind, raw, false).await;
@@ -203,23 +217,34 @@ impl Connection {
             ReadAt::Here => {
                 let now_s = clock::now_s();
                 let debug = request.verb == MetaVerb::Debug;
-                self.look_up(std::slice::from_ref(&request.key), |out, key, item| {
-                    let item = item.map(|item| ItemView {
-                        data: item.data(),
-                        flags: item.flags(),
-                        cas: item.cas(),
-                        exptime: item.exptime(),
-                        updated_s: item.updated_s(),
-                        token_sent: item.lease() & lease::WON != 0,
-                        stale: item.lease() & lease::STALE != 0,
-                        won: false,
-                    });
-                    match (debug, item) {
-                        (true, Some(item)) => put_debug(out, key, request.base64, item, now_s),
-                        (true, None) => out.extend_from_slice(b"EN\r\n"),
-                        (false, item) => request.put_item(out, item, now_s),
-                    }
-                });
+                // `me` and `u` look without counting as a read (`h`, `l`).
+                let reading = if debug || request.no_bump {
+                    Reading::Peek
+                } else {
+                    Reading::Read
+                };
+                self.look_up(
+                    std::slice::from_ref(&request.key),
+                    reading,
+                    |out, key, item, access| {
+                        let item = item.map(|item| ItemView {
+                            data: item.data(),
+                            flags: item.flags(),
+                            cas: item.cas(),
+                            exptime: item.exptime(),
+                            accessed_s: item.updated_s().max(access.read_s.unwrap_or(0)),
+                            fetched: access.fetched,
+                            token_sent: item.lease() & lease::WON != 0,
+                            stale: item.lease() & lease::STALE != 0,
+                            won: false,
+                        });
+                        match (debug, item) {
+                            (true, Some(item)) => put_debug(out, key, request.base64, item, now_s),
+                            (true, None) => out.extend_from_slice(b"EN\r\n"),
+                            (false, item) => request.put_item(out, item, now_s),
+                        }
+                    },
+                );
                 if let Backend::Cluster(cluster) = &self.backend {
                     Stats::bump(&cluster.view.reads_local);
                 }

@@ -53,7 +53,7 @@ mod meta_requests;
 mod retrieval;
 
 use counting::Counted;
-use retrieval::{pieces, strip_end, Piece};
+use retrieval::{pieces, strip_end, Piece, Reading};
 
 /// Initial size of a connection's input and output buffers.
 const BUFFER_BYTES_INITIAL: usize = 16 * 1024;

@@ -2,6 +2,7 @@
 //! the local state, or forwarded a piece at a time.
 
 use super::*;
+use crate::access::Accessed;
 
 /// Values one piece of a multi-get or gat may hold, at most, in bytes: a
 /// get of more keys than this allows at the item size limit (`-I`) is
@@ -74,7 +75,7 @@ impl Connection {
     /// Appends the VALUE blocks of the visible items among `keys`, counting
     /// hits and misses; the caller checked that the state may be read.
     pub(super) fn serve_get(&mut self, keys: &[Bytes], with_cas: bool) {
-        self.look_up(keys, |out, key, item| {
+        self.look_up(keys, Reading::Read, |out, key, item, _| {
             if let Some(item) = item {
                 let cas = with_cas.then_some(item.cas());
                 encode_value(out, key, item.flags(), item.data(), cas);
@@ -88,7 +89,8 @@ impl Connection {
     pub(super) fn look_up(
         &mut self,
         keys: &[Bytes],
-        mut emit: impl FnMut(&mut BytesMut, &Bytes, Option<ItemRef<'_>>),
+        reading: Reading,
+        mut emit: impl FnMut(&mut BytesMut, &Bytes, Option<ItemRef<'_>>, Accessed),
     ) {
         let shared = self.shared.clone();
         let counters = &shared.stats.counters;
@@ -108,7 +110,11 @@ impl Connection {
             match lookup {
                 Lookup::Hit(item) => {
                     bump(&counters.get_hits);
-                    emit(&mut self.output, key, Some(item));
+                    let access = match reading {
+                        Reading::Read => shared.access.read(key, item.cas(), now_s),
+                        Reading::Peek => shared.access.peek(key, item.cas()),
+                    };
+                    emit(&mut self.output, key, Some(item), access);
                     continue;
                 }
                 Lookup::Miss => bump(&counters.get_misses),
@@ -121,7 +127,15 @@ impl Connection {
                     Stats::bump(&counters.get_flushed);
                 }
             }
-            emit(&mut self.output, key, None);
+            emit(&mut self.output, key, None, Accessed::NONE);
         }
     }
+}
+
+/// Whether a look-up counts as a read of the items it finds, for meta's
+/// `h` and `l` ([`crate::access`]): `me` and `mg ... u` only look.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Reading {
+    Read,
+    Peek,
 }
