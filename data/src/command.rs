@@ -33,6 +33,17 @@ pub enum StoreMode {
 }
 
 impl StoreMode {
+    /// The modes a classic text or binary command makes (the others only
+    /// meta's `ms` does), in tag order.
+    pub const CLASSIC: [StoreMode; 6] = [
+        StoreMode::Set,
+        StoreMode::Add,
+        StoreMode::Replace,
+        StoreMode::Append,
+        StoreMode::Prepend,
+        StoreMode::Cas,
+    ];
+
     /// Every mode, in tag order.
     pub const ALL: [StoreMode; 9] = [
         StoreMode::Set,

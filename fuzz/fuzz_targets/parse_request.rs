@@ -366,7 +366,7 @@ impl Seed<'_> {
                 with_cas: self.bool(),
             },
             2 => {
-                let mode = StoreMode::ALL[usize::from(self.u8()) % StoreMode::ALL.len()];
+                let mode = StoreMode::CLASSIC[usize::from(self.u8()) % StoreMode::CLASSIC.len()];
                 let key = self.key().into();
                 let flags = self.u32();
                 let exptime = self.i32();

@@ -46,7 +46,21 @@ pub struct Config {
     pub tls: Option<TlsSettings>,
     /// Set with `--lb`: the server joins a replica group.
     pub cluster: Option<ClusterSettings>,
+    /// `-s`: clients connect on this Unix socket instead of TCP (a server
+    /// alone only: a group's members reach each other over TCP).
+    pub unix_socket: Option<UnixSocket>,
 }
+
+/// memcached's `-s PATH` and `-a MASK`.
+#[derive(Clone, Debug)]
+pub struct UnixSocket {
+    pub path: PathBuf,
+    /// Permission bits of the socket file (`-a`, octal; memcached's 0700).
+    pub mask: u32,
+}
+
+/// memcached's default `-a`.
+pub const UNIX_MASK_DEFAULT: u32 = 0o700;
 
 impl Config {
     /// `stats settings`: memcached's names where it has the setting.
@@ -57,6 +71,21 @@ impl Config {
             ("tcpport", self.port.to_string()),
             ("udpport", "0".to_string()),
             ("inter", self.listen.to_string()),
+            (
+                "domain_socket",
+                self.unix_socket
+                    .as_ref()
+                    .map_or("NULL".to_string(), |u| u.path.display().to_string()),
+            ),
+            (
+                "umask",
+                format!(
+                    "{:o}",
+                    self.unix_socket
+                        .as_ref()
+                        .map_or(UNIX_MASK_DEFAULT, |u| u.mask)
+                ),
+            ),
             ("verbosity", self.verbose.to_string()),
             ("evictions", "off".to_string()),
             ("num_threads", self.threads.to_string()),

@@ -121,4 +121,4 @@ pub struct Shared {
     pub access: access::AccessTable,
 }
 
-pub use listener::run;
+pub use listener::{run, Listening};

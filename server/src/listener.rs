@@ -1,6 +1,7 @@
-//! The TCP front door: binds, accepts, enforces the connection limit (`-c`),
-//! and runs the one shutdown path: on SIGTERM or SIGINT stop accepting, let
-//! connections answer what they already received, sync the log, return.
+//! The front door (TCP, or a Unix socket with `-s`): binds, accepts,
+//! enforces the connection limit (`-c`), and runs the one shutdown path: on
+//! SIGTERM or SIGINT stop accepting, let connections answer what they
+//! already received, sync the log, return.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,8 +10,8 @@ use std::time::Duration;
 
 use data::limits::Limits;
 use data::protocol::reply::errors;
-use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -40,6 +41,14 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("cannot listen on the Unix socket {path}: {source}")]
+    BindUnix {
+        path: std::path::PathBuf,
+        source: std::io::Error,
+    },
+    /// `-s` with `--lb`: a group's members reach each other over TCP.
+    #[error("a Unix socket (-s) serves a server alone; a server of a group (--lb) listens on TCP")]
+    UnixInGroup,
     #[error("log write failed: {0}")]
     Storage(#[from] crate::storage::StorageError),
     /// A thread of the server panicked: `what` names it.
@@ -55,12 +64,86 @@ pub enum ServerError {
     Tls(#[from] crate::tls::TlsError),
 }
 
-/// Runs a server until `shutdown` is cancelled. Calls `ready` with the bound
-/// address once it accepts connections.
+/// Where a server takes connections.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listening {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+impl std::fmt::Display for Listening {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Listening::Tcp(addr) => write!(f, "{addr}"),
+            Listening::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The bound listener.
+enum FrontDoor {
+    Tcp(TcpListener),
+    Unix(UnixListener),
+}
+
+/// An accepted connection, before TLS.
+enum Accepted {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl FrontDoor {
+    async fn bind(config: &Config) -> Result<(FrontDoor, Listening), ServerError> {
+        let Some(unix) = &config.unix_socket else {
+            let addr = SocketAddr::new(config.listen, config.port);
+            let bind_error = |source| ServerError::Bind { addr, source };
+            let listener = TcpListener::bind(addr).await.map_err(bind_error)?;
+            let local = listener.local_addr().map_err(bind_error)?;
+            return Ok((FrontDoor::Tcp(listener), Listening::Tcp(local)));
+        };
+        if config.cluster.is_some() {
+            return Err(ServerError::UnixInGroup);
+        }
+        let bind_error = |source| ServerError::BindUnix {
+            path: unix.path.clone(),
+            source,
+        };
+        // As memcached: a socket file left by an earlier run is replaced;
+        // any other file is not touched (the bind then fails).
+        use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+        if std::fs::symlink_metadata(&unix.path).is_ok_and(|m| m.file_type().is_socket()) {
+            std::fs::remove_file(&unix.path).map_err(bind_error)?;
+        }
+        let listener = UnixListener::bind(&unix.path).map_err(bind_error)?;
+        std::fs::set_permissions(
+            &unix.path,
+            std::fs::Permissions::from_mode(unix.mask & 0o777),
+        )
+        .map_err(bind_error)?;
+        Ok((
+            FrontDoor::Unix(listener),
+            Listening::Unix(unix.path.clone()),
+        ))
+    }
+
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            FrontDoor::Tcp(listener) => {
+                let (stream, _) = listener.accept().await?;
+                let _ = stream.set_nodelay(true);
+                Ok(Accepted::Tcp(stream))
+            }
+            FrontDoor::Unix(listener) => Ok(Accepted::Unix(listener.accept().await?.0)),
+        }
+    }
+}
+
+/// Runs a server until `shutdown` is cancelled. Calls `ready` with where it
+/// listens once it accepts connections.
 pub async fn run(
     config: Config,
     shutdown: CancellationToken,
-    ready: impl FnOnce(SocketAddr),
+    ready: impl FnOnce(&Listening),
 ) -> Result<(), ServerError> {
     // Read first: a server that cannot tell its users does not start.
     let auth = Auth::load(
@@ -71,15 +154,14 @@ pub async fn run(
     let tls = config.tls.clone().map(Tls::load).transpose()?.map(Arc::new);
     // Held until this function returns, after the last write is synced.
     let _data_dir_lock = crate::storage::lock_dir(&config.data_dir)?;
-    let addr = SocketAddr::new(config.listen, config.port);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind { addr, source })?;
-    let local = listener
-        .local_addr()
-        .map_err(|source| ServerError::Bind { addr, source })?;
+    let (listener, listening) = FrontDoor::bind(&config).await?;
+    // A group's member listens on TCP (checked by the bind above).
+    let local = match &listening {
+        Listening::Tcp(addr) => *addr,
+        Listening::Unix(_) => SocketAddr::new(config.listen, 0),
+    };
     let (shared, backend, worker) = start_backend(&config, local, auth, tls).await?;
-    ready(local);
+    ready(&listening);
     if shared.auth.required() || shared.tls.is_some() {
         tokio::spawn(reload_on_sighup(shared.clone(), shutdown.clone()));
     }
@@ -96,7 +178,7 @@ pub async fn run(
             () = shutdown.cancelled() => break,
         };
         let stream = match accepted {
-            Ok((stream, _)) => stream,
+            Ok(stream) => stream,
             Err(error) => {
                 // Out of file descriptors and the like: keep serving the
                 // connections we have and try again shortly.
@@ -108,21 +190,24 @@ pub async fn run(
         let stats = &shared.stats;
         if stats.curr_connections.load(Relaxed) as usize >= config.connections_max {
             Stats::bump(&stats.counters.rejected_connections);
-            tokio::spawn(reject(stream));
+            match stream {
+                Accepted::Tcp(stream) => tokio::spawn(reject(stream)),
+                Accepted::Unix(stream) => tokio::spawn(reject(stream)),
+            };
             continue;
         }
         Stats::bump(&stats.counters.total_connections);
         stats.curr_connections.fetch_add(1, Relaxed);
-        let _ = stream.set_nodelay(true);
         let shared = shared.clone();
         let backend = backend.clone();
         let shutdown = shutdown.clone();
         connections.spawn(async move {
             // The handshake runs in the connection's own task, so a slow
             // client holds up no one else.
-            let stream = match &shared.tls {
-                None => Some(ClientStream::Plain(stream)),
-                Some(tls) => tls.accept(stream).await,
+            let stream = match (stream, &shared.tls) {
+                (Accepted::Tcp(stream), None) => Some(ClientStream::Plain(stream)),
+                (Accepted::Tcp(stream), Some(tls)) => tls.accept(stream).await,
+                (Accepted::Unix(stream), _) => Some(ClientStream::Unix(stream)),
             };
             if let Some(stream) = stream {
                 Connection::new(stream, shared.clone(), backend)
@@ -134,6 +219,9 @@ pub async fn run(
     }
 
     drop(listener);
+    if let Listening::Unix(path) = &listening {
+        let _ = std::fs::remove_file(path);
+    }
     connections.close();
     if tokio::time::timeout(
         Duration::from_millis(SHUTDOWN_DEADLINE_MS),
@@ -189,7 +277,7 @@ async fn reload_on_sighup(shared: Arc<Shared>, shutdown: CancellationToken) {
 }
 
 /// Tells a client over the connection limit why, then hangs up.
-async fn reject(mut stream: TcpStream) {
+async fn reject(mut stream: impl AsyncWrite + Unpin) {
     let _ = stream
         .write_all(errors::TOO_MANY_CONNECTIONS.as_bytes())
         .await;

@@ -50,6 +50,7 @@ impl Member {
             auth_file: None,
             sasl_pwdb: None,
             tls: None,
+            unix_socket: None,
             cluster: Some(ClusterSettings {
                 group: GroupId::FIRST,
                 elector: Elector::Vote(StaticGroup {

@@ -219,6 +219,19 @@ struct AddsrvArgs {
     /// Address to listen on.
     #[arg(short = 'l', long = "listen", default_value = "127.0.0.1")]
     listen: IpAddr,
+    /// Listen on this Unix socket instead of TCP (as memcached's -s); for
+    /// a server alone (a server of a group, --lb, listens on TCP).
+    #[arg(
+        short = 's',
+        long = "unix-socket",
+        value_name = "PATH",
+        conflicts_with = "lb"
+    )]
+    unix_socket: Option<PathBuf>,
+    /// Permissions of the Unix socket, octal (as memcached's -a).
+    #[arg(short = 'a', long = "unix-mask", value_name = "MASK", default_value = "700",
+          value_parser = parse_octal_mask, requires = "unix_socket")]
+    unix_mask: u32,
     /// Maximum simultaneous connections; more are answered
     /// `ERROR Too many open connections` and closed.
     #[arg(short = 'c', long = "conn-limit", default_value_t = CONNECTIONS_MAX_DEFAULT)]
@@ -719,6 +732,10 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
     };
     let tls = tls_settings(&args)?;
     let config = Config {
+        unix_socket: args.unix_socket.map(|path| server::config::UnixSocket {
+            path,
+            mask: args.unix_mask,
+        }),
         listen: args.listen,
         port: args.port,
         connections_max: args.connections_max,
@@ -771,15 +788,23 @@ fn addsrv(args: AddsrvArgs) -> anyhow::Result<()> {
             server::memory::MEMORY_UNLIMITED => "no memory limit".to_string(),
             bytes => format!("memory limit {} MiB", bytes / (1024 * 1024)),
         };
-        server::run(config, shutdown, |addr| {
+        server::run(config, shutdown, |listening| {
             eprintln!(
-                "store server listening on {addr}, data in {}, {memory}",
+                "store server listening on {listening}, data in {}, {memory}",
                 data_dir.display()
             );
         })
         .await
         .context("server failed")
     })
+}
+
+/// `-a`: permission bits in octal, as memcached reads them.
+fn parse_octal_mask(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|mask| *mask <= 0o777)
+        .ok_or_else(|| format!("{text}: expected octal permissions, 0 to 777"))
 }
 
 /// The TLS settings from `-Z`, the `--ssl-*` flags and memcached's
