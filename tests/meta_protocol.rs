@@ -274,6 +274,14 @@ impl Gen {
             let long = flags_has(&flags, "T3600");
             flags.retain(|f| !(f == "T0" && long));
         }
+        // memcached 1.6.18 marks a win given by an mg without N, R or T
+        // without the item lock, and its LRU maintainer, rewriting the
+        // item's flags under the lock, can lose the mark, so that a later
+        // reader wins again; with N, R or T it marks under the lock. The
+        // stream's mg on a lease key carries one.
+        if verb == "mg" && leases && !flags.iter().any(|f| f.starts_with(['N', 'R'])) {
+            flags.push("R7200".into());
+        }
         if verb == "ma" {
             self.counters.insert(key);
             // memcached 1.6.18 answers an ma that created its counter even

@@ -28,26 +28,13 @@ fn exchange(stream: &mut UnixStream, request: &[u8], lines: usize) -> Vec<String
         .collect()
 }
 
-fn start(dir: &std::path::Path, socket: &std::path::Path, mask: &str) -> ServerProc {
-    let mut cmd = Command::new(StoreServer::store_bin());
-    cmd.args(["addsrv", "-s"])
-        .arg(socket)
-        .args(["-a", mask, "--data-dir"])
-        .arg(dir.join("data"));
-    let mut server = spawn_logged(cmd, dir, "unix");
-    let up = poll_until(REPLY_TIMEOUT, || UnixStream::connect(socket).is_ok());
-    assert!(up, "no socket at {socket:?}: {}", server.stderr_text());
-    assert!(server.is_running());
-    server
-}
-
 #[test]
 fn a_server_alone_serves_a_unix_socket() {
     let dir = tempfile::tempdir().expect("temp dir");
     let socket = dir.path().join("store.sock");
     // A socket file an earlier run left: replaced, not a bind error.
     drop(std::os::unix::net::UnixListener::bind(&socket).expect("a stale socket"));
-    let server = start(dir.path(), &socket, "750");
+    let server = start_unix_server(dir.path(), &socket, &["-a", "750"]);
     let meta = std::fs::metadata(&socket).expect("the socket file");
     assert!(meta.file_type().is_socket());
     assert_eq!(meta.permissions().mode() & 0o777, 0o750);

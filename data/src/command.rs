@@ -141,7 +141,7 @@ pub enum Op {
         keys: Vec<Bytes>,
         exptime: AbsTime,
     },
-    /// Items last written at or before `deadline_s` become invisible once the
+    /// Items last written before `deadline_s` become invisible once the
     /// clock reaches `deadline_s`; `deadline_s == 0` flushes now.
     FlushAll {
         deadline_s: u64,

@@ -35,7 +35,7 @@ pub struct Item {
     /// Log index of the entry that last wrote the item (touch keeps it).
     pub cas: u64,
     /// Leader time of the entry that last wrote the item; a delayed flush
-    /// hides items written at or before its deadline.
+    /// hides items written before its deadline's second.
     pub updated_s: u64,
     /// The meta protocol's lease bits ([`lease`]).
     pub lease: u8,
@@ -152,7 +152,7 @@ pub enum Outcome {
 #[derive(Debug)]
 pub struct State {
     items: Items,
-    /// Pending delayed flush: items written at or before it vanish once the
+    /// Pending delayed flush: items written before it vanish once the
     /// clock reaches it. Only one is pending at a time, as in memcached.
     flush_deadline_s: Option<u64>,
     applied_index: u64,
@@ -577,7 +577,7 @@ impl State {
                 // flush replaces it, or its victims would reappear.
                 if let Some(old) = self.flush_deadline_s.take() {
                     if now_s >= old {
-                        self.remove_where(|item| item.updated_s() <= old);
+                        self.remove_where(|item| item.updated_s() < old);
                     }
                 }
                 if *deadline_s == 0 || *deadline_s <= now_s {
@@ -878,8 +878,11 @@ pub fn visible(
 
 /// Whether a pending flush with `flush_deadline_s` hides an item last
 /// written at `updated_s` from a reader at `now_s`.
+/// A delayed flush takes effect when the clock reaches its deadline, the
+/// start of that second: what was written in an earlier second is gone,
+/// what is written in the deadline's second or later came after it.
 fn flushed(flush_deadline_s: Option<u64>, now_s: u64, updated_s: u64) -> bool {
-    matches!(flush_deadline_s, Some(deadline) if now_s >= deadline && updated_s <= deadline)
+    matches!(flush_deadline_s, Some(deadline) if now_s >= deadline && updated_s < deadline)
 }
 
 #[cfg(test)]
@@ -1259,12 +1262,16 @@ mod tests {
         assert!(state.get(b"a", 101).is_some());
         assert!(matches!(state.lookup(b"a", 102), Lookup::Flushed));
         assert!(matches!(state.lookup(b"b", 102), Lookup::Flushed));
-        state.apply(4, &cmd(103, set("c", "3")));
+        // Written in the deadline's second: after the flush took effect.
+        state.apply(4, &cmd(102, set("d", "4")));
+        assert!(state.get(b"d", 102).is_some());
+        state.apply(5, &cmd(103, set("c", "3")));
         assert!(state.get(b"c", 103).is_some());
         // A new flush after the deadline must not bring the victims back.
-        state.apply(5, &cmd(104, Op::FlushAll { deadline_s: 500 }));
+        state.apply(6, &cmd(104, Op::FlushAll { deadline_s: 500 }));
         assert!(matches!(state.lookup(b"a", 104), Lookup::Miss));
         assert!(state.get(b"c", 104).is_some());
+        assert!(state.get(b"d", 104).is_some());
     }
 
     #[test]

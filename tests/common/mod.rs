@@ -974,3 +974,24 @@ pub fn gets_unique(c: &mut Conn, key: &str) -> u64 {
     c.read_exact_reply(b"END\r\n");
     parts[4].parse().expect("cas unique is a u64")
 }
+
+/// Starts `store addsrv -s SOCKET` (a server alone on a Unix socket) with
+/// its data and logs under `dir`, and waits until the socket answers.
+pub fn start_unix_server(dir: &Path, socket: &Path, extra: &[&str]) -> ServerProc {
+    let mut cmd = Command::new(StoreServer::store_bin());
+    cmd.args(["addsrv", "-s"])
+        .arg(socket)
+        .args(extra)
+        .arg("--data-dir")
+        .arg(dir.join(format!(
+            "data-{}",
+            socket.file_name().unwrap_or_default().to_string_lossy()
+        )));
+    let mut server = spawn_logged(cmd, dir, "unix");
+    let up = poll_until(Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(socket).is_ok()
+    });
+    assert!(up, "no socket at {socket:?}: {}", server.stderr_text());
+    assert!(server.is_running());
+    server
+}
