@@ -1,8 +1,9 @@
 //! Real binary-protocol clients against a single server and against a
 //! follower of a 3-server cluster (whose writes go to the leader and whose
 //! reads are served after a read index): libmemcached through pylibmc in
-//! binary mode (Debian's python3-pylibmc), python-binary-memcached (PyPI)
-//! and memjs (npm, binary only). Each runs the smoke test in tests/clients/
+//! binary mode (Debian's python3-pylibmc), python-binary-memcached (PyPI),
+//! memjs (npm, binary only) and Dalli 3.0.6 (Rails' client; Debian's
+//! ruby-dalli, binary only). Each runs the smoke test in tests/clients/
 //! (set, get, multi-get where the client has it, add, replace, append,
 //! prepend, cas, incr/decr, delete, touch, stats and the failure replies),
 //! which passes against memcached 1.6 as it must here.
@@ -13,7 +14,8 @@
 //! `.ci/run` installs them; locally a missing client is skipped (under CI
 //! it fails): `PYLIBMC_PYTHON` names a python that imports pylibmc (else
 //! /usr/bin/python3), `python3` on PATH must import bmemcached, and
-//! `STORE_NODE_MODULES` is a node_modules directory holding memjs.
+//! `STORE_NODE_MODULES` is a node_modules directory holding memjs, and
+//! `ruby` must load dalli.
 
 mod common;
 
@@ -58,6 +60,13 @@ fn clients() -> Result<Vec<Client>, String> {
         .map(PathBuf::from)
         .filter(|dir| dir.join("memjs").is_dir())
         .ok_or("STORE_NODE_MODULES does not name a node_modules with memjs (npm install memjs)")?;
+    let dalli = Command::new("ruby")
+        .args(["-e", "require 'dalli'"])
+        .output()
+        .is_ok_and(|out| out.status.success());
+    if !dalli {
+        return Err("ruby does not load dalli (apt-get install ruby ruby-dalli)".into());
+    }
     Ok(vec![
         Client {
             name: "pylibmc (binary)",
@@ -76,6 +85,12 @@ fn clients() -> Result<Vec<Client>, String> {
             program: "node".into(),
             args: vec![scripts().join("memjs_smoke.js").display().to_string()],
             env: vec![("NODE_PATH", node_modules)],
+        },
+        Client {
+            name: "Dalli",
+            program: "ruby".into(),
+            args: vec![scripts().join("dalli_smoke.rb").display().to_string()],
+            env: Vec::new(),
         },
     ])
 }

@@ -13,15 +13,7 @@
 
 [$addr, $protocol] = [$argv[1], $argv[2]];
 [$host, $port] = explode(':', $addr);
-$checks = 0;
-function check($cond, $what) {
-    global $checks;
-    if (!$cond) {
-        fwrite(STDERR, "check failed: $what\n");
-        exit(1);
-    }
-    $checks++;
-}
+require __DIR__ . '/smoke_checks.php';
 
 $m = new Memcached();
 $m->setOption(Memcached::OPT_COMPRESSION, false);
@@ -55,4 +47,4 @@ check($m->decrement($n, 20) === 0, 'decrement floors at 0');
 check($m->touch($a, 300) === true, 'touch');
 check($m->delete($a) === true, 'delete');
 check($m->delete($a) === false && $m->getResultCode() === Memcached::RES_NOTFOUND, 'delete of a missing key');
-echo "ok: $checks checks\n";
+report();
