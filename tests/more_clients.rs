@@ -55,25 +55,36 @@ fn server_and_follower(args: &[&str]) -> (StoreServer, cluster::TestCluster, [So
     (server, cluster, [alone, follower])
 }
 
-#[test]
-fn meta_memcache_against_a_server_and_a_follower() {
-    let test = "meta_memcache_against_a_server_and_a_follower";
-    if !runs("python3", &["-c", "import meta_memcache"]) {
-        return skip(
-            test,
-            "python3 does not import meta_memcache (pip install meta-memcache)",
-        );
+/// Runs `program script` (a smoke test) against a single server and a
+/// follower; skipped (a failure under CI) with `install` unless
+/// `installed`.
+fn smoke_on_a_server_and_a_follower(
+    test: &str,
+    installed: bool,
+    install: &str,
+    what: &str,
+    program: &str,
+    script: &str,
+) {
+    if !installed {
+        return skip(test, install);
     }
     let (_server, _cluster, addrs) = server_and_follower(&[]);
     for addr in addrs {
-        smoke(
-            "meta-memcache",
-            "python3",
-            &[&script("meta_smoke.py")],
-            addr,
-            &[],
-        );
+        smoke(what, program, &[script], addr, &[]);
     }
+}
+
+#[test]
+fn meta_memcache_against_a_server_and_a_follower() {
+    smoke_on_a_server_and_a_follower(
+        "meta_memcache_against_a_server_and_a_follower",
+        runs("python3", &["-c", "import meta_memcache"]),
+        "python3 does not import meta_memcache (pip install meta-memcache)",
+        "meta-memcache",
+        "python3",
+        &script("meta_smoke.py"),
+    );
 }
 
 #[test]
@@ -106,18 +117,14 @@ fn php_memcached_over_text_binary_and_sasl() {
 /// one reads the failure's reply).
 #[test]
 fn php_memcache_against_a_server_and_a_follower() {
-    let test = "php_memcache_against_a_server_and_a_follower";
-    if !runs("php", &["-r", "exit(class_exists('Memcache') ? 0 : 1);"]) {
-        return skip(
-            test,
-            "php with the memcache extension not found (apt-get install php8.2-cli php8.2-memcache)",
-        );
-    }
-    let php = script("php_memcache_smoke.php");
-    let (_server, _cluster, addrs) = server_and_follower(&[]);
-    for addr in addrs {
-        smoke("php-memcache", "php", &[&php], addr, &[]);
-    }
+    smoke_on_a_server_and_a_follower(
+        "php_memcache_against_a_server_and_a_follower",
+        runs("php", &["-r", "exit(class_exists('Memcache') ? 0 : 1);"]),
+        "php with the memcache extension not found (apt-get install php8.2-cli php8.2-memcache)",
+        "php-memcache",
+        "php",
+        &script("php_memcache_smoke.php"),
+    );
 }
 
 fn perl_client_installed() -> bool {
@@ -126,23 +133,14 @@ fn perl_client_installed() -> bool {
 
 #[test]
 fn perl_cache_memcached_fast_against_a_server_and_a_follower() {
-    let test = "perl_cache_memcached_fast_against_a_server_and_a_follower";
-    if !perl_client_installed() {
-        return skip(
-            test,
-            "perl without Cache::Memcached::Fast (apt-get install libcache-memcached-fast-perl)",
-        );
-    }
-    let (_server, _cluster, addrs) = server_and_follower(&[]);
-    for addr in addrs {
-        smoke(
-            "Cache::Memcached::Fast",
-            "perl",
-            &[&script("perl_smoke.pl")],
-            addr,
-            &[],
-        );
-    }
+    smoke_on_a_server_and_a_follower(
+        "perl_cache_memcached_fast_against_a_server_and_a_follower",
+        perl_client_installed(),
+        "perl without Cache::Memcached::Fast (apt-get install libcache-memcached-fast-perl)",
+        "Cache::Memcached::Fast",
+        "perl",
+        &script("perl_smoke.pl"),
+    );
 }
 
 #[test]

@@ -537,9 +537,11 @@ impl State {
                     let meta = Meta {
                         flags: *flags,
                         exptime: *exptime,
-                        cas: command
-                            .unique
-                            .unwrap_or(if *stale { index } else { item.cas() }),
+                        cas: if *stale {
+                            unique
+                        } else {
+                            command.unique.unwrap_or(item.cas())
+                        },
                         updated_s: now_s,
                         lease: if *stale { lease::STALE } else { 0 },
                     };

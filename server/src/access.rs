@@ -32,6 +32,12 @@ impl Accessed {
         fetched: false,
         read_s: None,
     };
+
+    /// The item's last access as this server knows it: its last read
+    /// here, or its last write (`updated_s`), whichever came later.
+    pub fn last_access_s(&self, updated_s: u64) -> u64 {
+        updated_s.max(self.read_s.unwrap_or(0))
+    }
 }
 
 struct Slot {

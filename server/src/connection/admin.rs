@@ -30,7 +30,7 @@ pub(super) fn metadump_line(out: &mut BytesMut, item: &ItemRef<'_>, seen: Access
     let _ = writeln!(
         out,
         " exp={exp} la={} cas={} fetch={} cls=1 size={size}",
-        item.updated_s().max(seen.read_s.unwrap_or(0)),
+        seen.last_access_s(item.updated_s()),
         item.cas(),
         if seen.fetched { "yes" } else { "no" },
     );

@@ -232,7 +232,7 @@ impl Connection {
                             flags: item.flags(),
                             cas: item.cas(),
                             exptime: item.exptime(),
-                            accessed_s: item.updated_s().max(access.read_s.unwrap_or(0)),
+                            accessed_s: access.last_access_s(item.updated_s()),
                             fetched: access.fetched,
                             token_sent: item.lease() & lease::WON != 0,
                             stale: item.lease() & lease::STALE != 0,
