@@ -140,6 +140,22 @@ fn async_memcached_passes_its_own_suite() {
     );
 }
 
+/// Replaces each `(fixed, ours)` in every Rust source under `dir`.
+fn rewrite_sources(dir: &Path, names: &[(String, String)]) {
+    for entry in std::fs::read_dir(dir).expect("a source directory") {
+        let path = entry.expect("a file").path();
+        if path.is_dir() {
+            rewrite_sources(&path, names);
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            let mut text = std::fs::read_to_string(&path).expect("a source file");
+            for (fixed, ours) in names {
+                text = text.replace(fixed.as_str(), ours);
+            }
+            std::fs::write(&path, text).expect("write the source file");
+        }
+    }
+}
+
 /// Tests of memcache 0.21.0 left out.
 const MEMCACHE_LEFT_OUT: [&str; 2] = [
     // UDP (memcached's -U): not served.
@@ -157,8 +173,10 @@ const MEMCACHE_TESTS_MIN: usize = 167;
 /// The `memcache` crate 0.21.0 (rust-memcache; crates.io), whose default
 /// client speaks the binary protocol: its suite (binary, ASCII, the
 /// experimental meta client, async, several servers at once, TLS, a Unix
-/// socket) names fixed servers, localhost:12345 to 12349 plain, 12350 over
-/// TLS with the certificates in its tests/assets, and /tmp/memcached2.sock.
+/// socket) and its unit tests name fixed servers, localhost:12345 to 12349
+/// plain, 12350 over TLS with the certificates in its tests/assets, 12351
+/// also asking for a client certificate, and /tmp/memcached.sock and
+/// memcached2.sock.
 /// It runs from a copy whose tests name servers started here instead (the
 /// TLS one with those certificates). Its harness, tests/setup_tests.sh,
 /// builds memcached 1.6.45 from source; the suite is not run against
@@ -182,18 +200,27 @@ fn memcache_crate_passes_its_own_suite() {
     let assets = package.join("tests/assets");
     let (cert, key) = (assets.join("localhost.crt"), assets.join("localhost.key"));
     let plain: Vec<StoreServer> = (0..5).map(|_| StoreServer::start(&[])).collect();
-    let tls = StoreServer::start(&[
+    let tls_args = [
         "-Z",
         "--ssl-chain-cert",
         cert.to_str().unwrap(),
         "--ssl-key",
         key.to_str().unwrap(),
+    ];
+    let tls = StoreServer::start(&tls_args);
+    // Its 12351 asks for a client certificate signed by its own authority.
+    let ca = assets.join("RUST_MEMCACHE_TEST_CERT.crt");
+    let mut client_certs = tls_args.to_vec();
+    client_certs.extend([
+        "--ssl-verify-mode",
+        "2",
+        "--ssl-ca-cert",
+        ca.to_str().unwrap(),
     ]);
-    let socket = dir.path().join("memcached2.sock");
-    let _unix = start_unix_server(dir.path(), &socket, &[]);
+    let tls_client_certs = StoreServer::start(&client_certs);
     let mut names: Vec<(String, String)> = plain
         .iter()
-        .chain([&tls])
+        .chain([&tls, &tls_client_certs])
         .enumerate()
         .map(|(i, server)| {
             (
@@ -202,17 +229,15 @@ fn memcache_crate_passes_its_own_suite() {
             )
         })
         .collect();
-    names.push(("/tmp/memcached2.sock".into(), socket.display().to_string()));
-    for entry in std::fs::read_dir(package.join("tests")).expect("its tests") {
-        let path = entry.expect("a file").path();
-        if path.extension().is_some_and(|e| e == "rs") {
-            let mut text = std::fs::read_to_string(&path).expect("a test file");
-            for (fixed, ours) in &names {
-                text = text.replace(fixed.as_str(), ours);
-            }
-            std::fs::write(&path, text).expect("write the test file");
-        }
+    let mut unix = Vec::new();
+    for name in ["memcached.sock", "memcached2.sock"] {
+        let socket = dir.path().join(name);
+        unix.push(start_unix_server(dir.path(), &socket, &[]));
+        names.push((format!("/tmp/{name}"), socket.display().to_string()));
     }
+    // Its unit tests (src/) name servers too, not only its tests/.
+    rewrite_sources(&package.join("src"), &names);
+    rewrite_sources(&package.join("tests"), &names);
     // One test at a time: its tests share these servers and some flush
     // them (test_cas flushes the server test_get_with_flags writes and
     // reads), which only a fast enough server gets away with in parallel.

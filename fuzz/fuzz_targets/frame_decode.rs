@@ -19,7 +19,8 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 
 use data::frame::{
     decode, encode, seal, ClusterId, Entry, Frame, FrameError, GroupId, Header, LogIndex, Message,
-    Peer, Role, ServerId, Term, DATAGRAM_BYTES_MAX, LBS_MAX, FRAME_OVERHEAD_BYTES, PAYLOAD_BYTES_MAX,
+    Peer, Role, ServerId, Term, DATAGRAM_BYTES_MAX, FRAME_OVERHEAD_BYTES, LBS_MAX,
+    PAYLOAD_BYTES_MAX,
 };
 use libfuzzer_sys::fuzz_target;
 
