@@ -7,7 +7,7 @@
 //! (Debian, text), spymemcached (Debian, Java; text and binary),
 //! twemproxy (Debian's nutcracker) spreading the Perl client's keys over
 //! two servers, node's `memcached` (npm) running the mocha suite it
-//! ships, and gomemcache (Debian, Go) running the tests it ships.
+//! ships. gomemcache's own tests run alone, in tests/gomemcache.rs.
 //!
 //! `.ci/run` installs them; locally a missing one is skipped (under CI it
 //! fails): `python3` on PATH must import meta_memcache, `php` must load the
@@ -31,28 +31,11 @@ fn script(name: &str) -> String {
         .to_string()
 }
 
-/// Whether `program args...` runs and exits 0 (a client is installed).
-fn runs(program: &str, args: &[&str]) -> bool {
-    Command::new(program)
-        .args(args)
-        .output()
-        .is_ok_and(|out| out.status.success())
-}
-
 /// Runs `program args... <addr> more...`, a smoke test that must pass.
 fn smoke(what: &str, program: &str, args: &[&str], addr: SocketAddr, more: &[&str]) {
     let mut cmd = Command::new(program);
     cmd.args(args).arg(addr.to_string()).args(more);
     expect_smoke_ok(what, addr, cmd);
-}
-
-/// A single server and a follower of a cluster, each started with `args`.
-fn server_and_follower(args: &[&str]) -> (StoreServer, cluster::TestCluster, [SocketAddr; 2]) {
-    let server = StoreServer::start(args);
-    let alone: SocketAddr = ([127, 0, 0, 1], server.port).into();
-    let cluster = cluster::start_with(3, args);
-    let (_, follower) = cluster::leader_and_follower(&cluster);
-    (server, cluster, [alone, follower])
 }
 
 /// Runs `program script` (a smoke test) against a single server and a
@@ -69,7 +52,7 @@ fn smoke_on_a_server_and_a_follower(
     if !installed {
         return skip(test, install);
     }
-    let (_server, _cluster, addrs) = server_and_follower(&[]);
+    let (_server, _cluster, addrs) = cluster::server_and_follower(&[]);
     for addr in addrs {
         smoke(what, program, &[script], addr, &[]);
     }
@@ -94,7 +77,7 @@ fn php_memcached_over_text_binary_and_sasl() {
         return skip(test, "php with the memcached extension not found (apt-get install php8.2-cli php8.2-memcached)");
     }
     let php = script("php_smoke.php");
-    let (_server, _cluster, addrs) = server_and_follower(&[]);
+    let (_server, _cluster, addrs) = cluster::server_and_follower(&[]);
     for addr in addrs {
         for protocol in ["text", "binary"] {
             smoke("php-memcached", "php", &[&php], addr, &[protocol]);
@@ -104,7 +87,7 @@ fn php_memcached_over_text_binary_and_sasl() {
     let pwdb: PathBuf = dir.path().join("sasl-pwdb");
     std::fs::write(&pwdb, "php:s3cret\n").expect("write the password file");
     let pwdb = pwdb.display().to_string();
-    let (_server, _cluster, addrs) = server_and_follower(&["-S", "--sasl-pwdb", &pwdb]);
+    let (_server, _cluster, addrs) = cluster::server_and_follower(&["-S", "--sasl-pwdb", &pwdb]);
     for addr in addrs {
         let sasl = ["binary", "php", "s3cret"];
         smoke("php-memcached with SASL", "php", &[&php], addr, &sasl);
@@ -325,106 +308,11 @@ fn spymemcached_over_text_and_binary_against_a_server_and_a_follower() {
         "javac SpySmoke.java"
     );
     let classpath = format!("{jar}:{out}");
-    let (_server, _cluster, addrs) = server_and_follower(&[]);
+    let (_server, _cluster, addrs) = cluster::server_and_follower(&[]);
     for addr in addrs {
         for protocol in ["text", "binary"] {
             let args = ["-cp", &classpath, "SpySmoke"];
             smoke("spymemcached", "java", &args, addr, &[protocol]);
         }
     }
-}
-
-/// Where Debian's golang-github-bradfitz-gomemcache-dev puts the package.
-const GOMEMCACHE: &str = "/usr/share/gocode/src/github.com/bradfitz/gomemcache/memcache";
-
-/// gomemcache (Debian; Go) runs the tests it ships: `TestLocalhost` (the
-/// whole client against a server at localhost:11211, which a copy of the
-/// test names ours instead) against memcached 1.6.18, a server and a
-/// follower, and `TestUnixSocket` (it starts `memcached -s SOCKET`
-/// itself: here tests/clients/memcached_as_store.sh, found first in PATH,
-/// starts the store's `-s`; memcached 1.6.18 would not start as root
-/// without `-u`). A test that finds no server skips itself; here a skip
-/// is a failure.
-#[test]
-fn gomemcache_passes_its_own_tests() {
-    let test = "gomemcache_passes_its_own_tests";
-    if !runs("go", &["version"]) || !Path::new(GOMEMCACHE).is_dir() {
-        return skip(
-            test,
-            "go or gomemcache not found (apt-get install golang-go golang-github-bradfitz-gomemcache-dev)",
-        );
-    }
-    let Some(mc) = Memcached::start_or_skip(test) else {
-        return;
-    };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let package = dir
-        .path()
-        .join("go/src/github.com/bradfitz/gomemcache/memcache");
-    std::fs::create_dir_all(&package).expect("GOPATH");
-    let shims = dir.path().join("bin");
-    std::fs::create_dir_all(&shims).expect("shim dir");
-    let wrapper =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/memcached_as_store.sh");
-    std::os::unix::fs::symlink(&wrapper, shims.join("memcached")).expect("memcached shim");
-    let fixed = r#"const testServer = "localhost:11211""#;
-    let go_test = |port: u16, tests: &str| {
-        for entry in std::fs::read_dir(GOMEMCACHE).expect("the package") {
-            let path = entry.expect("a file").path();
-            let text = std::fs::read_to_string(&path).expect("a source file");
-            let text = if path.ends_with("memcache_test.go") {
-                assert!(
-                    text.contains(fixed),
-                    "gomemcache's memcache_test.go changed"
-                );
-                text.replace(fixed, &format!(r#"const testServer = "127.0.0.1:{port}""#))
-            } else {
-                text
-            };
-            std::fs::write(package.join(path.file_name().unwrap()), text).expect("copy");
-        }
-        let path = format!(
-            "{}:{}",
-            shims.display(),
-            std::env::var("PATH").unwrap_or_default()
-        );
-        let mut cmd = Command::new("go");
-        cmd.current_dir(&package)
-            .env("GO111MODULE", "off")
-            .env("GOPATH", dir.path().join("go"))
-            .env("GOCACHE", dir.path().join("gocache"))
-            .env("PATH", path)
-            .env("STORE_BIN", StoreServer::store_bin())
-            .env("STORE_DATA_ROOT", dir.path())
-            .args(["test", "-v", "-count=1", "-run", tests, "."]);
-        run_tool(cmd, SMOKE_TIMEOUT)
-    };
-    let expect_pass = |what: &str, run: ToolRun, tests: &[&str]| {
-        let out = format!("{}\n{}", run.stdout, run.stderr);
-        let passed = tests
-            .iter()
-            .all(|t| out.contains(&format!("--- PASS: {t} ")));
-        assert!(
-            run.status.success() && passed && !out.contains("--- SKIP"),
-            "gomemcache's tests against {what}: {}\n{out}",
-            run.status
-        );
-        println!("gomemcache against {what}: {} passed", tests.join(", "));
-    };
-    expect_pass(
-        "memcached 1.6.18",
-        go_test(mc.port, "^TestLocalhost$"),
-        &["TestLocalhost"],
-    );
-    let (_server, _cluster, [alone, follower]) = server_and_follower(&[]);
-    expect_pass(
-        "a server (and its -s)",
-        go_test(alone.port(), "."),
-        &["TestLocalhost", "TestUnixSocket"],
-    );
-    expect_pass(
-        "a follower",
-        go_test(follower.port(), "^TestLocalhost$"),
-        &["TestLocalhost"],
-    );
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use store::status::{self, ClusterStatus};
 use store::up::{Cluster, UpConfig};
 
-use super::{free_port, parse_stats};
+use super::{free_port, parse_stats, StoreServer};
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ELECTION_TIMEOUT_MS: u64 = 1000;
@@ -166,4 +166,14 @@ pub fn request_within(
 pub fn server_stats(addr: SocketAddr) -> BTreeMap<String, String> {
     let reply = request(addr, b"stats\r\n", b"END\r\n").unwrap_or_default();
     parse_stats(&reply).into_iter().collect()
+}
+
+/// A single server and a follower of a 3-server cluster, each started
+/// with `args`: what the client tests point a client at.
+pub fn server_and_follower(args: &[&str]) -> (StoreServer, TestCluster, [SocketAddr; 2]) {
+    let server = StoreServer::start(args);
+    let alone: SocketAddr = ([127, 0, 0, 1], server.port).into();
+    let cluster = start_with(3, args);
+    let (_, follower) = leader_and_follower(&cluster);
+    (server, cluster, [alone, follower])
 }

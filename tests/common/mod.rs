@@ -897,6 +897,14 @@ pub fn run_tool(cmd: Command, timeout: Duration) -> ToolRun {
     }
 }
 
+/// Whether `program args...` runs and exits 0 (a client is installed).
+pub fn runs(program: &str, args: &[&str]) -> bool {
+    Command::new(program)
+        .args(args)
+        .output()
+        .is_ok_and(|out| out.status.success())
+}
+
 /// A client's smoke test (tests/clients/) takes well under a second; a
 /// hang fails within this.
 pub const SMOKE_TIMEOUT: Duration = Duration::from_secs(60);
