@@ -337,7 +337,9 @@ impl Drop for Cluster {
 
 /// The last `lines` lines of the log at `path` (none if it cannot be read).
 fn log_tail(path: &Path, lines: usize) -> String {
-    let log = std::fs::read_to_string(path).unwrap_or_default();
+    // Lossy: a log with a stray non-UTF-8 byte still shows its tail.
+    let log = std::fs::read(path).unwrap_or_default();
+    let log = String::from_utf8_lossy(&log);
     let all: Vec<&str> = log.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

@@ -9,13 +9,13 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::cluster::{request, request_within, server_stats};
-use common::{parse_stats, poll_until, spawn_logged, ServerProc, StoreServer};
+use common::{free_port, parse_stats, poll_until, spawn_logged, ServerProc, StoreServer};
 use data::cluster_file::ClusterFile;
 use data::frame::ClusterId;
 use store::status::GroupStatus;
@@ -68,23 +68,6 @@ impl Lb {
             .as_ref()
             .map(|p| p.stderr_text())
             .unwrap_or_default()
-    }
-}
-
-/// A TCP port whose UDP twin and UDP port + 1000 (the LB group's) were
-/// free a moment ago.
-fn lb_port() -> u16 {
-    loop {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("a TCP port");
-        let port = tcp.local_addr().expect("bound").port();
-        let Some(peer) = port.checked_add(1000) else {
-            continue;
-        };
-        if UdpSocket::bind(("127.0.0.1", port)).is_ok()
-            && UdpSocket::bind(("127.0.0.1", peer)).is_ok()
-        {
-            return port;
-        }
     }
 }
 
@@ -156,7 +139,7 @@ impl Group {
             secret: [0x5a; 32],
         };
         std::fs::write(&cluster_path, cluster.format()).expect("write the cluster file");
-        let ports: Vec<u16> = (0..LBS).map(|_| lb_port()).collect();
+        let ports: Vec<u16> = (0..LBS).map(|_| free_port()).collect();
         let peers: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
         let mut lbs: Vec<Lb> = ports
             .iter()
@@ -638,7 +621,7 @@ fn lbs_are_added_and_removed_at_run_time_one_change_at_a_time() {
 
     // A fourth LB: the group commits it (asked through a follower, which
     // points at the leader), then it starts and joins.
-    let port = lb_port();
+    let port = free_port();
     let fourth = SocketAddr::from(([127, 0, 0, 1], port));
     let follower = all
         .iter()

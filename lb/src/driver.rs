@@ -725,7 +725,8 @@ impl Control {
 
     /// `add-lb` or `remove-lb` on the leading LB: the group's new list,
     /// committed in its log before the reply; the configuration follows it
-    /// ([`Self::follow_members`]), one change at a time ([`Peers::plan`]).
+    /// ([`Self::follow_members`], once the reply is sent), one change at a
+    /// time ([`Peers::plan`]).
     async fn change_lbs(
         &mut self,
         change: LbChange,
@@ -749,7 +750,6 @@ impl Control {
             Ok(Err(_)) | Err(_) => return Ok(Err(LbChangeError::Unknown)),
         }
         tracing::info!(?change, %id, "the LB group's list committed");
-        self.follow_members(false).await?;
         Ok(Ok(id))
     }
 
@@ -820,6 +820,10 @@ impl Control {
             CoreRequest::ChangeLbs(change, reply) => {
                 let answer = self.change_lbs(change).await?;
                 let _ = reply.send(answer);
+                // After the reply: a leader that took itself out may find
+                // its removal committed here and stop ([`LbError::Removed`]);
+                // its connection still writes the reply while it drains.
+                self.follow_members(false).await?;
                 Vec::new()
             }
             CoreRequest::View(reply) => {

@@ -10,7 +10,7 @@ use std::time::Duration;
 use store::status::{self, ClusterStatus};
 use store::up::{Cluster, UpConfig};
 
-use super::{free_port, parse_stats, StoreServer};
+use super::{parse_stats, StoreServer};
 
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub const ELECTION_TIMEOUT_MS: u64 = 1000;
@@ -47,7 +47,8 @@ pub fn start_with_lbs(lbs: usize, servers: usize, server_args: &[&str]) -> TestC
         servers,
         lbs,
         data_dir: dir.path().to_path_buf(),
-        port: lb_base_port(lbs),
+        // The LBs take the first ports, the servers those after them.
+        port: super::free_ports((lbs + servers) as u16),
         heartbeat_ms: 100,
         election_timeout_ms: ELECTION_TIMEOUT_MS,
         exe: env!("CARGO_BIN_EXE_store").into(),
@@ -59,29 +60,6 @@ pub fn start_with_lbs(lbs: usize, servers: usize, server_args: &[&str]) -> TestC
 
 pub fn start(servers: usize) -> TestCluster {
     start_with(servers, &[])
-}
-
-/// A first LB port for `lbs` LBs: free a moment ago, and so were the
-/// ports after it that the other LBs take (TCP and UDP), and their LB
-/// group ports (UDP, + 1000).
-fn lb_base_port(lbs: usize) -> u16 {
-    loop {
-        let base = free_port();
-        if lbs == 1 {
-            return base;
-        }
-        let free = (0..lbs as u16).all(|i| {
-            let (Some(port), Some(peer)) = (base.checked_add(i), base.checked_add(i + 1000)) else {
-                return false;
-            };
-            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
-                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
-                && std::net::UdpSocket::bind(("127.0.0.1", peer)).is_ok()
-        });
-        if free {
-            return base;
-        }
-    }
 }
 
 /// The LB's `stats` (empty if it cannot be reached).

@@ -190,13 +190,64 @@ pub fn run_differential<R: std::fmt::Debug>(
     );
 }
 
-/// A port that was free a moment ago (the OS picks it; the race with other
-/// processes is handled by retrying the start).
+/// A port that was free a moment ago; see [`free_ports`].
 pub fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    l.local_addr()
-        .expect("local_addr of a bound listener")
-        .port()
+    free_ports(1)
+}
+
+/// The first of the ports tests hand out.
+const TEST_PORTS_FIRST: u16 = 20_000;
+/// Ports are handed out from bands of this many, every other band.
+const TEST_PORT_BAND: u16 = 1_000;
+/// Bands handed out: 20000-20999, 22000-22999, ..., 30000-30999.
+const TEST_PORT_BANDS: u16 = 6;
+
+/// The first of `count` consecutive ports that were free a moment ago for
+/// TCP and UDP, as were the UDP ports 1000 above them (an LB's group port,
+/// lb's PEER_PORT_OFFSET), and that this test process never handed out
+/// before.
+///
+/// They lie below the kernel's ephemeral range (Linux's default starts at
+/// 32768), which the OS takes bind(0) ports and outgoing connections'
+/// source ports from: a test that kills a server and starts it again on
+/// its port found that port taken meanwhile, by another test's server or
+/// a connection's source port. Only every other thousand is handed out, so
+/// that the thousand above a port, where its LB group port lies, is
+/// nobody's. What another process holds is still possible; starts retry
+/// on a port in use.
+pub fn free_ports(count: u16) -> u16 {
+    use std::sync::Mutex;
+    // The next port's index among those handed out, from a random place
+    // so that test processes run one after another start elsewhere.
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let total = u32::from(TEST_PORT_BANDS) * u32::from(TEST_PORT_BAND);
+    assert!(
+        (1..=TEST_PORT_BAND).contains(&count),
+        "{count} ports at once"
+    );
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut index = next.unwrap_or_else(|| rand::random::<u32>() % total);
+    for _ in 0..total {
+        let band_offset = (index % u32::from(TEST_PORT_BAND)) as u16;
+        if band_offset + count > TEST_PORT_BAND {
+            // Not enough left in this band: the next one.
+            index = (index + u32::from(TEST_PORT_BAND - band_offset)) % total;
+            continue;
+        }
+        let band = (index / u32::from(TEST_PORT_BAND)) as u16;
+        let first = TEST_PORTS_FIRST + 2 * band * TEST_PORT_BAND + band_offset;
+        index = (index + u32::from(count)) % total;
+        let free = (first..first + count).all(|port| {
+            TcpListener::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok()
+                && std::net::UdpSocket::bind(("127.0.0.1", port + TEST_PORT_BAND)).is_ok()
+        });
+        if free {
+            *next = Some(index);
+            return first;
+        }
+    }
+    panic!("no {count} free ports left among the tests' {total}");
 }
 
 /// Polls `cond` until it holds or `timeout` passes.
