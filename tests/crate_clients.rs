@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::cluster;
 use common::*;
 
 /// The suite builds beforehand (`.ci/rust-clients`) and runs in about a
@@ -183,72 +184,133 @@ const MEMCACHE_TESTS_MIN: usize = 167;
 /// Debian's 1.6.18, whose meta commands lack flags it sends.
 #[test]
 fn memcache_crate_passes_its_own_suite() {
-    let Some((root, published)) =
-        published("memcache_crate_passes_its_own_suite", "memcache-0.21.0")
-    else {
+    let test = "memcache_crate_passes_its_own_suite";
+    let Some(suite) = MemcacheSuite::copy(test) else {
         return;
     };
-    let dir = tempfile::tempdir().expect("temp dir");
-    let package = dir.path().join("memcache-0.21.0");
-    let copied = Command::new("cp")
-        .arg("-r")
-        .arg(&published)
-        .arg(&package)
-        .status()
-        .expect("cp");
-    assert!(copied.success(), "copy the package");
-    let assets = package.join("tests/assets");
-    let (cert, key) = (assets.join("localhost.crt"), assets.join("localhost.key"));
     let plain: Vec<StoreServer> = (0..5).map(|_| StoreServer::start(&[])).collect();
-    let tls_args = [
-        "-Z",
-        "--ssl-chain-cert",
-        cert.to_str().unwrap(),
-        "--ssl-key",
-        key.to_str().unwrap(),
-    ];
-    let tls = StoreServer::start(&tls_args);
-    // Its 12351 asks for a client certificate signed by its own authority.
-    let ca = assets.join("RUST_MEMCACHE_TEST_CERT.crt");
-    let mut client_certs = tls_args.to_vec();
-    client_certs.extend([
-        "--ssl-verify-mode",
-        "2",
-        "--ssl-ca-cert",
-        ca.to_str().unwrap(),
-    ]);
-    let tls_client_certs = StoreServer::start(&client_certs);
-    let mut names: Vec<(String, String)> = plain
+    let tls = StoreServer::start(&strs(&suite.tls_args()));
+    let mut ports: Vec<u16> = plain.iter().map(|s| s.port).collect();
+    ports.push(tls.port);
+    suite.run("single servers", &ports);
+}
+
+/// The same suite with its main servers the followers of a 3-server
+/// cluster: localhost:12345, which most of its tests use, and 12346 name
+/// the two followers, 12347 the leader (12348 and 12349, which only its
+/// tests of several servers use, single servers). Its TLS servers and Unix
+/// sockets stay single servers: its certificate names `localhost` only,
+/// where a follower checks the leader's against the leader's address
+/// (tests/tls.rs forwards over TLS), and a server in a group serves TCP.
+#[test]
+fn memcache_crate_passes_its_own_suite_through_followers() {
+    let test = "memcache_crate_passes_its_own_suite_through_followers";
+    let Some(suite) = MemcacheSuite::copy(test) else {
+        return;
+    };
+    let group = cluster::start_with(3, &[]);
+    let (leader, follower) = cluster::leader_and_follower(&group);
+    let other = *group
+        .servers
         .iter()
-        .chain([&tls, &tls_client_certs])
-        .enumerate()
-        .map(|(i, server)| {
-            (
-                format!("localhost:{}", 12345 + i),
-                format!("localhost:{}", server.port),
-            )
-        })
-        .collect();
-    let mut unix = Vec::new();
-    for name in ["memcached.sock", "memcached2.sock"] {
-        let socket = dir.path().join(name);
-        unix.push(start_unix_server(dir.path(), &socket, &[]));
-        names.push((format!("/tmp/{name}"), socket.display().to_string()));
+        .find(|s| ![leader, follower].contains(s))
+        .expect("a second follower");
+    let singles: Vec<StoreServer> = (0..2).map(|_| StoreServer::start(&[])).collect();
+    let tls = StoreServer::start(&strs(&suite.tls_args()));
+    let mut ports = vec![follower.port(), other.port(), leader.port()];
+    ports.extend(singles.iter().chain([&tls]).map(|s| s.port));
+    suite.run("followers", &ports);
+}
+
+fn strs(args: &[String]) -> Vec<&str> {
+    args.iter().map(String::as_str).collect()
+}
+
+/// A copy of the memcache crate's package, to name servers in.
+struct MemcacheSuite {
+    root: PathBuf,
+    dir: tempfile::TempDir,
+    package: PathBuf,
+}
+
+impl MemcacheSuite {
+    /// `None` (skipped) without `STORE_RUST_CLIENTS`.
+    fn copy(test: &str) -> Option<MemcacheSuite> {
+        let (root, published) = published(test, "memcache-0.21.0")?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let package = dir.path().join("memcache-0.21.0");
+        let copied = Command::new("cp")
+            .arg("-r")
+            .arg(&published)
+            .arg(&package)
+            .status()
+            .expect("cp");
+        assert!(copied.success(), "copy the package");
+        Some(MemcacheSuite { root, dir, package })
     }
-    // Its unit tests (src/) name servers too, not only its tests/.
-    rewrite_sources(&package.join("src"), &names);
-    rewrite_sources(&package.join("tests"), &names);
-    // One test at a time: its tests share these servers and some flush
-    // them (test_cas flushes the server test_get_with_flags writes and
-    // reads), which only a fast enough server gets away with in parallel.
-    let cmd = suite_command(&root, &package, 1, &MEMCACHE_LEFT_OUT);
-    let passed = expect_suite_ok(
-        "memcache 0.21.0",
-        run_tool(cmd, SUITE_TIMEOUT),
-        MEMCACHE_TESTS_MIN,
-    );
-    println!(
-        "memcache 0.21.0's own suite: {passed} passed ({} left out)",
-        MEMCACHE_LEFT_OUT.len()
-    );
+
+    fn asset(&self, name: &str) -> String {
+        let path = self.package.join("tests/assets").join(name);
+        path.to_str().expect("a UTF-8 path").to_string()
+    }
+
+    /// A server's flags for TLS with the suite's own certificate.
+    fn tls_args(&self) -> Vec<String> {
+        vec![
+            "-Z".into(),
+            "--ssl-chain-cert".into(),
+            self.asset("localhost.crt"),
+            "--ssl-key".into(),
+            self.asset("localhost.key"),
+        ]
+    }
+
+    /// Runs the suite with `ports` as its 12345 to 12350 (`what` names
+    /// them); starts its 12351, which asks for a client certificate signed
+    /// by the suite's own authority, and its Unix socket servers.
+    fn run(&self, what: &str, ports: &[u16]) {
+        assert_eq!(ports.len(), 6, "12345 to 12350");
+        let mut client_certs = self.tls_args();
+        client_certs.extend([
+            "--ssl-verify-mode".into(),
+            "2".into(),
+            "--ssl-ca-cert".into(),
+            self.asset("RUST_MEMCACHE_TEST_CERT.crt"),
+        ]);
+        let tls_client_certs = StoreServer::start(&strs(&client_certs));
+        let mut names: Vec<(String, String)> = ports
+            .iter()
+            .chain([&tls_client_certs.port])
+            .enumerate()
+            .map(|(i, port)| {
+                (
+                    format!("localhost:{}", 12345 + i),
+                    format!("localhost:{port}"),
+                )
+            })
+            .collect();
+        let mut unix = Vec::new();
+        for name in ["memcached.sock", "memcached2.sock"] {
+            let socket = self.dir.path().join(name);
+            unix.push(start_unix_server(self.dir.path(), &socket, &[]));
+            names.push((format!("/tmp/{name}"), socket.display().to_string()));
+        }
+        // Its unit tests (src/) name servers too, not only its tests/.
+        rewrite_sources(&self.package.join("src"), &names);
+        rewrite_sources(&self.package.join("tests"), &names);
+        // One test at a time: its tests share these servers and some flush
+        // them (test_cas flushes the server test_get_with_flags writes and
+        // reads), which only a fast enough server gets away with in
+        // parallel.
+        let cmd = suite_command(&self.root, &self.package, 1, &MEMCACHE_LEFT_OUT);
+        let passed = expect_suite_ok(
+            &format!("memcache 0.21.0 against {what}"),
+            run_tool(cmd, SUITE_TIMEOUT),
+            MEMCACHE_TESTS_MIN,
+        );
+        println!(
+            "memcache 0.21.0's own suite against {what}: {passed} passed ({} left out)",
+            MEMCACHE_LEFT_OUT.len()
+        );
+    }
 }
