@@ -118,25 +118,46 @@ fn expect_suite_ok(what: &str, run: ToolRun, min: usize) -> usize {
 
 #[test]
 fn async_memcached_passes_its_own_suite() {
-    let Some((root, package)) = published(
-        "async_memcached_passes_its_own_suite",
-        "async-memcached-0.9.0",
-    ) else {
+    async_memcached_suite("async_memcached_passes_its_own_suite", false);
+}
+
+/// The same suite with every server it starts over TCP a follower of a
+/// 3-server cluster started for it (tests/clients/memcached_as_store.sh
+/// under `STORE_AS_FOLLOWER`); its Unix socket tests run on single
+/// servers again.
+#[test]
+fn async_memcached_passes_its_own_suite_through_followers() {
+    async_memcached_suite(
+        "async_memcached_passes_its_own_suite_through_followers",
+        true,
+    );
+}
+
+fn async_memcached_suite(test: &str, followers: bool) {
+    let Some((root, package)) = published(test, "async-memcached-0.9.0") else {
         return;
     };
     let wrapper =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/clients/memcached_as_store.sh");
-    let mut cmd = suite_command(&root, &package, 4, &LEFT_OUT);
+    // A cluster per test is four processes: two tests at a time on 2 cores.
+    let threads = if followers { 2 } else { 4 };
+    let mut cmd = suite_command(&root, &package, threads, &LEFT_OUT);
     cmd.env("MEMCACHED_BIN", &wrapper)
         .env("STORE_BIN", StoreServer::store_bin())
         .arg("--include-ignored");
+    let what = if followers {
+        cmd.env("STORE_AS_FOLLOWER", "1");
+        "followers"
+    } else {
+        "single servers"
+    };
     let passed = expect_suite_ok(
-        "async-memcached 0.9.0",
+        &format!("async-memcached 0.9.0 against {what}"),
         run_tool(cmd, SUITE_TIMEOUT),
         SUITE_TESTS_MIN,
     );
     println!(
-        "async-memcached 0.9.0's own suite: {passed} passed ({} left out)",
+        "async-memcached 0.9.0's own suite against {what}: {passed} passed ({} left out)",
         LEFT_OUT.len()
     );
 }
@@ -209,12 +230,7 @@ fn memcache_crate_passes_its_own_suite_through_followers() {
         return;
     };
     let group = cluster::start_with(3, &[]);
-    let (leader, follower) = cluster::leader_and_follower(&group);
-    let other = *group
-        .servers
-        .iter()
-        .find(|s| ![leader, follower].contains(s))
-        .expect("a second follower");
+    let (leader, follower, other) = cluster::leader_and_followers(&group);
     let singles: Vec<StoreServer> = (0..2).map(|_| StoreServer::start(&[])).collect();
     let tls = StoreServer::start(&strs(&suite.tls_args()));
     let mut ports = vec![follower.port(), other.port(), leader.port()];

@@ -14,6 +14,11 @@
 #   -s PATH -a MASK  a Unix socket instead (the store's own -s and -a)
 #
 # The script ends by exec'ing the store, so the harness's kill reaches it.
+#
+# With STORE_AS_FOLLOWER set, a TCP server is instead the third server of
+# a cluster started for it (`store up` with one LB and two servers), a
+# follower: the harness's kill reaches it, and a watcher then stops the
+# rest of the cluster.
 set -euo pipefail
 port='' listen=127.0.0.1 socket='' args=()
 while [ $# -gt 0 ]; do
@@ -38,8 +43,42 @@ if [ -n "$socket" ]; then
 fi
 : "${MEMCACHED_PORT_FILENAME:?the harness names a port file}"
 dir=$(dirname "$MEMCACHED_PORT_FILENAME")
+free_port() {
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+if [ -n "${STORE_AS_FOLLOWER:-}" ]; then
+    if [ -n "$port" ] && [ "$port" != -1 ]; then
+        echo "a follower takes a port of its own choosing (-p -1), not $port" >&2
+        exit 64
+    fi
+    # An LB and two servers (`store up`), which list themselves once both
+    # are in the group; then this script becomes the third server.
+    out="$dir/store-up.out"
+    : >"$out"
+    base=$(free_port)
+    "$STORE_BIN" up --lbs 1 --servers 2 -p "$base" --data-dir "$dir/store-cluster" >"$out" 2>&1 &
+    up=$!
+    lb=''
+    for _ in $(seq 600); do
+        if grep -q '^  server-2 ' "$out"; then
+            lb=$(awk '$1 == "lb" { print $2; exit }' "$out" || true)
+            break
+        fi
+        kill -0 "$up" 2>/dev/null || { cat "$out" >&2; exit 1; }
+        sleep 0.1
+    done
+    [ -n "$lb" ] || { cat "$out" >&2; kill -TERM "$up"; exit 1; }
+    # After the exec below this script's pid is the third server's: once
+    # the harness kills it, the watcher stops the rest of the cluster.
+    script=$$
+    ( while kill -0 "$script" 2>/dev/null; do sleep 0.1; done; kill -TERM "$up" 2>/dev/null ) &
+    port=$(free_port)
+    printf 'TCP INET: %s\n' "$port" > "$MEMCACHED_PORT_FILENAME"
+    exec "$STORE_BIN" addsrv -p "$port" -l "$listen" --lb "$lb" \
+        --cluster-file "$dir/store-cluster/lb/cluster" --data-dir "$dir/store-data" "${args[@]}"
+fi
 if [ -z "$port" ] || [ "$port" = -1 ]; then
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    port=$(free_port)
 fi
 printf 'TCP INET: %s\n' "$port" > "$MEMCACHED_PORT_FILENAME"
 exec "$STORE_BIN" addsrv -p "$port" -l "$listen" --data-dir "$dir/store-data" "${args[@]}"

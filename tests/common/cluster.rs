@@ -104,6 +104,17 @@ pub fn leader_and_follower(cluster: &TestCluster) -> (SocketAddr, SocketAddr) {
     (leader, follower)
 }
 
+/// The leader and both followers of a 3-server cluster.
+pub fn leader_and_followers(cluster: &TestCluster) -> (SocketAddr, SocketAddr, SocketAddr) {
+    let (leader, follower) = leader_and_follower(cluster);
+    let other = *cluster
+        .servers
+        .iter()
+        .find(|s| ![leader, follower].contains(s))
+        .expect("a second follower");
+    (leader, follower, other)
+}
+
 /// One request, one reply: read until `terminator`, an error line, or the
 /// deadline.
 pub fn request(addr: SocketAddr, bytes: &[u8], terminator: &[u8]) -> Result<Vec<u8>, String> {

@@ -108,7 +108,9 @@ impl Connection {
     /// then `END`. The table is walked a bounded step at a time, the lines
     /// written out between steps, so a large state streams; like memcached's
     /// crawler it is not a snapshot (a write between steps may or may not
-    /// show). Served by any server from its own applied state.
+    /// show). Served by any server from its own applied state, after the
+    /// read barrier a get waits for: every write acknowledged before the
+    /// request came (through any server) is listed.
     pub(super) async fn metadump(&mut self) {
         let mut cursor = 0;
         loop {

@@ -553,10 +553,11 @@ impl Connection {
             Request::Admin(Admin::Noted(reply)) => {
                 self.reply_in_order(Reply::Error(reply)).await;
             }
-            Request::Admin(Admin::MetaDump) => {
-                self.finish_pending().await;
-                self.metadump().await;
-            }
+            Request::Admin(Admin::MetaDump) => match self.read_at(None).await {
+                ReadAt::Refused(line) => Reply::Error(line).encode(&mut self.output),
+                // A server that is not a member yet lists its own state.
+                ReadAt::Here | ReadAt::Leader => self.metadump().await,
+            },
             Request::Admin(Admin::RefreshCerts) => {
                 self.finish_pending().await;
                 match shared.tls.as_ref().map(|tls| tls.refresh()) {
