@@ -32,19 +32,16 @@ pub enum StoreMode {
     PrependOrCreate,
 }
 
-impl StoreMode {
-    /// The modes a classic text or binary command makes (the others only
-    /// meta's `ms` does), in tag order.
-    pub const CLASSIC: [StoreMode; 6] = [
-        StoreMode::Set,
-        StoreMode::Add,
-        StoreMode::Replace,
-        StoreMode::Append,
-        StoreMode::Prepend,
-        StoreMode::Cas,
-    ];
+/// How many store modes classic commands make: tags 0 to 5.
+const CLASSIC_MODES: usize = 6;
 
-    /// Every mode, in tag order.
+impl StoreMode {
+    /// The modes a classic text or binary command makes, in tag order:
+    /// the first of [`Self::ALL`], tags 0 to 5 (the others only meta's
+    /// `ms` makes).
+    pub const CLASSIC: &'static [StoreMode] = Self::ALL.split_at(CLASSIC_MODES).0;
+
+    /// Every mode, in tag order: the classic ones first.
     pub const ALL: [StoreMode; 9] = [
         StoreMode::Set,
         StoreMode::Add,
@@ -757,6 +754,19 @@ mod tests {
         cmd.encode(&mut out);
         assert_eq!(out.len(), cmd.encoded_len());
         Command::decode(out.freeze()).expect("decodes what it encoded")
+    }
+
+    /// `ALL` is in tag order, and `CLASSIC` is what a `cas` or store
+    /// verb of the classic protocols names: one mode per verb.
+    #[test]
+    fn store_modes_are_listed_in_tag_order() {
+        for (i, mode) in StoreMode::ALL.iter().enumerate() {
+            assert_eq!(usize::from(mode.tag()), i, "{mode:?}");
+            assert_eq!(StoreMode::from_tag(mode.tag()), Some(*mode));
+        }
+        let verbs: std::collections::BTreeSet<&str> =
+            StoreMode::CLASSIC.iter().map(|m| m.verb()).collect();
+        assert_eq!(verbs.len(), StoreMode::CLASSIC.len());
     }
 
     /// Pins the on-disk encoding: a change here breaks every existing log.
