@@ -46,7 +46,8 @@ pub const LB: NodeId = 0;
 const DATAGRAM_BYTES_MAX: usize = 65_536;
 /// How often a relay thread looks at its flags while idle.
 const POLL_MS: u64 = 10;
-/// How long reopening a relay may take (its port is normally free at once).
+/// How long closing or reopening a relay may take (its thread looks at its
+/// gate every [`POLL_MS`]; its port is normally free at once).
 const REOPEN_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Counters of what the relays did.
@@ -144,20 +145,33 @@ impl Network {
     }
 
     /// Closes node `node`'s relay (its process is down), so datagrams to it
-    /// are refused by the kernel as they would be at the node's own port.
+    /// are refused by the kernel as they would be at the node's own port;
+    /// returns once its socket is closed, as a killed process's is once
+    /// it is reaped: a datagram sent after this is never relayed.
     pub fn close(&self, node: NodeId) {
-        self.gates[node].closed.store(true, Relaxed);
+        let closed = self.set_gate(node, true);
+        assert!(
+            closed,
+            "relay {node} did not close within {REOPEN_DEADLINE:?}"
+        );
     }
 
     /// Opens node `node`'s relay again on the same address (its process is
     /// starting); returns once it is bound, false if it could not be within
     /// the deadline (another process took the port meanwhile).
     pub fn open(&self, node: NodeId) -> bool {
+        self.set_gate(node, false)
+    }
+
+    /// Asks node `node`'s relay thread to close (or reopen) its socket and
+    /// waits until it has; false if it had not at the deadline. The thread
+    /// looks at its gate at least every [`POLL_MS`].
+    fn set_gate(&self, node: NodeId, closed: bool) -> bool {
         let gate = &self.gates[node];
-        gate.closed.store(false, Relaxed);
+        gate.closed.store(closed, Relaxed);
         let deadline = Instant::now() + REOPEN_DEADLINE;
         while Instant::now() < deadline {
-            if gate.bound.load(Relaxed) {
+            if gate.bound.load(Relaxed) != closed {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(POLL_MS));
